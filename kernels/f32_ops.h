@@ -1,0 +1,32 @@
+// Float32 kernels of the full-precision path, one table per ISA.
+//
+// M = tokens, N = output features, K = input features; weights are row-major [N][K] in a float
+// format (f32, f16 or bf16), one row every w_row_bytes bytes. Pure functions: no allocation,
+// no threads (callers split N and M across threads), no logging. Pointers need no alignment.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/isa.h"
+#include "kernels/qtype.h"
+
+namespace mxlm {
+
+struct F32Kernels {
+  // y[m*ldy + n] = sum_k x[m*ldx + k] * W[n][k]  for m in [0, M), n in [n0, n1).
+  void (*gemm)(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes,
+               QType wtype, float* y, size_t ldy);
+  float (*dot)(const float* a, const float* b, int n);
+  void (*axpy)(float a, const float* x, float* y, int n);  // y += a * x
+  // y = x / sqrt(mean(x^2) + eps) * w   (y may alias x)
+  void (*rmsnorm)(const float* x, const float* w, float* y, int n, float eps);
+  // out = silu(gate) * up, silu(g) = g / (1 + exp(-g))   (out may alias gate or up)
+  void (*swiglu)(const float* gate, const float* up, float* out, int n);
+  // x = softmax(x) in place, numerically stable (max subtracted)
+  void (*softmax)(float* x, int n);
+};
+
+// The kernel table for `isa`; `isa` must be available (isa_available).
+const F32Kernels& f32_kernels(Isa isa);
+
+}  // namespace mxlm

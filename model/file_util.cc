@@ -1,0 +1,134 @@
+#include "model/file_util.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "kernels/common.h"
+
+namespace mxlm {
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorCode::kIo, "cannot open '" + path + "': " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw Error(ErrorCode::kIo, "cannot stat '" + path + "': " + std::strerror(e));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::kIo, "'" + path + "' is a directory, not a file");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      throw Error(ErrorCode::kIo, "cannot mmap '" + path + "': " + std::strerror(e));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : path_(std::move(other.path_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    path_ = std::move(other.path_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+AtomicFile::AtomicFile(const std::string& path) : path_(path) {
+  std::vector<char> tmpl(path.begin(), path.end());
+  const std::string suffix = ".tmp.XXXXXX";
+  tmpl.insert(tmpl.end(), suffix.begin(), suffix.end());
+  tmpl.push_back('\0');
+  int fd = ::mkstemp(tmpl.data());
+  if (fd < 0) throw Error(ErrorCode::kIo, "cannot create a temporary file beside '" + path + "': " + std::strerror(errno));
+  tmp_path_ = tmpl.data();
+  ::fchmod(fd, 0644);
+  f_ = ::fdopen(fd, "wb");
+  if (!f_) {
+    ::close(fd);
+    ::unlink(tmp_path_.c_str());
+    throw Error(ErrorCode::kIo, "cannot open '" + tmp_path_ + "'");
+  }
+}
+
+AtomicFile::~AtomicFile() {
+  if (f_) {
+    std::fclose(f_);
+    ::unlink(tmp_path_.c_str());
+  }
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  if (n == 0) return;
+  if (std::fwrite(data, 1, n, f_) != n)
+    throw Error(ErrorCode::kIo, "write to '" + tmp_path_ + "' failed: " + std::strerror(errno));
+  pos_ += n;
+}
+
+void AtomicFile::write_zeros(size_t n) {
+  static const char zeros[4096] = {};
+  while (n > 0) {
+    size_t k = n < sizeof(zeros) ? n : sizeof(zeros);
+    write(zeros, k);
+    n -= k;
+  }
+}
+
+void AtomicFile::write_at(uint64_t offset, const void* data, size_t n) {
+  if (offset + n > pos_) throw Error(ErrorCode::kInternal, "AtomicFile::write_at past the end of '" + tmp_path_ + "'");
+  if (std::fflush(f_) != 0 || ::pwrite(::fileno(f_), data, n, static_cast<off_t>(offset)) != static_cast<ssize_t>(n))
+    throw Error(ErrorCode::kIo, "write to '" + tmp_path_ + "' failed: " + std::strerror(errno));
+}
+
+void AtomicFile::commit() {
+  if (std::fflush(f_) != 0 || ::fsync(::fileno(f_)) != 0)
+    throw Error(ErrorCode::kIo, "flushing '" + tmp_path_ + "' failed: " + std::strerror(errno));
+  std::fclose(f_);
+  f_ = nullptr;
+  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp_path_.c_str());
+    throw Error(ErrorCode::kIo, "cannot rename '" + tmp_path_ + "' to '" + path_ + "': " + std::strerror(e));
+  }
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kIo, "cannot open '" + path + "': " + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw Error(ErrorCode::kIo, "cannot read '" + path + "'");
+  return ss.str();
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+}  // namespace mxlm

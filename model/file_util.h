@@ -1,0 +1,61 @@
+// File helpers: a read-only memory map and an atomic output file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+namespace mxlm {
+
+// A read-only, private memory map of a whole file. Throws Error (kIo) naming the path when the
+// file is missing or unreadable. Empty files map to data() == nullptr, size() == 0.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Writes a file atomically: data goes to a temporary file beside the target, which replaces the
+// target only in commit() (after fsync). Destroying an uncommitted AtomicFile removes the
+// temporary, so an interrupted or failed write never touches an existing file.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t n);
+  void write_zeros(size_t n);
+  // Overwrites n bytes at an offset already written (e.g. a header placeholder).
+  void write_at(uint64_t offset, const void* data, size_t n);
+  uint64_t tell() const { return pos_; }
+  void commit();
+
+ private:
+  std::string path_, tmp_path_;
+  std::FILE* f_ = nullptr;
+  uint64_t pos_ = 0;
+};
+
+// Reads a whole (small) file into a string. Throws Error (kIo) naming the path.
+std::string read_file(const std::string& path);
+bool file_exists(const std::string& path);
+
+}  // namespace mxlm

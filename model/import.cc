@@ -1,0 +1,128 @@
+#include "model/import.h"
+
+#include <sys/stat.h>
+
+#include <cstring>
+#include <map>
+
+#include "kernels/common.h"
+#include "model/mxlm_file.h"
+
+namespace mxlm {
+
+const char* source_format_name(SourceFormat f) {
+  switch (f) {
+    case SourceFormat::kHf: return "hf-safetensors";
+    case SourceFormat::kGguf: return "gguf";
+    case SourceFormat::kLlama2c: return "llama2c";
+  }
+  return "unknown";
+}
+
+ImportedModel import_model(const std::string& input, const ImportOptions& options) {
+  struct stat st {};
+  if (::stat(input.c_str(), &st) != 0) throw Error(ErrorCode::kIo, "input '" + input + "' does not exist");
+  ImportedModel m;
+  if (S_ISDIR(st.st_mode)) {
+    m = import_hf(input, options);
+  } else {
+    MappedFile probe(input);
+    if (probe.size() >= 4 && std::memcmp(probe.data(), "GGUF", 4) == 0) {
+      m = import_gguf(input, options);
+    } else {
+      m = import_llama2c(input, options);
+    }
+  }
+  m.config.validate();
+  check_tensor_set(m);
+  return m;
+}
+
+void read_source_row(const SourceTensor& t, int64_t r, float* dst) {
+  const int64_t k = t.shape.back();
+  int64_t src_row = r;
+  if (t.rope_unpermute_head_dim > 0) {
+    // Interleaved pairs (2i, 2i+1) of a head become (i, i + d/2).
+    const int64_t d = t.rope_unpermute_head_dim;
+    const int64_t head = r / d, j = r % d;
+    src_row = head * d + (j < d / 2 ? 2 * j : 2 * (j - d / 2) + 1);
+  }
+  const uint64_t row_bytes = *qtype_row_bytes(t.src_type, static_cast<uint64_t>(k));
+  convert_row_to_f32(t.src_type, t.data + static_cast<uint64_t>(src_row) * row_bytes, dst, static_cast<size_t>(k));
+}
+
+void check_tensor_set(const ImportedModel& m) {
+  const ModelConfig& c = m.config;
+  std::map<std::string, const SourceTensor*> by_name;
+  for (const auto& t : m.tensors) by_name[t.name] = &t;
+  auto expect = [&](const std::string& name, std::vector<int64_t> shape) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw Error(ErrorCode::kFormat, "model lacks tensor '" + name + "'");
+    if (it->second->shape != shape) {
+      auto str = [](const std::vector<int64_t>& s) {
+        std::string r = "[";
+        for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+        return r + "]";
+      };
+      throw Error(ErrorCode::kFormat, "tensor '" + name + "' has shape " + str(it->second->shape) + ", expected " +
+                                          str(shape) + " from the model config");
+    }
+    by_name.erase(it);
+  };
+  const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
+  expect(tensor_names::kTokEmbd, {c.n_vocab, c.n_embd});
+  expect(tensor_names::kOutputNorm, {c.n_embd});
+  if (!c.tied_embeddings) expect(tensor_names::kOutput, {c.n_vocab, c.n_embd});
+  for (int i = 0; i < c.n_layers; ++i) {
+    using namespace tensor_names;
+    expect(layer(i, kAttnNorm), {c.n_embd});
+    expect(layer(i, kAttnQ), {q, c.n_embd});
+    expect(layer(i, kAttnK), {kv, c.n_embd});
+    expect(layer(i, kAttnV), {kv, c.n_embd});
+    expect(layer(i, kAttnO), {c.n_embd, q});
+    expect(layer(i, kFfnNorm), {c.n_embd});
+    expect(layer(i, kFfnGate), {c.n_ff, c.n_embd});
+    expect(layer(i, kFfnUp), {c.n_ff, c.n_embd});
+    expect(layer(i, kFfnDown), {c.n_embd, c.n_ff});
+  }
+  if (!by_name.empty()) throw Error(ErrorCode::kFormat, "unexpected tensor '" + by_name.begin()->first + "' in the model");
+}
+
+void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType weight_type,
+                     const std::function<void(size_t, size_t)>& progress) {
+  if (weight_type != QType::kF32 && weight_type != QType::kF16 && weight_type != QType::kBF16) {
+    throw Error(ErrorCode::kInvalidArgument, "convert writes f32, f16 or bf16 weights; use 'mxlm quantize' for quantized formats");
+  }
+  MxlmWriteInput in;
+  in.config = m.config;
+  in.tokenizer_blob = m.tokenizer_proto;
+  in.provenance = m.provenance;
+  in.provenance["source_format"] = source_format_name(m.format);
+  in.provenance["weights"] = std::string(qtype_info(weight_type).name);
+  for (const SourceTensor& t : m.tensors) {
+    TensorToWrite w;
+    w.name = t.name;
+    w.shape = t.shape;
+    w.qtype = t.shape.size() == 1 ? QType::kF32 : weight_type;
+    const QType dst_type = w.qtype;
+    const SourceTensor* src = &t;
+    w.fill = [src, dst_type](uint8_t* dst, size_t bytes) {
+      const int64_t rows = src->shape.size() == 2 ? src->shape[0] : 1, k = src->shape.back();
+      const uint64_t dst_row = *qtype_row_bytes(dst_type, static_cast<uint64_t>(k));
+      MXLM_ASSERT(dst_row * static_cast<uint64_t>(rows) == bytes);
+      if (src->src_type == dst_type && src->rope_unpermute_head_dim == 0) {
+        std::memcpy(dst, src->data, bytes);
+        return;
+      }
+      std::vector<float> row(static_cast<size_t>(k));
+      for (int64_t r = 0; r < rows; ++r) {
+        read_source_row(*src, r, row.data());
+        convert_row_from_f32(dst_type, row.data(), dst + static_cast<uint64_t>(r) * dst_row, row.size());
+      }
+    };
+    in.tensors.push_back(std::move(w));
+  }
+  write_mxlm(out_path, in, progress);
+}
+
+}  // namespace mxlm

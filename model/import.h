@@ -1,0 +1,64 @@
+// Importers: HF directories (config.json + safetensors), GGUF files and llama2.c checkpoints,
+// each read into one ImportedModel of canonical tensors (names in config.h, [N][K] row-major,
+// RoPE in the HF rotate-half layout) whose data stays in the memory-mapped source files.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kernels/qtype.h"
+#include "model/config.h"
+#include "model/file_util.h"
+
+namespace mxlm {
+
+enum class SourceFormat { kHf, kGguf, kLlama2c };
+const char* source_format_name(SourceFormat f);
+
+struct SourceTensor {
+  std::string name;            // canonical name
+  std::vector<int64_t> shape;  // [N, K] or [N]
+  QType src_type = QType::kF32;
+  const uint8_t* data = nullptr;  // rows of K elements of src_type, contiguous
+  // Q and K projections stored for the interleaved RoPE (GGUF, llama2.c) have the rows of each
+  // head permuted to the rotate-half order on import; head_dim > 0 marks them.
+  int rope_unpermute_head_dim = 0;
+};
+
+struct ImportedModel {
+  ModelConfig config;
+  SourceFormat format = SourceFormat::kHf;
+  std::string tokenizer_proto;  // serialized sentencepiece ModelProto
+  nlohmann::json provenance = nlohmann::json::object();
+  std::vector<SourceTensor> tensors;
+  std::vector<std::shared_ptr<const void>> files;  // keep the source data mapped
+};
+
+struct ImportOptions {
+  std::string tokenizer_path;  // llama2.c: a tokenizer .model or llama2.c .bin (required)
+};
+
+// Detects the input kind (a directory → HF; GGUF magic; else a llama2.c checkpoint) and imports
+// it. Throws Error naming the file/tensor/key and the values found on any problem: missing
+// files or shards, unknown architectures, unsupported dtypes, tensors of the wrong shape.
+ImportedModel import_model(const std::string& input, const ImportOptions& options = {});
+
+ImportedModel import_hf(const std::string& dir, const ImportOptions& options);
+ImportedModel import_gguf(const std::string& path, const ImportOptions& options);
+ImportedModel import_llama2c(const std::string& path, const ImportOptions& options);
+
+// Reads one source tensor's row r (after any RoPE row permutation) as float32.
+void read_source_row(const SourceTensor& t, int64_t r, float* dst);
+
+// Checks that the imported tensor set is complete for the config, with the right shapes.
+void check_tensor_set(const ImportedModel& m);
+
+// Converts an imported model to a .mxlm file: 2-D weights in `weight_type` (f32, f16 or bf16),
+// norm vectors in f32. Written atomically.
+void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType weight_type,
+                     const std::function<void(size_t, size_t)>& progress = {});
+
+}  // namespace mxlm

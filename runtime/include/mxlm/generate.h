@@ -1,0 +1,33 @@
+// The generation loop: prefill the prompt, then sample and decode token by token.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "mxlm/model.h"
+#include "mxlm/sampler.h"
+
+namespace mxlm {
+
+struct GenerateParams {
+  int n_predict = 128;      // tokens to generate at most (-1: until EOS or the context is full)
+  bool stop_at_eos = true;
+  SamplerParams sampler;
+};
+
+struct GenerateStats {
+  int n_prompt = 0, n_generated = 0;
+  double prompt_seconds = 0, gen_seconds = 0;
+  bool hit_eos = false, context_full = false;
+  double prompt_tok_per_s() const { return prompt_seconds > 0 ? n_prompt / prompt_seconds : 0; }
+  double gen_tok_per_s() const { return gen_seconds > 0 ? n_generated / gen_seconds : 0; }
+};
+
+// Runs the prompt (token ids, BOS included as the caller wants) from the context's current
+// position, then generates. `on_token` receives each generated id and returns false to stop.
+// Throws Error (kInvalidArgument) for an empty prompt and (kContextFull) when the prompt
+// does not fit the context with room for one generated token.
+GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const GenerateParams& params,
+                       const std::function<bool(int)>& on_token);
+
+}  // namespace mxlm

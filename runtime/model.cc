@@ -1,0 +1,261 @@
+#include "mxlm/model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/common.h"
+#include "kernels/f32_ops.h"
+#include "model/mxlm_file.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mxlm {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+const TensorEntry& require(const MxlmFile& f, const std::string& name, const std::vector<int64_t>& shape) {
+  const TensorEntry* t = f.find(name);
+  if (!t) throw Error(ErrorCode::kFormat, "'" + f.path() + "': tensor '" + name + "' is missing");
+  if (t->shape != shape) {
+    throw Error(ErrorCode::kFormat, "'" + f.path() + "': tensor '" + name + "' has shape " + shape_str(t->shape) +
+                                        ", the config needs " + shape_str(shape));
+  }
+  return *t;
+}
+
+Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k) {
+  const TensorEntry& t = require(f, name, {n, k});
+  Weight w;
+  w.qtype = t.qtype();
+  if (w.qtype != QType::kF32 && w.qtype != QType::kF16 && w.qtype != QType::kBF16) {
+    throw Error(ErrorCode::kUnsupported, "'" + f.path() + "': tensor '" + name + "' has format " +
+                                             std::string(qtype_info(w.qtype).name) + ", which this build cannot run");
+  }
+  w.data = t.data;
+  w.n = n;
+  w.k = k;
+  w.row_bytes = *qtype_row_bytes(w.qtype, static_cast<uint64_t>(k));
+  return w;
+}
+
+const float* bind_norm(const MxlmFile& f, const std::string& name, int64_t n) {
+  const TensorEntry& t = require(f, name, {n});
+  if (t.qtype() != QType::kF32) {
+    throw Error(ErrorCode::kFormat, "'" + f.path() + "': norm tensor '" + name + "' must be f32");
+  }
+  return reinterpret_cast<const float*>(t.data);
+}
+
+}  // namespace
+
+Model::~Model() = default;
+
+std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
+  std::shared_ptr<Model> m(new Model());
+  m->file_ = std::make_unique<MxlmFile>(path);
+  const MxlmFile& f = *m->file_;
+  if (options.verify) f.verify();
+  m->config_ = f.config();
+  const ModelConfig& c = m->config_;
+  if (f.tokenizer_kind() != "sentencepiece") {
+    throw Error(ErrorCode::kUnsupported, "'" + path + "': tokenizer kind '" + std::string(f.tokenizer_kind()) + "' is not supported");
+  }
+  m->tokenizer_ = Tokenizer::from_spm_proto(f.tokenizer_blob());
+  if (m->tokenizer_->n_vocab() > c.n_vocab) {
+    throw Error(ErrorCode::kFormat, "'" + path + "': the tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) +
+                                        " pieces, more than the model's vocabulary of " + std::to_string(c.n_vocab));
+  }
+  m->isa_ = selected_isa();
+  using namespace tensor_names;
+  const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
+  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd);
+  m->output_norm_ = bind_norm(f, kOutputNorm, c.n_embd);
+  if (c.tied_embeddings) {
+    if (f.find(kOutput)) throw Error(ErrorCode::kFormat, "'" + path + "': tied embeddings but an 'output' tensor is present");
+    m->output_ = m->tok_embd_;
+  } else {
+    m->output_ = bind_weight(f, kOutput, c.n_vocab, c.n_embd);
+  }
+  for (int i = 0; i < c.n_layers; ++i) {
+    LayerWeights l;
+    l.attn_norm = bind_norm(f, layer(i, kAttnNorm), c.n_embd);
+    l.wq = bind_weight(f, layer(i, kAttnQ), q, c.n_embd);
+    l.wk = bind_weight(f, layer(i, kAttnK), kv, c.n_embd);
+    l.wv = bind_weight(f, layer(i, kAttnV), kv, c.n_embd);
+    l.wo = bind_weight(f, layer(i, kAttnO), c.n_embd, q);
+    l.ffn_norm = bind_norm(f, layer(i, kFfnNorm), c.n_embd);
+    l.gate = bind_weight(f, layer(i, kFfnGate), c.n_ff, c.n_embd);
+    l.up = bind_weight(f, layer(i, kFfnUp), c.n_ff, c.n_embd);
+    l.down = bind_weight(f, layer(i, kFfnDown), c.n_embd, c.n_ff);
+    m->layers_.push_back(l);
+  }
+  const size_t expected = 2 + (c.tied_embeddings ? 0 : 1) + size_t{9} * c.n_layers;
+  if (f.tensors().size() != expected) {
+    for (const auto& t : f.tensors()) {
+      bool known = t.name == kTokEmbd || t.name == kOutputNorm || t.name == kOutput || t.name.rfind("blk.", 0) == 0;
+      if (!known) throw Error(ErrorCode::kFormat, "'" + path + "': unexpected tensor '" + t.name + "'");
+    }
+    throw Error(ErrorCode::kFormat, "'" + path + "': " + std::to_string(f.tensors().size()) + " tensors, the config needs " +
+                                        std::to_string(expected));
+  }
+  return m;
+}
+
+uint64_t Model::weight_bytes() const {
+  uint64_t total = 0;
+  for (const auto& t : file_->tensors()) total += t.bytes;
+  return total;
+}
+
+Context::Context(std::shared_ptr<const Model> model, const ContextParams& params) : model_(std::move(model)) {
+  const ModelConfig& c = model_->config();
+  n_ctx_ = params.n_ctx > 0 ? params.n_ctx : c.n_ctx;
+  if (n_ctx_ > c.n_ctx) {
+    throw Error(ErrorCode::kInvalidArgument, "context of " + std::to_string(n_ctx_) + " tokens exceeds the model's trained context of " +
+                                                 std::to_string(c.n_ctx));
+  }
+  n_batch_ = std::clamp(params.n_batch, 1, n_ctx_);
+  n_threads_ = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
+  const size_t kv = size_t(c.n_kv_heads) * c.head_dim, q = size_t(c.n_heads) * c.head_dim;
+  k_cache_.assign(size_t(c.n_layers) * n_ctx_ * kv, 0.0f);
+  v_cache_.assign(size_t(c.n_layers) * n_ctx_ * kv, 0.0f);
+  const int half = c.head_dim / 2;
+  rope_cos_.resize(size_t(n_ctx_) * half);
+  rope_sin_.resize(size_t(n_ctx_) * half);
+  for (int p = 0; p < n_ctx_; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(double(c.rope_theta), -2.0 * i / c.head_dim);
+      const double a = p * inv_freq;
+      rope_cos_[size_t(p) * half + i] = static_cast<float>(std::cos(a));
+      rope_sin_[size_t(p) * half + i] = static_cast<float>(std::sin(a));
+    }
+  }
+  const size_t B = n_batch_;
+  x_.resize(B * c.n_embd);
+  xb_.resize(B * std::max<size_t>(c.n_embd, q));
+  xb2_.resize(B * c.n_embd);
+  q_.resize(B * q);
+  k_.resize(B * kv);
+  v_.resize(B * kv);
+  att_out_.resize(B * q);
+  hb_.resize(B * c.n_ff);
+  hb2_.resize(B * c.n_ff);
+  scores_.resize(size_t(n_threads_) * n_ctx_);
+}
+
+Context::~Context() = default;
+
+void Context::matmul(const float* x, int m, const Weight& w, float* y) {
+  const F32Kernels& kr = f32_kernels(model_->isa());
+  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k);
+  // Split the output features into chunks: enough chunks to balance threads, each large enough
+  // to amortize the kernel's blocking.
+  const int chunk = m == 1 ? std::max(16, (n + 4 * n_threads_ - 1) / (4 * n_threads_) / 16 * 16) : 64;
+  const int n_chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1)
+  for (int c = 0; c < n_chunks; ++c) {
+    const int n0 = c * chunk, n1 = std::min(n, n0 + chunk);
+    kr.gemm(m, n0, n1, k, x, static_cast<size_t>(k), w.data, w.row_bytes, w.qtype, y, static_cast<size_t>(n));
+  }
+}
+
+const float* Context::eval(std::span<const int> tokens, bool all_logits) {
+  const ModelConfig& c = model_->config();
+  if (tokens.empty()) throw Error(ErrorCode::kInvalidArgument, "eval: no tokens to evaluate");
+  if (n_past_ + static_cast<int64_t>(tokens.size()) > n_ctx_) {
+    throw Error(ErrorCode::kContextFull, std::to_string(n_past_) + " tokens in the context + " + std::to_string(tokens.size()) +
+                                             " new ones exceed the context of " + std::to_string(n_ctx_) + " tokens");
+  }
+  for (int t : tokens) {
+    if (t < 0 || t >= c.n_vocab) {
+      throw Error(ErrorCode::kInvalidArgument, "token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                                   std::to_string(c.n_vocab) + ")");
+    }
+  }
+  const size_t n = tokens.size();
+  logits_.resize((all_logits ? n : 1) * size_t(c.n_vocab));
+  for (size_t i = 0; i < n; i += n_batch_) {
+    const int nb = static_cast<int>(std::min<size_t>(n_batch_, n - i));
+    const bool last = i + nb == n;
+    float* out = all_logits ? logits_.data() + i * c.n_vocab : logits_.data();
+    forward_batch(tokens.data() + i, nb, all_logits, all_logits || last ? out : nullptr);
+  }
+  return logits_.data();
+}
+
+void Context::forward_batch(const int* tokens, int n, bool all_logits, float* logits_out) {
+  const ModelConfig& c = model_->config();
+  const F32Kernels& kr = f32_kernels(model_->isa());
+  const int E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads, F = c.n_ff;
+  const int Q = H * D, KV = HKV * D, half = D / 2, group = H / HKV;
+  const int p0 = n_past_;
+  const float att_scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  const Weight& emb = model_->tok_embd();
+  for (int b = 0; b < n; ++b) {
+    convert_row_to_f32(emb.qtype, emb.data + size_t(tokens[b]) * emb.row_bytes, &x_[size_t(b) * E], size_t(E));
+  }
+
+  auto rope = [&](float* v, int pos) {
+    const float* cs = &rope_cos_[size_t(pos) * half];
+    const float* sn = &rope_sin_[size_t(pos) * half];
+    for (int i = 0; i < half; ++i) {
+      const float a = v[i], bb = v[i + half];
+      v[i] = a * cs[i] - bb * sn[i];
+      v[i + half] = a * sn[i] + bb * cs[i];
+    }
+  };
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = model_->layers()[l];
+    for (int b = 0; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+    matmul(xb_.data(), n, w.wq, q_.data());
+    matmul(xb_.data(), n, w.wk, k_.data());
+    matmul(xb_.data(), n, w.wv, v_.data());
+    float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
+    float* vc = &v_cache_[size_t(l) * n_ctx_ * KV];
+    for (int b = 0; b < n; ++b) {
+      for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
+      for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
+      std::memcpy(kc + size_t(p0 + b) * KV, &k_[size_t(b) * KV], sizeof(float) * KV);
+      std::memcpy(vc + size_t(p0 + b) * KV, &v_[size_t(b) * KV], sizeof(float) * KV);
+    }
+    // Causal attention, one (token, head) pair per task.
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1)
+    for (int task = 0; task < n * H; ++task) {
+      const int b = task / H, h = task % H, kvh = h / group;
+      const int n_keys = p0 + b + 1;
+      float* sc = &scores_[size_t(omp_get_thread_num()) * n_ctx_];
+      const float* qv = &q_[size_t(b) * Q + size_t(h) * D];
+      for (int t = 0; t < n_keys; ++t) sc[t] = kr.dot(qv, kc + size_t(t) * KV + size_t(kvh) * D, D) * att_scale;
+      kr.softmax(sc, n_keys);
+      float* out = &att_out_[size_t(b) * Q + size_t(h) * D];
+      std::fill(out, out + D, 0.0f);
+      for (int t = 0; t < n_keys; ++t) kr.axpy(sc[t], vc + size_t(t) * KV + size_t(kvh) * D, out, D);
+    }
+    matmul(att_out_.data(), n, w.wo, xb2_.data());
+    for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];
+
+    for (int b = 0; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+    matmul(xb_.data(), n, w.gate, hb_.data());
+    matmul(xb_.data(), n, w.up, hb2_.data());
+    for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
+    matmul(hb_.data(), n, w.down, xb2_.data());
+    for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];
+  }
+  n_past_ += n;
+  if (!logits_out) return;
+  const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
+  for (int b = first; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], model_->output_norm(), &xb_[size_t(b - first) * E], E, c.norm_eps);
+  matmul(xb_.data(), rows, model_->output(), logits_out);
+}
+
+}  // namespace mxlm

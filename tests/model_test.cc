@@ -1,0 +1,365 @@
+// End to end on real models: import, convert, forward, greedy decoding and perplexity against
+// the stored references in ../shared/ref.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "kernels/common.h"
+#include "model/file_util.h"
+#include "model/import.h"
+#include "mxlm/generate.h"
+#include "mxlm/model.h"
+#include "mxlm/perplexity.h"
+#include "tests/test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mxlm {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Converts `input` once per process (keyed by input and dtype) and loads it.
+std::shared_ptr<const Model> converted(const std::string& input, QType dtype = QType::kBF16, const std::string& tokenizer = "") {
+  static std::map<std::string, std::shared_ptr<const Model>> cache;
+  const std::string key = input + "|" + std::string(qtype_info(dtype).name) + "|" + tokenizer;
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  ImportOptions opt;
+  opt.tokenizer_path = tokenizer;
+  ImportedModel m = import_model(input, opt);
+  const std::string out = test::scratch_dir() + "/m" + std::to_string(cache.size()) + ".mxlm";
+  convert_to_mxlm(m, out, dtype);
+  LoadOptions lo;
+  lo.verify = true;
+  auto model = Model::load(out, lo);
+  cache[key] = model;
+  return model;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// The (input, next) columns of stories260K_once_n64.tokens.txt.
+void read_story_tokens(std::vector<int>* inputs, std::vector<int>* nexts) {
+  std::ifstream f(test::shared_path("ref/stories260K/stories260K_once_n64.tokens.txt"));
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ss(line);
+    int pos, in, next;
+    ss >> pos >> in >> next;
+    inputs->push_back(in);
+    nexts->push_back(next);
+  }
+}
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(double(a[i]) - double(b[i])));
+  return m;
+}
+
+// llama2.c's run.c -n 64: 64 positions, printing the decoded token after each.
+std::string greedy_story(const std::shared_ptr<const Model>& model, std::vector<int>* ids) {
+  Context ctx(model);
+  const Tokenizer& tok = model->tokenizer();
+  std::vector<int> prompt = tok.encode("Once upon a time", true);
+  GenerateParams gp;
+  gp.sampler.temperature = 0;
+  gp.n_predict = 64 - static_cast<int>(prompt.size()) + 1;
+  *ids = prompt;
+  generate(ctx, prompt, gp, [&](int t) {
+    ids->push_back(t);
+    return true;
+  });
+  StreamDecoder dec(tok);
+  std::string text;
+  for (int t : *ids) text += dec.push(t);
+  return text + dec.flush();
+}
+
+class Stories260K : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::shared_ptr<const Model> load() {
+    const std::string dir = test::shared_path("models/stories260K/");
+    if (GetParam() == "bin") return converted(dir + "stories260K.bin", QType::kF32, dir + "tok512.bin");
+    if (GetParam() == "bin+model") return converted(dir + "stories260K.bin", QType::kF32, dir + "tok512.model");
+    return converted(dir + "stories260K.gguf", QType::kF32);
+  }
+};
+
+TEST_P(Stories260K, LogitsMatchLlama2c) {
+  auto model = load();
+  std::vector<int> inputs, nexts;
+  read_story_tokens(&inputs, &nexts);
+  ASSERT_EQ(inputs.size(), 64u);
+  const std::vector<float> ref = test::read_f32_file(test::shared_path("ref/stories260K/stories260K_once_n64.logits.f32"));
+  ASSERT_EQ(ref.size(), 64u * 512u);
+  Context ctx(model);
+  const float* logits = ctx.eval(inputs, true);
+  double worst = 0;
+  for (int p = 0; p < 64; ++p) worst = std::max(worst, max_abs_diff(logits + p * 512, ref.data() + p * 512, 512));
+  EXPECT_LT(worst, 1e-4) << "max |logit - llama2.c| over 64 positions";
+  // Decoding position by position gives the same logits as the batched prefill.
+  Context step(model);
+  double worst_step = 0;
+  for (int p = 0; p < 64; ++p) {
+    const float* l = step.eval(std::span<const int>(&inputs[p], 1), false);
+    worst_step = std::max(worst_step, max_abs_diff(l, ref.data() + p * 512, 512));
+  }
+  EXPECT_LT(worst_step, 1e-4);
+}
+
+TEST_P(Stories260K, GreedyTextMatchesLlama2c) {
+  auto model = load();
+  std::vector<int> ids;
+  const std::string text = greedy_story(model, &ids);
+  EXPECT_EQ(ids.size(), 65u);
+  EXPECT_EQ(text + "\n", slurp(test::shared_path("ref/stories260K/stories260K_t0_n64_once.txt")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sources, Stories260K, ::testing::Values("bin", "bin+model", "gguf"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& c : s) if (c == '+') c = '_';
+                           return s;
+                         });
+
+TEST(Stories260K, LegacyAndGgufAgreeExactlyOnWeights) {
+  const std::string dir = test::shared_path("models/stories260K/");
+  auto a = converted(dir + "stories260K.bin", QType::kF32, dir + "tok512.bin");
+  auto b = converted(dir + "stories260K.gguf", QType::kF32);
+  Context ca(a), cb(b);
+  std::vector<int> toks = {1, 403, 407, 261, 378};
+  const float* la = ca.eval(toks, true);
+  std::vector<float> copy(la, la + toks.size() * 512);
+  const float* lb = cb.eval(toks, true);
+  EXPECT_LT(max_abs_diff(copy.data(), lb, copy.size()), 1e-5);
+}
+
+class Tinymix : public ::testing::Test {
+ protected:
+  static std::shared_ptr<const Model> model() { return converted(test::shared_path("models/tinymix-26m")); }
+  static nlohmann::json reference() {
+    return nlohmann::json::parse(slurp(test::shared_path("ref/tinymix-26m/reference.json")));
+  }
+};
+
+TEST_F(Tinymix, LogitsMatchFloat64Reference) {
+  auto m = model();
+  const auto ref = reference();
+  for (const auto& p : ref["prompts"]) {
+    const std::vector<int> ids = p["ids"].get<std::vector<int>>();
+    const auto want = test::read_f32_file(test::shared_path("ref/tinymix-26m/" + p["f64_logits_file"].get<std::string>()));
+    ASSERT_EQ(want.size(), ids.size() * 4096);
+    Context ctx(m);
+    const float* logits = ctx.eval(ids, true);
+    EXPECT_LT(max_abs_diff(logits, want.data(), want.size()), 1e-3) << "prompt of " << ids.size() << " tokens";
+  }
+}
+
+TEST_F(Tinymix, Greedy64MatchesReference) {
+  auto m = model();
+  for (const auto& p : reference()["prompts"]) {
+    const std::vector<int> ids = p["ids"].get<std::vector<int>>();
+    const std::vector<int> want = p["f64_greedy64"].get<std::vector<int>>();
+    Context ctx(m);
+    GenerateParams gp;
+    gp.sampler.temperature = 0;
+    gp.n_predict = 64;
+    gp.stop_at_eos = false;
+    std::vector<int> got;
+    generate(ctx, ids, gp, [&](int t) {
+      got.push_back(t);
+      return true;
+    });
+    EXPECT_EQ(got, want);
+  }
+}
+
+TEST_F(Tinymix, F32AndBf16FilesGiveTheSameLogits) {
+  auto a = model();
+  auto b = converted(test::shared_path("models/tinymix-26m"), QType::kF32);
+  const std::vector<int> ids = {1, 340, 654, 2360, 262, 594};
+  Context ca(a), cb(b);
+  const float* la = ca.eval(ids, true);
+  std::vector<float> copy(la, la + ids.size() * 4096);
+  EXPECT_LT(max_abs_diff(copy.data(), cb.eval(ids, true), copy.size()), 1e-4);
+}
+
+TEST_F(Tinymix, PerplexityProtocol) {
+  auto m = model();
+  ContextParams cp;
+  cp.n_ctx = 513;
+  Context ctx(m, cp);
+  const std::string text = slurp(test::shared_path("text/tinymix-val.txt"));
+  const auto stream = tokenize_documents(m->tokenizer(), text, 1, 2);
+  PplParams pp;
+  pp.ctx = 512;
+  pp.windows = 64;
+  const PplResult r = perplexity(ctx, stream, pp);
+  EXPECT_EQ(r.n_predictions, 64 * 512);
+  EXPECT_NEAR(r.ppl, 9.993, 0.02);
+  std::printf("tinymix-26m bf16 ppl %.4f over %lld predictions in %.1f s\n", r.ppl, static_cast<long long>(r.n_predictions), r.seconds);
+}
+
+TEST_F(Tinymix, EmptyPromptAndOverlongPromptAreRejected) {
+  auto m = model();
+  Context ctx(m);
+  GenerateParams gp;
+  auto sink = [](int) { return true; };
+  try {
+    generate(ctx, {}, gp, sink);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("empty prompt"), std::string::npos);
+  }
+  std::vector<int> long_prompt(600, 262);
+  try {
+    generate(ctx, long_prompt, gp, sink);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kContextFull);
+    EXPECT_NE(std::string(e.what()).find("600 tokens does not fit the context of 512"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ctx.n_past(), 0);
+  std::vector<int> bad_id = {1, 99999};
+  EXPECT_THROW(ctx.eval(bad_id), Error);
+}
+
+TEST(Sampler, GreedyTemperatureAndSeeds) {
+  std::vector<float> logits = {0.1f, 2.0f, 1.9f, -3.0f, 0.5f};
+  SamplerParams g;
+  g.temperature = 0;
+  Sampler greedy(g);
+  EXPECT_EQ(greedy.sample(logits.data(), 5, {}), 1);
+  // The repetition penalty can move the argmax.
+  g.repeat_penalty = 1.5f;
+  Sampler pen(g);
+  const int hist[] = {1};
+  EXPECT_EQ(pen.sample(logits.data(), 5, hist), 2);
+  // top-k 2 never picks outside the two best; the same seed gives the same sequence.
+  SamplerParams s;
+  s.temperature = 1.0f;
+  s.top_k = 2;
+  s.top_p = 1.0f;
+  s.min_p = 0;
+  s.seed = 42;
+  Sampler a(s), b(s);
+  std::map<int, int> counts;
+  for (int i = 0; i < 2000; ++i) {
+    const int x = a.sample(logits.data(), 5, {});
+    EXPECT_EQ(x, b.sample(logits.data(), 5, {}));
+    counts[x]++;
+  }
+  EXPECT_EQ(counts.size(), 2u);
+  // p(1)/p(2) = e^0.1 ≈ 1.105
+  EXPECT_NEAR(double(counts[1]) / counts[2], std::exp(0.1), 0.15);
+  // top-p small keeps only the best; min-p high keeps only the best.
+  s.top_k = 0;
+  s.top_p = 0.1f;
+  Sampler tp(s);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(tp.sample(logits.data(), 5, {}), 1);
+  s.top_p = 1.0f;
+  s.min_p = 0.95f;
+  Sampler mp(s);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(mp.sample(logits.data(), 5, {}), 1);
+}
+
+// ---- bad input to the importers ------------------------------------------------------------
+
+std::string copy_hf_dir(const std::string& name, bool skip_shard2 = false) {
+  const std::string src = test::shared_path("models/tinymix-26m");
+  const std::string dst = test::scratch_dir() + "/" + name;
+  fs::create_directories(dst);
+  for (const auto& e : fs::directory_iterator(src)) {
+    const std::string fn = e.path().filename().string();
+    if (skip_shard2 && fn == "model-00002-of-00003.safetensors") continue;
+    if (fn == "config.json") {
+      fs::copy_file(e.path(), dst + "/" + fn, fs::copy_options::overwrite_existing);
+    } else {
+      fs::create_symlink(fs::absolute(e.path()), dst + "/" + fn);
+    }
+  }
+  return dst;
+}
+
+void edit_config(const std::string& dir, const std::function<void(nlohmann::json&)>& edit) {
+  nlohmann::json j = nlohmann::json::parse(slurp(dir + "/config.json"));
+  edit(j);
+  std::ofstream(dir + "/config.json") << j.dump(2);
+}
+
+void expect_import_error(const std::string& input, const std::string& needle, const std::string& tokenizer = "") {
+  ImportOptions opt;
+  opt.tokenizer_path = tokenizer;
+  try {
+    import_model(input, opt);
+    FAIL() << "no error importing " << input;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+  }
+}
+
+TEST(ImportErrors, MissingShard) {
+  const std::string dir = copy_hf_dir("noshard", true);
+  expect_import_error(dir, "missing shard");
+  expect_import_error(dir, "model-00002-of-00003.safetensors");
+}
+
+TEST(ImportErrors, UnknownArchitecture) {
+  const std::string dir = copy_hf_dir("arch");
+  edit_config(dir, [](nlohmann::json& j) {
+    j["architectures"] = {"GPTNeoXForCausalLM"};
+    j["model_type"] = "gpt_neox";
+  });
+  expect_import_error(dir, "unknown architecture 'GPTNeoXForCausalLM'");
+}
+
+TEST(ImportErrors, TensorOfTheWrongShape) {
+  const std::string dir = copy_hf_dir("shape");
+  edit_config(dir, [](nlohmann::json& j) { j["intermediate_size"] = 1024; });
+  expect_import_error(dir, "has shape [1280, 512], expected [1024, 512]");
+}
+
+TEST(ImportErrors, MissingInputAndNoTokenizer) {
+  expect_import_error(test::scratch_dir() + "/nothing-here", "does not exist");
+  const std::string dir = test::shared_path("models/stories260K/");
+  expect_import_error(dir + "stories260K.bin", "--tokenizer");
+}
+
+TEST(ImportErrors, TruncatedCheckpoints) {
+  const std::string bin = slurp(test::shared_path("models/stories260K/stories260K.bin"));
+  const std::string p = test::scratch_dir() + "/short.bin";
+  std::ofstream(p, std::ios::binary) << bin.substr(0, bin.size() / 2);
+  expect_import_error(p, "truncated", test::shared_path("models/stories260K/tok512.bin"));
+  const std::string tiny = test::scratch_dir() + "/tiny.bin";
+  std::ofstream(tiny, std::ios::binary) << "hello";
+  expect_import_error(tiny, "too short");
+  const std::string gg = slurp(test::shared_path("models/stories260K/stories260K.gguf"));
+  const std::string pg = test::scratch_dir() + "/short.gguf";
+  std::ofstream(pg, std::ios::binary) << gg.substr(0, gg.size() - 1000);
+  ImportOptions opt;
+  EXPECT_THROW(import_model(pg, opt), Error);
+}
+
+TEST(ImportErrors, CorruptSafetensorsHeader) {
+  const std::string dir = copy_hf_dir("corrupt");
+  const std::string shard = dir + "/model-00003-of-00003.safetensors";
+  std::string bytes = slurp(shard);
+  fs::remove(shard);
+  uint64_t huge = uint64_t{1} << 60;
+  std::memcpy(bytes.data(), &huge, 8);
+  std::ofstream(shard, std::ios::binary) << bytes;
+  expect_import_error(dir, "header length");
+}
+
+}  // namespace
+}  // namespace mxlm

@@ -1,0 +1,21 @@
+// Helpers shared by the tests: where ../shared is, scratch directories, reading raw files.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace mxlm::test {
+
+// The shared data folder: $MXLM_SHARED, else the path configured at build time (../shared).
+std::string shared_dir();
+// shared_dir() + "/" + rel
+std::string shared_path(const std::string& rel);
+// A fresh, empty scratch directory for this test process (removed at exit).
+std::string scratch_dir();
+std::vector<float> read_f32_file(const std::string& path);
+// Path of the mxlm binary built with the tests.
+std::string mxlm_binary();
+// Runs a shell command, returns its exit status; stdout+stderr go to *output when given.
+int run_command(const std::string& cmd, std::string* output = nullptr);
+
+}  // namespace mxlm::test

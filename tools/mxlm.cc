@@ -1,0 +1,273 @@
+// mxlm: the command-line frontend (convert, inspect, run, ppl).
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "kernels/common.h"
+#include "kernels/isa.h"
+#include "model/file_util.h"
+#include "model/import.h"
+#include "model/mxlm_file.h"
+#include "mxlm/generate.h"
+#include "mxlm/model.h"
+#include "mxlm/perplexity.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using namespace mxlm;
+
+std::string human_bytes(uint64_t b) {
+  char buf[32];
+  if (b >= (uint64_t{1} << 30)) std::snprintf(buf, sizeof(buf), "%.2f GiB", b / double(uint64_t{1} << 30));
+  else if (b >= (uint64_t{1} << 20)) std::snprintf(buf, sizeof(buf), "%.2f MiB", b / double(uint64_t{1} << 20));
+  else std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(b));
+  return buf;
+}
+
+void progress_bar(const char* what, size_t done, size_t total) {
+  const int width = 30;
+  const int filled = total ? static_cast<int>(width * done / total) : width;
+  std::fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu", what, filled, "##############################", width - filled, "", done, total);
+  if (done == total) std::fputc('\n', stderr);
+  std::fflush(stderr);
+}
+
+struct ConvertArgs {
+  std::string input, output, dtype = "bf16", tokenizer;
+  bool quiet = false;
+};
+
+int cmd_convert(const ConvertArgs& a) {
+  auto qt = qtype_from_name(a.dtype);
+  if (!qt || (*qt != QType::kF32 && *qt != QType::kBF16 && *qt != QType::kF16)) {
+    throw Error(ErrorCode::kInvalidArgument, "--dtype " + a.dtype + " is not one of bf16, f16, f32");
+  }
+  ImportOptions opt;
+  opt.tokenizer_path = a.tokenizer;
+  auto t0 = std::chrono::steady_clock::now();
+  ImportedModel m = import_model(a.input, opt);
+  // The tokenizer must load before anything is written.
+  auto tok = Tokenizer::from_spm_proto(m.tokenizer_proto);
+  if (tok->n_vocab() > m.config.n_vocab) {
+    throw Error(ErrorCode::kFormat, "the tokenizer has " + std::to_string(tok->n_vocab()) + " pieces, the model only " +
+                                        std::to_string(m.config.n_vocab) + " embeddings");
+  }
+  std::fprintf(stderr, "mxlm: %s model: %d layers, %d hidden, %d heads (%d kv), vocab %d, ctx %d\n", source_format_name(m.format),
+               m.config.n_layers, m.config.n_embd, m.config.n_heads, m.config.n_kv_heads, m.config.n_vocab, m.config.n_ctx);
+  std::function<void(size_t, size_t)> progress;
+  if (!a.quiet) progress = [](size_t d, size_t t) { progress_bar("converting", d, t); };
+  convert_to_mxlm(m, a.output, *qt, progress);
+  MxlmFile check(a.output);
+  std::fprintf(stderr, "mxlm: wrote %s (%s, %zu tensors, %s weights) in %.1f s\n", a.output.c_str(),
+               human_bytes(check.file_bytes()).c_str(), check.tensors().size(), a.dtype.c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
+int cmd_inspect(const std::string& path, bool verify, bool json) {
+  MxlmFile f(path);
+  if (verify) f.verify();
+  if (json) {
+    nlohmann::json j = f.header();
+    j["file_bytes"] = f.file_bytes();
+    j["isa"] = std::string(isa_name(selected_isa()));
+    if (verify) j["verified"] = true;
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  const ModelConfig& c = f.config();
+  std::printf("file:       %s (%s, .mxlm version %u)\n", path.c_str(), human_bytes(f.file_bytes()).c_str(), f.version());
+  std::printf("config:     %s\n", c.to_json().dump().c_str());
+  std::printf("tokenizer:  %s, %s\n", std::string(f.tokenizer_kind()).c_str(), human_bytes(f.tokenizer_blob().size()).c_str());
+  std::printf("provenance: %s\n", f.header().value("provenance", nlohmann::json::object()).dump().c_str());
+  std::printf("isa:        %s\n", std::string(isa_name(selected_isa())).c_str());
+  std::printf("\n%-28s %-8s %-16s %12s\n", "tensor", "format", "shape", "bytes");
+  uint64_t total = 0;
+  double bits = 0, elems = 0;
+  for (const auto& t : f.tensors()) {
+    std::string shape;
+    for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
+    std::string fmt;
+    for (size_t i = 0; i < t.segments.size(); ++i) fmt += (i ? "+" : "") + std::string(qtype_info(t.segments[i].qtype).name);
+    std::printf("%-28s %-8s %-16s %12llu\n", t.name.c_str(), fmt.c_str(), shape.c_str(), static_cast<unsigned long long>(t.bytes));
+    total += t.bytes;
+    double n = 1;
+    for (auto d : t.shape) n *= d;
+    elems += n;
+    bits += 8.0 * t.bytes;
+  }
+  std::printf("\n%zu tensors, %s of weights, %.2f bits per weight\n", f.tensors().size(), human_bytes(total).c_str(), bits / elems);
+  if (verify) std::printf("checksums:  all %zu tensors and the tokenizer verified\n", f.tensors().size());
+  return 0;
+}
+
+struct RunArgs {
+  std::string model, prompt, prompt_file;
+  int n_predict = 128, threads = 0, ctx = 0;
+  bool verbose = false, no_bos = false, ignore_eos = false;
+  SamplerParams sampler;
+};
+
+int cmd_run(RunArgs a) {
+  if (!a.prompt_file.empty()) a.prompt = read_file(a.prompt_file);
+  if (a.prompt.empty()) throw Error(ErrorCode::kInvalidArgument, "empty prompt: give the text to continue with -p TEXT or -f FILE");
+  if (size_t bad = find_invalid_utf8(a.prompt); bad != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "the prompt is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
+  }
+  auto model = Model::load(a.model);
+  ContextParams cp;
+  cp.n_ctx = a.ctx;
+  cp.n_threads = a.threads;
+  Context ctx(model, cp);
+  const Tokenizer& tok = model->tokenizer();
+  std::vector<int> prompt = tok.encode(a.prompt, !a.no_bos);
+  if (a.verbose) {
+    std::fprintf(stderr, "mxlm: model %s: %s, isa %s, %d threads, ctx %d\n", a.model.c_str(),
+                 human_bytes(model->weight_bytes()).c_str(), std::string(isa_name(model->isa())).c_str(), ctx.n_threads(), ctx.n_ctx());
+    std::fprintf(stderr, "mxlm: prompt: %zu tokens:", prompt.size());
+    for (int t : prompt) std::fprintf(stderr, " %d", t);
+    std::fputc('\n', stderr);
+  }
+  GenerateParams gp;
+  gp.n_predict = a.n_predict;
+  gp.sampler = a.sampler;
+  gp.stop_at_eos = !a.ignore_eos;
+  // Echo the prompt text, then stream the continuation.
+  std::fwrite(a.prompt.data(), 1, a.prompt.size(), stdout);
+  std::fflush(stdout);
+  StreamDecoder dec(tok);
+  // The continuation follows the prompt: its first piece's leading space is real text.
+  dec.push(prompt.back());
+  GenerateStats st = generate(ctx, prompt, gp, [&](int id) {
+    const std::string s = dec.push(id);
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  const std::string rest = dec.flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  std::fprintf(stderr, "mxlm: prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s%s\n", st.n_prompt,
+               st.prompt_tok_per_s(), st.n_generated, st.gen_tok_per_s(),
+               st.hit_eos ? " (end of text)" : st.context_full ? " (context full)" : "");
+  return 0;
+}
+
+struct PplArgs {
+  std::string model, file;
+  int ctx = 512, windows = 0, threads = 0;
+  bool json = false;
+};
+
+int cmd_ppl(const PplArgs& a) {
+  auto model = Model::load(a.model);
+  const std::string text = read_file(a.file);
+  if (size_t bad = find_invalid_utf8(text); bad != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "'" + a.file + "' is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
+  }
+  ContextParams cp;
+  cp.n_ctx = std::min(model->config().n_ctx, a.ctx + 1);
+  if (a.ctx + 1 > model->config().n_ctx) {
+    throw Error(ErrorCode::kInvalidArgument, "--ctx " + std::to_string(a.ctx) + " needs windows of " + std::to_string(a.ctx + 1) +
+                                                 " tokens, more than the model's context of " + std::to_string(model->config().n_ctx));
+  }
+  cp.n_batch = a.ctx;
+  cp.n_threads = a.threads;
+  Context ctx(model, cp);
+  const std::vector<int> stream = tokenize_documents(model->tokenizer(), text, model->config().bos_id, model->config().eos_id);
+  PplParams pp;
+  pp.ctx = a.ctx;
+  pp.windows = a.windows;
+  PplResult r = perplexity(ctx, stream, pp, [&](int d, int t, double p) {
+    if (!a.json) {
+      std::fprintf(stderr, "\rppl: window %d/%d, running ppl %.4f", d, t, p);
+      if (d == t) std::fputc('\n', stderr);
+      std::fflush(stderr);
+    }
+  });
+  if (a.json) {
+    nlohmann::json j = {{"model", a.model},      {"file", a.file},         {"ctx", a.ctx},
+                        {"windows", r.windows},  {"ppl", r.ppl},           {"mean_nll", r.mean_nll},
+                        {"tokens_evaluated", r.n_predictions}, {"seconds", r.seconds}, {"threads", ctx.n_threads()},
+                        {"isa", std::string(isa_name(model->isa()))}};
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("ppl %.4f  mean NLL %.6f  tokens evaluated %lld  (%d windows of %d, %.1f s, %.0f tok/s)\n", r.ppl, r.mean_nll,
+                static_cast<long long>(r.n_predictions), r.windows, a.ctx, r.seconds, r.n_predictions / r.seconds);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mxlm: mixed-precision quantized LLM runtime for CPUs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "mxlm 0.1.0");
+
+  ConvertArgs conv;
+  auto* c = app.add_subcommand("convert", "Import an HF directory, GGUF file or llama2.c checkpoint into a .mxlm file");
+  c->add_option("input", conv.input, "HF model directory, .gguf file or llama2.c .bin checkpoint")->required();
+  c->add_option("-o,--output", conv.output, "output .mxlm path (written atomically)")->required();
+  c->add_option("--dtype", conv.dtype, "weight format: bf16, f16 or f32")->check(CLI::IsMember({"bf16", "f16", "f32"}));
+  c->add_option("--tokenizer", conv.tokenizer, "tokenizer for llama2.c checkpoints (.model or llama2.c .bin); overrides an HF tokenizer.model");
+  c->add_flag("-q,--quiet", conv.quiet, "no progress bar");
+
+  std::string inspect_path;
+  bool inspect_verify = false, inspect_json = false;
+  auto* in = app.add_subcommand("inspect", "Print a .mxlm file's header, config and tensor table");
+  in->add_option("model", inspect_path, ".mxlm file")->required();
+  in->add_flag("--verify", inspect_verify, "recompute and check every checksum");
+  in->add_flag("--json", inspect_json, "print the header as JSON");
+
+  RunArgs run;
+  auto* r = app.add_subcommand("run", "Generate text from a prompt");
+  r->add_option("-m,--model", run.model, ".mxlm model")->required();
+  r->add_option("-p,--prompt", run.prompt, "prompt text");
+  r->add_option("-f,--file", run.prompt_file, "read the prompt from a file");
+  r->add_option("-n,--n-predict", run.n_predict, "tokens to generate (-1: until end of text or context)");
+  r->add_option("-t,--threads", run.threads, "threads (default: all cores)");
+  r->add_option("-c,--ctx", run.ctx, "context size (default: the model's)");
+  r->add_option("--temp", run.sampler.temperature, "temperature (0: greedy)");
+  r->add_option("--top-k", run.sampler.top_k, "top-k (0: off)");
+  r->add_option("--top-p", run.sampler.top_p, "top-p (1: off)");
+  r->add_option("--min-p", run.sampler.min_p, "min-p (0: off)");
+  r->add_option("--repeat-penalty", run.sampler.repeat_penalty, "repetition penalty (1: off)");
+  r->add_option("--repeat-last-n", run.sampler.repeat_last_n, "tokens the repetition penalty looks back");
+  r->add_option("-s,--seed", run.sampler.seed, "random seed");
+  r->add_flag("--no-bos", run.no_bos, "do not prepend BOS");
+  r->add_flag("--ignore-eos", run.ignore_eos, "keep generating after end of text");
+  r->add_flag("-v,--verbose", run.verbose, "print model, ISA and prompt tokens to stderr");
+
+  PplArgs ppl;
+  auto* p = app.add_subcommand("ppl", "Perplexity of a model on a text");
+  p->add_option("-m,--model", ppl.model, ".mxlm model")->required();
+  p->add_option("-f,--file", ppl.file, "text file (documents separated by lines holding only 0x1E)")->required();
+  p->add_option("--ctx", ppl.ctx, "predictions per window")->check(CLI::PositiveNumber);
+  p->add_option("--windows", ppl.windows, "number of windows (default: all)")->check(CLI::NonNegativeNumber);
+  p->add_option("-t,--threads", ppl.threads, "threads (default: all cores)");
+  p->add_flag("--json", ppl.json, "print the result as JSON");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*c) return cmd_convert(conv);
+    if (*in) return cmd_inspect(inspect_path, inspect_verify, inspect_json);
+    if (*r) return cmd_run(run);
+    if (*p) return cmd_ppl(ppl);
+  } catch (const mxlm::Error& e) {
+    std::fprintf(stderr, "\nmxlm: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nmxlm: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
