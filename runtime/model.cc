@@ -148,7 +148,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   att_out_.resize(B * q);
   hb_.resize(B * c.n_ff);
   hb2_.resize(B * c.n_ff);
-  scores_.resize(size_t(n_threads_) * n_ctx_);
+  scores_.resize(size_t(n_threads_) * n_batch_ * n_ctx_);
 }
 
 Context::~Context() = default;
@@ -220,26 +220,33 @@ void Context::forward_batch(const int* tokens, int n, bool all_logits, float* lo
     matmul(xb_.data(), n, w.wq, q_.data());
     matmul(xb_.data(), n, w.wk, k_.data());
     matmul(xb_.data(), n, w.wv, v_.data());
+    // K cache [n_ctx][KV] (rows of keys); V cache transposed, [HKV][D][n_ctx], so that both
+    // attention products run as gemm over contiguous rows.
     float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
-    float* vc = &v_cache_[size_t(l) * n_ctx_ * KV];
+    float* vt = &v_cache_[size_t(l) * n_ctx_ * KV];
     for (int b = 0; b < n; ++b) {
       for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
       for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
       std::memcpy(kc + size_t(p0 + b) * KV, &k_[size_t(b) * KV], sizeof(float) * KV);
-      std::memcpy(vc + size_t(p0 + b) * KV, &v_[size_t(b) * KV], sizeof(float) * KV);
+      for (int i = 0; i < KV; ++i) vt[size_t(i) * n_ctx_ + p0 + b] = v_[size_t(b) * KV + i];
     }
-    // Causal attention, one (token, head) pair per task.
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1)
-    for (int task = 0; task < n * H; ++task) {
-      const int b = task / H, h = task % H, kvh = h / group;
-      const int n_keys = p0 + b + 1;
-      float* sc = &scores_[size_t(omp_get_thread_num()) * n_ctx_];
-      const float* qv = &q_[size_t(b) * Q + size_t(h) * D];
-      for (int t = 0; t < n_keys; ++t) sc[t] = kr.dot(qv, kc + size_t(t) * KV + size_t(kvh) * D, D) * att_scale;
-      kr.softmax(sc, n_keys);
-      float* out = &att_out_[size_t(b) * Q + size_t(h) * D];
-      std::fill(out, out + D, 0.0f);
-      for (int t = 0; t < n_keys; ++t) kr.axpy(sc[t], vc + size_t(t) * KV + size_t(kvh) * D, out, D);
+    // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V.
+    const int T = p0 + n;
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && H > 1)
+    for (int h = 0; h < H; ++h) {
+      const int kvh = h / group;
+      float* sc = &scores_[size_t(omp_get_thread_num()) * n_batch_ * n_ctx_];
+      kr.gemm(n, 0, T, D, &q_[size_t(h) * D], size_t(Q), kc + size_t(kvh) * D, sizeof(float) * KV, QType::kF32, sc,
+              size_t(T));
+      for (int b = 0; b < n; ++b) {
+        float* row = sc + size_t(b) * T;
+        const int n_keys = p0 + b + 1;
+        for (int t = 0; t < n_keys; ++t) row[t] *= att_scale;
+        kr.softmax(row, n_keys);
+        std::fill(row + n_keys, row + T, 0.0f);
+      }
+      kr.gemm(n, 0, D, T, sc, size_t(T), vt + size_t(kvh) * D * n_ctx_, sizeof(float) * n_ctx_, QType::kF32,
+              &att_out_[size_t(h) * D], size_t(Q));
     }
     matmul(att_out_.data(), n, w.wo, xb2_.data());
     for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];

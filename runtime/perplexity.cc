@@ -30,8 +30,8 @@ std::vector<int> tokenize_documents(const Tokenizer& tok, const std::string& tex
 
 PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplParams& params,
                      const std::function<void(int, int, double)>& progress) {
-  if (params.ctx < 1 || params.ctx + 1 > ctx.n_ctx()) {
-    throw Error(ErrorCode::kInvalidArgument, "perplexity window of " + std::to_string(params.ctx) + "+1 tokens does not fit the context of " +
+  if (params.ctx < 1 || params.ctx > ctx.n_ctx()) {
+    throw Error(ErrorCode::kInvalidArgument, "perplexity window of " + std::to_string(params.ctx) + " tokens does not fit the context of " +
                                                  std::to_string(ctx.n_ctx()) + " tokens");
   }
   const int64_t win = params.ctx + 1;

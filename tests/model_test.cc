@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -196,7 +197,7 @@ TEST_F(Tinymix, F32AndBf16FilesGiveTheSameLogits) {
 TEST_F(Tinymix, PerplexityProtocol) {
   auto m = model();
   ContextParams cp;
-  cp.n_ctx = 513;
+  cp.n_ctx = 512;
   Context ctx(m, cp);
   const std::string text = slurp(test::shared_path("text/tinymix-val.txt"));
   const auto stream = tokenize_documents(m->tokenizer(), text, 1, 2);
@@ -271,6 +272,120 @@ TEST(Sampler, GreedyTemperatureAndSeeds) {
   s.min_p = 0.95f;
   Sampler mp(s);
   for (int i = 0; i < 100; ++i) EXPECT_EQ(mp.sample(logits.data(), 5, {}), 1);
+}
+
+
+// ---- other source layouts: llama2.c v1 header, classic rope_theta, single-file f32/f16 ------
+
+// Rewrites the legacy stories260K.bin as a llama2.c v1 ("ak42") checkpoint.
+std::string make_v1_checkpoint() {
+  const std::string legacy = slurp(test::shared_path("models/stories260K/stories260K.bin"));
+  int32_t h[7];
+  std::memcpy(h, legacy.data(), sizeof(h));
+  const bool shared = h[5] > 0;
+  const int64_t dim = h[0], hidden = h[1], L = h[2], heads = h[3], kv_heads = h[4], vocab = std::abs(h[5]), seq = h[6];
+  const int64_t hs = dim / heads, kv = kv_heads * hs;
+  size_t off = 28;
+  auto section = [&](int64_t floats) {
+    std::string s = legacy.substr(off, size_t(floats) * 4);
+    off += size_t(floats) * 4;
+    return s;
+  };
+  const std::string emb = section(vocab * dim), rms_att = section(L * dim), wq = section(L * dim * dim),
+                    wk = section(L * dim * kv), wv = section(L * dim * kv), wo = section(L * dim * dim),
+                    rms_ffn = section(L * dim), w1 = section(L * dim * hidden), w2 = section(L * hidden * dim),
+                    w3 = section(L * hidden * dim), rms_final = section(dim);
+  section(seq * hs / 2);
+  section(seq * hs / 2);
+  const std::string wcls = shared ? "" : section(vocab * dim);
+  std::string out(256, '\0');
+  const uint32_t magic = 0x616b3432;
+  const int32_t version = 1;
+  int32_t params[7] = {h[0], h[1], h[2], h[3], h[4], int32_t(vocab), h[6]};
+  std::memcpy(out.data(), &magic, 4);
+  std::memcpy(out.data() + 4, &version, 4);
+  std::memcpy(out.data() + 8, params, sizeof(params));
+  out[36] = shared ? 1 : 0;
+  out += rms_att + rms_ffn + rms_final + emb + wq + wk + wv + wo + w1 + w2 + w3 + wcls;
+  const std::string path = test::scratch_dir() + "/stories260K_v1.bin";
+  std::ofstream(path, std::ios::binary) << out;
+  return path;
+}
+
+TEST(Stories260K, Llama2cV1HeaderGivesTheSameLogits) {
+  const std::string dir = test::shared_path("models/stories260K/");
+  auto a = converted(dir + "stories260K.bin", QType::kF32, dir + "tok512.bin");
+  auto b = converted(make_v1_checkpoint(), QType::kF32, dir + "tok512.bin");
+  std::vector<int> inputs, nexts;
+  read_story_tokens(&inputs, &nexts);
+  Context ca(a), cb(b);
+  const float* la = ca.eval(inputs, true);
+  std::vector<float> copy(la, la + inputs.size() * 512);
+  EXPECT_EQ(max_abs_diff(copy.data(), cb.eval(inputs, true), copy.size()), 0.0);
+}
+
+// Merges the tinymix shards into one model.safetensors with every tensor in `dtype`
+// ("F32" or "F16"), and writes a config in the classic rope_theta form.
+std::string make_single_file_hf(const std::string& name, const std::string& dtype) {
+  const std::string src = test::shared_path("models/tinymix-26m");
+  const std::string dst = test::scratch_dir() + "/" + name;
+  fs::create_directories(dst);
+  nlohmann::json header = nlohmann::json::object();
+  std::string data;
+  for (int s = 1; s <= 3; ++s) {
+    const std::string bytes = slurp(src + "/model-0000" + std::to_string(s) + "-of-00003.safetensors");
+    uint64_t hlen;
+    std::memcpy(&hlen, bytes.data(), 8);
+    const nlohmann::json h = nlohmann::json::parse(bytes.substr(8, hlen));
+    for (auto& [tname, t] : h.items()) {
+      if (tname == "__metadata__") continue;
+      EXPECT_EQ(t["dtype"], "BF16");
+      const auto offs = t["data_offsets"].get<std::vector<uint64_t>>();
+      const size_t n = (offs[1] - offs[0]) / 2;
+      const size_t begin = data.size();
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t b;
+        std::memcpy(&b, bytes.data() + 8 + hlen + offs[0] + 2 * i, 2);
+        const float f = bf16_to_f32(b);
+        if (dtype == "F32") {
+          data.append(reinterpret_cast<const char*>(&f), 4);
+        } else {
+          const uint16_t hv = f32_to_f16(f);
+          data.append(reinterpret_cast<const char*>(&hv), 2);
+        }
+      }
+      header[tname] = {{"dtype", dtype}, {"shape", t["shape"]}, {"data_offsets", {begin, data.size()}}};
+    }
+  }
+  const std::string htext = header.dump();
+  const uint64_t hlen = htext.size();
+  std::ofstream f(dst + "/model.safetensors", std::ios::binary);
+  f.write(reinterpret_cast<const char*>(&hlen), 8);
+  f << htext << data;
+  f.close();
+  nlohmann::json cfg = nlohmann::json::parse(slurp(src + "/config.json"));
+  cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"];
+  cfg.erase("rope_parameters");
+  std::ofstream(dst + "/config.json") << cfg.dump(2);
+  fs::create_symlink(src + "/tokenizer.model", dst + "/tokenizer.model");
+  return dst;
+}
+
+TEST_F(Tinymix, SingleFileF32AndF16SafetensorsWithClassicRopeTheta) {
+  auto ref = model();
+  const std::vector<int> ids = reference()["prompts"][1]["ids"].get<std::vector<int>>();
+  Context cr(ref);
+  const float* lr = cr.eval(ids, true);
+  std::vector<float> want(lr, lr + ids.size() * 4096);
+  // f32 safetensors hold the bf16 values exactly: identical logits.
+  auto f32 = converted(make_single_file_hf("single_f32", "F32"), QType::kF32);
+  EXPECT_EQ(f32->config().rope_theta, 10000.0f);
+  Context c32(f32);
+  EXPECT_LT(max_abs_diff(want.data(), c32.eval(ids, true), want.size()), 1e-4);
+  // f16 rounds the weights: close, not identical.
+  auto f16 = converted(make_single_file_hf("single_f16", "F16"), QType::kF16);
+  Context c16(f16);
+  EXPECT_LT(max_abs_diff(want.data(), c16.eval(ids, true), want.size()), 5e-2);
 }
 
 // ---- bad input to the importers ------------------------------------------------------------

@@ -51,8 +51,8 @@ std::vector<float> read_f32_file(const std::string& path) {
 
 std::string mxlm_binary() { return MXLM_BINARY; }
 
-int run_command(const std::string& cmd, std::string* output) {
-  std::string full = cmd + " 2>&1";
+int run_command(const std::string& cmd, std::string* output, bool merge_stderr) {
+  std::string full = merge_stderr ? cmd + " 2>&1" : cmd;
   FILE* p = popen(full.c_str(), "r");
   if (!p) return -1;
   std::array<char, 4096> buf{};

@@ -15,7 +15,8 @@ std::string scratch_dir();
 std::vector<float> read_f32_file(const std::string& path);
 // Path of the mxlm binary built with the tests.
 std::string mxlm_binary();
-// Runs a shell command, returns its exit status; stdout+stderr go to *output when given.
-int run_command(const std::string& cmd, std::string* output = nullptr);
+// Runs a shell command, returns its exit status; its stdout (and stderr when merge_stderr)
+// goes to *output when given.
+int run_command(const std::string& cmd, std::string* output = nullptr, bool merge_stderr = true);
 
 }  // namespace mxlm::test

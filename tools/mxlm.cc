@@ -174,11 +174,11 @@ int cmd_ppl(const PplArgs& a) {
     throw Error(ErrorCode::kInvalidArgument, "'" + a.file + "' is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
   }
   ContextParams cp;
-  cp.n_ctx = std::min(model->config().n_ctx, a.ctx + 1);
-  if (a.ctx + 1 > model->config().n_ctx) {
-    throw Error(ErrorCode::kInvalidArgument, "--ctx " + std::to_string(a.ctx) + " needs windows of " + std::to_string(a.ctx + 1) +
-                                                 " tokens, more than the model's context of " + std::to_string(model->config().n_ctx));
+  if (a.ctx > model->config().n_ctx) {
+    throw Error(ErrorCode::kInvalidArgument, "--ctx " + std::to_string(a.ctx) + " exceeds the model's context of " +
+                                                 std::to_string(model->config().n_ctx) + " tokens");
   }
+  cp.n_ctx = a.ctx;
   cp.n_batch = a.ctx;
   cp.n_threads = a.threads;
   Context ctx(model, cp);

@@ -94,7 +94,8 @@ class Context {
 
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
-  std::vector<float> k_cache_, v_cache_;  // [n_layers][n_ctx][n_kv_heads * head_dim]
+  // Per layer: keys [n_ctx][n_kv_heads * head_dim]; values transposed [n_kv_heads * head_dim][n_ctx].
+  std::vector<float> k_cache_, v_cache_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;

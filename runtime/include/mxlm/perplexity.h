@@ -28,7 +28,7 @@ struct PplResult {
 };
 
 // Throws Error (kInvalidArgument) when the stream is shorter than one window or ctx exceeds
-// the context's size (ctx + 1 tokens must fit).
+// the context's size (the window's last token is only predicted, so ctx tokens must fit).
 PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplParams& params,
                      const std::function<void(int done, int total, double running_ppl)>& progress = {});
 

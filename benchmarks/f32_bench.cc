@@ -1,0 +1,122 @@
+// Google Benchmark of the float32 GEMM (kernels/f32_ops.h) on every ISA this host runs, for bf16
+// and f32 weights, single-threaded:
+//   (1, 4096, 4096)  decode GEMV; weights rotate through > 64 MiB so they stream from DRAM
+//                    (L3 is 32 MiB), reported as weight GB/s (DRAM read: ~27 GB/s one thread)
+//   (128, 1280, 512), (512, 512, 512), (512, 4096, 512)  prefill shapes
+// Counters: GFLOPS (2*M*N*K per call), peak = GFLOPS / 116 (the f32 FMA peak of one Zen 4 core,
+// shared/TOOLCHAIN.md), and wGBps for M = 1.
+//
+// Names: gemm/<isa>/<wtype>/M:<M>/N:<N>/K:<K>; filter with --benchmark_filter=gemm/avx512.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "kernels/f32_ops.h"
+#include "kernels/isa.h"
+#include "kernels/qtype.h"
+
+namespace mxlm {
+namespace {
+
+constexpr double kF32FmaPeakGflops = 116.0;
+constexpr size_t kRotateBytes = size_t{64} << 20;  // > L3 (32 MiB) with margin
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<uint8_t[], FreeDeleter>;
+
+// 64-byte aligned, like tensors in an mmap'ed .mxlm file.
+Buffer alloc_aligned(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  return Buffer(static_cast<uint8_t*>(std::aligned_alloc(64, rounded == 0 ? 64 : rounded)));
+}
+
+void fill_random(float* p, size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (size_t i = 0; i < n; ++i) p[i] = dist(rng);
+}
+
+void bm_gemm(benchmark::State& state, Isa isa, QType wtype, int M, int N, int K) {
+  const F32Kernels& kern = f32_kernels(isa);
+  const size_t row_bytes = *qtype_row_bytes(wtype, static_cast<uint64_t>(K));
+  const size_t w_bytes = row_bytes * static_cast<size_t>(N);
+  // M = 1 is memory-bound: rotate through enough matrices that each call reads from DRAM.
+  const size_t n_bufs = M == 1 ? kRotateBytes / w_bytes + 2 : 1;
+
+  std::mt19937 rng(42);
+  std::vector<float> row(static_cast<size_t>(K));
+  std::vector<Buffer> weights;
+  for (size_t b = 0; b < n_bufs; ++b) {
+    Buffer w = alloc_aligned(w_bytes);
+    for (int n = 0; n < N; ++n) {
+      fill_random(row.data(), row.size(), rng);
+      convert_row_from_f32(wtype, row.data(), w.get() + static_cast<size_t>(n) * row_bytes, row.size());
+    }
+    weights.push_back(std::move(w));
+  }
+  Buffer xb = alloc_aligned(sizeof(float) * static_cast<size_t>(M) * K);
+  Buffer yb = alloc_aligned(sizeof(float) * static_cast<size_t>(M) * N);
+  float* x = reinterpret_cast<float*>(xb.get());
+  float* y = reinterpret_cast<float*>(yb.get());
+  fill_random(x, static_cast<size_t>(M) * K, rng);
+
+  size_t b = 0;
+  for (auto _ : state) {
+    kern.gemm(M, 0, N, K, x, static_cast<size_t>(K), weights[b].get(), row_bytes, wtype, y, static_cast<size_t>(N));
+    benchmark::DoNotOptimize(y);
+    benchmark::ClobberMemory();
+    if (++b == n_bufs) b = 0;
+  }
+
+  const double flops = 2.0 * M * static_cast<double>(N) * K;
+  state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak"] =
+      benchmark::Counter(flops * 1e-9 / kF32FmaPeakGflops, benchmark::Counter::kIsIterationInvariantRate);
+  if (M == 1) {
+    state.counters["wGBps"] =
+        benchmark::Counter(static_cast<double>(w_bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  }
+}
+
+struct Shape {
+  int m, n, k;
+};
+
+// Registered at static initialization so the benchmarks run whichever main the binary links.
+const bool kRegistered = [] {
+  const Shape shapes[] = {{1, 4096, 4096}, {128, 1280, 512}, {512, 512, 512}, {512, 4096, 512}};
+  for (Isa isa : available_isas()) {
+    for (QType wtype : {QType::kBF16, QType::kF32}) {
+      for (const Shape& s : shapes) {
+        // The scalar spec runs ~1 GFLOP/s: keep it to the shapes that finish quickly.
+        if (isa == Isa::kRef && s.m * static_cast<double>(s.n) * s.k > 4e8) continue;
+        const std::string name = "gemm/" + std::string(isa_name(isa)) + "/" + std::string(qtype_info(wtype).name) +
+                                 "/M:" + std::to_string(s.m) + "/N:" + std::to_string(s.n) + "/K:" + std::to_string(s.k);
+        benchmark::RegisterBenchmark(name.c_str(), bm_gemm, isa, wtype, s.m, s.n, s.k)
+            ->Unit(benchmark::kMicrosecond)
+            ->MinTime(0.5);
+      }
+    }
+  }
+  return true;
+}();
+
+}  // namespace
+}  // namespace mxlm
+
+// Weak: another benchmark source may define main (benchmarks/*.cc link into one binary).
+__attribute__((weak)) int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

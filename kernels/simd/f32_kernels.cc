@@ -1,0 +1,615 @@
+// Float32 kernels (kernels/f32_ops.h), compiled once per ISA: MXLM_TARGET_NS names the ISA
+// namespace, MXLM_TARGET_{REF,AVX2,AVX512} selects the code. Only register_f32 is exported.
+//
+// Everything else has internal linkage, and the SIMD builds call no inline function from a
+// header (no std::min, std::array, std::sqrt ...): an inline function emitted out of line by an
+// AVX-512 build could otherwise be picked by the linker for every caller (SIGILL on older CPUs).
+//
+// gemm (SIMD builds) is a register-tiled dot-product kernel: an MR x NR tile keeps MR*NR vector
+// accumulators over K (lane l of accumulator (i, j) sums x[i][k] * w[j][k] over k = l mod lanes),
+// converts each weight vector once (bf16 by shift, f16 by vcvtph2ps) and reuses it across the
+// MR activation rows, and reduces the accumulators four at a time at the end. K tails use
+// masked (AVX-512) or zero-padded (AVX2) loads, which add exact zeros. Every output element is
+// computed by the same sequence of operations whatever the tile, M, n0 or n1 it falls in, so the
+// result for (m, n) depends only on x row m, weight row n and K: bitwise identical between a
+// batch and a single row, and between any split of [n0, n1) across threads.
+//
+// ref is the specification: plain loops with double accumulation (deterministic).
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "kernels/f32_ops.h"
+#include "kernels/qtype.h"
+
+#if defined(MXLM_TARGET_AVX2) || defined(MXLM_TARGET_AVX512)
+#define MXLM_F32_SIMD 1
+// GCC 12 warns (-W[maybe-]uninitialized) inside the AVX-512 intrinsic headers about their own
+// _mm512_undefined_ps() (GCC PR 105593, fixed in 13); the pragma covers the header's lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <cmath>
+#endif
+
+#ifndef MXLM_TARGET_NS
+#error "kernels/simd/f32_kernels.cc must be compiled with -DMXLM_TARGET_NS=<isa>"
+#endif
+
+namespace mxlm::kernels::MXLM_TARGET_NS {
+namespace {
+
+#ifndef MXLM_F32_SIMD
+// ---------------------------------------------------------------------------------------------
+// ref: the specification.
+
+template <QType T>
+float ref_weight(const uint8_t* row, int k) {
+  if constexpr (T == QType::kF32) {
+    float f;
+    std::memcpy(&f, row + 4 * static_cast<size_t>(k), 4);
+    return f;
+  } else {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * static_cast<size_t>(k), 2);
+    if constexpr (T == QType::kBF16) {
+      const uint32_t u = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+    } else {
+      return f16_to_f32(h);
+    }
+  }
+}
+
+template <QType T>
+void ref_gemm_t(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes,
+                float* y, size_t ldy) {
+  for (int m = 0; m < M; ++m) {
+    const float* xr = x + static_cast<size_t>(m) * ldx;
+    for (int n = n0; n < n1; ++n) {
+      const uint8_t* wr = w + static_cast<size_t>(n) * w_row_bytes;
+      double acc = 0.0;
+      for (int k = 0; k < K; ++k) acc += static_cast<double>(xr[k]) * static_cast<double>(ref_weight<T>(wr, k));
+      y[static_cast<size_t>(m) * ldy + n] = static_cast<float>(acc);
+    }
+  }
+}
+
+void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes, QType wtype,
+          float* y, size_t ldy) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  switch (wtype) {
+    case QType::kF32:
+      return ref_gemm_t<QType::kF32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kF16:
+      return ref_gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kBF16:
+      return ref_gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+  }
+  __builtin_trap();  // not a float format: a caller bug
+}
+
+float dot(const float* a, const float* b, int n) {
+  double acc = 0.0;
+  for (int i = 0; i < n; ++i) acc += static_cast<double>(a[i]) * b[i];
+  return static_cast<float>(acc);
+}
+
+void axpy(float a, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] = static_cast<float>(static_cast<double>(y[i]) + static_cast<double>(a) * x[i]);
+}
+
+void rmsnorm(const float* x, const float* w, float* y, int n, float eps) {
+  double ss = 0.0;
+  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const double scale = 1.0 / std::sqrt(ss / (n > 0 ? n : 1) + eps);
+  for (int i = 0; i < n; ++i) y[i] = static_cast<float>(x[i] * scale * w[i]);
+}
+
+void swiglu(const float* gate, const float* up, float* out, int n) {
+  for (int i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void softmax(float* x, int n) {
+  if (n <= 0) return;
+  float mx = x[0];
+  for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
+  for (int i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(static_cast<double>(x[i]) - mx) / sum);
+}
+
+#else  // MXLM_F32_SIMD
+// ---------------------------------------------------------------------------------------------
+// SIMD builds. A small traits struct per ISA (Avx512 / Avx2) supplies vector operations; the
+// kernels below are written once against it.
+
+inline int min_int(int a, int b) { return a < b ? a : b; }
+inline int max_int(int a, int b) { return a > b ? a : b; }
+
+// exp constants: n = round(x / ln2), r = x - n ln2 (Cody-Waite, ln2_hi has 16 significant bits
+// so n * ln2_hi is exact for |n| <= 256), e^r by its degree-7 Taylor polynomial on
+// |r| <= ln2/2 (truncation < 1e-8 relative), result = e^r * 2^n. Inputs are clamped to
+// [-104, 88.8] (below: 0 after rounding; above: +inf), NaN propagates.
+constexpr float kExpHi = 88.8f;
+constexpr float kExpLo = -104.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693145751953125f;
+constexpr float kLn2Lo = 1.428606765330187045e-06f;
+constexpr float kExpC[8] = {1.0f,          1.0f,           0.5f,           1.0f / 6.0f,
+                            1.0f / 24.0f,  1.0f / 120.0f,  1.0f / 720.0f,  1.0f / 5040.0f};
+
+#if defined(MXLM_TARGET_AVX512)
+
+struct Simd {
+  using V = __m512;
+  static constexpr int kLanes = 16;
+
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }  // n in [0, 16)
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float f) { return _mm512_set1_ps(f); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  // Lanes [n, 16) are `fill`; memory past p[n) is not touched.
+  static V load_partial(const float* p, int n, float fill = 0.0f) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), mask(n), p);
+  }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store_partial(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  // v with lanes [n, 16) zeroed.
+  static V zero_tail(V v, int n) { return _mm512_maskz_mov_ps(mask(n), v); }
+
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+
+  // Weight element k of a row in format T, 16 at a time.
+  template <QType T>
+  static V load_w(const uint8_t* row, int k) {
+    if constexpr (T == QType::kF32) {
+      return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + k);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * static_cast<size_t>(k)));
+      if constexpr (T == QType::kBF16) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      } else {
+        return _mm512_cvtph_ps(h);
+      }
+    }
+  }
+  // Elements [k, k + n), zeros after; n in [1, 16).
+  template <QType T>
+  static V load_w_partial(const uint8_t* row, int k, int n) {
+    if constexpr (T == QType::kF32) {
+      return _mm512_maskz_loadu_ps(mask(n), reinterpret_cast<const float*>(row) + k);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(mask(n), row + 2 * static_cast<size_t>(k));
+      if constexpr (T == QType::kBF16) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      } else {
+        return _mm512_cvtph_ps(h);
+      }
+    }
+  }
+
+  // The lane sums of a0..a3, as {sum a0, sum a1, sum a2, sum a3}. Every input goes through the
+  // same tree: halves of 256, then of 128, then pairs, then the final pair.
+  static __m128 reduce4(V a0, V a1, V a2, V a3) {
+    const V s01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xee));
+    const V s23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xee));
+    // t = [a0 | a1 | a2 | a3] partial sums, four lanes each.
+    const V t = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xdd));
+    const V u = _mm512_add_ps(t, _mm512_permute_ps(t, 0xb1));  // [p0+p1, p1+p0, p2+p3, p3+p2]
+    const V v = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4e));  // every lane: the chunk's sum
+    const V r = _mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), v);
+    return _mm512_castps512_ps128(r);
+  }
+  static void store4(float* y, __m128 v, int n) {
+    if (n == 4) {
+      _mm_storeu_ps(y, v);
+    } else {
+      _mm_mask_storeu_ps(y, static_cast<__mmask8>((1u << n) - 1u), v);
+    }
+  }
+  static float reduce(V a) { return _mm_cvtss_f32(reduce4(a, a, a, a)); }
+  static float reduce_max(V a) { return _mm512_reduce_max_ps(a); }
+
+  static V exp(V x) {
+    x = _mm512_min_ps(_mm512_set1_ps(kExpHi), x);  // NaN passes through (second operand)
+    x = _mm512_max_ps(_mm512_set1_ps(kExpLo), x);
+    const V n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+    V p = _mm512_set1_ps(kExpC[7]);
+    for (int i = 6; i >= 0; --i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC[i]));
+    return _mm512_scalef_ps(p, n);  // p * 2^n with correct overflow / gradual underflow
+  }
+};
+
+#else  // MXLM_TARGET_AVX2
+
+alignas(32) constexpr int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+struct Simd {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+
+  static __m256i mask(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - n)); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float f) { return _mm256_set1_ps(f); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load_partial(const float* p, int n, float fill = 0.0f) {
+    const __m256i m = mask(n);
+    const V v = _mm256_maskload_ps(p, m);
+    return fill == 0.0f ? v : _mm256_blendv_ps(_mm256_set1_ps(fill), v, _mm256_castsi256_ps(m));
+  }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store_partial(float* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static V zero_tail(V v, int n) { return _mm256_and_ps(v, _mm256_castsi256_ps(mask(n))); }
+
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+
+  template <QType T>
+  static V cvt_w(__m128i h) {
+    if constexpr (T == QType::kBF16) {
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm256_cvtph_ps(h);
+    }
+  }
+  template <QType T>
+  static V load_w(const uint8_t* row, int k) {
+    if constexpr (T == QType::kF32) {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
+    } else {
+      return cvt_w<T>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * static_cast<size_t>(k))));
+    }
+  }
+  template <QType T>
+  static V load_w_partial(const uint8_t* row, int k, int n) {
+    if constexpr (T == QType::kF32) {
+      return _mm256_maskload_ps(reinterpret_cast<const float*>(row) + k, mask(n));
+    } else {
+      alignas(16) uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      __builtin_memcpy(buf, row + 2 * static_cast<size_t>(k), 2 * static_cast<size_t>(n));
+      return cvt_w<T>(_mm_load_si128(reinterpret_cast<const __m128i*>(buf)));
+    }
+  }
+
+  // {sum a0, sum a1, sum a2, sum a3}; every input goes through the same tree.
+  static __m128 reduce4(V a0, V a1, V a2, V a3) {
+    const V u0 = _mm256_hadd_ps(a0, a1);  // [a0 01, a0 23, a1 01, a1 23 | a0 45, a0 67, a1 45, a1 67]
+    const V u1 = _mm256_hadd_ps(a2, a3);
+    const V v = _mm256_hadd_ps(u0, u1);   // [a0 0-3, a1 0-3, a2 0-3, a3 0-3 | the same for 4-7]
+    return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  }
+  static void store4(float* y, __m128 v, int n) {
+    if (n == 4) {
+      _mm_storeu_ps(y, v);
+    } else {
+      _mm_maskstore_ps(y, _mm256_castsi256_si128(mask(n)), v);
+    }
+  }
+  static float reduce(V a) { return _mm_cvtss_f32(reduce4(a, a, a, a)); }
+  static float reduce_max(V a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+
+  static V exp(V x) {
+    x = _mm256_min_ps(_mm256_set1_ps(kExpHi), x);  // NaN passes through (second operand)
+    x = _mm256_max_ps(_mm256_set1_ps(kExpLo), x);
+    const V n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+    V p = _mm256_set1_ps(kExpC[7]);
+    for (int i = 6; i >= 0; --i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC[i]));
+    // 2^n as 2^n1 * 2^n2 with n1 = floor(n/2), n2 = n - n1: both stay normal for n in
+    // [-150, 128], the first product is exact and the second rounds once (also to subnormals).
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1);
+    const __m256i n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const V s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const V s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+  }
+};
+
+#endif  // MXLM_TARGET_AVX512 / MXLM_TARGET_AVX2
+
+using V = Simd::V;
+constexpr int kL = Simd::kLanes;
+
+// ---- gemm -----------------------------------------------------------------------------------
+
+template <QType T>
+constexpr size_t kElemBytes = T == QType::kF32 ? 4 : 2;
+
+using TileFn = void (*)(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y,
+                        size_t ldy);
+
+// y[i*ldy + j] = dot(x row i, w row j) for i < MR, j < NR.
+template <QType T, int MR, int NR>
+void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y, size_t ldy) {
+  V acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) acc[i][j] = Simd::zero();
+  }
+  const float* xr[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) xr[i] = x + static_cast<size_t>(i) * ldx;
+  const uint8_t* wr[NR];
+#pragma GCC unroll 16
+  for (int j = 0; j < NR; ++j) wr[j] = w + static_cast<size_t>(j) * w_row_bytes;
+
+  int k = 0;
+  for (; k <= K - kL; k += kL) {
+    V wv[NR];
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) wv[j] = Simd::load_w<T>(wr[j], k);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V xv = Simd::load(xr[i] + k);
+#pragma GCC unroll 16
+      for (int j = 0; j < NR; ++j) acc[i][j] = Simd::fma(xv, wv[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    const int rem = K - k;
+    V wv[NR];
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) wv[j] = Simd::load_w_partial<T>(wr[j], k, rem);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V xv = Simd::load_partial(xr[i] + k, rem);
+#pragma GCC unroll 16
+      for (int j = 0; j < NR; ++j) acc[i][j] = Simd::fma(xv, wv[j], acc[i][j]);
+    }
+  }
+
+  const V z = Simd::zero();
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int j0 = 0; j0 < NR; j0 += 4) {
+      const __m128 s = Simd::reduce4(acc[i][j0], j0 + 1 < NR ? acc[i][j0 + 1] : z, j0 + 2 < NR ? acc[i][j0 + 2] : z,
+                                     j0 + 3 < NR ? acc[i][j0 + 3] : z);
+      Simd::store4(y + static_cast<size_t>(i) * ldy + j0, s, min_int(4, NR - j0));
+    }
+  }
+}
+
+// Tiles<T, MR, NR>::fn[(mr - 1) * NR + (nr - 1)] is tile<T, mr, nr>.
+template <QType T, int MR, int NR, class Seq>
+struct TilesImpl;
+template <QType T, int MR, int NR, int... I>
+struct TilesImpl<T, MR, NR, std::integer_sequence<int, I...>> {
+  static constexpr TileFn fn[sizeof...(I)] = {&tile<T, I / NR + 1, I % NR + 1>...};
+};
+template <QType T, int MR, int NR>
+using Tiles = TilesImpl<T, MR, NR, std::make_integer_sequence<int, MR * NR>>;
+
+// Bytes of weights per N block: the block stays in L2 while every MR-row tile of x streams over
+// it (the MR x K activation tile itself stays in L1).
+#ifdef TUNE_WB
+constexpr size_t kWeightBlockBytes = size_t{TUNE_WB} << 10;
+#else
+constexpr size_t kWeightBlockBytes = size_t{256} << 10;
+#endif
+
+template <QType T, int MR, int NR>
+void gemm_blocked(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes,
+                  float* y, size_t ldy) {
+  const TileFn* fns = Tiles<T, MR, NR>::fn;
+  const size_t row_bytes = static_cast<size_t>(max_int(K, 1)) * kElemBytes<T>;
+  const size_t rows = kWeightBlockBytes / row_bytes;
+  int nb = rows > static_cast<size_t>(n1 - n0) ? n1 - n0 : static_cast<int>(rows);
+  nb = max_int(NR, nb / NR * NR);
+  for (int nb0 = n0; nb0 < n1; nb0 += min_int(nb, n1 - nb0)) {
+    const int nb1 = nb0 + min_int(nb, n1 - nb0);
+    for (int m = 0; m < M; m += MR) {
+      const int mr = min_int(MR, M - m);
+      const float* xm = x + static_cast<size_t>(m) * ldx;
+      float* ym = y + static_cast<size_t>(m) * ldy;
+      for (int n = nb0; n < nb1; n += NR) {
+        const int nr = min_int(NR, nb1 - n);
+        fns[(mr - 1) * NR + (nr - 1)](K, xm, ldx, w + static_cast<size_t>(n) * w_row_bytes, w_row_bytes, ym + n, ldy);
+      }
+    }
+  }
+}
+
+// Tile shapes. Zen 4 has 32 zmm / 16 ymm registers and one 512-bit (two 256-bit) FMA per cycle:
+// AVX-512 4x4 = 16 accumulators + 4 weight vectors + 1 activation; AVX2 4x3 = 12 + 3 + 1.
+// M = 1 (decode) is bound by memory: weight rows of at most 4 KiB go one at a time, so the
+// weights stream strictly sequentially (several interleaved short streams inside one page defeat
+// the hardware prefetchers: 2x slower measured); longer rows go eight at a time, which keeps
+// enough misses in flight and reads x (up to K * 4 bytes) from L1 once per eight rows.
+#if defined(MXLM_TARGET_AVX512)
+constexpr int kMr = 4, kNr = 4;
+#else
+constexpr int kMr = 4, kNr = 3;
+#endif
+constexpr int kGemvNr = 8;
+constexpr size_t kGemvShortRowBytes = 4096;
+
+template <QType T>
+void gemm_t(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y,
+            size_t ldy) {
+  if (M <= 0 || n1 <= n0) return;
+  if (M == 1) {
+    if (static_cast<size_t>(K) * kElemBytes<T> <= kGemvShortRowBytes) {
+      gemm_blocked<T, 1, 1>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
+    } else {
+      gemm_blocked<T, 1, kGemvNr>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
+    }
+  } else {
+    gemm_blocked<T, kMr, kNr>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
+  }
+}
+
+void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes, QType wtype,
+          float* y, size_t ldy) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  switch (wtype) {
+    case QType::kF32:
+      return gemm_t<QType::kF32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kF16:
+      return gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kBF16:
+      return gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+  }
+  __builtin_trap();  // not a float format: a caller bug
+}
+
+// ---- vector ops -----------------------------------------------------------------------------
+
+float dot(const float* a, const float* b, int n) {
+  V s0 = Simd::zero(), s1 = Simd::zero(), s2 = Simd::zero(), s3 = Simd::zero();
+  int i = 0;
+  for (; i <= n - 4 * kL; i += 4 * kL) {
+    s0 = Simd::fma(Simd::load(a + i), Simd::load(b + i), s0);
+    s1 = Simd::fma(Simd::load(a + i + kL), Simd::load(b + i + kL), s1);
+    s2 = Simd::fma(Simd::load(a + i + 2 * kL), Simd::load(b + i + 2 * kL), s2);
+    s3 = Simd::fma(Simd::load(a + i + 3 * kL), Simd::load(b + i + 3 * kL), s3);
+  }
+  for (; i <= n - kL; i += kL) s0 = Simd::fma(Simd::load(a + i), Simd::load(b + i), s0);
+  if (i < n) s1 = Simd::fma(Simd::load_partial(a + i, n - i), Simd::load_partial(b + i, n - i), s1);
+  return Simd::reduce(Simd::add(Simd::add(s0, s1), Simd::add(s2, s3)));
+}
+
+void axpy(float a, const float* x, float* y, int n) {
+  const V va = Simd::set1(a);
+  int i = 0;
+  for (; i <= n - kL; i += kL) Simd::store(y + i, Simd::fma(va, Simd::load(x + i), Simd::load(y + i)));
+  if (i < n) {
+    Simd::store_partial(y + i, Simd::fma(va, Simd::load_partial(x + i, n - i), Simd::load_partial(y + i, n - i)),
+                        n - i);
+  }
+}
+
+void rmsnorm(const float* x, const float* w, float* y, int n, float eps) {
+  V s0 = Simd::zero(), s1 = Simd::zero();
+  int i = 0;
+  for (; i <= n - 2 * kL; i += 2 * kL) {
+    const V a = Simd::load(x + i), b = Simd::load(x + i + kL);
+    s0 = Simd::fma(a, a, s0);
+    s1 = Simd::fma(b, b, s1);
+  }
+  for (; i <= n - kL; i += kL) {
+    const V a = Simd::load(x + i);
+    s0 = Simd::fma(a, a, s0);
+  }
+  if (i < n) {
+    const V a = Simd::load_partial(x + i, n - i);
+    s1 = Simd::fma(a, a, s1);
+  }
+  const float ss = Simd::reduce(Simd::add(s0, s1));
+  const float scale = 1.0f / __builtin_sqrtf(ss / static_cast<float>(max_int(n, 1)) + eps);
+  const V vs = Simd::set1(scale);
+  for (i = 0; i <= n - kL; i += kL) Simd::store(y + i, Simd::mul(Simd::mul(Simd::load(x + i), vs), Simd::load(w + i)));
+  if (i < n) {
+    Simd::store_partial(y + i, Simd::mul(Simd::mul(Simd::load_partial(x + i, n - i), vs), Simd::load_partial(w + i, n - i)),
+                        n - i);
+  }
+}
+
+// silu(g) * u = g / (1 + e^-g) * u; e^-g = inf gives -0 (the limit), e^-g = 0 gives g.
+V swiglu_vec(V g, V u) {
+  const V e = Simd::exp(Simd::sub(Simd::zero(), g));
+  return Simd::mul(Simd::div(g, Simd::add(Simd::set1(1.0f), e)), u);
+}
+
+void swiglu(const float* gate, const float* up, float* out, int n) {
+  int i = 0;
+  for (; i <= n - kL; i += kL) Simd::store(out + i, swiglu_vec(Simd::load(gate + i), Simd::load(up + i)));
+  if (i < n) {
+    Simd::store_partial(out + i, swiglu_vec(Simd::load_partial(gate + i, n - i), Simd::load_partial(up + i, n - i)),
+                        n - i);
+  }
+}
+
+// e^(x - m) where the float difference x - m is inexact (|x - m| up to ~200 loses up to
+// 0.5 ulp(200) in the exponent, 1e-5 relative in the result): TwoSum recovers the rounding
+// error r of d = x - m, and e^(d + r) = e^d (1 + r). x is first raised to lo = m - 120 (e^-120
+// is 0 in float) so that -inf inputs give 0 instead of NaN.
+V exp_shifted(V x, V m, V lo) {
+  x = Simd::max(x, lo);
+  const V d = Simd::sub(x, m);
+  const V t = Simd::sub(d, x);  // ~ -m
+  const V r = Simd::sub(Simd::sub(x, Simd::sub(d, t)), Simd::add(m, t));
+  const V e = Simd::exp(d);
+  return Simd::fma(e, r, e);
+}
+
+void softmax(float* x, int n) {
+  if (n <= 0) return;
+  constexpr float kNegInf = -__builtin_inff();
+  V vm = Simd::set1(kNegInf);
+  int i = 0;
+  for (; i <= n - kL; i += kL) vm = Simd::max(vm, Simd::load(x + i));
+  if (i < n) vm = Simd::max(vm, Simd::load_partial(x + i, n - i, kNegInf));
+  const float mxs = Simd::reduce_max(vm);
+  const V mx = Simd::set1(mxs);
+  const V lo = Simd::set1(mxs - 120.0f);
+
+  V s0 = Simd::zero(), s1 = Simd::zero();
+  for (i = 0; i <= n - 2 * kL; i += 2 * kL) {
+    const V e0 = exp_shifted(Simd::load(x + i), mx, lo);
+    const V e1 = exp_shifted(Simd::load(x + i + kL), mx, lo);
+    Simd::store(x + i, e0);
+    Simd::store(x + i + kL, e1);
+    s0 = Simd::add(s0, e0);
+    s1 = Simd::add(s1, e1);
+  }
+  for (; i <= n - kL; i += kL) {
+    const V e = exp_shifted(Simd::load(x + i), mx, lo);
+    Simd::store(x + i, e);
+    s0 = Simd::add(s0, e);
+  }
+  if (i < n) {
+    const V e = Simd::zero_tail(exp_shifted(Simd::load_partial(x + i, n - i), mx, lo), n - i);
+    Simd::store_partial(x + i, e, n - i);
+    s1 = Simd::add(s1, e);
+  }
+  const V inv = Simd::set1(1.0f / Simd::reduce(Simd::add(s0, s1)));
+  for (i = 0; i <= n - kL; i += kL) Simd::store(x + i, Simd::mul(Simd::load(x + i), inv));
+  if (i < n) Simd::store_partial(x + i, Simd::mul(Simd::load_partial(x + i, n - i), inv), n - i);
+}
+
+#endif  // MXLM_F32_SIMD
+
+}  // namespace
+
+void register_f32(F32Kernels* out) {
+  out->gemm = &gemm;
+  out->dot = &dot;
+  out->axpy = &axpy;
+  out->rmsnorm = &rmsnorm;
+  out->swiglu = &swiglu;
+  out->softmax = &softmax;
+}
+
+}  // namespace mxlm::kernels::MXLM_TARGET_NS

@@ -1,0 +1,483 @@
+// Float32 kernels (kernels/f32_ops.h) on every ISA against double-precision references, plus
+// ISA detection and the MXLM_ISA override (kernels/isa.h).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/common.h"
+#include "kernels/f32_ops.h"
+#include "kernels/isa.h"
+#include "kernels/qtype.h"
+
+namespace mxlm {
+namespace {
+
+constexpr double kEps = std::numeric_limits<float>::epsilon();  // 2^-23
+constexpr Isa kAllIsas[] = {Isa::kRef, Isa::kAvx2, Isa::kAvx512, Isa::kNeon};
+constexpr QType kWTypes[] = {QType::kF32, QType::kF16, QType::kBF16};
+constexpr float kSentinel = 12345.5f;
+
+size_t elem_bytes(QType t) { return t == QType::kF32 ? 4 : 2; }
+
+std::vector<float> random_vec(std::mt19937& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// Small integers: every product and partial sum is exact in float32 (|sum| < 2^24), so every ISA
+// must reproduce the exact result whatever its summation order.
+std::vector<float> int_vec(std::mt19937& rng, size_t n) {
+  std::uniform_int_distribution<int> dist(-3, 3);
+  std::vector<float> v(n);
+  for (float& f : v) f = static_cast<float>(dist(rng));
+  return v;
+}
+
+// A weight matrix [N][K] stored in `wtype` with a padded row stride, starting one element past an
+// aligned address (no alignment is promised to kernels). `values` holds the weights as the kernel
+// sees them (after rounding to wtype).
+struct Weights {
+  std::vector<uint8_t> storage;
+  const uint8_t* data = nullptr;
+  size_t row_bytes = 0;
+  std::vector<float> values;  // [N][K]
+};
+
+Weights make_weights(QType wtype, int N, int K, const std::vector<float>& src) {
+  Weights w;
+  const size_t eb = elem_bytes(wtype);
+  w.row_bytes = (static_cast<size_t>(K) + 3) * eb;  // 3 elements of padding per row
+  w.storage.assign(w.row_bytes * static_cast<size_t>(N) + 64, 0xff);
+  uint8_t* base = w.storage.data() + eb;  // misaligned by one element
+  w.data = base;
+  w.values.resize(static_cast<size_t>(N) * K);
+  std::vector<float> back(static_cast<size_t>(K));
+  for (int n = 0; n < N; ++n) {
+    const float* row = src.data() + static_cast<size_t>(n) * K;
+    convert_row_from_f32(wtype, row, base + n * w.row_bytes, static_cast<size_t>(K));
+    convert_row_to_f32(wtype, base + n * w.row_bytes, back.data(), static_cast<size_t>(K));
+    std::memcpy(w.values.data() + static_cast<size_t>(n) * K, back.data(), back.size() * sizeof(float));
+  }
+  return w;
+}
+
+std::string shape_str(int M, int N, int K, int n0, int n1) {
+  return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " n=[" +
+         std::to_string(n0) + "," + std::to_string(n1) + ")";
+}
+
+// Runs gemm for x [M][K] (row stride K+5, misaligned by one float) against w, into y with row
+// stride N+3 pre-filled with a sentinel; checks the sentinel survives outside [n0, n1) and returns
+// y as [M][N].
+std::vector<float> run_gemm(const F32Kernels& kern, int M, int N, int K, int n0, int n1, const std::vector<float>& x,
+                            const Weights& w, QType wtype) {
+  const size_t ldx = static_cast<size_t>(K) + 5;
+  const size_t ldy = static_cast<size_t>(N) + 3;
+  std::vector<float> xbuf(ldx * M + 1, kSentinel);
+  for (int m = 0; m < M; ++m) std::memcpy(&xbuf[1 + m * ldx], &x[static_cast<size_t>(m) * K], sizeof(float) * K);
+  std::vector<float> ybuf(ldy * M + 1, kSentinel);
+  kern.gemm(M, n0, n1, K, xbuf.data() + 1, ldx, w.data, w.row_bytes, wtype, ybuf.data() + 1, ldy);
+  std::vector<float> y(static_cast<size_t>(M) * N, 0.0f);
+  EXPECT_EQ(ybuf[0], kSentinel) << "wrote before y";
+  for (int m = 0; m < M; ++m) {
+    for (size_t n = 0; n < ldy; ++n) {
+      const float v = ybuf[1 + m * ldy + n];
+      if (n >= static_cast<size_t>(n0) && n < static_cast<size_t>(n1)) {
+        y[static_cast<size_t>(m) * N + n] = v;
+      } else if (v != kSentinel) {
+        ADD_FAILURE() << "gemm wrote y[" << m << "][" << n << "] outside [n0, n1)";
+        return y;
+      }
+    }
+  }
+  return y;
+}
+
+// Checks y[m][n] for n in [n0, n1) against the double-precision product; the bound grows with
+// the depth of the float summation (K / 8 lane-sequential adds plus a reduction tree).
+void check_gemm(int M, int N, int K, int n0, int n1, const std::vector<float>& x, const std::vector<float>& wv,
+                const std::vector<float>& y, bool exact) {
+  int bad = 0;
+  double worst = 0.0;
+  std::string worst_at;
+  for (int m = 0; m < M; ++m) {
+    for (int n = n0; n < n1; ++n) {
+      double ref = 0.0, mag = 0.0;
+      for (int k = 0; k < K; ++k) {
+        const double p = static_cast<double>(x[static_cast<size_t>(m) * K + k]) * wv[static_cast<size_t>(n) * K + k];
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const double got = y[static_cast<size_t>(m) * N + n];
+      const double bound = exact ? 0.0 : (std::ceil(K / 8.0) + 8.0) * kEps * mag + 1e-30;
+      const double err = std::fabs(got - ref);
+      if (!(err <= bound)) {
+        ++bad;
+        if (!(err <= worst)) {
+          worst = err;
+          worst_at = "y[" + std::to_string(m) + "][" + std::to_string(n) + "] = " + std::to_string(got) +
+                     ", expected " + std::to_string(ref) + " (bound " + std::to_string(bound) + ")";
+        }
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << bad << " outputs out of bound; worst " << worst_at;
+}
+
+// ---- gemm -------------------------------------------------------------------------------------
+
+using GemmParam = std::tuple<Isa, QType, int>;  // isa, weight type, M
+
+class F32GemmTest : public ::testing::TestWithParam<GemmParam> {
+ protected:
+  void SetUp() override {
+    if (!isa_available(std::get<0>(GetParam()))) GTEST_SKIP() << "ISA not available on this host";
+  }
+  const F32Kernels& kern() const { return f32_kernels(std::get<0>(GetParam())); }
+  QType wtype() const { return std::get<1>(GetParam()); }
+  int m() const { return std::get<2>(GetParam()); }
+};
+
+TEST_P(F32GemmTest, MatchesDoubleReference) {
+  const int M = m();
+  std::mt19937 rng(1234 + M);
+  for (int N : {1, 7, 33}) {
+    for (int K : {1, 15, 16, 17, 100, 512, 1283}) {
+      const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
+      const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
+      const int sub0 = N / 3, sub1 = N - N / 4;
+      for (auto [n0, n1] : {std::pair{0, N}, std::pair{sub0, sub1}}) {
+        if (n1 <= n0) continue;
+        SCOPED_TRACE(shape_str(M, N, K, n0, n1));
+        const std::vector<float> y = run_gemm(kern(), M, N, K, n0, n1, x, w, wtype());
+        check_gemm(M, N, K, n0, n1, x, w.values, y, /*exact=*/false);
+      }
+    }
+  }
+}
+
+TEST_P(F32GemmTest, ExactOnSmallIntegers) {
+  const int M = m();
+  std::mt19937 rng(99 + M);
+  for (int N : {1, 7, 33}) {
+    for (int K : {1, 15, 16, 17, 100, 512, 1283}) {
+      SCOPED_TRACE(shape_str(M, N, K, 0, N));
+      const std::vector<float> x = int_vec(rng, static_cast<size_t>(M) * K);
+      const Weights w = make_weights(wtype(), N, K, int_vec(rng, static_cast<size_t>(N) * K));
+      const std::vector<float> y = run_gemm(kern(), M, N, K, 0, N, x, w, wtype());
+      check_gemm(M, N, K, 0, N, x, w.values, y, /*exact=*/true);
+    }
+  }
+}
+
+// The value of y[m][n] depends only on x row m, weight row n and K: the same bits whether the row
+// is computed in a batch or alone, and whatever split of [n0, n1) is used (threads split N).
+TEST_P(F32GemmTest, Deterministic) {
+  const int M = m();
+  const int N = 37, K = 1283;
+  std::mt19937 rng(7 + M);
+  const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
+  const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
+  const std::vector<float> full = run_gemm(kern(), M, N, K, 0, N, x, w, wtype());
+  for (int m = 0; m < M; ++m) {
+    const std::vector<float> xm(x.begin() + static_cast<ptrdiff_t>(m) * K, x.begin() + static_cast<ptrdiff_t>(m + 1) * K);
+    for (int split : {1, 5, 18}) {
+      const std::vector<float> a = run_gemm(kern(), 1, N, K, 0, split, xm, w, wtype());
+      const std::vector<float> b = run_gemm(kern(), 1, N, K, split, N, xm, w, wtype());
+      for (int n = 0; n < N; ++n) {
+        const float got = n < split ? a[n] : b[n];
+        ASSERT_EQ(got, full[static_cast<size_t>(m) * N + n]) << "m=" << m << " n=" << n << " split=" << split;
+      }
+    }
+  }
+}
+
+// Enough weight rows to span several of the kernels' N blocks.
+TEST_P(F32GemmTest, ManyRows) {
+  const int M = m();
+  if (M > 17) GTEST_SKIP() << "covered by smaller M";
+  const int N = 203, K = 1283;
+  std::mt19937 rng(55 + M);
+  const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
+  const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
+  SCOPED_TRACE(shape_str(M, N, K, 3, 198));
+  const std::vector<float> y = run_gemm(kern(), M, N, K, 3, 198, x, w, wtype());
+  check_gemm(M, N, K, 3, 198, x, w.values, y, /*exact=*/false);
+}
+
+TEST_P(F32GemmTest, EmptyRangesWriteNothing) {
+  const int M = m();
+  const int N = 8, K = 17;
+  std::mt19937 rng(3);
+  const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
+  const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
+  run_gemm(kern(), M, N, K, 4, 4, x, w, wtype());  // the sentinel checks are the test
+}
+
+std::string gemm_name(const ::testing::TestParamInfo<GemmParam>& info) {
+  return std::string(isa_name(std::get<0>(info.param))) + "_" +
+         std::string(qtype_info(std::get<1>(info.param)).name) + "_M" + std::to_string(std::get<2>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, F32GemmTest,
+                         ::testing::Combine(::testing::ValuesIn(kAllIsas), ::testing::ValuesIn(kWTypes),
+                                            ::testing::Values(1, 3, 4, 5, 17, 64)),
+                         gemm_name);
+
+// ---- vector ops -------------------------------------------------------------------------------
+
+class F32OpsTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    if (!isa_available(GetParam())) GTEST_SKIP() << "ISA not available on this host";
+  }
+  const F32Kernels& kern() const { return f32_kernels(GetParam()); }
+};
+
+constexpr int kSizes[] = {1, 2, 7, 8, 15, 16, 17, 31, 33, 64, 100, 1000, 4097};
+
+TEST_P(F32OpsTest, Dot) {
+  std::mt19937 rng(11);
+  for (int n : kSizes) {
+    std::vector<float> a = random_vec(rng, n + 1), b = random_vec(rng, n + 1);
+    double ref = 0.0, mag = 0.0;
+    for (int i = 0; i < n; ++i) {
+      ref += static_cast<double>(a[i + 1]) * b[i + 1];
+      mag += std::fabs(static_cast<double>(a[i + 1]) * b[i + 1]);
+    }
+    const double got = kern().dot(a.data() + 1, b.data() + 1, n);
+    EXPECT_LE(std::fabs(got - ref), (std::ceil(n / 8.0) + 8.0) * kEps * mag) << "n=" << n;
+    // Exact on small integers.
+    std::vector<float> ia = int_vec(rng, n), ib = int_vec(rng, n);
+    double iref = 0.0;
+    for (int i = 0; i < n; ++i) iref += static_cast<double>(ia[i]) * ib[i];
+    EXPECT_EQ(kern().dot(ia.data(), ib.data(), n), iref) << "n=" << n;
+  }
+  EXPECT_EQ(kern().dot(nullptr, nullptr, 0), 0.0f);
+}
+
+TEST_P(F32OpsTest, Axpy) {
+  std::mt19937 rng(12);
+  for (int n : kSizes) {
+    const std::vector<float> x = random_vec(rng, n + 1);
+    std::vector<float> y = random_vec(rng, n + 2);
+    const std::vector<float> y0 = y;
+    const float a = 0.37f;
+    kern().axpy(a, x.data() + 1, y.data() + 1, n);
+    EXPECT_EQ(y[0], y0[0]);
+    EXPECT_EQ(y[n + 1], y0[n + 1]) << "wrote past the end, n=" << n;
+    for (int i = 0; i < n; ++i) {
+      const double ref = static_cast<double>(y0[i + 1]) + static_cast<double>(a) * x[i + 1];
+      ASSERT_LE(std::fabs(y[i + 1] - ref), kEps * std::fabs(ref) + 1e-38) << "n=" << n << " i=" << i;
+    }
+  }
+}
+
+TEST_P(F32OpsTest, RmsNorm) {
+  std::mt19937 rng(13);
+  for (int n : kSizes) {
+    for (bool alias : {false, true}) {
+      const std::vector<float> x = random_vec(rng, n + 1, -3.0f, 3.0f);
+      const std::vector<float> w = random_vec(rng, n + 1, 0.5f, 1.5f);
+      std::vector<float> y(n + 2, kSentinel);
+      const float eps = 1e-5f;
+      double ss = 0.0;
+      for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i + 1]) * x[i + 1];
+      const double scale = 1.0 / std::sqrt(ss / n + eps);
+      std::vector<float> xin = x;
+      float* out = alias ? xin.data() + 1 : y.data() + 1;
+      kern().rmsnorm(xin.data() + 1, w.data() + 1, out, n, eps);
+      if (!alias) {
+        EXPECT_EQ(y[n + 1], kSentinel) << "wrote past the end, n=" << n;
+      }
+      for (int i = 0; i < n; ++i) {
+        const double ref = x[i + 1] * scale * w[i + 1];
+        ASSERT_LE(std::fabs(out[i] - ref), (8.0 + n / 8.0) * kEps * std::fabs(ref) + 1e-30)
+            << "n=" << n << " i=" << i << " alias=" << alias;
+      }
+    }
+  }
+}
+
+double silu_mul_ref(double g, double u) { return g / (1.0 + std::exp(-g)) * u; }
+
+TEST_P(F32OpsTest, SwiGlu) {
+  std::mt19937 rng(14);
+  for (int n : kSizes) {
+    for (int alias = 0; alias < 3; ++alias) {  // 0: separate out, 1: out = gate, 2: out = up
+      std::vector<float> g = random_vec(rng, n + 1, -12.0f, 12.0f);
+      std::vector<float> u = random_vec(rng, n + 1, -2.0f, 2.0f);
+      const std::vector<float> g0 = g, u0 = u;
+      std::vector<float> o(n + 2, kSentinel);
+      float* out = alias == 0 ? o.data() + 1 : alias == 1 ? g.data() + 1 : u.data() + 1;
+      kern().swiglu(g.data() + 1, u.data() + 1, out, n);
+      if (alias == 0) {
+        EXPECT_EQ(o[n + 1], kSentinel) << "wrote past the end, n=" << n;
+      }
+      for (int i = 0; i < n; ++i) {
+        const double ref = silu_mul_ref(g0[i + 1], u0[i + 1]);
+        ASSERT_LE(std::fabs(out[i] - ref), 5e-7 * std::fabs(ref) + 1e-37) << "n=" << n << " i=" << i;
+      }
+    }
+  }
+}
+
+// Relative error of silu over the whole float range that matters, including where e^-g
+// overflows (the result is then a tiny negative number or -0) and where it underflows.
+TEST_P(F32OpsTest, SwiGluRange) {
+  std::vector<float> g;
+  for (double v = -110.0; v <= 110.0; v += 0.0137) g.push_back(static_cast<float>(v));
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, 88.7f, -88.7f, 1e30f, -1e30f}) g.push_back(v);
+  const int n = static_cast<int>(g.size());
+  std::vector<float> u(g.size(), 1.0f), out(g.size());
+  kern().swiglu(g.data(), u.data(), out.data(), n);
+  double worst = 0.0;
+  for (int i = 0; i < n; ++i) {
+    const double ref = silu_mul_ref(g[i], 1.0);
+    ASSERT_LE(std::fabs(out[i] - ref), 5e-7 * std::fabs(ref) + 1e-36) << "g=" << g[i] << " got " << out[i];
+    if (std::fabs(ref) > 1e-30) worst = std::max(worst, std::fabs(out[i] - ref) / std::fabs(ref));
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.3g", worst);
+  RecordProperty("worst_rel_err", buf);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  float gn[3] = {nan, 1.0f, nan}, un[3] = {1.0f, nan, 2.0f}, on[3];
+  kern().swiglu(gn, un, on, 3);
+  EXPECT_TRUE(std::isnan(on[0]) && std::isnan(on[1]) && std::isnan(on[2]));
+}
+
+TEST_P(F32OpsTest, Softmax) {
+  std::mt19937 rng(15);
+  for (int n : kSizes) {
+    for (float range : {1.0f, 30.0f, 200.0f}) {
+      std::vector<float> x = random_vec(rng, n + 2, -range, range);
+      if (n > 3) x[1 + n / 2] = -std::numeric_limits<float>::infinity();  // a masked position
+      x[0] = x[n + 1] = kSentinel;
+      const std::vector<float> x0 = x;
+      kern().softmax(x.data() + 1, n);
+      EXPECT_EQ(x[0], kSentinel);
+      EXPECT_EQ(x[n + 1], kSentinel) << "wrote past the end, n=" << n;
+      double mx = -INFINITY, sum = 0.0, total = 0.0;
+      for (int i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(x0[i + 1]));
+      for (int i = 0; i < n; ++i) sum += std::exp(x0[i + 1] - mx);
+      const double tol = (8.0 + n / 8.0) * kEps;
+      for (int i = 0; i < n; ++i) {
+        const double ref = std::exp(x0[i + 1] - mx) / sum;
+        total += x[i + 1];
+        ASSERT_LE(std::fabs(x[i + 1] - ref), tol * ref + 1e-38) << "n=" << n << " range=" << range << " i=" << i;
+      }
+      EXPECT_NEAR(total, 1.0, tol + n * kEps) << "n=" << n;
+    }
+  }
+  float one = 3.0f;
+  kern().softmax(&one, 1);
+  EXPECT_EQ(one, 1.0f);
+  kern().softmax(nullptr, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, F32OpsTest, ::testing::ValuesIn(kAllIsas),
+                         [](const ::testing::TestParamInfo<Isa>& info) { return std::string(isa_name(info.param)); });
+
+// ---- ISA selection ------------------------------------------------------------------------------
+
+// Sets MXLM_ISA for the scope and restores the previous value.
+class ScopedIsaEnv {
+ public:
+  explicit ScopedIsaEnv(const char* value) {
+    if (const char* old = std::getenv("MXLM_ISA")) old_ = old;
+    if (value) {
+      setenv("MXLM_ISA", value, 1);
+    } else {
+      unsetenv("MXLM_ISA");
+    }
+  }
+  ~ScopedIsaEnv() {
+    if (old_) {
+      setenv("MXLM_ISA", old_->c_str(), 1);
+    } else {
+      unsetenv("MXLM_ISA");
+    }
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+TEST(IsaTest, NamesRoundTrip) {
+  for (Isa isa : kAllIsas) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
+  EXPECT_EQ(isa_from_name("sse2"), std::nullopt);
+  EXPECT_EQ(isa_from_name(""), std::nullopt);
+}
+
+TEST(IsaTest, AvailableListStartsWithRef) {
+  const std::vector<Isa> isas = available_isas();
+  ASSERT_FALSE(isas.empty());
+  EXPECT_EQ(isas.front(), Isa::kRef);
+  for (Isa isa : kAllIsas) EXPECT_EQ(isa_available(isa), std::find(isas.begin(), isas.end(), isa) != isas.end());
+#if defined(__x86_64__)
+  EXPECT_FALSE(isa_available(Isa::kNeon));
+  if (isa_available(Isa::kAvx512)) {
+    EXPECT_TRUE(isa_available(Isa::kAvx2));
+  }
+#endif
+}
+
+TEST(IsaTest, DefaultIsBestAvailable) {
+  ScopedIsaEnv env(nullptr);
+  const Isa sel = selected_isa();
+  EXPECT_TRUE(isa_available(sel));
+  if (isa_available(Isa::kAvx512)) {
+    EXPECT_EQ(sel, Isa::kAvx512);
+  } else if (isa_available(Isa::kAvx2)) {
+    EXPECT_EQ(sel, Isa::kAvx2);
+  }
+}
+
+TEST(IsaTest, ForcedIsa) {
+  for (Isa isa : kAllIsas) {
+    const std::string name(isa_name(isa));
+    ScopedIsaEnv env(name.c_str());
+    if (isa_available(isa)) {
+      EXPECT_EQ(selected_isa(), isa) << name;
+    } else {
+      try {
+        selected_isa();
+        ADD_FAILURE() << "MXLM_ISA=" << name << " should throw on this host";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+        EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("ref"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
+TEST(IsaTest, UnknownIsaThrows) {
+  ScopedIsaEnv env("sse9000");
+  try {
+    selected_isa();
+    FAIL() << "MXLM_ISA=sse9000 should throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("sse9000"), std::string::npos) << msg;
+    for (Isa isa : available_isas()) EXPECT_NE(msg.find(std::string(isa_name(isa))), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace mxlm
