@@ -22,11 +22,12 @@ std::optional<QType> qtype_from_name(std::string_view name) {
 
 std::optional<uint64_t> qtype_row_bytes(QType t, uint64_t k) {
   const QTypeInfo& info = qtype_info(t);
-  if (k % static_cast<uint64_t>(info.block_elems) != 0) return std::nullopt;
-  uint64_t blocks = k / static_cast<uint64_t>(info.block_elems);
+  const uint64_t groups = (k + static_cast<uint64_t>(info.block_elems) - 1) / static_cast<uint64_t>(info.block_elems);
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(blocks, static_cast<uint64_t>(info.block_bytes), &bytes)) return std::nullopt;
-  return bytes;
+  if (k > (uint64_t{1} << 48) || __builtin_mul_overflow(groups, static_cast<uint64_t>(info.block_bytes), &bytes)) {
+    return std::nullopt;
+  }
+  return bytes + static_cast<uint64_t>(info.row_prefix_bytes);
 }
 
 float bf16_to_f32(uint16_t h) {
@@ -110,6 +111,8 @@ void convert_row_to_f32(QType t, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
+    default:
+      break;
   }
   MXLM_ASSERT(false && "convert_row_to_f32: not a float format");
 }
@@ -129,6 +132,8 @@ void convert_row_from_f32(QType t, const float* src, void* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
       return;
     }
+    default:
+      break;
   }
   MXLM_ASSERT(false && "convert_row_from_f32: not a float format");
 }

@@ -1,11 +1,13 @@
 #include "model/import.h"
 
+#include <omp.h>
 #include <sys/stat.h>
 
 #include <cstring>
 #include <map>
 
 #include "kernels/common.h"
+#include "kernels/quant.h"
 #include "model/mxlm_file.h"
 
 namespace mxlm {
@@ -15,6 +17,7 @@ const char* source_format_name(SourceFormat f) {
     case SourceFormat::kHf: return "hf-safetensors";
     case SourceFormat::kGguf: return "gguf";
     case SourceFormat::kLlama2c: return "llama2c";
+    case SourceFormat::kMxlm: return "mxlm";
   }
   return "unknown";
 }
@@ -29,6 +32,8 @@ ImportedModel import_model(const std::string& input, const ImportOptions& option
     MappedFile probe(input);
     if (probe.size() >= 4 && std::memcmp(probe.data(), "GGUF", 4) == 0) {
       m = import_gguf(input, options);
+    } else if (probe.size() >= 8 && std::memcmp(probe.data(), kMxlmMagic, 8) == 0) {
+      m = import_mxlm(input);
     } else {
       m = import_llama2c(input, options);
     }
@@ -48,7 +53,7 @@ void read_source_row(const SourceTensor& t, int64_t r, float* dst) {
     src_row = head * d + (j < d / 2 ? 2 * j : 2 * (j - d / 2) + 1);
   }
   const uint64_t row_bytes = *qtype_row_bytes(t.src_type, static_cast<uint64_t>(k));
-  convert_row_to_f32(t.src_type, t.data + static_cast<uint64_t>(src_row) * row_bytes, dst, static_cast<size_t>(k));
+  dequantize_row(t.src_type, t.data + static_cast<uint64_t>(src_row) * row_bytes, k, dst);
 }
 
 void check_tensor_set(const ImportedModel& m) {
@@ -88,25 +93,45 @@ void check_tensor_set(const ImportedModel& m) {
   if (!by_name.empty()) throw Error(ErrorCode::kFormat, "unexpected tensor '" + by_name.begin()->first + "' in the model");
 }
 
-void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType weight_type,
-                     const std::function<void(size_t, size_t)>& progress) {
-  if (weight_type != QType::kF32 && weight_type != QType::kF16 && weight_type != QType::kBF16) {
-    throw Error(ErrorCode::kInvalidArgument, "convert writes f32, f16 or bf16 weights; use 'mxlm quantize' for quantized formats");
+ImportedModel import_mxlm(const std::string& path) {
+  auto file = std::make_shared<MxlmFile>(path);
+  ImportedModel m;
+  m.format = SourceFormat::kMxlm;
+  m.config = file->config();
+  m.tokenizer_proto = std::string(file->tokenizer_blob());
+  m.provenance = file->header().value("provenance", nlohmann::json::object());
+  m.provenance["requantized_from"] = path;
+  for (const TensorEntry& t : file->tensors()) {
+    if (t.segments.size() != 1 || t.row_map || t.outliers.nnz) {
+      throw Error(ErrorCode::kUnsupported, "'" + path + "': tensor '" + t.name + "' is mixed-precision; re-quantize from the original model");
+    }
+    SourceTensor s;
+    s.name = t.name;
+    s.shape = t.shape;
+    s.src_type = t.qtype();
+    s.data = t.data;
+    m.tensors.push_back(s);
   }
+  m.files.push_back(file);
+  return m;
+}
+
+void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
+                 const nlohmann::json& quantization, int threads, const std::function<void(size_t, size_t)>& progress) {
   MxlmWriteInput in;
   in.config = m.config;
   in.tokenizer_blob = m.tokenizer_proto;
   in.provenance = m.provenance;
   in.provenance["source_format"] = source_format_name(m.format);
-  in.provenance["weights"] = std::string(qtype_info(weight_type).name);
+  in.quantization = quantization;
   for (const SourceTensor& t : m.tensors) {
     TensorToWrite w;
     w.name = t.name;
     w.shape = t.shape;
-    w.qtype = t.shape.size() == 1 ? QType::kF32 : weight_type;
+    w.qtype = t.shape.size() == 1 ? QType::kF32 : choose(t);
     const QType dst_type = w.qtype;
     const SourceTensor* src = &t;
-    w.fill = [src, dst_type](uint8_t* dst, size_t bytes) {
+    w.fill = [src, dst_type, threads](uint8_t* dst, size_t bytes) {
       const int64_t rows = src->shape.size() == 2 ? src->shape[0] : 1, k = src->shape.back();
       const uint64_t dst_row = *qtype_row_bytes(dst_type, static_cast<uint64_t>(k));
       MXLM_ASSERT(dst_row * static_cast<uint64_t>(rows) == bytes);
@@ -114,15 +139,30 @@ void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType 
         std::memcpy(dst, src->data, bytes);
         return;
       }
-      std::vector<float> row(static_cast<size_t>(k));
-      for (int64_t r = 0; r < rows; ++r) {
-        read_source_row(*src, r, row.data());
-        convert_row_from_f32(dst_type, row.data(), dst + static_cast<uint64_t>(r) * dst_row, row.size());
+      const int nt = threads > 0 ? threads : omp_get_num_procs();
+#pragma omp parallel num_threads(nt)
+      {
+        std::vector<float> row(static_cast<size_t>(k));
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t r = 0; r < rows; ++r) {
+          read_source_row(*src, r, row.data());
+          quantize_row(dst_type, row.data(), k, dst + static_cast<uint64_t>(r) * dst_row);
+        }
       }
     };
     in.tensors.push_back(std::move(w));
   }
   write_mxlm(out_path, in, progress);
+}
+
+void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType weight_type,
+                     const std::function<void(size_t, size_t)>& progress) {
+  if (!is_float_qtype(weight_type)) {
+    throw Error(ErrorCode::kInvalidArgument, "convert writes f32, f16 or bf16 weights; use 'mxlm quantize' for quantized formats");
+  }
+  write_model(
+      m, out_path, [weight_type](const SourceTensor&) { return weight_type; },
+      nlohmann::json::object(), 0, progress);
 }
 
 }  // namespace mxlm

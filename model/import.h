@@ -15,7 +15,7 @@
 
 namespace mxlm {
 
-enum class SourceFormat { kHf, kGguf, kLlama2c };
+enum class SourceFormat { kHf, kGguf, kLlama2c, kMxlm };
 const char* source_format_name(SourceFormat f);
 
 struct SourceTensor {
@@ -49,8 +49,11 @@ ImportedModel import_model(const std::string& input, const ImportOptions& option
 ImportedModel import_hf(const std::string& dir, const ImportOptions& options);
 ImportedModel import_gguf(const std::string& path, const ImportOptions& options);
 ImportedModel import_llama2c(const std::string& path, const ImportOptions& options);
+// An existing .mxlm file as a source (for re-quantization); tensors of any format.
+ImportedModel import_mxlm(const std::string& path);
 
-// Reads one source tensor's row r (after any RoPE row permutation) as float32.
+// Reads one source tensor's row r (after any RoPE row permutation) as float32; quantized
+// sources are dequantized.
 void read_source_row(const SourceTensor& t, int64_t r, float* dst);
 
 // Checks that the imported tensor set is complete for the config, with the right shapes.
@@ -60,5 +63,11 @@ void check_tensor_set(const ImportedModel& m);
 // norm vectors in f32. Written atomically.
 void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType weight_type,
                      const std::function<void(size_t, size_t)>& progress = {});
+
+// Writes an imported model with each 2-D tensor in the format `choose` returns for it (norm
+// vectors stay f32); quantized formats go through quantize_row, rows in parallel on `threads`
+// threads (0: all). `extra_header` keys ("quantization", provenance additions) are merged in.
+void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
+                 const nlohmann::json& quantization, int threads, const std::function<void(size_t, size_t)>& progress = {});
 
 }  // namespace mxlm

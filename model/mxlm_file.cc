@@ -168,6 +168,52 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
     if (next_row != t.rows() || seg_total > t.bytes) {
       fail(path, where + ": segments cover " + std::to_string(next_row) + " of " + std::to_string(t.rows()) + " rows");
     }
+    // Optional parts inside the tensor's data: {offset, bytes} with offset absolute.
+    auto part = [&](const char* key, uint64_t expect_bytes) -> const uint8_t* {
+      const auto& jp = jt[key];
+      const auto off = get_field<uint64_t>(path, jp, "offset", where + " " + key);
+      const auto len = get_field<uint64_t>(path, jp, "bytes", where + " " + key);
+      uint64_t end;
+      if (len != expect_bytes || off < t.offset || __builtin_add_overflow(off, len, &end) || end > t.offset + t.bytes) {
+        fail(path, where + ": " + key + " of " + std::to_string(len) + " bytes at " + std::to_string(off) +
+                       " does not fit the tensor (" + std::to_string(expect_bytes) + " bytes expected)");
+      }
+      return map_.data() + off;
+    };
+    const uint64_t n_rows = static_cast<uint64_t>(t.rows());
+    if (jt.contains("row_map")) {
+      t.row_map = part("row_map", 4 * n_rows);
+      std::vector<bool> seen(n_rows, false);
+      for (uint64_t i = 0; i < n_rows; ++i) {
+        int32_t r;
+        std::memcpy(&r, t.row_map + 4 * i, 4);
+        if (r < 0 || static_cast<uint64_t>(r) >= n_rows || seen[r]) fail(path, where + ": row_map is not a permutation of its rows");
+        seen[r] = true;
+      }
+    }
+    if (jt.contains("outliers")) {
+      const auto nnz = get_field<uint64_t>(path, jt["outliers"], "nnz", where + " outliers");
+      if (nnz > static_cast<uint64_t>(t.rows()) * static_cast<uint64_t>(t.cols())) fail(path, where + ": more outliers than weights");
+      const uint8_t* p = part("outliers", 4 * (n_rows + 1) + 4 * nnz + 2 * nnz);
+      t.outliers.nnz = nnz;
+      t.outliers.row_ptr = p;
+      t.outliers.cols = p + 4 * (n_rows + 1);
+      t.outliers.values = t.outliers.cols + 4 * nnz;
+      int32_t prev = 0;
+      for (uint64_t i = 0; i <= n_rows; ++i) {
+        int32_t v;
+        std::memcpy(&v, t.outliers.row_ptr + 4 * i, 4);
+        if ((i == 0 && v != 0) || v < prev || static_cast<uint64_t>(v) > nnz || (i == n_rows && static_cast<uint64_t>(v) != nnz)) {
+          fail(path, where + ": outlier row pointers are not monotonic from 0 to " + std::to_string(nnz));
+        }
+        prev = v;
+      }
+      for (uint64_t i = 0; i < nnz; ++i) {
+        int32_t c;
+        std::memcpy(&c, t.outliers.cols + 4 * i, 4);
+        if (c < 0 || c >= t.cols()) fail(path, where + ": outlier column " + std::to_string(c) + " outside [0, " + std::to_string(t.cols()) + ")");
+      }
+    }
     tensors_.push_back(std::move(t));
   }
 
@@ -221,27 +267,58 @@ void write_mxlm(const std::string& path, const MxlmWriteInput& input, const std:
   for (size_t i = 0; i < input.tensors.size(); ++i) {
     const TensorToWrite& t = input.tensors[i];
     if (t.shape.empty() || t.shape.size() > 2) throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': 1 or 2 dimensions expected");
-    const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
-    auto bytes = segment_bytes(t.qtype, rows, t.shape.back());
-    if (!bytes) throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': shape does not fit format " + std::string(qtype_info(t.qtype).name));
+    const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1, cols = t.shape.back();
+    std::vector<TensorToWrite::Segment> segs = t.segments;
+    if (segs.empty()) segs.push_back({rows, t.qtype});
     out.write_zeros(align_up(out.tell(), kMxlmAlign) - out.tell());
     const uint64_t offset = out.tell();
-    buf.assign(*bytes, 0);
+    nlohmann::json jsegs = nlohmann::json::array();
+    uint64_t dense = 0;
+    int64_t row = 0;
+    for (const auto& sg : segs) {
+      auto bytes = segment_bytes(sg.qtype, sg.rows, cols);
+      if (!bytes || sg.rows <= 0) throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': bad segment");
+      jsegs.push_back({{"row_begin", row},
+                       {"row_end", row + sg.rows},
+                       {"qtype", static_cast<uint32_t>(sg.qtype)},
+                       {"format", qtype_info(sg.qtype).name},
+                       {"offset", offset + dense},
+                       {"bytes", *bytes}});
+      row += sg.rows;
+      dense += *bytes;
+    }
+    if (row != rows) throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': segments cover " + std::to_string(row) + " rows of " + std::to_string(rows));
+    buf.assign(dense, 0);
     t.fill(buf.data(), buf.size());
+    // Row map and outliers follow the dense data (4-byte aligned).
+    nlohmann::json extra = nlohmann::json::object();
+    auto append = [&](const void* p, size_t n) {
+      const auto* b = static_cast<const uint8_t*>(p);
+      buf.insert(buf.end(), b, b + n);
+    };
+    if (!t.row_map.empty()) {
+      if (static_cast<int64_t>(t.row_map.size()) != rows) throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': row map size");
+      buf.resize(align_up(buf.size(), 4), 0);
+      extra["row_map"] = {{"offset", offset + buf.size()}, {"bytes", 4 * t.row_map.size()}};
+      append(t.row_map.data(), 4 * t.row_map.size());
+    }
+    if (!t.outlier_row_ptr.empty()) {
+      const size_t nnz = t.outlier_cols.size();
+      if (static_cast<int64_t>(t.outlier_row_ptr.size()) != rows + 1 || t.outlier_values.size() != nnz) {
+        throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': outlier arrays do not match");
+      }
+      buf.resize(align_up(buf.size(), 4), 0);
+      const uint64_t start = buf.size();
+      append(t.outlier_row_ptr.data(), 4 * t.outlier_row_ptr.size());
+      append(t.outlier_cols.data(), 4 * nnz);
+      append(t.outlier_values.data(), 2 * nnz);
+      extra["outliers"] = {{"offset", offset + start}, {"bytes", buf.size() - start}, {"nnz", nnz}};
+    }
     out.write(buf.data(), buf.size());
-    const uint32_t crc = crc32c(buf.data(), buf.size());
-    const auto& info = qtype_info(t.qtype);
-    tensors.push_back({{"name", t.name},
-                       {"shape", t.shape},
-                       {"offset", offset},
-                       {"bytes", *bytes},
-                       {"crc32c", crc},
-                       {"segments", nlohmann::json::array({{{"row_begin", 0},
-                                                            {"row_end", rows},
-                                                            {"qtype", static_cast<uint32_t>(t.qtype)},
-                                                            {"format", info.name},
-                                                            {"offset", offset},
-                                                            {"bytes", *bytes}}})}});
+    nlohmann::json jt = {{"name", t.name}, {"shape", t.shape}, {"offset", offset}, {"bytes", buf.size()},
+                         {"crc32c", crc32c(buf.data(), buf.size())}, {"segments", jsegs}};
+    jt.update(extra);
+    tensors.push_back(jt);
     if (progress) progress(i + 1, input.tensors.size());
   }
   out.write_zeros(align_up(out.tell(), kMxlmAlign) - out.tell());

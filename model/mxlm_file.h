@@ -14,8 +14,13 @@
 //   {name, shape: [N, K] or [N], offset, bytes, crc32c,
 //    segments: [{row_begin, row_end, qtype, format, offset, bytes}]}
 // where a tensor's rows are split into segments of one format each (a plain tensor has one
-// segment; mixed precision inside a tensor adds more, plus an optional row map and sparse
-// outliers under later keys). Segment offsets are absolute. Readers reject unknown versions.
+// segment). Mixed precision inside a tensor adds more segments plus two optional parts, each
+// {offset, bytes} inside the tensor's data (so its checksum covers them):
+//   "row_map":  int32[N]; stored row i is output row row_map[i] (a permutation), so rows of one
+//               format can be grouped into one segment;
+//   "outliers": {offset, bytes, nnz}: sparse f16 values added after the dense product, in CSR by
+//               output row: int32 row_ptr[N+1], int32 col[nnz], f16 value[nnz].
+// Segment offsets are absolute. Readers reject unknown versions.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +49,14 @@ struct TensorSegment {
   const uint8_t* data = nullptr;       // into the mapping
 };
 
+// Sparse outliers in CSR by output row (pointers into the mapping; unaligned-safe access only).
+struct TensorOutliers {
+  uint64_t nnz = 0;
+  const uint8_t* row_ptr = nullptr;  // int32[N + 1]
+  const uint8_t* cols = nullptr;     // int32[nnz]
+  const uint8_t* values = nullptr;   // f16[nnz]
+};
+
 struct TensorEntry {
   std::string name;
   std::vector<int64_t> shape;  // [N, K] for matrices, [N] for vectors
@@ -51,6 +64,8 @@ struct TensorEntry {
   uint32_t crc32c = 0;
   std::vector<TensorSegment> segments;
   const uint8_t* data = nullptr;
+  const uint8_t* row_map = nullptr;  // int32[N] or null (identity)
+  TensorOutliers outliers;
 
   int64_t rows() const { return shape.size() == 2 ? shape[0] : 1; }
   int64_t cols() const { return shape.back(); }
@@ -93,9 +108,20 @@ class MxlmFile {
 // What the writer needs for one tensor: its shape and format and a function that fills its
 // bytes (rows × row bytes of the format) when the writer asks, one tensor at a time.
 struct TensorToWrite {
+  struct Segment {
+    int64_t rows = 0;
+    QType qtype = QType::kF32;
+  };
   std::string name;
   std::vector<int64_t> shape;
-  QType qtype = QType::kF32;
+  QType qtype = QType::kF32;  // the format when `segments` is empty
+  // Mixed precision: consecutive row ranges with their own format (rows add up to N). `fill`
+  // then writes every segment's rows, one segment after another.
+  std::vector<Segment> segments;
+  std::vector<int32_t> row_map;  // empty, or N entries (a permutation)
+  // Sparse outliers in CSR by output row: empty, or row_ptr of N + 1 entries.
+  std::vector<int32_t> outlier_row_ptr, outlier_cols;
+  std::vector<uint16_t> outlier_values;  // f16
   std::function<void(uint8_t* dst, size_t bytes)> fill;
 };
 

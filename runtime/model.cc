@@ -31,18 +31,34 @@ const TensorEntry& require(const MxlmFile& f, const std::string& name, const std
   return *t;
 }
 
-Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k) {
+Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa) {
   const TensorEntry& t = require(f, name, {n, k});
   Weight w;
-  w.qtype = t.qtype();
-  if (w.qtype != QType::kF32 && w.qtype != QType::kF16 && w.qtype != QType::kBF16) {
-    throw Error(ErrorCode::kUnsupported, "'" + f.path() + "': tensor '" + name + "' has format " +
-                                             std::string(qtype_info(w.qtype).name) + ", which this build cannot run");
-  }
-  w.data = t.data;
   w.n = n;
   w.k = k;
-  w.row_bytes = *qtype_row_bytes(w.qtype, static_cast<uint64_t>(k));
+  w.row_map = t.row_map;
+  w.outliers = t.outliers;
+  for (const TensorSegment& ts : t.segments) {
+    WeightSegment s;
+    s.row_begin = ts.row_begin;
+    s.row_end = ts.row_end;
+    s.qtype = ts.qtype;
+    s.data = ts.data;
+    s.row_bytes = *qtype_row_bytes(ts.qtype, static_cast<uint64_t>(k));
+    if (!is_float_qtype(ts.qtype)) {
+      const QKernel qk = find_qkernel(ts.qtype, isa);
+      if (!qk.gemm) {
+        throw Error(ErrorCode::kUnsupported, "'" + f.path() + "': tensor '" + name + "' has format " +
+                                                 std::string(qtype_info(ts.qtype).name) + ", which has no kernel in this build");
+      }
+      s.qgemm = qk.gemm;
+      s.kernel_isa = qk.isa;
+      w.any_quantized = true;
+    } else {
+      s.kernel_isa = isa;
+    }
+    w.segments.push_back(s);
+  }
   return w;
 }
 
@@ -76,26 +92,34 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   m->isa_ = selected_isa();
   using namespace tensor_names;
   const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
-  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd);
+  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_);
   m->output_norm_ = bind_norm(f, kOutputNorm, c.n_embd);
   if (c.tied_embeddings) {
     if (f.find(kOutput)) throw Error(ErrorCode::kFormat, "'" + path + "': tied embeddings but an 'output' tensor is present");
     m->output_ = m->tok_embd_;
   } else {
-    m->output_ = bind_weight(f, kOutput, c.n_vocab, c.n_embd);
+    m->output_ = bind_weight(f, kOutput, c.n_vocab, c.n_embd, m->isa_);
   }
   for (int i = 0; i < c.n_layers; ++i) {
     LayerWeights l;
     l.attn_norm = bind_norm(f, layer(i, kAttnNorm), c.n_embd);
-    l.wq = bind_weight(f, layer(i, kAttnQ), q, c.n_embd);
-    l.wk = bind_weight(f, layer(i, kAttnK), kv, c.n_embd);
-    l.wv = bind_weight(f, layer(i, kAttnV), kv, c.n_embd);
-    l.wo = bind_weight(f, layer(i, kAttnO), c.n_embd, q);
+    l.wq = bind_weight(f, layer(i, kAttnQ), q, c.n_embd, m->isa_);
+    l.wk = bind_weight(f, layer(i, kAttnK), kv, c.n_embd, m->isa_);
+    l.wv = bind_weight(f, layer(i, kAttnV), kv, c.n_embd, m->isa_);
+    l.wo = bind_weight(f, layer(i, kAttnO), c.n_embd, q, m->isa_);
     l.ffn_norm = bind_norm(f, layer(i, kFfnNorm), c.n_embd);
-    l.gate = bind_weight(f, layer(i, kFfnGate), c.n_ff, c.n_embd);
-    l.up = bind_weight(f, layer(i, kFfnUp), c.n_ff, c.n_embd);
-    l.down = bind_weight(f, layer(i, kFfnDown), c.n_embd, c.n_ff);
+    l.gate = bind_weight(f, layer(i, kFfnGate), c.n_ff, c.n_embd, m->isa_);
+    l.up = bind_weight(f, layer(i, kFfnUp), c.n_ff, c.n_embd, m->isa_);
+    l.down = bind_weight(f, layer(i, kFfnDown), c.n_embd, c.n_ff, m->isa_);
     m->layers_.push_back(l);
+  }
+  if (m->tok_embd_.row_map) {
+    m->embd_stored_row_.resize(static_cast<size_t>(c.n_vocab));
+    for (int i = 0; i < c.n_vocab; ++i) {
+      int32_t r;
+      std::memcpy(&r, m->tok_embd_.row_map + 4 * size_t(i), 4);
+      m->embd_stored_row_[static_cast<size_t>(r)] = i;
+    }
   }
   const size_t expected = 2 + (c.tied_embeddings ? 0 : 1) + size_t{9} * c.n_layers;
   if (f.tensors().size() != expected) {
@@ -107,6 +131,46 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
                                         std::to_string(expected));
   }
   return m;
+}
+
+void Model::embedding_row(int id, float* out) const {
+  const Weight& w = tok_embd_;
+  const int64_t stored = embd_stored_row_.empty() ? id : embd_stored_row_[static_cast<size_t>(id)];
+  for (const WeightSegment& s : w.segments) {
+    if (stored >= s.row_begin && stored < s.row_end) {
+      dequantize_row(s.qtype, s.data + static_cast<size_t>(stored - s.row_begin) * s.row_bytes, w.k, out);
+      break;
+    }
+  }
+  if (w.outliers.nnz) {
+    int32_t b, e;
+    std::memcpy(&b, w.outliers.row_ptr + 4 * size_t(id), 4);
+    std::memcpy(&e, w.outliers.row_ptr + 4 * size_t(id + 1), 4);
+    for (int32_t j = b; j < e; ++j) {
+      int32_t col;
+      uint16_t v;
+      std::memcpy(&col, w.outliers.cols + 4 * size_t(j), 4);
+      std::memcpy(&v, w.outliers.values + 2 * size_t(j), 2);
+      out[col] += f16_to_f32(v);
+    }
+  }
+}
+
+std::string Model::kernel_summary() const {
+  std::vector<std::string> seen;
+  auto add = [&](const Weight& w) {
+    for (const WeightSegment& s : w.segments) {
+      std::string k = std::string(qtype_info(s.qtype).name) + ":" + std::string(isa_name(s.kernel_isa));
+      if (std::find(seen.begin(), seen.end(), k) == seen.end()) seen.push_back(k);
+    }
+  };
+  add(output_);
+  for (const auto& l : layers_) {
+    for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) add(*w);
+  }
+  std::string r;
+  for (const auto& k : seen) r += (r.empty() ? "" : ", ") + k;
+  return r;
 }
 
 uint64_t Model::weight_bytes() const {
@@ -149,21 +213,92 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   hb_.resize(B * c.n_ff);
   hb2_.resize(B * c.n_ff);
   scores_.resize(size_t(n_threads_) * n_batch_ * n_ctx_);
+  act_per_token_ = params.act_per_token;
+  const int64_t kmax = act_padded_k(std::max<int64_t>({c.n_embd, int64_t(q), c.n_ff}));
+  aq_.resize(B * size_t(kmax));
+  ad_.resize(B * size_t(kmax / kActBlock));
+  ads_.resize(B * size_t(kmax / kActBlock));
 }
 
 Context::~Context() = default;
 
-void Context::matmul(const float* x, int m, const Weight& w, float* y) {
+void Context::quantize_acts(Acts& a) {
+  if (a.quantized) return;
+  const QuantizeActFn fn = find_quantize_act(model_->isa());
+  const int64_t kp = act_padded_k(a.k);
+#pragma omp parallel for num_threads(n_threads_) if (n_threads_ > 1 && a.m >= 8)
+  for (int r = 0; r < a.m; ++r) {
+    fn(a.x + size_t(r) * a.k, a.k, kp, &aq_[size_t(r) * kp], &ad_[size_t(r) * (kp / kActBlock)],
+       &ads_[size_t(r) * (kp / kActBlock)], act_per_token_);
+  }
+  a.quantized = true;
+}
+
+void Context::matmul(Acts& a, const Weight& w, float* y) {
   const F32Kernels& kr = f32_kernels(model_->isa());
-  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k);
-  // Split the output features into chunks: enough chunks to balance threads, each large enough
-  // to amortize the kernel's blocking.
+  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k), m = a.m;
+  if (w.any_quantized) quantize_acts(a);
+  const ActQ8 acts{aq_.data(), ad_.data(), ads_.data(), act_padded_k(k)};
+  // With a row map, compute in stored order, then scatter.
+  float* out = y;
+  if (w.row_map) {
+    mm_tmp_.resize(size_t(m) * n);
+    out = mm_tmp_.data();
+  }
+  // Split each segment's rows into chunks: enough to balance threads, each large enough to
+  // amortize the kernel's blocking.
   const int chunk = m == 1 ? std::max(16, (n + 4 * n_threads_ - 1) / (4 * n_threads_) / 16 * 16) : 64;
-  const int n_chunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1)
-  for (int c = 0; c < n_chunks; ++c) {
-    const int n0 = c * chunk, n1 = std::min(n, n0 + chunk);
-    kr.gemm(m, n0, n1, k, x, static_cast<size_t>(k), w.data, w.row_bytes, w.qtype, y, static_cast<size_t>(n));
+  struct Task {
+    const WeightSegment* s;
+    int n0, n1;  // rows within the segment
+  };
+  Task tasks_local[256];
+  std::vector<Task> tasks_heap;
+  Task* tasks = tasks_local;
+  int n_tasks = 0;
+  {
+    int total = 0;
+    for (const auto& s : w.segments) total += (static_cast<int>(s.row_end - s.row_begin) + chunk - 1) / chunk;
+    if (total > 256) {
+      tasks_heap.resize(size_t(total));
+      tasks = tasks_heap.data();
+    }
+    for (const auto& s : w.segments) {
+      const int rows = static_cast<int>(s.row_end - s.row_begin);
+      for (int r = 0; r < rows; r += chunk) tasks[n_tasks++] = {&s, r, std::min(rows, r + chunk)};
+    }
+  }
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && n_tasks > 1)
+  for (int t = 0; t < n_tasks; ++t) {
+    const WeightSegment& s = *tasks[t].s;
+    float* ys = out + s.row_begin;
+    if (s.qgemm) {
+      s.qgemm(m, tasks[t].n0, tasks[t].n1, k, acts, s.data, s.row_bytes, ys, size_t(n));
+    } else {
+      kr.gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(n));
+    }
+  }
+  if (w.row_map) {
+    for (int i = 0; i < n; ++i) {
+      int32_t r;
+      std::memcpy(&r, w.row_map + 4 * size_t(i), 4);
+      for (int b = 0; b < m; ++b) y[size_t(b) * n + r] = out[size_t(b) * n + i];
+    }
+  }
+  if (w.outliers.nnz) {
+    for (int r = 0; r < n; ++r) {
+      int32_t b0, e0;
+      std::memcpy(&b0, w.outliers.row_ptr + 4 * size_t(r), 4);
+      std::memcpy(&e0, w.outliers.row_ptr + 4 * size_t(r + 1), 4);
+      for (int32_t j = b0; j < e0; ++j) {
+        int32_t col;
+        uint16_t v;
+        std::memcpy(&col, w.outliers.cols + 4 * size_t(j), 4);
+        std::memcpy(&v, w.outliers.values + 2 * size_t(j), 2);
+        const float val = f16_to_f32(v);
+        for (int b = 0; b < m; ++b) y[size_t(b) * n + r] += val * a.x[size_t(b) * k + col];
+      }
+    }
   }
 }
 
@@ -199,10 +334,7 @@ void Context::forward_batch(const int* tokens, int n, bool all_logits, float* lo
   const int p0 = n_past_;
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(D));
 
-  const Weight& emb = model_->tok_embd();
-  for (int b = 0; b < n; ++b) {
-    convert_row_to_f32(emb.qtype, emb.data + size_t(tokens[b]) * emb.row_bytes, &x_[size_t(b) * E], size_t(E));
-  }
+  for (int b = 0; b < n; ++b) model_->embedding_row(tokens[b], &x_[size_t(b) * E]);
 
   auto rope = [&](float* v, int pos) {
     const float* cs = &rope_cos_[size_t(pos) * half];
@@ -217,9 +349,10 @@ void Context::forward_batch(const int* tokens, int n, bool all_logits, float* lo
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& w = model_->layers()[l];
     for (int b = 0; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
-    matmul(xb_.data(), n, w.wq, q_.data());
-    matmul(xb_.data(), n, w.wk, k_.data());
-    matmul(xb_.data(), n, w.wv, v_.data());
+    Acts attn_in{xb_.data(), n, E};
+    matmul(attn_in, w.wq, q_.data());
+    matmul(attn_in, w.wk, k_.data());
+    matmul(attn_in, w.wv, v_.data());
     // K cache [n_ctx][KV] (rows of keys); V cache transposed, [HKV][D][n_ctx], so that both
     // attention products run as gemm over contiguous rows.
     float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
@@ -248,21 +381,25 @@ void Context::forward_batch(const int* tokens, int n, bool all_logits, float* lo
       kr.gemm(n, 0, D, T, sc, size_t(T), vt + size_t(kvh) * D * n_ctx_, sizeof(float) * n_ctx_, QType::kF32,
               &att_out_[size_t(h) * D], size_t(Q));
     }
-    matmul(att_out_.data(), n, w.wo, xb2_.data());
+    Acts att{att_out_.data(), n, Q};
+    matmul(att, w.wo, xb2_.data());
     for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];
 
     for (int b = 0; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
-    matmul(xb_.data(), n, w.gate, hb_.data());
-    matmul(xb_.data(), n, w.up, hb2_.data());
+    Acts ffn_in{xb_.data(), n, E};
+    matmul(ffn_in, w.gate, hb_.data());
+    matmul(ffn_in, w.up, hb2_.data());
     for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
-    matmul(hb_.data(), n, w.down, xb2_.data());
+    Acts ffn_mid{hb_.data(), n, F};
+    matmul(ffn_mid, w.down, xb2_.data());
     for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];
   }
   n_past_ += n;
   if (!logits_out) return;
   const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
   for (int b = first; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], model_->output_norm(), &xb_[size_t(b - first) * E], E, c.norm_eps);
-  matmul(xb_.data(), rows, model_->output(), logits_out);
+  Acts out{xb_.data(), rows, E};
+  matmul(out, model_->output(), logits_out);
 }
 
 }  // namespace mxlm

@@ -188,19 +188,22 @@ TEST_P(F32GemmTest, ExactOnSmallIntegers) {
 // is computed in a batch or alone, and whatever split of [n0, n1) is used (threads split N).
 TEST_P(F32GemmTest, Deterministic) {
   const int M = m();
-  const int N = 37, K = 1283;
+  const int N = 37;
   std::mt19937 rng(7 + M);
-  const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
-  const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
-  const std::vector<float> full = run_gemm(kern(), M, N, K, 0, N, x, w, wtype());
-  for (int m = 0; m < M; ++m) {
-    const std::vector<float> xm(x.begin() + static_cast<ptrdiff_t>(m) * K, x.begin() + static_cast<ptrdiff_t>(m + 1) * K);
-    for (int split : {1, 5, 18}) {
-      const std::vector<float> a = run_gemm(kern(), 1, N, K, 0, split, xm, w, wtype());
-      const std::vector<float> b = run_gemm(kern(), 1, N, K, split, N, xm, w, wtype());
-      for (int n = 0; n < N; ++n) {
-        const float got = n < split ? a[n] : b[n];
-        ASSERT_EQ(got, full[static_cast<size_t>(m) * N + n]) << "m=" << m << " n=" << n << " split=" << split;
+  for (int K : {1283, 2100}) {  // M = 1 takes weight rows one or eight at a time by row length
+    const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
+    const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
+    const std::vector<float> full = run_gemm(kern(), M, N, K, 0, N, x, w, wtype());
+    for (int m = 0; m < M; ++m) {
+      const std::vector<float> xm(x.begin() + static_cast<ptrdiff_t>(m) * K,
+                                  x.begin() + static_cast<ptrdiff_t>(m + 1) * K);
+      for (int split : {1, 5, 18}) {
+        const std::vector<float> a = run_gemm(kern(), 1, N, K, 0, split, xm, w, wtype());
+        const std::vector<float> b = run_gemm(kern(), 1, N, K, split, N, xm, w, wtype());
+        for (int n = 0; n < N; ++n) {
+          const float got = n < split ? a[n] : b[n];
+          ASSERT_EQ(got, full[static_cast<size_t>(m) * N + n]) << "K=" << K << " m=" << m << " n=" << n << " split=" << split;
+        }
       }
     }
   }

@@ -1,5 +1,6 @@
 // mxlm: the command-line frontend (convert, inspect, run, ppl).
 #include <omp.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "model/file_util.h"
 #include "model/import.h"
 #include "model/mxlm_file.h"
+#include "model/quantize.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
@@ -31,7 +33,13 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
+// A progress bar on a terminal; one line at the end otherwise.
 void progress_bar(const char* what, size_t done, size_t total) {
+  static const bool tty = ::isatty(::fileno(stderr));
+  if (!tty) {
+    if (done == total) std::fprintf(stderr, "%s: %zu/%zu done\n", what, done, total);
+    return;
+  }
   const int width = 30;
   const int filled = total ? static_cast<int>(width * done / total) : width;
   std::fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu", what, filled, "##############################", width - filled, "", done, total);
@@ -93,9 +101,15 @@ int cmd_inspect(const std::string& path, bool verify, bool json) {
   double bits = 0, elems = 0;
   for (const auto& t : f.tensors()) {
     std::string shape;
-    for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i) shape += " x ";
+      shape += std::to_string(t.shape[i]);
+    }
     std::string fmt;
-    for (size_t i = 0; i < t.segments.size(); ++i) fmt += (i ? "+" : "") + std::string(qtype_info(t.segments[i].qtype).name);
+    for (size_t i = 0; i < t.segments.size(); ++i) {
+      if (i) fmt += '+';
+      fmt += qtype_info(t.segments[i].qtype).name;
+    }
     std::printf("%-28s %-8s %-16s %12llu\n", t.name.c_str(), fmt.c_str(), shape.c_str(), static_cast<unsigned long long>(t.bytes));
     total += t.bytes;
     double n = 1;
@@ -105,6 +119,43 @@ int cmd_inspect(const std::string& path, bool verify, bool json) {
   }
   std::printf("\n%zu tensors, %s of weights, %.2f bits per weight\n", f.tensors().size(), human_bytes(total).c_str(), bits / elems);
   if (verify) std::printf("checksums:  all %zu tensors and the tokenizer verified\n", f.tensors().size());
+  return 0;
+}
+
+struct QuantizeArgs {
+  std::string input, output, qtype, embd_qtype, output_qtype, tokenizer;
+  int threads = 0;
+  bool quiet = false;
+};
+
+QType parse_qtype(const std::string& name, const char* option) {
+  auto q = qtype_from_name(name);
+  if (!q) {
+    std::string all;
+    for (const auto& info : kQTypes) all += (all.empty() ? "" : ", ") + std::string(info.name);
+    throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a format; known: " + all);
+  }
+  return *q;
+}
+
+int cmd_quantize(const QuantizeArgs& a) {
+  QuantizeOptions opt;
+  opt.qtype = parse_qtype(a.qtype, "--qtype");
+  if (!a.embd_qtype.empty()) opt.embd_qtype = parse_qtype(a.embd_qtype, "--embd-qtype");
+  if (!a.output_qtype.empty()) opt.output_qtype = parse_qtype(a.output_qtype, "--output-qtype");
+  opt.threads = a.threads;
+  ImportOptions io;
+  io.tokenizer_path = a.tokenizer;
+  auto t0 = std::chrono::steady_clock::now();
+  ImportedModel m = import_model(a.input, io);
+  Tokenizer::from_spm_proto(m.tokenizer_proto);  // fails before anything is written
+  std::function<void(size_t, size_t)> progress;
+  if (!a.quiet) progress = [](size_t d, size_t t) { progress_bar("quantizing", d, t); };
+  quantize_model(m, a.output, opt, progress);
+  MxlmFile check(a.output);
+  std::fprintf(stderr, "mxlm: wrote %s (%s, %.3f bits per weight) in %.1f s\n", a.output.c_str(),
+               human_bytes(check.file_bytes()).c_str(), check.header()["quantization"].value("bits_per_weight", 0.0),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
 
@@ -131,6 +182,7 @@ int cmd_run(RunArgs a) {
   if (a.verbose) {
     std::fprintf(stderr, "mxlm: model %s: %s, isa %s, %d threads, ctx %d\n", a.model.c_str(),
                  human_bytes(model->weight_bytes()).c_str(), std::string(isa_name(model->isa())).c_str(), ctx.n_threads(), ctx.n_ctx());
+    std::fprintf(stderr, "mxlm: kernels: %s\n", model->kernel_summary().c_str());
     std::fprintf(stderr, "mxlm: prompt: %zu tokens:", prompt.size());
     for (int t : prompt) std::fprintf(stderr, " %d", t);
     std::fputc('\n', stderr);
@@ -221,6 +273,17 @@ int main(int argc, char** argv) {
   c->add_option("--tokenizer", conv.tokenizer, "tokenizer for llama2.c checkpoints (.model or llama2.c .bin); overrides an HF tokenizer.model");
   c->add_flag("-q,--quiet", conv.quiet, "no progress bar");
 
+  QuantizeArgs quant;
+  auto* qz = app.add_subcommand("quantize", "Quantize a model (HF dir, GGUF, llama2.c or .mxlm) to a .mxlm file");
+  qz->add_option("input", quant.input, "model to quantize")->required();
+  qz->add_option("-o,--output", quant.output, "output .mxlm path (written atomically)")->required();
+  qz->add_option("--qtype", quant.qtype, "format of every linear layer (e.g. q4_g32, q8_g32, nu4_g32)")->required();
+  qz->add_option("--embd-qtype", quant.embd_qtype, "format of the token embedding (default: --qtype)");
+  qz->add_option("--output-qtype", quant.output_qtype, "format of the output head (default: --qtype)");
+  qz->add_option("--tokenizer", quant.tokenizer, "tokenizer for llama2.c checkpoints");
+  qz->add_option("-t,--threads", quant.threads, "threads (default: all cores)");
+  qz->add_flag("-q,--quiet", quant.quiet, "no progress bar");
+
   std::string inspect_path;
   bool inspect_verify = false, inspect_json = false;
   auto* in = app.add_subcommand("inspect", "Print a .mxlm file's header, config and tensor table");
@@ -259,6 +322,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*c) return cmd_convert(conv);
+    if (*qz) return cmd_quantize(quant);
     if (*in) return cmd_inspect(inspect_path, inspect_verify, inspect_json);
     if (*r) return cmd_run(run);
     if (*p) return cmd_ppl(ppl);

@@ -92,6 +92,8 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
       return ref_gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     case QType::kBF16:
       return ref_gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    default:
+      break;
   }
   __builtin_trap();  // not a float format: a caller bug
 }
@@ -413,11 +415,7 @@ using Tiles = TilesImpl<T, MR, NR, std::make_integer_sequence<int, MR * NR>>;
 
 // Bytes of weights per N block: the block stays in L2 while every MR-row tile of x streams over
 // it (the MR x K activation tile itself stays in L1).
-#ifdef TUNE_WB
-constexpr size_t kWeightBlockBytes = size_t{TUNE_WB} << 10;
-#else
 constexpr size_t kWeightBlockBytes = size_t{256} << 10;
-#endif
 
 template <QType T, int MR, int NR>
 void gemm_blocked(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes,
@@ -480,6 +478,8 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
       return gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     case QType::kBF16:
       return gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    default:
+      break;
   }
   __builtin_trap();  // not a float format: a caller bug
 }

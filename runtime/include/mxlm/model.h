@@ -9,19 +9,32 @@
 
 #include "kernels/isa.h"
 #include "kernels/qtype.h"
+#include "kernels/quant.h"
+#include "model/mxlm_file.h"
 #include "model/config.h"
 
 namespace mxlm {
 
-class MxlmFile;
 class Tokenizer;
 
-// A weight matrix [n][k] inside the mapped file, with the kernel-facing description.
-struct Weight {
-  const uint8_t* data = nullptr;
+// Rows [row_begin, row_end) of a weight in one format, bound to its kernel at load.
+struct WeightSegment {
+  int64_t row_begin = 0, row_end = 0;
   QType qtype = QType::kF32;
-  int64_t n = 0, k = 0;
+  const uint8_t* data = nullptr;  // first row of the segment
   size_t row_bytes = 0;
+  QGemmFn qgemm = nullptr;        // quantized formats: the kernel for the model's ISA
+  Isa kernel_isa = Isa::kRef;
+};
+
+// A weight matrix [n][k] inside the mapped file: row segments of one format each, an optional
+// row map (stored row i is output row row_map[i]) and optional sparse f16 outliers.
+struct Weight {
+  int64_t n = 0, k = 0;
+  std::vector<WeightSegment> segments;
+  const uint8_t* row_map = nullptr;  // int32[n] or null
+  TensorOutliers outliers;
+  bool any_quantized = false;
 };
 
 struct LayerWeights {
@@ -51,6 +64,10 @@ class Model {
   const float* output_norm() const { return output_norm_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
   uint64_t weight_bytes() const;  // bytes of all tensors (what a token reads, roughly)
+  // The embedding of token `id` as floats (dequantized, outliers added): n_embd values.
+  void embedding_row(int id, float* out) const;
+  // "format:isa" of every distinct (format, kernel ISA) pair, for logs.
+  std::string kernel_summary() const;
 
  private:
   Model() = default;
@@ -61,12 +78,16 @@ class Model {
   Weight tok_embd_, output_;
   const float* output_norm_ = nullptr;
   std::vector<LayerWeights> layers_;
+  std::vector<int32_t> embd_stored_row_;  // output row -> stored row, when tok_embd has a row map
 };
 
 struct ContextParams {
   int n_ctx = 0;      // 0: the model's trained context
   int n_batch = 512;  // tokens evaluated per forward pass
   int n_threads = 0;  // 0: all cores
+  // Activation quantization for quantized weights: one int8 scale per token (row), or one per
+  // block of 32 values.
+  bool act_per_token = false;
 };
 
 class Context {
@@ -89,8 +110,15 @@ class Context {
   const Model& model() const { return *model_; }
 
  private:
+  // Activations feeding one or more matmuls: quantized once, on first use by a quantized weight.
+  struct Acts {
+    const float* x;
+    int m, k;
+    bool quantized = false;
+  };
   void forward_batch(const int* tokens, int n, bool all_logits, float* logits_out);
-  void matmul(const float* x, int m, const Weight& w, float* y);
+  void matmul(Acts& a, const Weight& w, float* y);
+  void quantize_acts(Acts& a);
 
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
@@ -99,6 +127,10 @@ class Context {
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
+  bool act_per_token_ = false;
+  std::vector<int8_t> aq_;          // [n_batch][kp]
+  std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
+  std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
 };
 
 }  // namespace mxlm

@@ -1,0 +1,80 @@
+// Quantized formats: the reference quantizers and dequantizers (the spec of each format, see
+// qtype.h), per-token int8 activation quantization, and the quantized GEMM kernel table.
+//
+// M = tokens, N = output features, K = input features; weights are [N][K] rows in a QType's
+// row layout. Kernels are pure functions: no allocation, no threads, no logging.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/isa.h"
+#include "kernels/qtype.h"
+
+namespace mxlm {
+
+// ---- weights ----------------------------------------------------------------------------------
+
+// Packs G b-bit values q[0..G) (each < 2^b) into a group's bit planes (qtype.h), and back.
+void pack_group(int bits, int group, const uint8_t* q, uint8_t* dst);
+void unpack_group(int bits, int group, const uint8_t* src, uint8_t* q);
+
+// Quantizes one row of k floats into `dst` (qtype_row_bytes(t, k) bytes) by round-to-nearest
+// with a search for each group's scale (and offset) that minimizes the squared error, weighted
+// per column by `importance` (k values, null for uniform weights). Codebook formats fit the
+// row's codebook by weighted k-means. Float formats convert.
+void quantize_row(QType t, const float* x, int64_t k, uint8_t* dst, const float* importance = nullptr);
+// Dequantizes one row (the spec of the format).
+void dequantize_row(QType t, const uint8_t* row, int64_t k, float* dst);
+
+// ---- activations ------------------------------------------------------------------------------
+
+// Activations are quantized per row to int8 in blocks of kActBlock with a float scale per block
+// (per_token: one scale for the whole row, stored in every block). A row is padded with zeros
+// to act_padded_k(K) (a multiple of the largest group, 128) so that kernels read whole groups.
+inline constexpr int kActBlock = 32;
+inline constexpr int64_t act_padded_k(int64_t k) { return (k + 127) / 128 * 128; }
+
+// M quantized rows: q[m * kp + i], d[m * kp/32 + b], ds[m * kp/32 + b] = d * sum(q of block b).
+struct ActQ8 {
+  const int8_t* q = nullptr;
+  const float* d = nullptr;
+  const float* ds = nullptr;
+  int64_t kp = 0;
+};
+
+// Quantizes one row: q = nearbyint(x * (127 / amax)) with amax over the block (or the whole row
+// when per_token), d = amax / 127, ds = d * sum(q). Writes kp values (zeros past k).
+void quantize_act_row_ref(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token);
+
+// ---- kernels ----------------------------------------------------------------------------------
+
+// y[m*ldy + n] = sum_k a[m][k] * W[n][k] for m in [0, M), n in [n0, n1), from quantized
+// activations and packed weights (rows every w_row_bytes bytes). Every implementation computes
+// each 32-element block's integer dot product exactly; only the float combination of blocks
+// (scales, offsets) may differ from the reference in summation order.
+using QGemmFn = void (*)(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
+                         float* y, size_t ldy);
+using QuantizeActFn = void (*)(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token);
+
+// The reference GEMM of format t (the spec for the kernels).
+void qgemm_ref(QType t, int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
+               float* y, size_t ldy);
+
+struct QKernel {
+  QGemmFn gemm = nullptr;
+  Isa isa = Isa::kRef;  // the ISA this kernel was compiled for
+};
+
+// The kernel for weights in format t on `isa`: the ISA's own when it has one, else the best
+// lower ISA's, else the reference. `isa` must be available. Never null for quantized formats.
+QKernel find_qkernel(QType t, Isa isa);
+// True when `isa` registered a kernel of its own for t.
+bool has_own_qkernel(QType t, Isa isa);
+QuantizeActFn find_quantize_act(Isa isa);
+
+// Registration, called by each ISA's translation units (kernels/simd/*.cc).
+void register_qkernel(QType t, Isa isa, QGemmFn fn);
+void register_quantize_act(Isa isa, QuantizeActFn fn);
+
+}  // namespace mxlm
