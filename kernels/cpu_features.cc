@@ -2,9 +2,14 @@
 // before anything knows which instructions are safe, so nothing here may be compiled for, or
 // inlined into, an ISA-specific translation unit.
 //
-// Exported (declared where used, in kernels/isa.cc):
+// Exported (declared where used):
 //   bool mxlm::detail::cpu_can_run(Isa isa)   -- the CPU and the OS support every feature that
 //                                                 the kernels of `isa` use. Probed once, cached.
+//                                                 (kernels/isa.cc)
+//   bool mxlm::detail::cpu_has_neon_dotprod() -- AArch64 with the dot-product instructions
+//                                                 (SDOT, HWCAP_ASIMDDP): the NEON kernels pick
+//                                                 their sdot or their widening-multiply path by it.
+//                                                 (kernels/simd/neon_kernels.cc)
 
 #include <cstdint>
 
@@ -12,6 +17,11 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)  // <asm/hwcap.h>
+#endif
 #endif
 
 namespace mxlm::detail {
@@ -21,6 +31,7 @@ struct CpuFeatures {
   bool avx2_set = false;    // AVX + AVX2 + FMA + F16C + BMI2, with YMM state enabled by the OS
   bool avx512_set = false;  // F/CD/DQ/BW/VL + VNNI + VBMI + BF16, with ZMM/opmask state enabled
   bool neon = false;        // Advanced SIMD (always present on AArch64)
+  bool neon_dotprod = false;  // + SDOT/UDOT (optional from Armv8.2, mandatory from Armv8.4)
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -74,6 +85,9 @@ CpuFeatures probe() {
 CpuFeatures probe() {
   CpuFeatures f;
   f.neon = true;
+#if defined(__linux__)
+  f.neon_dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
   return f;
 }
 
@@ -104,5 +118,7 @@ bool cpu_can_run(Isa isa) {
   }
   return false;
 }
+
+bool cpu_has_neon_dotprod() { return cpu_features().neon_dotprod; }
 
 }  // namespace mxlm::detail

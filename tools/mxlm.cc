@@ -16,6 +16,8 @@
 #include "model/import.h"
 #include "model/mxlm_file.h"
 #include "model/quantize.h"
+#include "model/synth.h"
+#include "mxlm/bench.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
@@ -159,10 +161,67 @@ int cmd_quantize(const QuantizeArgs& a) {
   return 0;
 }
 
+struct BenchArgs {
+  std::string model;
+  int n_prompt = 128, n_gen = 64, reps = 3;
+  std::vector<int> threads = {1, 2};
+  bool json = false, act_per_token = false;
+};
+
+int cmd_bench(const BenchArgs& a) {
+  auto model = Model::load(a.model);
+  BenchParams bp;
+  bp.n_prompt = a.n_prompt;
+  bp.n_gen = a.n_gen;
+  bp.reps = a.reps;
+  bp.threads = a.threads;
+  bp.act_per_token = a.act_per_token;
+  const auto results = run_bench(model, bp);
+  const double bits = 8.0 * double(model->weight_bytes()) / [&] {
+    double n = 0;
+    for (const auto& t : model->file().tensors()) n += double(t.rows()) * double(t.cols());
+    return n;
+  }();
+  const std::string name = model->file().header().value("provenance", nlohmann::json::object()).value("shape", a.model);
+  if (a.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& r : results) {
+      j.push_back({{"model", a.model}, {"size_bytes", model->weight_bytes()}, {"bits_per_weight", bits},
+                   {"isa", std::string(isa_name(model->isa()))}, {"threads", r.threads}, {"test", r.test},
+                   {"tok_s", r.tok_s_mean}, {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s},
+                   {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
+                   {"bytes_per_token", bytes_per_token(*model)}, {"kernels", model->kernel_summary()}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("| model | size | bpw | isa | threads | test | t/s | weight GB/s | read BW GB/s | %% of BW |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const auto& r : results) {
+    char gbs[32] = "-", pct[32] = "-";
+    if (r.weight_gb_s > 0) {
+      std::snprintf(gbs, sizeof(gbs), "%.2f", r.weight_gb_s);
+      std::snprintf(pct, sizeof(pct), "%.1f", r.bandwidth_pct);
+    }
+    std::printf("| %s | %s | %.2f | %s | %d | %s | %.2f ± %.2f | %s | %.1f | %s |\n", name.c_str(),
+                human_bytes(model->weight_bytes()).c_str(), bits, std::string(isa_name(model->isa())).c_str(), r.threads,
+                r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, r.bandwidth_gb_s, pct);
+  }
+  std::printf("\nkernels: %s\n", model->kernel_summary().c_str());
+  return 0;
+}
+
+struct SynthArgs {
+  std::string shape = "tinyllama-1.1b", qtype = "q4_g32", output;
+  int layers = 0, threads = 0;
+  uint64_t seed = 1;
+  bool quiet = false;
+};
+
 struct RunArgs {
   std::string model, prompt, prompt_file;
   int n_predict = 128, threads = 0, ctx = 0;
-  bool verbose = false, no_bos = false, ignore_eos = false;
+  bool verbose = false, no_bos = false, ignore_eos = false, act_per_token = false;
   SamplerParams sampler;
 };
 
@@ -176,6 +235,7 @@ int cmd_run(RunArgs a) {
   ContextParams cp;
   cp.n_ctx = a.ctx;
   cp.n_threads = a.threads;
+  cp.act_per_token = a.act_per_token;
   Context ctx(model, cp);
   const Tokenizer& tok = model->tokenizer();
   std::vector<int> prompt = tok.encode(a.prompt, !a.no_bos);
@@ -216,7 +276,7 @@ int cmd_run(RunArgs a) {
 struct PplArgs {
   std::string model, file;
   int ctx = 512, windows = 0, threads = 0;
-  bool json = false;
+  bool json = false, act_per_token = false;
 };
 
 int cmd_ppl(const PplArgs& a) {
@@ -233,6 +293,7 @@ int cmd_ppl(const PplArgs& a) {
   cp.n_ctx = a.ctx;
   cp.n_batch = a.ctx;
   cp.n_threads = a.threads;
+  cp.act_per_token = a.act_per_token;
   Context ctx(model, cp);
   const std::vector<int> stream = tokenize_documents(model->tokenizer(), text, model->config().bos_id, model->config().eos_id);
   PplParams pp;
@@ -284,6 +345,28 @@ int main(int argc, char** argv) {
   qz->add_option("-t,--threads", quant.threads, "threads (default: all cores)");
   qz->add_flag("-q,--quiet", quant.quiet, "no progress bar");
 
+  BenchArgs bench;
+  auto* bn = app.add_subcommand("bench", "Prompt-processing and generation speed against the measured memory bandwidth");
+  bn->add_option("-m,--model", bench.model, ".mxlm model")->required();
+  bn->add_option("-p,--n-prompt", bench.n_prompt, "prompt tokens per pp run (0: skip)");
+  bn->add_option("-n,--n-gen", bench.n_gen, "generated tokens per tg run (0: skip)");
+  bn->add_option("-r,--reps", bench.reps, "repetitions")->check(CLI::PositiveNumber);
+  bn->add_option("-t,--threads", bench.threads, "thread counts, e.g. 1,2")->delimiter(',');
+  bn->add_flag("--act-per-token", bench.act_per_token, "one activation scale per token instead of per 32 values");
+  bn->add_flag("--json", bench.json, "JSON output");
+
+  SynthArgs synth;
+  auto* sy = app.add_subcommand("synth", "Write a model of a real shape with random weights (for benchmarks)");
+  std::string shape_help = "shape:";
+  for (const auto& s : synth_shapes()) shape_help += " " + s.name;
+  sy->add_option("--shape", synth.shape, shape_help);
+  sy->add_option("--qtype", synth.qtype, "format of every matrix");
+  sy->add_option("--layers", synth.layers, "override the number of layers");
+  sy->add_option("--seed", synth.seed, "random seed");
+  sy->add_option("-t,--threads", synth.threads, "threads (default: all cores)");
+  sy->add_option("-o,--output", synth.output, "output .mxlm path")->required();
+  sy->add_flag("-q,--quiet", synth.quiet, "no progress bar");
+
   std::string inspect_path;
   bool inspect_verify = false, inspect_json = false;
   auto* in = app.add_subcommand("inspect", "Print a .mxlm file's header, config and tensor table");
@@ -308,7 +391,8 @@ int main(int argc, char** argv) {
   r->add_option("-s,--seed", run.sampler.seed, "random seed");
   r->add_flag("--no-bos", run.no_bos, "do not prepend BOS");
   r->add_flag("--ignore-eos", run.ignore_eos, "keep generating after end of text");
-  r->add_flag("-v,--verbose", run.verbose, "print model, ISA and prompt tokens to stderr");
+  r->add_flag("-v,--verbose", run.verbose, "print model, ISA, kernels and prompt tokens to stderr");
+  r->add_flag("--act-per-token", run.act_per_token, "one activation scale per token instead of per 32 values");
 
   PplArgs ppl;
   auto* p = app.add_subcommand("ppl", "Perplexity of a model on a text");
@@ -318,11 +402,26 @@ int main(int argc, char** argv) {
   p->add_option("--windows", ppl.windows, "number of windows (default: all)")->check(CLI::NonNegativeNumber);
   p->add_option("-t,--threads", ppl.threads, "threads (default: all cores)");
   p->add_flag("--json", ppl.json, "print the result as JSON");
+  p->add_flag("--act-per-token", ppl.act_per_token, "one activation scale per token instead of per 32 values");
 
   CLI11_PARSE(app, argc, argv);
   try {
     if (*c) return cmd_convert(conv);
     if (*qz) return cmd_quantize(quant);
+    if (*bn) return cmd_bench(bench);
+    if (*sy) {
+      SynthOptions so;
+      so.shape = synth.shape;
+      so.qtype = parse_qtype(synth.qtype, "--qtype");
+      so.n_layers = synth.layers;
+      so.seed = synth.seed;
+      so.threads = synth.threads;
+      std::function<void(size_t, size_t)> progress;
+      if (!synth.quiet) progress = [](size_t d, size_t t) { progress_bar("writing", d, t); };
+      synth_model(synth.output, so, progress);
+      std::fprintf(stderr, "mxlm: wrote %s (%s)\n", synth.output.c_str(), human_bytes(MxlmFile(synth.output).file_bytes()).c_str());
+      return 0;
+    }
     if (*in) return cmd_inspect(inspect_path, inspect_verify, inspect_json);
     if (*r) return cmd_run(run);
     if (*p) return cmd_ppl(ppl);

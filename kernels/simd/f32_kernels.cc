@@ -16,6 +16,9 @@
 //
 // ref is the specification: plain loops with double accumulation (deterministic).
 
+// The neon copy of this file is empty: kernels/simd/neon_kernels.cc provides its register_f32.
+#if !defined(MXLM_TARGET_NEON)
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -613,3 +616,5 @@ void register_f32(F32Kernels* out) {
 }
 
 }  // namespace mxlm::kernels::MXLM_TARGET_NS
+
+#endif  // !MXLM_TARGET_NEON
