@@ -70,6 +70,7 @@ std::vector<BenchResult> run_bench(const std::shared_ptr<const Model>& model, co
     cp.n_ctx = std::min(model->config().n_ctx, std::max(p.n_prompt, p.n_gen) + 1);
     cp.n_batch = std::max(1, p.n_prompt);
     cp.act_per_token = p.act_per_token;
+    cp.prefill = p.prefill;
     Context ctx(model, cp);
     // Deterministic pseudo-random tokens (the content does not change the work).
     std::vector<int> tokens(static_cast<size_t>(std::max(p.n_prompt, 1)));

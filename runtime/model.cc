@@ -3,11 +3,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
 #include "kernels/common.h"
 #include "kernels/f32_ops.h"
+#include "kernels/onednn_gemm.h"
 #include "model/mxlm_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -214,6 +216,10 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   hb2_.resize(B * c.n_ff);
   scores_.resize(size_t(n_threads_) * n_batch_ * n_ctx_);
   act_per_token_ = params.act_per_token;
+  prefill_ = params.prefill;
+  if (prefill_ == ContextParams::Prefill::kOneDnn && !onednn_available()) {
+    throw Error(ErrorCode::kUnsupported, "the oneDNN prefill needs a build with oneDNN and an AVX-512 CPU");
+  }
   const int64_t kmax = act_padded_k(std::max<int64_t>({c.n_embd, int64_t(q), c.n_ff}));
   aq_.resize(B * size_t(kmax));
   ad_.resize(B * size_t(kmax / kActBlock));
@@ -234,17 +240,11 @@ void Context::quantize_acts(Acts& a) {
   a.quantized = true;
 }
 
-void Context::matmul(Acts& a, const Weight& w, float* y) {
+void Context::matmul_dense(Acts& a, const Weight& w, float* out, bool onednn) {
   const F32Kernels& kr = f32_kernels(model_->isa());
   const int n = static_cast<int>(w.n), k = static_cast<int>(w.k), m = a.m;
-  if (w.any_quantized) quantize_acts(a);
+  if (w.any_quantized && !onednn) quantize_acts(a);
   const ActQ8 acts{aq_.data(), ad_.data(), ads_.data(), act_padded_k(k)};
-  // With a row map, compute in stored order, then scatter.
-  float* out = y;
-  if (w.row_map) {
-    mm_tmp_.resize(size_t(m) * n);
-    out = mm_tmp_.data();
-  }
   // Split each segment's rows into chunks: enough to balance threads, each large enough to
   // amortize the kernel's blocking.
   const int chunk = m == 1 ? std::max(16, (n + 4 * n_threads_ - 1) / (4 * n_threads_) / 16 * 16) : 64;
@@ -252,31 +252,51 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
     const WeightSegment* s;
     int n0, n1;  // rows within the segment
   };
-  Task tasks_local[256];
-  std::vector<Task> tasks_heap;
-  Task* tasks = tasks_local;
-  int n_tasks = 0;
-  {
-    int total = 0;
-    for (const auto& s : w.segments) total += (static_cast<int>(s.row_end - s.row_begin) + chunk - 1) / chunk;
-    if (total > 256) {
-      tasks_heap.resize(size_t(total));
-      tasks = tasks_heap.data();
-    }
-    for (const auto& s : w.segments) {
-      const int rows = static_cast<int>(s.row_end - s.row_begin);
-      for (int r = 0; r < rows; r += chunk) tasks[n_tasks++] = {&s, r, std::min(rows, r + chunk)};
-    }
+  std::vector<Task> tasks;
+  tasks.reserve(64);
+  for (const auto& s : w.segments) {
+    const int rows = static_cast<int>(s.row_end - s.row_begin);
+    for (int r = 0; r < rows; r += chunk) tasks.push_back({&s, r, std::min(rows, r + chunk)});
   }
+  const int n_tasks = static_cast<int>(tasks.size());
 #pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && n_tasks > 1)
   for (int t = 0; t < n_tasks; ++t) {
     const WeightSegment& s = *tasks[t].s;
     float* ys = out + s.row_begin;
-    if (s.qgemm) {
+    if (onednn) {
+      onednn_gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, ys, size_t(n));
+    } else if (s.qgemm) {
       s.qgemm(m, tasks[t].n0, tasks[t].n1, k, acts, s.data, s.row_bytes, ys, size_t(n));
     } else {
       kr.gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(n));
     }
+  }
+}
+
+void Context::matmul(Acts& a, const Weight& w, float* y) {
+  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k), m = a.m;
+  // With a row map, compute in stored order, then scatter.
+  float* out = y;
+  if (w.row_map) {
+    mm_tmp_.resize(size_t(m) * n);
+    out = mm_tmp_.data();
+  }
+  const bool may_onednn = m >= 16 && prefill_ != ContextParams::Prefill::kKernels && onednn_available();
+  if (!may_onednn) {
+    matmul_dense(a, w, out, false);
+  } else if (prefill_ == ContextParams::Prefill::kOneDnn) {
+    matmul_dense(a, w, out, true);
+  } else if (auto it = prefill_onednn_.find(&w); it != prefill_onednn_.end()) {
+    matmul_dense(a, w, out, it->second);
+  } else {
+    // First prefill through this weight: time both paths (each writes a valid result).
+    using clock = std::chrono::steady_clock;
+    auto t0 = clock::now();
+    matmul_dense(a, w, out, false);
+    auto t1 = clock::now();
+    matmul_dense(a, w, out, true);
+    auto t2 = clock::now();
+    prefill_onednn_[&w] = (t2 - t1) < (t1 - t0);
   }
   if (w.row_map) {
     for (int i = 0; i < n; ++i) {

@@ -166,7 +166,14 @@ struct BenchArgs {
   int n_prompt = 128, n_gen = 64, reps = 3;
   std::vector<int> threads = {1, 2};
   bool json = false, act_per_token = false;
+  std::string prefill = "auto";
 };
+
+ContextParams::Prefill parse_prefill(const std::string& s) {
+  if (s == "kernels") return ContextParams::Prefill::kKernels;
+  if (s == "onednn") return ContextParams::Prefill::kOneDnn;
+  return ContextParams::Prefill::kAuto;
+}
 
 int cmd_bench(const BenchArgs& a) {
   auto model = Model::load(a.model);
@@ -176,6 +183,7 @@ int cmd_bench(const BenchArgs& a) {
   bp.reps = a.reps;
   bp.threads = a.threads;
   bp.act_per_token = a.act_per_token;
+  bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(model, bp);
   const double bits = 8.0 * double(model->weight_bytes()) / [&] {
     double n = 0;
@@ -354,6 +362,8 @@ int main(int argc, char** argv) {
   bn->add_option("-t,--threads", bench.threads, "thread counts, e.g. 1,2")->delimiter(',');
   bn->add_flag("--act-per-token", bench.act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--json", bench.json, "JSON output");
+  bn->add_option("--prefill", bench.prefill, "prefill matmuls: auto (measure), kernels or onednn")
+      ->check(CLI::IsMember({"auto", "kernels", "onednn"}));
 
   SynthArgs synth;
   auto* sy = app.add_subcommand("synth", "Write a model of a real shape with random weights (for benchmarks)");

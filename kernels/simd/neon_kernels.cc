@@ -416,9 +416,11 @@ MXLM_AI int quantize_block(const float* x, float id, int8_t* q) {
     const int32x4_t c = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + j + 8), vid));
     const int32x4_t d = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + j + 12), vid));
     sum = vaddq_s32(vaddq_s32(sum, vaddq_s32(a, b)), vaddq_s32(c, d));
-    const int16x8_t ab = vcombine_s16(vqmovn_s32(a), vqmovn_s32(b));
-    const int16x8_t cd = vcombine_s16(vqmovn_s32(c), vqmovn_s32(d));
-    vst1q_s8(q + j, vcombine_s8(vqmovn_s16(ab), vqmovn_s16(cd)));
+    // Truncating narrows: static_cast<int8_t>(int), like the reference (|q| <= 127 unless
+    // 127 / amax overflowed, where both keep the low byte of FCVTNS's saturated INT_MAX).
+    const int16x8_t ab = vcombine_s16(vmovn_s32(a), vmovn_s32(b));
+    const int16x8_t cd = vcombine_s16(vmovn_s32(c), vmovn_s32(d));
+    vst1q_s8(q + j, vcombine_s8(vmovn_s16(ab), vmovn_s16(cd)));
   }
   return vaddvq_s32(sum);
 }

@@ -24,6 +24,7 @@ struct BenchParams {
   int reps = 3;
   std::vector<int> threads = {1, 2};
   bool act_per_token = false;
+  ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
 };
 
 struct BenchResult {

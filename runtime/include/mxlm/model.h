@@ -2,6 +2,7 @@
 // scratch; used by one thread at a time).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -88,6 +89,9 @@ struct ContextParams {
   // Activation quantization for quantized weights: one int8 scale per token (row), or one per
   // block of 32 values.
   bool act_per_token = false;
+  // Prefill (M >= 16) matmuls: the int8/f32 kernels, oneDNN's bf16 matmul on dequantized
+  // panels, or auto: whichever measures faster for each weight on its first prefill.
+  enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
 };
 
 class Context {
@@ -118,6 +122,7 @@ class Context {
   };
   void forward_batch(const int* tokens, int n, bool all_logits, float* logits_out);
   void matmul(Acts& a, const Weight& w, float* y);
+  void matmul_dense(Acts& a, const Weight& w, float* out, bool onednn);
   void quantize_acts(Acts& a);
 
   std::shared_ptr<const Model> model_;
@@ -131,6 +136,8 @@ class Context {
   std::vector<int8_t> aq_;          // [n_batch][kp]
   std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
   std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
+  ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
+  std::map<const Weight*, bool> prefill_onednn_;  // auto: the measured choice per weight
 };
 
 }  // namespace mxlm
