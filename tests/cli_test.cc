@@ -93,6 +93,42 @@ TEST(Cli, ErrorsAreClear) {
   EXPECT_EQ(content, "precious");
 }
 
+TEST(Cli, ForcedIsaAndVerboseKernels) {
+  int st;
+  std::string out = mxlm("run -m " + converted_stories() + " -p 'Once upon a time' -n 4 --temp 0 -v", &st);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("isa "), std::string::npos) << out;
+  EXPECT_NE(out.find("kernels:"), std::string::npos) << out;
+  out = mxlm("run -m " + converted_stories() + " -p 'Once upon a time' -n 4 --temp 0", &st);
+  std::string forced;
+  st = test::run_command("MXLM_ISA=ref " + test::mxlm_binary() + " run -m " + converted_stories() +
+                             " -p 'Once upon a time' -n 4 --temp 0 2>/dev/null", &forced, false);
+  EXPECT_EQ(st, 0);
+  EXPECT_EQ(out.substr(0, out.find('\n')), forced.substr(0, forced.find('\n')));
+  st = test::run_command("MXLM_ISA=neon " + test::mxlm_binary() + " inspect " + converted_stories(), &out);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("neon"), std::string::npos) << out;
+  st = test::run_command("MXLM_ISA=sse9 " + test::mxlm_binary() + " inspect " + converted_stories(), &out);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("sse9"), std::string::npos) << out;
+}
+
+TEST(Cli, QuantizeInspectRun) {
+  int st;
+  const std::string q = test::scratch_dir() + "/cli_q8.mxlm";
+  std::string out = mxlm("quantize " + test::shared_path("models/stories260K/stories260K.gguf") + " -o " + q + " --qtype q8_g32 -q", &st);
+  ASSERT_EQ(st, 0) << out;
+  out = mxlm("inspect " + q + " --verify", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("q8_g32"), std::string::npos) << out;
+  out = mxlm("run -m " + q + " -p 'Once upon a time' -n 20 --temp 0", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("Once upon a time, there was a little girl"), std::string::npos) << out;
+  out = mxlm("quantize " + test::shared_path("models/stories260K/stories260K.gguf") + " -o " + q + " --qtype q7_g32", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("q7_g32 is not a format"), std::string::npos) << out;
+}
+
 TEST(Cli, PplJson) {
   int st;
   std::string out;

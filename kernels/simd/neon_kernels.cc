@@ -607,7 +607,7 @@ MXLM_AI float32x4_t chunk_scales(const uint8_t* p, int64_t c) {
     uint32_t u;
     __builtin_memcpy(&u, p + 4 * c, 4);
     const float32x4_t v = vcvt_f32_f16(vreinterpret_f16_u32(vdup_n_u32(u)));  // d0 d1 d0 d1
-    return vzip1q_f32(v, v);                                                  // d0 d0 d1 d1
+    return v;                                                  // d0 d0 d1 d1
   } else {
     uint16_t h;
     __builtin_memcpy(&h, p + 2 * c, 2);
