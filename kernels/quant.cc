@@ -160,7 +160,7 @@ void quantize_group_sym(int bits, const float* x, const float* w, int n, float* 
   }
   if (vmax == 0) {
     *d_out = 0;
-    std::fill(q, q + n, static_cast<uint8_t>(z));
+    for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(z);
     return;
   }
   uint8_t cand[128];
@@ -195,7 +195,7 @@ void quantize_group_sym(int bits, const float* x, const float* w, int n, float* 
   }
   *d_out = best_d;
   if (best_d == 0) {
-    std::fill(q, q + n, static_cast<uint8_t>(z));
+    for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(z);
     return;
   }
   const float id = 1.0f / best_d;
@@ -428,14 +428,16 @@ void quantize_act_row_ref(const float* x, int64_t k, int64_t kp, int8_t* q, floa
     if (!per_token) {
       for (int64_t i = i0; i < i1; ++i) amax = std::max(amax, std::abs(x[i]));
     }
-    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    // Blocks below kActTiny quantize to zero (127 / amax would overflow).
+    const bool zero = !(amax > kActTiny);
+    const float id = zero ? 0.0f : 127.0f / amax;
     int sum = 0;
     for (int64_t i = i0; i < i0 + kActBlock; ++i) {
       const int v = i < i1 ? static_cast<int>(std::nearbyint(x[i] * id)) : 0;
       q[i] = static_cast<int8_t>(v);
       sum += v;
     }
-    d[b] = amax / 127.0f;
+    d[b] = zero ? 0.0f : amax / 127.0f;
     ds[b] = d[b] * static_cast<float>(sum);
   }
 }
@@ -532,10 +534,10 @@ const Registry& registry() {
   std::call_once(once, [] {
     register_refs(std::make_index_sequence<std::size(kQTypes)>());
     register_quantize_act(Isa::kRef, &quantize_act_row_ref);
-#if defined(MXLM_HAVE_AVX2) && !defined(MXLM_TMP_NO_X86Q)
+#ifdef MXLM_HAVE_AVX2
     kernels::avx2::register_quant_kernels();
 #endif
-#if defined(MXLM_HAVE_AVX512) && !defined(MXLM_TMP_NO_X86Q)
+#ifdef MXLM_HAVE_AVX512
     kernels::avx512::register_quant_kernels();
 #endif
 #ifdef MXLM_HAVE_NEON

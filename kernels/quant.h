@@ -44,7 +44,9 @@ struct ActQ8 {
 };
 
 // Quantizes one row: q = nearbyint(x * (127 / amax)) with amax over the block (or the whole row
-// when per_token), d = amax / 127, ds = d * sum(q). Writes kp values (zeros past k).
+// when per_token), d = amax / 127, ds = d * sum(q). Writes kp values (zeros past k). A block
+// whose amax is not above kActTiny (NaN included) quantizes to q = 0, d = 0.
+inline constexpr float kActTiny = 1e-30f;
 void quantize_act_row_ref(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token);
 
 // ---- kernels ----------------------------------------------------------------------------------

@@ -439,9 +439,10 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
       xb = pad;
     }
     const float amax = per_token ? row_amax : absmax(xb, kActBlock, 0.0f);
-    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    const bool zero = !(amax > kActTiny);
+    const float id = zero ? 0.0f : 127.0f / amax;
     const int sum = quantize_block(xb, id, q + i0);
-    d[b] = amax / 127.0f;
+    d[b] = zero ? 0.0f : amax / 127.0f;
     ds[b] = d[b] * static_cast<float>(sum);
   }
 }
@@ -607,7 +608,7 @@ MXLM_AI float32x4_t chunk_scales(const uint8_t* p, int64_t c) {
     uint32_t u;
     __builtin_memcpy(&u, p + 4 * c, 4);
     const float32x4_t v = vcvt_f32_f16(vreinterpret_f16_u32(vdup_n_u32(u)));  // d0 d1 d0 d1
-    return v;                                                  // d0 d0 d1 d1
+    return vzip1q_f32(v, v);                                                  // d0 d0 d1 d1
   } else {
     uint16_t h;
     __builtin_memcpy(&h, p + 2 * c, 2);

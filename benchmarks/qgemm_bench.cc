@@ -1,0 +1,246 @@
+// Google Benchmark of the quantized GEMM kernels (kernels/quant.h) per (QType, ISA), for the
+// SIMD ISAs this host runs:
+//   qgemv/<isa>/<qtype>/N:<N>/K:<K>/threads:<t>   decode, M = 1, (N, K) = (4096, 4096),
+//       (11008, 4096), (4096, 11008). The weights rotate through more than 64 MiB of distinct
+//       matrices (L3 is 32 MiB) so every call streams them from DRAM. Counters: GBps (weight
+//       bytes read per second) and pct_bw (GBps as % of the DRAM read bandwidth measured by this
+//       binary: an AVX2 sum over a 1 GiB buffer with the same thread count, measured once).
+//   qgemm/<isa>/<qtype>/M:<M>/N:4096/K:4096/threads:<t>   prefill, M = 16, 128, 512. Counters:
+//       GOPS (2*M*N*K per call) and pct_peak (% of the int8 peak of the ISA per thread:
+//       vpdpbusd 462 GOP/s, maddubs 233 GOP/s, shared/TOOLCHAIN.md).
+// The kernels are single-threaded; threads:2 splits N in two halves with OpenMP, as a caller
+// would. Activation quantization is not timed.
+//
+// Filter with e.g. --benchmark_filter='qgemv/avx512/q4_g32/N:11008'.
+
+#include <omp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <immintrin.h>
+
+#include <benchmark/benchmark.h>
+
+#include "kernels/isa.h"
+#include "kernels/quant.h"
+#include "kernels/qtype.h"
+
+namespace mxlm {
+namespace {
+
+constexpr size_t kRotateBytes = size_t{64} << 20;   // > L3 (32 MiB) with margin
+constexpr size_t kPoolBytes = size_t{160} << 20;    // room for > 64 MiB of the largest matrix
+constexpr size_t kBandwidthBytes = size_t{1} << 30;  // 1 GiB
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<uint8_t[], FreeDeleter>;
+
+Buffer alloc_aligned(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  return Buffer(static_cast<uint8_t*>(std::aligned_alloc(64, rounded == 0 ? 64 : rounded)));
+}
+
+// ---- measured DRAM read bandwidth -------------------------------------------------------------
+
+__attribute__((target("avx2"))) float sum_avx2(const float* p, size_t n) {
+  __m256 s[8];
+  for (__m256& v : s) v = _mm256_setzero_ps();
+  for (size_t i = 0; i + 64 <= n; i += 64) {
+    for (int j = 0; j < 8; ++j) s[j] = _mm256_add_ps(s[j], _mm256_load_ps(p + i + 8 * j));
+  }
+  for (int j = 1; j < 8; ++j) s[0] = _mm256_add_ps(s[0], s[j]);
+  alignas(32) float out[8];
+  _mm256_store_ps(out, s[0]);
+  return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+
+// GB/s of an AVX2 sum over 1 GiB with `threads` threads (best of 3), measured once per count.
+double read_bandwidth_gbps(int threads) {
+  static double cached[3] = {0, 0, 0};
+  if (cached[threads] > 0) return cached[threads];
+  Buffer buf = alloc_aligned(kBandwidthBytes);
+  std::memset(buf.get(), 0, kBandwidthBytes);  // fault the pages in first
+  const float* f = reinterpret_cast<const float*>(buf.get());
+  const size_t n = kBandwidthBytes / sizeof(float);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    float sink = 0;
+    const double t0 = omp_get_wtime();
+#pragma omp parallel for num_threads(threads) reduction(+ : sink)
+    for (int t = 0; t < threads; ++t) sink += sum_avx2(f + n / threads * t, n / threads);
+    const double dt = omp_get_wtime() - t0;
+    benchmark::DoNotOptimize(sink);
+    if (kBandwidthBytes / dt * 1e-9 > best) best = kBandwidthBytes / dt * 1e-9;
+  }
+  cached[threads] = best;
+  return best;
+}
+
+// ---- weights ----------------------------------------------------------------------------------
+
+// One pool of random bytes shared by all benchmarks; each benchmark writes valid scales (and
+// codebooks) into the rows it uses. Random quants are valid quants of every format.
+uint8_t* weight_pool() {
+  static Buffer pool;
+  if (!pool) {
+    pool = alloc_aligned(kPoolBytes);
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < kPoolBytes; i += 8) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+      std::memcpy(pool.get() + i, &s, 8);
+    }
+  }
+  return pool.get();
+}
+
+// Views `rows` consecutive rows of format t in the pool as valid weights: f16 scales/offsets of
+// about 0.01 and a sorted codebook.
+void make_rows_valid(QType t, int64_t K, uint8_t* base, size_t row_bytes, size_t rows) {
+  const QTypeInfo& info = qtype_info(t);
+  const int64_t nb = (K + info.block_elems - 1) / info.block_elems;
+  const int n_f16 = static_cast<int>(nb) * (info.kind == QKind::kAsymmetric ? 2 : 1);
+  std::vector<uint16_t> scales(static_cast<size_t>(n_f16));
+  for (int i = 0; i < n_f16; ++i) scales[i] = f32_to_f16(0.01f * (1.0f + 0.001f * static_cast<float>(i % 97)));
+  int8_t cb[16];
+  for (int i = 0; i < 16; ++i) cb[i] = static_cast<int8_t>(-120 + 16 * i);
+  for (size_t r = 0; r < rows; ++r) {
+    uint8_t* row = base + r * row_bytes;
+    if (info.kind == QKind::kCodebook) std::memcpy(row, cb, static_cast<size_t>(codebook_size(info)));
+    std::memcpy(row + info.row_prefix_bytes, scales.data(), scales.size() * 2);
+  }
+}
+
+// M activation rows quantized by the ISA's quantizer.
+struct Acts {
+  std::vector<int8_t> q;
+  std::vector<float> d, ds;
+  ActQ8 view;
+};
+
+Acts make_acts(Isa isa, int M, int64_t K) {
+  Acts a;
+  const int64_t kp = act_padded_k(K), nbs = kp / kActBlock;
+  a.q.resize(static_cast<size_t>(M * kp));
+  a.d.resize(static_cast<size_t>(M * nbs));
+  a.ds.resize(static_cast<size_t>(M * nbs));
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(K));
+  const QuantizeActFn quant = find_quantize_act(isa);
+  for (int m = 0; m < M; ++m) {
+    for (float& v : x) v = nd(rng);
+    quant(x.data(), K, kp, a.q.data() + m * kp, a.d.data() + m * nbs, a.ds.data() + m * nbs, false);
+  }
+  a.view = ActQ8{a.q.data(), a.d.data(), a.ds.data(), kp};
+  return a;
+}
+
+// One call of the kernel over [0, N), split into `threads` contiguous parts.
+void run_split(QGemmFn fn, int threads, int M, int N, int64_t K, const ActQ8& a, const uint8_t* w, size_t row_bytes,
+               float* y) {
+  if (threads == 1) {
+    fn(M, 0, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
+    // Halves rounded to 16 rows (whole tiles).
+    const int per = (N / threads + 15) / 16 * 16;
+    const int lo = per * t, hi = t == threads - 1 ? N : per * (t + 1);
+    if (lo < hi) fn(M, lo, hi, K, a, w, row_bytes, y, static_cast<size_t>(N));
+  }
+}
+
+void bm_gemv(benchmark::State& state, Isa isa, QType t, int N, int64_t K, int threads) {
+  const QGemmFn fn = find_qkernel(t, isa).gemm;
+  const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
+  const size_t mat_bytes = row_bytes * static_cast<size_t>(N);
+  const size_t n_mats = kPoolBytes / mat_bytes;
+  if (n_mats * mat_bytes < kRotateBytes) {
+    state.SkipWithError("weight pool too small for this shape");
+    return;
+  }
+  uint8_t* pool = weight_pool();
+  make_rows_valid(t, K, pool, row_bytes, n_mats * static_cast<size_t>(N));
+  const Acts a = make_acts(isa, 1, K);
+  std::vector<float> y(static_cast<size_t>(N));
+  const double bw = read_bandwidth_gbps(threads);
+
+  size_t b = 0;
+  for (auto _ : state) {
+    run_split(fn, threads, 1, N, K, a.view, pool + b * mat_bytes, row_bytes, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+    if (++b == n_mats) b = 0;
+  }
+  state.counters["GBps"] = benchmark::Counter(static_cast<double>(mat_bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_bw"] = benchmark::Counter(static_cast<double>(mat_bytes) * 1e-9 / bw * 100.0,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bw_GBps"] = bw;
+}
+
+void bm_gemm(benchmark::State& state, Isa isa, QType t, int M, int N, int64_t K, int threads) {
+  const QGemmFn fn = find_qkernel(t, isa).gemm;
+  const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
+  uint8_t* w = weight_pool();
+  make_rows_valid(t, K, w, row_bytes, static_cast<size_t>(N));
+  const Acts a = make_acts(isa, M, K);
+  std::vector<float> y(static_cast<size_t>(M) * N);
+  for (auto _ : state) {
+    run_split(fn, threads, M, N, K, a.view, w, row_bytes, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double ops = 2.0 * M * static_cast<double>(N) * static_cast<double>(K);
+  const double peak = (isa == Isa::kAvx512 ? 462.0 : 233.0) * threads;
+  state.counters["GOPS"] = benchmark::Counter(ops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_peak"] = benchmark::Counter(ops * 1e-9 / peak * 100.0, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Registered at static initialization so the benchmarks run whichever main the binary links.
+const bool kRegistered = [] {
+  struct NK {
+    int n;
+    int64_t k;
+  };
+  const NK gemv_shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+  const int gemm_ms[] = {16, 128, 512};
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    if (!isa_available(isa)) continue;
+    for (const QTypeInfo& info : kQTypes) {
+      if (info.kind == QKind::kFloat) continue;
+      const std::string prefix = std::string(isa_name(isa)) + "/" + std::string(info.name);
+      for (int threads : {1, 2}) {
+        for (const NK& s : gemv_shapes) {
+          const std::string name = "qgemv/" + prefix + "/N:" + std::to_string(s.n) + "/K:" + std::to_string(s.k) +
+                                   "/threads:" + std::to_string(threads);
+          benchmark::RegisterBenchmark(name.c_str(), bm_gemv, isa, info.type, s.n, s.k, threads)
+              ->Unit(benchmark::kMicrosecond)
+              ->MinTime(0.3)
+              ->UseRealTime();
+        }
+        for (int m : gemm_ms) {
+          const std::string name = "qgemm/" + prefix + "/M:" + std::to_string(m) + "/N:4096/K:4096/threads:" +
+                                   std::to_string(threads);
+          benchmark::RegisterBenchmark(name.c_str(), bm_gemm, isa, info.type, m, 4096, int64_t{4096}, threads)
+              ->Unit(benchmark::kMillisecond)
+              ->MinTime(0.3)
+              ->UseRealTime();
+        }
+      }
+    }
+  }
+  return true;
+}();
+
+}  // namespace
+}  // namespace mxlm

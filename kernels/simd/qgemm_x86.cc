@@ -1,0 +1,1060 @@
+// Quantized GEMM (kernels/quant.h) for AVX2 and AVX-512 (VNNI + VBMI), and the SIMD
+// activation quantizer. Compiled once per ISA (MXLM_TARGET_NS names the namespace); the ref
+// compile of this file is empty. Only register_quant_kernels() is exported: everything else has
+// internal linkage, there is no dynamic initialization, and no inline function from a header
+// (std::min, ...) is called, so nothing compiled with AVX-512 flags can be merged into callers
+// built for older CPUs.
+//
+// The integer identity. Weights are unsigned b-bit q (codebook formats: the int8 entry cb[q],
+// made unsigned as cb + 128 on AVX-512), activations are int8 a with a scale da per 32-element
+// block b and ds_b = da_b * sum(a in b). For a weight group g with scale dw (and offset mw):
+//   symmetric   sum_b dw*(da_b*dot_u(b) - z*ds_b)   z = 2^(bits-1)   (codebook: z = 128)
+//   asymmetric  sum_b dw*da_b*dot_u(b) + mw*ds_b
+// where dot_u is the exact integer dot product of the unsigned values. The kernel accumulates
+// dw*da_b*float(dot_u(b)) in float lanes (one multiply-add per 2 int32 lanes per block), and adds
+// the offset terms separately as sum_g c_g * S_g with c = dw (or mw) and S_g = -z*sum_{b in g} ds_b
+// (or sum ds_b), 16 (8) groups per vector. On AVX2, 8-bit and codebook weights are used signed
+// (q - 128, resp. cb[q]) through the abs/sign trick so that maddubs cannot saturate, with z = 0.
+//
+// Layout. Work is done per "unit" of kU activation blocks (kU = qwords per vector: 8 for zmm, 4
+// for ymm), decoded into 4 vectors of unsigned bytes. Each qword of a decoded vector holds 8
+// consecutive elements of one block, and qword i of all 4 vectors belongs to the same block, a
+// format-specific permutation of the unit's blocks. Hence the 4 dot products of a unit
+// accumulate into one int32 vector whose lanes 2i, 2i+1 belong to one block. The decoders pick
+// whatever element order is cheapest for their bit planes; the matching activation order is
+// found by probing each decoder once at registration (probe_layout) and the activations are
+// permuted into that order once per call (prep), not per weight row.
+//
+// Blocking. A call runs over tiles of MR activation rows x NR weight rows; each unit of a weight
+// row is decoded once and used for the MR rows. Activations are prepared in slabs of at most
+// kSlabBytes per call (K-slabs when K is very long; partial sums then go through y). For M > 4
+// the N range is cut into blocks of ~512 KiB of weights so that they stay in L2 across the
+// M/4 row tiles.
+//
+// Every output is the sum of the same terms as the reference; only float rounding and summation
+// order differ (tests/qgemm_test.cc states the bound).
+
+#if defined(MXLM_TARGET_AVX2) || defined(MXLM_TARGET_AVX512)
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+// GCC 12 warns inside the AVX-512 headers about their own _mm512_undefined_* (PR 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include "kernels/quant.h"
+#include "kernels/qtype.h"
+
+#ifndef MXLM_TARGET_NS
+#error "kernels/simd/qgemm_x86.cc must be compiled with -DMXLM_TARGET_NS=<isa>"
+#endif
+
+#define MXLM_QINLINE inline __attribute__((always_inline))
+
+namespace mxlm::kernels::MXLM_TARGET_NS {
+namespace {
+
+#if defined(MXLM_TARGET_AVX512)
+using VI = __m512i;
+using VF = __m512;
+constexpr int kVB = 64;
+constexpr Isa kIsa = Isa::kAvx512;
+#else
+using VI = __m256i;
+using VF = __m256;
+constexpr int kVB = 32;
+constexpr Isa kIsa = Isa::kAvx2;
+#endif
+constexpr int kU = kVB / 8;          // blocks per unit = qwords per vector
+constexpr int kUnitElems = kU * 32;  // elements (= prepared activation bytes) per unit
+constexpr int kLanes = kVB / 4;      // int32 / float lanes per vector
+// Prepared activation bytes per call slab, over all MR rows (plus scales: see Prep).
+constexpr int kSlabBytes = 16384;
+
+template <typename T>
+constexpr T min_of(T a, T b) { return a < b ? a : b; }
+template <typename T>
+constexpr T max_of(T a, T b) { return a < b ? b : a; }
+
+// ---- small vector helpers -------------------------------------------------------------------
+
+#if defined(MXLM_TARGET_AVX512)
+MXLM_QINLINE VI loadu(const void* p) { return _mm512_loadu_si512(p); }
+MXLM_QINLINE VI bcast8(int v) { return _mm512_set1_epi8(static_cast<char>(v)); }
+MXLM_QINLINE VI vand(VI a, VI b) { return _mm512_and_si512(a, b); }
+MXLM_QINLINE VF fzero() { return _mm512_setzero_ps(); }
+MXLM_QINLINE VF fload(const float* p) { return _mm512_loadu_ps(p); }
+MXLM_QINLINE VF fmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
+MXLM_QINLINE VF fmadd(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+MXLM_QINLINE VF to_float(VI a) { return _mm512_cvtepi32_ps(a); }
+MXLM_QINLINE float reduce(VF a) { return _mm512_reduce_add_ps(a); }
+// a | (b & c)
+MXLM_QINLINE VI or_and(VI a, VI b, VI c) { return _mm512_ternarylogic_epi64(a, b, c, 0xF8); }
+// Bytes [0, n) from p (no access past them), zeros above.
+MXLM_QINLINE VI load_head(const void* p, int n) {
+  return _mm512_maskz_loadu_epi8(n >= 64 ? ~0ull : (1ull << n) - 1, p);
+}
+template <size_t N>
+MXLM_QINLINE VI load_table(const uint8_t (&t)[N]) {
+  static_assert(N == 64);
+  return _mm512_loadu_si512(t);
+}
+#else
+MXLM_QINLINE VI loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+MXLM_QINLINE VI bcast8(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
+MXLM_QINLINE VI vand(VI a, VI b) { return _mm256_and_si256(a, b); }
+MXLM_QINLINE VF fzero() { return _mm256_setzero_ps(); }
+MXLM_QINLINE VF fload(const float* p) { return _mm256_loadu_ps(p); }
+MXLM_QINLINE VF fmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
+MXLM_QINLINE VF fmadd(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+MXLM_QINLINE VF to_float(VI a) { return _mm256_cvtepi32_ps(a); }
+MXLM_QINLINE float reduce(VF a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+MXLM_QINLINE VI or_and(VI a, VI b, VI c) { return _mm256_or_si256(a, _mm256_and_si256(b, c)); }
+// Two unaligned 16-byte loads: lo into the low lane, hi into the high lane.
+MXLM_QINLINE VI load2(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
+}
+template <size_t N>
+MXLM_QINLINE VI load_table(const uint8_t (&t)[N]) {
+  static_assert(N == 32);
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t));
+}
+#endif
+
+// ---- decoders -------------------------------------------------------------------------------
+// Dec<bits, G>::run(q, w) reads the kBytes = kUnitElems*bits/8 quant bytes of one unit (groups
+// back to back, bit planes as in kernels/qtype.h) and writes the raw unsigned values (codebook
+// indices) into w[0..3]. It reads no byte outside [q, q + kBytes).
+
+template <int Bits, int G>
+struct Dec;
+
+// Constant tables for byte permutes / multishift controls, built at compile time.
+struct Table {
+  uint8_t v[kVB];
+};
+
+#if defined(MXLM_TARGET_AVX512)
+
+// 2 bits, G = 32: 8 groups of 8 bytes; byte j of a group holds element j + 8s in bits 2s.
+template <>
+struct Dec<2, 32> {
+  static constexpr int kBytes = 64;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI m = bcast8(3), x = loadu(q);
+    w[0] = vand(x, m);
+    w[1] = vand(_mm512_srli_epi16(x, 2), m);
+    w[2] = vand(_mm512_srli_epi16(x, 4), m);
+    w[3] = vand(_mm512_srli_epi16(x, 6), m);
+  }
+};
+
+// 2 bits, G = 64: 4 groups of 16 bytes (one per 128-bit lane); byte j holds element j + 16s.
+// Elements 0..31 (block 2g) are fields 0, 1; elements 32..63 (block 2g+1) fields 2, 3. Shifting
+// the even qwords by 0/2 and the odd ones by 4/6 (and again with the qwords swapped) keeps
+// each qword position on one block.
+template <>
+struct Dec<2, 64> {
+  static constexpr int kBytes = 64;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI m = bcast8(3), x = loadu(q);
+    const VI y = _mm512_shuffle_epi32(x, _MM_PERM_BADC);  // swap the qwords of each lane
+    const VI s0 = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0), s1 = _mm512_set_epi64(6, 2, 6, 2, 6, 2, 6, 2);
+    w[0] = vand(_mm512_srlv_epi64(x, s0), m);
+    w[1] = vand(_mm512_srlv_epi64(x, s1), m);
+    w[2] = vand(_mm512_srlv_epi64(y, s0), m);
+    w[3] = vand(_mm512_srlv_epi64(y, s1), m);
+  }
+};
+
+// 4 bits, G = 32: 8 groups of 16 bytes; low nibbles are elements 0..15, high ones 16..31.
+template <>
+struct Dec<4, 32> {
+  static constexpr int kBytes = 128;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI f = bcast8(0x0F), x0 = loadu(q), x1 = loadu(q + 64);
+    const VI u0 = _mm512_unpacklo_epi64(x0, x1), u1 = _mm512_unpackhi_epi64(x0, x1);
+    w[0] = vand(u0, f);
+    w[1] = vand(_mm512_srli_epi16(u0, 4), f);
+    w[2] = vand(u1, f);
+    w[3] = vand(_mm512_srli_epi16(u1, 4), f);
+  }
+};
+
+// 4 bits, G = 64 or 128: the two nibbles of a byte belong to different blocks. Qwords taken
+// from the low half of a 256-bit lane keep their low nibble, those from the high half their
+// high nibble, and the swapped copy supplies the other nibbles at the same positions.
+struct Dec4Wide {
+  static constexpr int kBytes = 128;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI f = bcast8(0x0F), x0 = loadu(q), x1 = loadu(q + 64);
+    const VI u0 = _mm512_unpacklo_epi64(x0, x1), u1 = _mm512_unpackhi_epi64(x0, x1);
+    const VI v0 = _mm512_shuffle_i64x2(u0, u0, _MM_SHUFFLE(2, 3, 0, 1));
+    const VI v1 = _mm512_shuffle_i64x2(u1, u1, _MM_SHUFFLE(2, 3, 0, 1));
+    const VI sh = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    w[0] = vand(_mm512_srlv_epi64(u0, sh), f);
+    w[1] = vand(_mm512_srlv_epi64(v0, sh), f);
+    w[2] = vand(_mm512_srlv_epi64(u1, sh), f);
+    w[3] = vand(_mm512_srlv_epi64(v1, sh), f);
+  }
+};
+template <>
+struct Dec<4, 64> : Dec4Wide {};
+template <>
+struct Dec<4, 128> : Dec4Wide {};
+
+// 8 bits: 8 blocks of 32 contiguous bytes (whatever the group size); vector t takes qword t of
+// every block.
+struct Dec8 {
+  static constexpr int kBytes = 256;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI x0 = loadu(q), x1 = loadu(q + 64), x2 = loadu(q + 128), x3 = loadu(q + 192);
+    const VI base = _mm512_set_epi64(12, 8, 4, 0, 12, 8, 4, 0);
+    for (int t = 0; t < 4; ++t) {
+      const VI idx = _mm512_add_epi64(base, _mm512_set1_epi64(t));
+      const VI lo = _mm512_permutex2var_epi64(x0, idx, x1);
+      const VI hi = _mm512_permutex2var_epi64(x2, idx, x3);
+      w[t] = _mm512_mask_blend_epi64(0xF0, lo, hi);
+    }
+  }
+};
+template <>
+struct Dec<8, 32> : Dec8 {};
+template <>
+struct Dec<8, 64> : Dec8 {};
+template <>
+struct Dec<8, 128> : Dec8 {};
+
+// 6 bits, G = 32: 8 groups of 24 bytes = [nibbles q0 | nibbles q1 | 2-bit plane], i.e. 24
+// qwords; gather each kind with one two-source and one masked one-source qword permute.
+// qword gather: qword i <- qword 3i + first of 24 (from the l0/l1 pair below 16, l2 above).
+struct QGather {
+  alignas(64) uint64_t idx[8];
+  unsigned hi;
+};
+constexpr QGather make_qgather(int first) {
+  QGather g{};
+  for (int i = 0; i < 8; ++i) {
+    const int s = 3 * i + first;
+    g.idx[i] = static_cast<uint64_t>(s < 16 ? s : s - 16);
+    if (s >= 16) g.hi |= 1u << i;
+  }
+  return g;
+}
+
+// 6 bits, G = 32: 8 groups of 24 bytes = [nibbles q0 | nibbles q1 | 2-bit plane], i.e. 24
+// qwords; gather each kind with one two-source and one masked one-source qword permute.
+template <>
+struct Dec<6, 32> {
+  static constexpr int kBytes = 192;
+  static constexpr QGather kN0 = make_qgather(0), kN1 = make_qgather(1), kT = make_qgather(2);
+  static MXLM_QINLINE VI gather(const QGather& g, VI l0, VI l1, VI l2) {
+    const VI iv = _mm512_load_si512(g.idx);
+    return _mm512_mask_permutexvar_epi64(_mm512_permutex2var_epi64(l0, iv, l1), static_cast<__mmask8>(g.hi), iv, l2);
+  }
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI l0 = loadu(q), l1 = loadu(q + 64), l2 = loadu(q + 128);
+    const VI n0 = gather(kN0, l0, l1, l2), n1 = gather(kN1, l0, l1, l2), t = gather(kT, l0, l1, l2);
+    const VI f = bcast8(0x0F), c = bcast8(0x30);
+    // Element e has nibble byte e%16 (low/high nibble for e < 16 / >= 16) and 2-bit field e/8 of
+    // plane byte e%8.
+    w[0] = or_and(vand(n0, f), _mm512_slli_epi64(t, 4), c);                        // 0..7
+    w[1] = or_and(vand(n1, f), _mm512_slli_epi64(t, 2), c);                        // 8..15
+    w[2] = or_and(vand(_mm512_srli_epi64(n0, 4), f), t, c);                        // 16..23
+    w[3] = or_and(vand(_mm512_srli_epi64(n1, 4), f), _mm512_srli_epi64(t, 2), c);  // 24..31
+  }
+};
+
+// Byte-gather index for a two-source byte permute (table bytes 0..127) and the one-source
+// permute of a third vector (bytes 128..191): qword i of the result takes bytes
+// [start(i), start(i) + 8) (dword_dup: bytes start..start+3 twice).
+struct ByteGather {
+  alignas(64) uint8_t lo[64];
+  alignas(64) uint8_t hi[64];
+  uint64_t hi_mask;
+};
+constexpr ByteGather make_gather(int stride, int offset, bool dword_dup) {
+  ByteGather g{};
+  for (int i = 0; i < 8; ++i) {
+    for (int p = 0; p < 8; ++p) {
+      const int src = stride * i + offset + (dword_dup ? p % 4 : p);
+      const int pos = 8 * i + p;
+      if (src < 128) {
+        g.lo[pos] = static_cast<uint8_t>(src);
+      } else {
+        g.hi[pos] = static_cast<uint8_t>(src - 128);
+        g.hi_mask |= 1ull << pos;
+      }
+    }
+  }
+  return g;
+}
+MXLM_QINLINE VI gather_bytes(const ByteGather& g, VI l0, VI l1, VI l2) {
+  const VI r = _mm512_permutex2var_epi8(l0, _mm512_load_si512(g.lo), l1);
+  if (g.hi_mask == 0) return r;
+  return _mm512_mask_permutexvar_epi8(r, g.hi_mask, _mm512_load_si512(g.hi), l2);
+}
+// Multishift control: byte p of every qword selects the 8 bits starting at bit
+// (first + p - lift) mod 64 of its qword (a 32-bit plane duplicated), which puts plane bit
+// first + p at bit `lift` of the byte.
+struct Ctrl {
+  alignas(64) uint8_t v[64];
+};
+constexpr Ctrl make_ctrl(int first, int lift) {
+  Ctrl c{};
+  for (int i = 0; i < 64; ++i) c.v[i] = static_cast<uint8_t>((first + i % 8 - lift) & 63);
+  return c;
+}
+
+// 5 bits, G = 32: 8 groups of 20 bytes = [16 nibble bytes | 32-bit plane of bit 4].
+template <>
+struct Dec<5, 32> {
+  static constexpr int kBytes = 160;
+  static constexpr ByteGather kN0 = make_gather(20, 0, false), kN1 = make_gather(20, 8, false),
+                              kP = make_gather(20, 16, true);
+  static constexpr Ctrl kC0 = make_ctrl(0, 4), kC1 = make_ctrl(8, 4), kC2 = make_ctrl(16, 4), kC3 = make_ctrl(24, 4);
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI l0 = loadu(q), l1 = loadu(q + 64), l2 = load_head(q + 128, 32);
+    const VI n0 = gather_bytes(kN0, l0, l1, l2), n1 = gather_bytes(kN1, l0, l1, l2), p = gather_bytes(kP, l0, l1, l2);
+    const VI f = bcast8(0x0F), c = bcast8(0x10);
+    w[0] = or_and(vand(n0, f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
+    w[1] = or_and(vand(n1, f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC1.v), p), c);
+    w[2] = or_and(vand(_mm512_srli_epi64(n0, 4), f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
+    w[3] = or_and(vand(_mm512_srli_epi64(n1, 4), f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
+  }
+};
+
+// 3 bits, G = 32: 8 groups of 12 bytes = [8 bytes of the 2-bit plane | 32-bit plane of bit 2].
+template <>
+struct Dec<3, 32> {
+  static constexpr int kBytes = 96;
+  static constexpr ByteGather kT = make_gather(12, 0, false), kP = make_gather(12, 8, true);
+  static constexpr Ctrl kC0 = make_ctrl(0, 2), kC1 = make_ctrl(8, 2), kC2 = make_ctrl(16, 2), kC3 = make_ctrl(24, 2);
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI l0 = loadu(q), l1 = load_head(q + 64, 32), zero = _mm512_setzero_si512();
+    const VI t = gather_bytes(kT, l0, l1, zero), p = gather_bytes(kP, l0, l1, zero);
+    const VI m = bcast8(3), c = bcast8(0x04);
+    w[0] = or_and(vand(t, m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
+    w[1] = or_and(vand(_mm512_srli_epi64(t, 2), m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC1.v), p), c);
+    w[2] = or_and(vand(_mm512_srli_epi64(t, 4), m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
+    w[3] = or_and(vand(_mm512_srli_epi64(t, 6), m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
+  }
+};
+
+#else  // AVX2
+
+template <>
+struct Dec<2, 32> {
+  static constexpr int kBytes = 32;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI m = bcast8(3), x = loadu(q);
+    w[0] = vand(x, m);
+    w[1] = vand(_mm256_srli_epi16(x, 2), m);
+    w[2] = vand(_mm256_srli_epi16(x, 4), m);
+    w[3] = vand(_mm256_srli_epi16(x, 6), m);
+  }
+};
+
+template <>
+struct Dec<2, 64> {
+  static constexpr int kBytes = 32;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI m = bcast8(3), x = loadu(q);
+    const VI y = _mm256_shuffle_epi32(x, 0x4E);
+    const VI s0 = _mm256_set_epi64x(4, 0, 4, 0), s1 = _mm256_set_epi64x(6, 2, 6, 2);
+    w[0] = vand(_mm256_srlv_epi64(x, s0), m);
+    w[1] = vand(_mm256_srlv_epi64(x, s1), m);
+    w[2] = vand(_mm256_srlv_epi64(y, s0), m);
+    w[3] = vand(_mm256_srlv_epi64(y, s1), m);
+  }
+};
+
+template <>
+struct Dec<4, 32> {
+  static constexpr int kBytes = 64;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI f = bcast8(0x0F), x0 = loadu(q), x1 = loadu(q + 32);
+    const VI u0 = _mm256_unpacklo_epi64(x0, x1), u1 = _mm256_unpackhi_epi64(x0, x1);
+    w[0] = vand(u0, f);
+    w[1] = vand(_mm256_srli_epi16(u0, 4), f);
+    w[2] = vand(u1, f);
+    w[3] = vand(_mm256_srli_epi16(u1, 4), f);
+  }
+};
+
+struct Dec4Wide {
+  static constexpr int kBytes = 64;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI f = bcast8(0x0F), x0 = loadu(q), x1 = loadu(q + 32);
+    const VI u0 = _mm256_unpacklo_epi64(x0, x1), u1 = _mm256_unpackhi_epi64(x0, x1);
+    const VI v0 = _mm256_permute4x64_epi64(u0, 0x4E), v1 = _mm256_permute4x64_epi64(u1, 0x4E);
+    const VI sh = _mm256_set_epi64x(4, 4, 0, 0);
+    w[0] = vand(_mm256_srlv_epi64(u0, sh), f);
+    w[1] = vand(_mm256_srlv_epi64(v0, sh), f);
+    w[2] = vand(_mm256_srlv_epi64(u1, sh), f);
+    w[3] = vand(_mm256_srlv_epi64(v1, sh), f);
+  }
+};
+template <>
+struct Dec<4, 64> : Dec4Wide {};
+template <>
+struct Dec<4, 128> : Dec4Wide {};
+
+struct Dec8 {
+  static constexpr int kBytes = 128;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    // Lanes: [block 0 | block 2] and [block 1 | block 3], 16 bytes at a time.
+    const VI a0 = load2(q, q + 64), a1 = load2(q + 32, q + 96);
+    const VI b0 = load2(q + 16, q + 80), b1 = load2(q + 48, q + 112);
+    w[0] = _mm256_unpacklo_epi64(a0, a1);
+    w[1] = _mm256_unpackhi_epi64(a0, a1);
+    w[2] = _mm256_unpacklo_epi64(b0, b1);
+    w[3] = _mm256_unpackhi_epi64(b0, b1);
+  }
+};
+template <>
+struct Dec<8, 32> : Dec8 {};
+template <>
+struct Dec<8, 64> : Dec8 {};
+template <>
+struct Dec<8, 128> : Dec8 {};
+
+template <>
+struct Dec<6, 32> {
+  static constexpr int kBytes = 96;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    // Group i at 24i: nibbles [24i, 24i+16), 2-bit plane [24i+16, 24i+24).
+    const VI a = load2(q, q + 48), b = load2(q + 24, q + 72);
+    const VI n0 = _mm256_unpacklo_epi64(a, b), n1 = _mm256_unpackhi_epi64(a, b);
+    const VI t = _mm256_blend_epi32(load2(q + 16, q + 64), load2(q + 32, q + 80), 0xCC);
+    const VI f = bcast8(0x0F), c = bcast8(0x30);
+    w[0] = or_and(vand(n0, f), _mm256_slli_epi16(t, 4), c);
+    w[1] = or_and(vand(n1, f), _mm256_slli_epi16(t, 2), c);
+    w[2] = or_and(vand(_mm256_srli_epi16(n0, 4), f), t, c);
+    w[3] = or_and(vand(_mm256_srli_epi16(n1, 4), f), _mm256_srli_epi16(t, 2), c);
+  }
+};
+
+// Bit p of plane byte k of the qword's group -> `bit` in byte p (pb holds the 32-bit planes of
+// the lane's two groups at bytes 0..3 and 12..15).
+constexpr Table make_bit_shuffle(int k) {
+  Table t{};
+  for (int i = 0; i < 32; ++i) t.v[i] = static_cast<uint8_t>((i % 16) < 8 ? k : 12 + k);
+  return t;
+}
+constexpr Table make_bit_select() {
+  Table t{};
+  for (int i = 0; i < 32; ++i) t.v[i] = static_cast<uint8_t>(1u << (i % 8));
+  return t;
+}
+constexpr Table kBitSel = make_bit_select();
+MXLM_QINLINE VI expand_bits(VI pb, const Table& shuf, VI bit) {
+  const VI sel = load_table(kBitSel.v);
+  const VI x = _mm256_and_si256(_mm256_shuffle_epi8(pb, load_table(shuf.v)), sel);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), bit);
+}
+
+template <>
+struct Dec<5, 32> {
+  static constexpr int kBytes = 80;
+  static constexpr Table kS0 = make_bit_shuffle(0), kS1 = make_bit_shuffle(1), kS2 = make_bit_shuffle(2),
+                         kS3 = make_bit_shuffle(3);
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    // Group i at 20i: nibbles [20i, 20i+16), plane [20i+16, 20i+20).
+    const VI a = load2(q, q + 40), b = load2(q + 20, q + 60);
+    const VI n0 = _mm256_unpacklo_epi64(a, b), n1 = _mm256_unpackhi_epi64(a, b);
+    const VI pb = _mm256_blend_epi32(load2(q + 16, q + 56), load2(q + 24, q + 64), 0x88);
+    const VI f = bcast8(0x0F), c = bcast8(0x10);
+    w[0] = _mm256_or_si256(vand(n0, f), expand_bits(pb, kS0, c));
+    w[1] = _mm256_or_si256(vand(n1, f), expand_bits(pb, kS1, c));
+    w[2] = _mm256_or_si256(vand(_mm256_srli_epi16(n0, 4), f), expand_bits(pb, kS2, c));
+    w[3] = _mm256_or_si256(vand(_mm256_srli_epi16(n1, 4), f), expand_bits(pb, kS3, c));
+  }
+};
+
+template <>
+struct Dec<3, 32> {
+  static constexpr int kBytes = 48;
+  static constexpr Table kS0 = make_bit_shuffle(0), kS1 = make_bit_shuffle(1), kS2 = make_bit_shuffle(2),
+                         kS3 = make_bit_shuffle(3);
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    // Group i at 12i: 2-bit plane [12i, 12i+8), bit plane [12i+8, 12i+12).
+    const VI x = _mm256_blend_epi32(load2(q, q + 24), load2(q + 4, q + 28), 0xCC);
+    const VI pb = load2(q + 8, q + 32);
+    const VI m = bcast8(3), c = bcast8(0x04);
+    w[0] = _mm256_or_si256(vand(x, m), expand_bits(pb, kS0, c));
+    w[1] = _mm256_or_si256(vand(_mm256_srli_epi16(x, 2), m), expand_bits(pb, kS1, c));
+    w[2] = _mm256_or_si256(vand(_mm256_srli_epi16(x, 4), m), expand_bits(pb, kS2, c));
+    w[3] = _mm256_or_si256(vand(_mm256_srli_epi16(x, 6), m), expand_bits(pb, kS3, c));
+  }
+};
+
+#endif  // decoders
+
+// ---- layouts (probed) -----------------------------------------------------------------------
+
+// Where each decoded byte comes from, found by running the decoder on units whose values are
+// the bits of the element index (probe_layout).
+struct Layout {
+  bool ok;
+  uint8_t src[4][kU];                  // vector t, qword i: source qword (element / 8) in the unit
+  uint8_t blk[kU];                     // qword i -> block in the unit (same for every vector)
+  alignas(64) int32_t dw_idx[kLanes];  // int32 lane -> weight group in the unit
+};
+
+template <int Bits, int G>
+struct LayoutOf {
+  static Layout value;  // zero-initialized (no dynamic initialization in this file)
+};
+template <int Bits, int G>
+Layout LayoutOf<Bits, G>::value;
+
+template <int Bits, int G>
+bool probe_layout() {
+  using D = Dec<Bits, G>;
+  static_assert(D::kBytes == kUnitElems * Bits / 8);
+  Layout& L = LayoutOf<Bits, G>::value;
+  uint8_t q[kUnitElems], packed[D::kBytes];
+  alignas(64) uint8_t out[4][kVB];
+  uint16_t elem[4][kVB] = {};
+  for (int bit = 0; bit < 8; ++bit) {
+    for (int e = 0; e < kUnitElems; ++e) q[e] = static_cast<uint8_t>((e >> bit) & 1);
+    for (int g = 0; g < kUnitElems / G; ++g) pack_group(Bits, G, q + g * G, packed + g * (G * Bits / 8));
+    VI w[4];
+    D::run(packed, w);
+    for (int t = 0; t < 4; ++t) std::memcpy(out[t], &w[t], kVB);
+    for (int t = 0; t < 4; ++t) {
+      for (int j = 0; j < kVB; ++j) {
+        if (out[t][j] > 1) return false;
+        elem[t][j] = static_cast<uint16_t>(elem[t][j] | out[t][j] << bit);
+      }
+    }
+  }
+  bool seen[kUnitElems] = {};
+  for (int t = 0; t < 4; ++t) {
+    for (int i = 0; i < kU; ++i) {
+      const int e0 = elem[t][8 * i];
+      if (e0 % 8 != 0) return false;
+      for (int p = 0; p < 8; ++p) {
+        const int e = elem[t][8 * i + p];
+        if (e != e0 + p || seen[e]) return false;
+        seen[e] = true;
+      }
+      const int b = e0 / 32;
+      if (t == 0) {
+        L.blk[i] = static_cast<uint8_t>(b);
+      } else if (L.blk[i] != b) {
+        return false;
+      }
+      L.src[t][i] = static_cast<uint8_t>(e0 / 8);
+    }
+  }
+  for (int j = 0; j < kLanes; ++j) L.dw_idx[j] = L.blk[j / 2] * 32 / G;
+  L.ok = true;
+  return true;
+}
+
+// ---- format traits --------------------------------------------------------------------------
+
+constexpr const QTypeInfo& info_of(QType t) {
+  for (const QTypeInfo& i : kQTypes) {
+    if (i.type == t) return i;
+  }
+  return kQTypes[0];
+}
+
+template <QType T>
+struct Fmt {
+  static constexpr QKind kKind = info_of(T).kind;
+  static constexpr int kBits = info_of(T).bits;
+  static constexpr int kG = info_of(T).block_elems;
+  static constexpr int kPrefix = info_of(T).row_prefix_bytes;
+  static constexpr int kGroupQBytes = kG * kBits / 8;
+  static constexpr int kGPU = kUnitElems / kG;  // groups per unit
+  static constexpr int kUnitQBytes = kUnitElems * kBits / 8;
+  static constexpr bool kCodebook = kKind == QKind::kCodebook;
+  static constexpr bool kAsym = kKind == QKind::kAsymmetric;
+#if defined(MXLM_TARGET_AVX512)
+  static constexpr bool kSigned = false;
+  static constexpr int kZ = kAsym ? 0 : kCodebook ? 128 : 1 << (kBits - 1);
+#else
+  // maddubs(u8, s8) saturates int16 for u8 values above ~128: use these signed.
+  static constexpr bool kSigned = kCodebook || kBits == 8;
+  static constexpr int kZ = (kAsym || kSigned) ? 0 : 1 << (kBits - 1);
+#endif
+  static constexpr bool kOffsets = kAsym || kZ != 0;  // add sum_g c_g * S_g
+  using D = Dec<kBits, kG>;
+  static const Layout& layout() { return LayoutOf<kBits, kG>::value; }
+};
+
+// Per row offsets within a weight row.
+struct Geo {
+  int64_t nb;     // groups
+  size_t d_off;   // f16 scales
+  size_t m_off;   // f16 offsets (asymmetric)
+  size_t q_off;   // quants
+};
+
+// ---- prepared activations -------------------------------------------------------------------
+
+// One slab of up to MR activation rows in the format's order: for row r and unit u,
+// aq[(r*nu_cap + u)*kUnitElems ...] (4 vectors of kVB bytes), the matching per-lane block
+// scales dal[(r*nu_cap + u)*kLanes ...], and the offset sums zs[r*zcap + g] of the slab's groups
+// (zero-padded to a whole vector).
+struct alignas(64) Prep {
+  int8_t aq[kSlabBytes];
+  float dal[kSlabBytes / 32 * 2];
+  float zs[kSlabBytes / 32 + 4 * 16];
+};
+
+template <QType T>
+void prep_rows(const ActQ8& a, int m0, int mr, int64_t u0, int nu, int nu_cap, int zcap, int ngroups, Prep& p) {
+  using F = Fmt<T>;
+  const Layout& L = F::layout();
+  const int64_t nbk = a.kp / 32;
+  for (int r = 0; r < mr; ++r) {
+    const int8_t* aq = a.q + static_cast<int64_t>(m0 + r) * a.kp;
+    const float* ad = a.d + static_cast<int64_t>(m0 + r) * nbk;
+    const float* ads = a.ds + static_cast<int64_t>(m0 + r) * nbk;
+    for (int u = 0; u < nu; ++u) {
+      const int64_t e0 = (u0 + u) * kUnitElems;
+      int8_t* dst = p.aq + (static_cast<int64_t>(r) * nu_cap + u) * kUnitElems;
+      for (int t = 0; t < 4; ++t) {
+        for (int i = 0; i < kU; ++i) {
+          const int64_t s = e0 + 8 * L.src[t][i];
+          int8_t* o = dst + t * kVB + 8 * i;
+          if (s < a.kp) {
+            std::memcpy(o, aq + s, 8);  // a.kp is a multiple of 128: whole qwords
+          } else {
+            std::memset(o, 0, 8);
+          }
+        }
+      }
+      float* dl = p.dal + (static_cast<int64_t>(r) * nu_cap + u) * kLanes;
+      for (int j = 0; j < kLanes; ++j) {
+        const int64_t b = (u0 + u) * kU + L.blk[j / 2];
+        dl[j] = b < nbk ? ad[b] : 0.0f;
+      }
+    }
+    if constexpr (F::kOffsets) {
+      float* z = p.zs + static_cast<int64_t>(r) * zcap;
+      constexpr int kSub = F::kG / 32;
+      for (int g = 0; g < ngroups; ++g) {
+        const int64_t b0 = (u0 * F::kGPU + g) * kSub;
+        float s = 0.0f;
+        for (int b = 0; b < kSub; ++b) s += b0 + b < nbk ? ads[b0 + b] : 0.0f;
+        z[g] = F::kAsym ? s : -static_cast<float>(F::kZ) * s;
+      }
+      for (int g = ngroups; g < zcap; ++g) z[g] = 0.0f;
+    }
+  }
+}
+
+// ---- the tile -------------------------------------------------------------------------------
+
+// Per-lane weight scales of one unit: lane j gets the f16 scale of its block's group.
+template <QType T>
+MXLM_QINLINE VF dw_lanes(const uint8_t* dp, VI idx) {
+  using F = Fmt<T>;
+  __m128i h;
+  if constexpr (F::kGPU * 2 == 16) {
+    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(dp));
+  } else if constexpr (F::kGPU * 2 == 8) {
+    h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(dp));
+  } else if constexpr (F::kGPU * 2 == 4) {
+    uint32_t v;
+    std::memcpy(&v, dp, 4);
+    h = _mm_cvtsi32_si128(static_cast<int>(v));
+  } else {
+    uint16_t v;
+    std::memcpy(&v, dp, 2);
+    h = _mm_cvtsi32_si128(v);
+  }
+#if defined(MXLM_TARGET_AVX512)
+  if constexpr (F::kGPU == 8) {
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_cvtph_ps(h)));
+  } else {
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(h)));
+  }
+#else
+  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(h)), idx);
+#endif
+}
+
+// Up to kLanes f16 values (n of them, rest zero) to float.
+MXLM_QINLINE VF f16_lanes(const uint8_t* p, int n) {
+#if defined(MXLM_TARGET_AVX512)
+  const __m256i h = _mm256_maskz_loadu_epi16(n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1), p);
+  return _mm512_cvtph_ps(h);
+#else
+  __m128i h;
+  if (n >= 8) {
+    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  } else {
+    alignas(16) uint16_t tmp[8] = {};
+    std::memcpy(tmp, p, 2 * static_cast<size_t>(n));
+    h = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+  }
+  return _mm256_cvtph_ps(h);
+#endif
+}
+
+// Integer dot products of one unit: int32 lanes 2i, 2i+1 sum block blk[i].
+template <QType T>
+MXLM_QINLINE VI unit_dot(const VI w[4], const VI aw[4], const int8_t* a) {
+#if defined(MXLM_TARGET_AVX512)
+  (void)aw;
+  VI acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], loadu(a));
+  acc = _mm512_dpbusd_epi32(acc, w[1], loadu(a + kVB));
+  acc = _mm512_dpbusd_epi32(acc, w[2], loadu(a + 2 * kVB));
+  return _mm512_dpbusd_epi32(acc, w[3], loadu(a + 3 * kVB));
+#else
+  using F = Fmt<T>;
+  const VI ones = _mm256_set1_epi16(1);
+  if constexpr (F::kSigned) {
+    // |w| * (a * sign(w)) = w * a; |w| <= 128, |a| <= 127: a pair sums to at most 32512.
+    VI acc = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[0], _mm256_sign_epi8(loadu(a), w[0])), ones);
+    for (int t = 1; t < 4; ++t) {
+      acc = _mm256_add_epi32(
+          acc, _mm256_madd_epi16(_mm256_maddubs_epi16(aw[t], _mm256_sign_epi8(loadu(a + t * kVB), w[t])), ones));
+    }
+    return acc;
+  } else if constexpr (F::kBits <= 5) {
+    // 4 * 2 * 31 * 127 = 31496: the int16 sums of 4 vectors cannot overflow.
+    VI s = _mm256_maddubs_epi16(w[0], loadu(a));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[1], loadu(a + kVB)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[2], loadu(a + 2 * kVB)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[3], loadu(a + 3 * kVB)));
+    return _mm256_madd_epi16(s, ones);
+  } else {
+    // 6 bits: 2 * 2 * 63 * 127 = 32004, sum two at a time.
+    const VI s0 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], loadu(a)), _mm256_maddubs_epi16(w[1], loadu(a + kVB)));
+    const VI s1 =
+        _mm256_add_epi16(_mm256_maddubs_epi16(w[2], loadu(a + 2 * kVB)), _mm256_maddubs_epi16(w[3], loadu(a + 3 * kVB)));
+    return _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones));
+  }
+#endif
+}
+
+struct TileArgs {
+  const Prep* p;
+  int64_t u0;        // first unit of the slab
+  int nu_full;       // whole units with weights in the slab
+  int rem_groups;    // groups of a trailing partial unit (0: none)
+  int ngroups;       // weight groups in the slab
+  int nu_cap;        // units per prepared row
+  int zcap;          // offset sums per prepared row
+  Geo geo;
+};
+
+template <QType T, int MR, int NR>
+MXLM_QINLINE void unit_step(const uint8_t* const qp[NR], const uint8_t* const dp[NR], const VI cbv[NR],
+                            const int8_t* aq, size_t aq_stride, const float* dal, size_t dal_stride, VI dwidx,
+                            VF acc[MR][NR]) {
+  using F = Fmt<T>;
+  for (int n = 0; n < NR; ++n) {
+    VI w[4], aw[4];
+    F::D::run(qp[n], w);
+    for (int t = 0; t < 4; ++t) {
+#if defined(MXLM_TARGET_AVX512)
+      if constexpr (F::kCodebook) w[t] = _mm512_shuffle_epi8(cbv[n], w[t]);
+      aw[t] = w[t];
+#else
+      if constexpr (F::kCodebook) w[t] = _mm256_shuffle_epi8(cbv[n], w[t]);
+      if constexpr (F::kBits == 8) w[t] = _mm256_xor_si256(w[t], _mm256_set1_epi8(static_cast<char>(0x80)));
+      if constexpr (F::kSigned) aw[t] = _mm256_abs_epi8(w[t]);
+#endif
+    }
+    const VF dwl = dw_lanes<T>(dp[n], dwidx);
+    for (int m = 0; m < MR; ++m) {
+      const VI d = unit_dot<T>(w, aw, aq + m * aq_stride);
+      acc[m][n] = fmadd(to_float(d), fmul(dwl, fload(dal + m * dal_stride)), acc[m][n]);
+    }
+  }
+}
+
+template <QType T, int MR, int NR>
+void tile(const TileArgs& ta, const uint8_t* const rows[NR], float* y, size_t ldy, int m0, int n_base, int nv,
+          bool first) {
+  using F = Fmt<T>;
+  const Layout& L = F::layout();
+  const Prep& p = *ta.p;
+  VF acc[MR][NR];
+  for (int m = 0; m < MR; ++m) {
+    for (int n = 0; n < NR; ++n) acc[m][n] = fzero();
+  }
+  VI cbv[NR];
+  for (int n = 0; n < NR; ++n) {
+    if constexpr (F::kCodebook) {
+      __m128i c = F::kBits == 4 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[n]))
+                                : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[n]));
+#if defined(MXLM_TARGET_AVX512)
+      cbv[n] = _mm512_xor_si512(_mm512_broadcast_i32x4(c), _mm512_set1_epi8(static_cast<char>(0x80)));
+#else
+      cbv[n] = _mm256_broadcastsi128_si256(c);
+#endif
+    } else {
+      cbv[n] = VI{};
+    }
+  }
+#if defined(MXLM_TARGET_AVX512)
+  const VI dwidx = _mm512_load_si512(L.dw_idx);
+#else
+  const VI dwidx = _mm256_load_si256(reinterpret_cast<const __m256i*>(L.dw_idx));
+#endif
+  const size_t aq_stride = static_cast<size_t>(ta.nu_cap) * kUnitElems;
+  const size_t dal_stride = static_cast<size_t>(ta.nu_cap) * kLanes;
+  const Geo& geo = ta.geo;
+  for (int u = 0; u < ta.nu_full; ++u) {
+    const int64_t gu = (ta.u0 + u) * F::kGPU;
+    const uint8_t* qp[NR];
+    const uint8_t* dp[NR];
+    for (int n = 0; n < NR; ++n) {
+      qp[n] = rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes;
+      dp[n] = rows[n] + geo.d_off + 2 * static_cast<size_t>(gu);
+    }
+    unit_step<T, MR, NR>(qp, dp, cbv, p.aq + static_cast<size_t>(u) * kUnitElems, aq_stride,
+                         p.dal + static_cast<size_t>(u) * kLanes, dal_stride, dwidx, acc);
+  }
+  if (ta.rem_groups > 0) {
+    // The row ends inside this unit: zero-padded copies (zero scales: padding adds nothing).
+    alignas(64) uint8_t qb[NR][F::kUnitQBytes];
+    alignas(16) uint8_t db[NR][16];
+    const uint8_t* qp[NR];
+    const uint8_t* dp[NR];
+    const int64_t gu = (ta.u0 + ta.nu_full) * F::kGPU;
+    for (int n = 0; n < NR; ++n) {
+      std::memset(qb[n], 0, sizeof(qb[n]));
+      std::memset(db[n], 0, sizeof(db[n]));
+      std::memcpy(qb[n], rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes,
+                  static_cast<size_t>(ta.rem_groups) * F::kGroupQBytes);
+      std::memcpy(db[n], rows[n] + geo.d_off + 2 * static_cast<size_t>(gu), 2 * static_cast<size_t>(ta.rem_groups));
+      qp[n] = qb[n];
+      dp[n] = db[n];
+    }
+    unit_step<T, MR, NR>(qp, dp, cbv, p.aq + static_cast<size_t>(ta.nu_full) * kUnitElems, aq_stride,
+                         p.dal + static_cast<size_t>(ta.nu_full) * kLanes, dal_stride, dwidx, acc);
+  }
+  if constexpr (F::kOffsets) {
+    // sum_g c_g * S_g, c = offset (asymmetric) or scale (symmetric, codebook).
+    const size_t c_off = (F::kAsym ? geo.m_off : geo.d_off) + 2 * static_cast<size_t>(ta.u0 * F::kGPU);
+    for (int g = 0; g < ta.ngroups; g += kLanes) {
+      const int cnt = min_of(kLanes, ta.ngroups - g);
+      for (int n = 0; n < NR; ++n) {
+        const VF c = f16_lanes(rows[n] + c_off + 2 * static_cast<size_t>(g), cnt);
+        for (int m = 0; m < MR; ++m) acc[m][n] = fmadd(c, fload(p.zs + m * ta.zcap + g), acc[m][n]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    float* yr = y + static_cast<size_t>(m0 + m) * ldy + n_base;
+    for (int n = 0; n < NR; ++n) {
+      if (n < nv) {
+        const float s = reduce(acc[m][n]);
+        yr[n] = first ? s : yr[n] + s;
+      }
+    }
+  }
+}
+
+// Weight rows per tile for MR activation rows (16 vector registers on AVX2, 32 on AVX-512).
+constexpr int nr_for(int mr) {
+#if defined(MXLM_TARGET_AVX512)
+  return mr == 1 ? 8 : mr == 2 ? 6 : 4;
+#else
+  return mr == 1 ? 4 : mr == 2 ? 3 : 2;
+#endif
+}
+
+// Rows [m0, m0 + MR) x weight rows [nb0, nb1).
+template <QType T, int MR>
+void run_block(const ActQ8& a, int m0, int nb0, int nb1, const uint8_t* w, size_t w_row_bytes, const Geo& geo,
+               float* y, size_t ldy) {
+  using F = Fmt<T>;
+  constexpr int NR = nr_for(MR);
+  constexpr int kNuCap = kSlabBytes / (MR * kUnitElems);
+  constexpr int kZCap = (kNuCap * F::kGPU + kLanes - 1) / kLanes * kLanes;
+  static_assert(kNuCap >= 1 && MR * kZCap <= static_cast<int>(sizeof(Prep::zs) / sizeof(float)));
+  Prep p;
+  const int64_t nu_full_all = geo.nb / F::kGPU;
+  const int rem = static_cast<int>(geo.nb % F::kGPU);
+  const int64_t nu_all = nu_full_all + (rem > 0 ? 1 : 0);
+  for (int64_t us = 0; us < nu_all; us += kNuCap) {
+    const int nu = static_cast<int>(min_of<int64_t>(kNuCap, nu_all - us));
+    const bool last = us + nu == nu_all;
+    TileArgs ta;
+    ta.p = &p;
+    ta.u0 = us;
+    ta.rem_groups = last ? rem : 0;
+    ta.nu_full = nu - (ta.rem_groups > 0 ? 1 : 0);
+    ta.ngroups = ta.nu_full * F::kGPU + ta.rem_groups;
+    ta.nu_cap = kNuCap;
+    ta.zcap = kZCap;
+    ta.geo = geo;
+    prep_rows<T>(a, m0, MR, us, nu, kNuCap, kZCap, ta.ngroups, p);
+    for (int n = nb0; n < nb1; n += NR) {
+      const uint8_t* rows[NR];
+      for (int i = 0; i < NR; ++i) rows[i] = w + static_cast<size_t>(min_of(n + i, nb1 - 1)) * w_row_bytes;
+      tile<T, MR, NR>(ta, rows, y, ldy, m0, n, min_of(NR, nb1 - n), us == 0);
+    }
+  }
+}
+
+template <QType T>
+void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y,
+           size_t ldy) {
+  using F = Fmt<T>;
+  if (M <= 0 || n1 <= n0 || K <= 0) return;
+  Geo geo;
+  geo.nb = (K + F::kG - 1) / F::kG;
+  geo.d_off = F::kPrefix;
+  geo.m_off = geo.d_off + 2 * static_cast<size_t>(geo.nb);
+  geo.q_off = geo.m_off + (F::kAsym ? 2 * static_cast<size_t>(geo.nb) : 0);
+  // For M > 4 keep ~512 KiB of weight rows in L2 while all row tiles pass over them.
+  int nblock = n1 - n0;
+  if (M > 4) nblock = static_cast<int>(max_of<size_t>(16, (size_t{512} << 10) / max_of<size_t>(w_row_bytes, 1)));
+  for (int nb0 = n0; nb0 < n1; nb0 += nblock) {
+    const int nb1 = static_cast<int>(min_of<int64_t>(n1, static_cast<int64_t>(nb0) + nblock));
+    for (int m0 = 0; m0 < M; m0 += 4) {
+      switch (min_of(4, M - m0)) {
+        case 1: run_block<T, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        case 2: run_block<T, 2>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        case 3: run_block<T, 3>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        default: run_block<T, 4>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+      }
+    }
+  }
+}
+
+// ---- activation quantization ----------------------------------------------------------------
+// Bit-identical to quantize_act_row_ref: the same float amax (max is exact in any order), the
+// same float 127/amax, a float multiply and round-to-nearest-even (cvtps2dq under the default
+// MXCSR, like nearbyint), an exact integer sum.
+
+#if defined(MXLM_TARGET_AVX512)
+void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token) {
+  const int64_t nb = kp / kActBlock;
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  float row_amax = 0.0f;
+  if (per_token) {
+    __m512 mx = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+      const int64_t n = k - i;
+      const __m512 v = _mm512_maskz_loadu_ps(n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1), x + i);
+      mx = _mm512_max_ps(mx, _mm512_and_ps(v, absmask));
+    }
+    row_amax = _mm512_reduce_max_ps(mx);
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t i0 = b * kActBlock;
+    const int64_t n = k - i0 < 0 ? 0 : k - i0;
+    const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, x + i0), x1 = _mm512_maskz_loadu_ps(m1, x + i0 + 16);
+    float amax = row_amax;
+    if (!per_token) {
+      amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(x0, absmask), _mm512_and_ps(x1, absmask)));
+    }
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i v0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
+    const __m512i v1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i0), _mm512_cvtepi32_epi8(v0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i0 + 16), _mm512_cvtepi32_epi8(v1));
+    const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(v0, v1));
+    d[b] = amax / 127.0f;
+    ds[b] = d[b] * static_cast<float>(sum);
+  }
+}
+#else
+MXLM_QINLINE __m256 load_f32_head(const float* p, int64_t n) {
+  if (n >= 8) return _mm256_loadu_ps(p);
+  if (n <= 0) return _mm256_setzero_ps();
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), idx);
+  return _mm256_maskload_ps(p, mask);
+}
+MXLM_QINLINE float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token) {
+  const int64_t nb = kp / kActBlock;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  float row_amax = 0.0f;
+  if (per_token) {
+    __m256 mx = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(load_f32_head(x + i, k - i), absmask));
+    row_amax = hmax(mx);
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t i0 = b * kActBlock;
+    __m256 v[4];
+    __m256 mx = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = load_f32_head(x + i0 + 8 * j, k - i0 - 8 * j);
+      mx = _mm256_max_ps(mx, _mm256_and_ps(v[j], absmask));
+    }
+    const float amax = per_token ? row_amax : hmax(mx);
+    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i iv[4];
+    for (int j = 0; j < 4; ++j) iv[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vid));
+    // Narrow: packs work per 128-bit lane; a final permute restores the element order.
+    const __m256i p01 = _mm256_packs_epi32(iv[0], iv[1]), p23 = _mm256_packs_epi32(iv[2], iv[3]);
+    const __m256i p = _mm256_packs_epi16(p01, p23);
+    const __m256i ordered = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i0), ordered);
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    const int sum = _mm_cvtsi128_si32(s4);
+    d[b] = amax / 127.0f;
+    ds[b] = d[b] * static_cast<float>(sum);
+  }
+}
+#endif
+
+// ---- registration ---------------------------------------------------------------------------
+
+template <QType T>
+void register_one() {
+  using F = Fmt<T>;
+  if (probe_layout<F::kBits, F::kG>()) register_qkernel(T, kIsa, &qgemm<T>);
+}
+
+template <size_t I>
+void register_index() {
+  if constexpr (kQTypes[I].kind != QKind::kFloat) register_one<kQTypes[I].type>();
+}
+
+template <size_t... I>
+void register_all(std::index_sequence<I...>) {
+  (register_index<I>(), ...);
+}
+
+}  // namespace
+
+void register_quant_kernels() {
+  register_all(std::make_index_sequence<sizeof(kQTypes) / sizeof(kQTypes[0])>());
+  register_quantize_act(kIsa, &quantize_act);
+}
+
+}  // namespace mxlm::kernels::MXLM_TARGET_NS
+
+#endif  // MXLM_TARGET_AVX2 || MXLM_TARGET_AVX512

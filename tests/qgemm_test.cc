@@ -1,0 +1,287 @@
+// Quantized GEMM kernels (kernels/quant.h, kernels/simd/qgemm_x86.cc) against the reference
+// qgemm_ref, and the SIMD activation quantizers against quantize_act_row_ref.
+//
+// Every kernel must compute each 32-element block's integer dot product exactly; only the float
+// combination of the blocks (scales, offsets) may differ from the reference in rounding and
+// summation order. The bound used here follows from that. Write, for output (m, n) and
+// activation block b in weight group g,
+//   T_b = |dw_g| * |da_b| * sum_{i in b} |u_i| * |a_i|  +  |c_g| * |ds_b|
+// where u_i is the weight as an unsigned integer (q, or cb[q] + 128 for codebooks: the largest
+// integer form any implementation multiplies with) and c_g the offset coefficient (z * dw_g for
+// symmetric formats, z = 2^(bits-1), 128 for codebooks; m_g for asymmetric ones). Both the
+// reference and a kernel form each block term with a few roundings of relative size eps and add
+// at most n_blocks block terms, n_groups offset terms and a 16-lane reduction, each addition
+// adding at most eps times the magnitude of the partial sum, itself at most sum_b T_b. So
+//   |y - y_ref| <= (2 * n_blocks + 32) * FLT_EPSILON * sum_b T_b
+// (the first-order worst case for both, rounded up). A wrong weight/activation pairing or a lost
+// block shows up as an error of the order of a single T_b, far above this.
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/isa.h"
+#include "kernels/quant.h"
+#include "kernels/qtype.h"
+
+namespace mxlm {
+namespace {
+
+constexpr float kSentinel = -12345.25f;
+
+std::vector<QType> quant_types() {
+  std::vector<QType> v;
+  for (const QTypeInfo& info : kQTypes) {
+    if (info.kind != QKind::kFloat) v.push_back(info.type);
+  }
+  return v;
+}
+
+std::string isa_label(Isa isa) { return std::string(isa_name(isa)); }
+
+// ---- weights --------------------------------------------------------------------------------
+
+// Quantized rows [rows][row_bytes], cached per (type, K, rows): quantization dominates the cost.
+struct QuantRows {
+  size_t row_bytes = 0;
+  std::vector<uint8_t> data;
+};
+
+const QuantRows& quantized_rows(QType t, int64_t K, int rows) {
+  static std::map<std::tuple<int, int64_t, int>, QuantRows> cache;
+  auto key = std::make_tuple(static_cast<int>(t), K, rows);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  QuantRows q;
+  q.row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
+  q.data.resize(q.row_bytes * rows);
+  std::mt19937 rng(static_cast<uint32_t>(K * 131 + rows * 7 + static_cast<int>(t)));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(K));
+  for (int r = 0; r < rows; ++r) {
+    // Vary the row scale and add a few outliers; every third row has a mean shift (asymmetric).
+    const float scale = 0.01f * (1 + r % 5), shift = r % 3 == 0 ? 0.5f * scale : 0.0f;
+    for (int64_t i = 0; i < K; ++i) x[i] = shift + scale * nd(rng) * (i % 97 == 0 ? 6.0f : 1.0f);
+    quantize_row(t, x.data(), K, q.data.data() + q.row_bytes * r);
+  }
+  return cache.emplace(key, std::move(q)).first->second;
+}
+
+// The parts of one quantized row (kernels/qtype.h).
+struct RowParts {
+  const int8_t* cb = nullptr;
+  const uint8_t* d = nullptr;
+  const uint8_t* m = nullptr;
+  const uint8_t* quants = nullptr;
+  int64_t nb = 0;
+};
+
+RowParts row_parts(QType t, int64_t K, const uint8_t* row) {
+  const QTypeInfo& info = qtype_info(t);
+  RowParts p;
+  p.nb = (K + info.block_elems - 1) / info.block_elems;
+  if (info.kind == QKind::kCodebook) p.cb = reinterpret_cast<const int8_t*>(row);
+  p.d = row + info.row_prefix_bytes;
+  p.m = info.kind == QKind::kAsymmetric ? p.d + 2 * p.nb : nullptr;
+  p.quants = p.d + 2 * p.nb * (info.kind == QKind::kAsymmetric ? 2 : 1);
+  return p;
+}
+
+float f16_at(const uint8_t* p, int64_t i) {
+  uint16_t h;
+  std::memcpy(&h, p + 2 * i, 2);
+  return f16_to_f32(h);
+}
+
+// ---- the error bound ------------------------------------------------------------------------
+
+double error_bound(QType t, int64_t K, const uint8_t* row, const ActQ8& a, int m) {
+  const QTypeInfo& info = qtype_info(t);
+  const RowParts rp = row_parts(t, K, row);
+  const int G = info.block_elems, sub = G / kActBlock, qbytes = G * info.bits / 8;
+  const int64_t nbs = a.kp / kActBlock;
+  const double z = info.kind == QKind::kCodebook ? 128.0 : std::ldexp(1.0, info.bits - 1);
+  std::vector<uint8_t> q(static_cast<size_t>(G));
+  double sum = 0;
+  for (int64_t g = 0; g < rp.nb; ++g) {
+    unpack_group(info.bits, G, rp.quants + g * qbytes, q.data());
+    const double dw = std::fabs(f16_at(rp.d, g));
+    const double c = info.kind == QKind::kAsymmetric ? std::fabs(f16_at(rp.m, g)) : z * dw;
+    for (int s = 0; s < sub; ++s) {
+      const int64_t b = g * sub + s;
+      double dot = 0;
+      for (int i = 0; i < kActBlock; ++i) {
+        const int e = s * kActBlock + i;
+        const double u = rp.cb ? rp.cb[q[e]] + 128.0 : q[e];
+        dot += u * std::fabs(static_cast<double>(a.q[static_cast<int64_t>(m) * a.kp + b * kActBlock + i]));
+      }
+      sum += dw * std::fabs(a.d[m * nbs + b]) * dot + c * std::fabs(a.ds[m * nbs + b]);
+    }
+  }
+  return (2.0 * rp.nb * sub + 32.0) * FLT_EPSILON * sum;
+}
+
+// ---- the GEMM test --------------------------------------------------------------------------
+
+struct Shape {
+  int m, n, k, n0;
+};
+
+// M in {1,2,3,4,5,8,17}, N tails {1,3,7,16,33}, K in {32,96,128,172,256,1000,4096} with n0 > 0
+// sub-ranges; plus shapes that cut N into L2 blocks (M > 4, many rows) and K into activation
+// slabs (K beyond one slab for 4 rows and for 1 row).
+constexpr Shape kShapes[] = {
+    {1, 1, 32, 0},     {1, 3, 96, 2},    {1, 7, 128, 0},   {1, 16, 172, 5},  {1, 33, 256, 1},
+    {1, 33, 1000, 0},  {1, 16, 4096, 3}, {2, 7, 172, 1},   {2, 16, 1000, 0}, {3, 33, 128, 4},
+    {3, 3, 32, 1},     {4, 16, 256, 0},  {4, 33, 4096, 0}, {5, 33, 1000, 2}, {8, 7, 4096, 1},
+    {8, 1, 256, 7},    {17, 33, 172, 3}, {17, 16, 96, 0},  {5, 200, 4096, 0}, {5, 7, 10000, 1},
+    {1, 9, 20000, 0},
+};
+
+using Param = std::tuple<QType, Isa, int, bool>;
+
+class QGemmTest : public ::testing::TestWithParam<Param> {};
+
+TEST_P(QGemmTest, MatchesReference) {
+  const auto [t, isa, shape_index, per_token] = GetParam();
+  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
+  ASSERT_TRUE(has_own_qkernel(t, isa)) << "no " << isa_name(isa) << " kernel for " << qtype_info(t).name;
+  const QKernel kern = find_qkernel(t, isa);
+  ASSERT_EQ(kern.isa, isa);
+
+  const Shape s = kShapes[shape_index];
+  const int M = s.m, n0 = s.n0, n1 = s.n0 + s.n, rows = n1 + 2;
+  const int64_t K = s.k, kp = act_padded_k(K), nbs = kp / kActBlock;
+  const QuantRows& qr = quantized_rows(t, K, rows);
+
+  // Weights one byte past an aligned address, rows 3 bytes apart beyond their size.
+  const size_t stride = qr.row_bytes + 3;
+  std::vector<uint8_t> wbuf(stride * rows + 64);
+  uint8_t* w = wbuf.data() + (64 - reinterpret_cast<uintptr_t>(wbuf.data()) % 64) % 64 + 1;
+  for (int r = 0; r < rows; ++r) std::memcpy(w + stride * r, qr.data.data() + qr.row_bytes * r, qr.row_bytes);
+
+  // Activations, quantized by the reference; unaligned q, d, ds.
+  std::mt19937 rng(static_cast<uint32_t>(shape_index * 1009 + static_cast<int>(t) * 17 + per_token));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<int8_t> qbuf(static_cast<size_t>(M * kp) + 1);
+  std::vector<float> dbuf(static_cast<size_t>(M * nbs) + 1), dsbuf(static_cast<size_t>(M * nbs) + 1);
+  std::vector<float> x(static_cast<size_t>(K));
+  for (int m = 0; m < M; ++m) {
+    for (int64_t i = 0; i < K; ++i) x[i] = nd(rng) * (i % 61 == 0 ? 8.0f : 1.0f) + (m % 2 ? 0.3f : 0.0f);
+    quantize_act_row_ref(x.data(), K, kp, qbuf.data() + 1 + m * kp, dbuf.data() + 1 + m * nbs,
+                         dsbuf.data() + 1 + m * nbs, per_token);
+  }
+  ActQ8 a;
+  a.q = qbuf.data() + 1;
+  a.d = dbuf.data() + 1;
+  a.ds = dsbuf.data() + 1;
+  a.kp = kp;
+
+  const size_t ldy = static_cast<size_t>(n1 + 5);
+  std::vector<float> yref(static_cast<size_t>(M) * ldy, kSentinel);
+  std::vector<float> ybuf(static_cast<size_t>(M + 1) * ldy + 1, kSentinel);
+  float* y = ybuf.data() + 1;
+  qgemm_ref(t, M, n0, n1, K, a, w, stride, yref.data(), ldy);
+  kern.gemm(M, n0, n1, K, a, w, stride, y, ldy);
+
+  int bad = 0;
+  for (int m = 0; m < M + 1; ++m) {
+    for (size_t n = 0; n < ldy; ++n) {
+      const float got = y[m * ldy + n];
+      if (m < M && static_cast<int>(n) >= n0 && static_cast<int>(n) < n1) {
+        const float want = yref[m * ldy + n];
+        const double bound = error_bound(t, K, w + stride * n, a, m);
+        if (!(std::fabs(static_cast<double>(got) - want) <= bound) && ++bad <= 5) {
+          ADD_FAILURE() << "y[" << m << "][" << n << "] = " << got << ", reference " << want << ", |diff| "
+                        << std::fabs(static_cast<double>(got) - want) << " > bound " << bound;
+        }
+      } else if (got != kSentinel && ++bad <= 5) {
+        ADD_FAILURE() << "wrote outside the output: y[" << m << "][" << n << "] = " << got;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  const auto [t, isa, si, per_token] = info.param;
+  const Shape& s = kShapes[si];
+  return std::string(qtype_info(t).name) + "_" + isa_label(isa) + "_M" + std::to_string(s.m) + "_N" +
+         std::to_string(s.n) + "_K" + std::to_string(s.k) + "_n0_" + std::to_string(s.n0) +
+         (per_token ? "_tok" : "_blk");
+}
+
+INSTANTIATE_TEST_SUITE_P(All, QGemmTest,
+                         ::testing::Combine(::testing::ValuesIn(quant_types()),
+                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512),
+                                            ::testing::Range(0, static_cast<int>(std::size(kShapes))),
+                                            ::testing::Bool()),
+                         param_name);
+
+// Every quantized format has its own kernel on every SIMD ISA this build and CPU run.
+TEST(QGemmRegistry, EveryFormatOnEverySimdIsa) {
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    for (QType t : quant_types()) {
+      EXPECT_TRUE(has_own_qkernel(t, isa)) << qtype_info(t).name << " on " << isa_name(isa);
+    }
+  }
+}
+
+// ---- activation quantization ----------------------------------------------------------------
+
+class QGemmQuantizeActTest : public ::testing::TestWithParam<Isa> {};
+
+TEST_P(QGemmQuantizeActTest, BitIdenticalToReference) {
+  const Isa isa = GetParam();
+  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
+  const QuantizeActFn fn = find_quantize_act(isa);
+  ASSERT_NE(fn, &quantize_act_row_ref) << "no " << isa_name(isa) << " activation quantizer";
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> half(-254, 254);
+  for (int64_t k : {1, 5, 16, 31, 32, 33, 100, 127, 128, 172, 1000, 4096, 4097}) {
+    const int64_t kp = act_padded_k(k), nb = kp / kActBlock;
+    for (int kind = 0; kind < 4; ++kind) {
+      for (bool per_token : {false, true}) {
+        // One byte past the row end and unaligned starts.
+        std::vector<float> xbuf(static_cast<size_t>(k) + 1);
+        float* x = xbuf.data() + 1;
+        for (int64_t i = 0; i < k; ++i) {
+          switch (kind) {
+            case 0: x[i] = nd(rng) * (i % 37 == 0 ? 20.0f : 1.0f); break;
+            case 1: x[i] = 0.0f; break;
+            // Halves with |x| <= 127 and a 127 in every block: 127/amax = 1, so x*id lands on
+            // .5 ties that must round to even.
+            case 2: x[i] = i % 32 == 0 ? (i % 64 ? -127.0f : 127.0f) : 0.5f * static_cast<float>(half(rng)); break;
+            default: x[i] = 1e-30f * nd(rng); break;  // tiny values
+          }
+        }
+        std::vector<int8_t> q0(static_cast<size_t>(kp) + 1, 99), q1(static_cast<size_t>(kp) + 1, 99);
+        std::vector<float> d0(static_cast<size_t>(nb) + 1, -1), d1(static_cast<size_t>(nb) + 1, -1);
+        std::vector<float> s0(static_cast<size_t>(nb) + 1, -1), s1(static_cast<size_t>(nb) + 1, -1);
+        quantize_act_row_ref(x, k, kp, q0.data() + 1, d0.data() + 1, s0.data() + 1, per_token);
+        fn(x, k, kp, q1.data() + 1, d1.data() + 1, s1.data() + 1, per_token);
+        SCOPED_TRACE("k=" + std::to_string(k) + " kind=" + std::to_string(kind) + " per_token=" +
+                     std::to_string(per_token));
+        EXPECT_EQ(0, std::memcmp(q0.data(), q1.data(), q0.size()));
+        EXPECT_EQ(0, std::memcmp(d0.data(), d1.data(), d0.size() * sizeof(float)));
+        EXPECT_EQ(0, std::memcmp(s0.data(), s1.data(), s0.size() * sizeof(float)));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, QGemmQuantizeActTest, ::testing::Values(Isa::kAvx2, Isa::kAvx512),
+                         [](const ::testing::TestParamInfo<Isa>& info) { return isa_label(info.param); });
+
+}  // namespace
+}  // namespace mxlm
