@@ -281,7 +281,11 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
     mm_tmp_.resize(size_t(m) * n);
     out = mm_tmp_.data();
   }
-  const bool may_onednn = m >= 16 && prefill_ != ContextParams::Prefill::kKernels && onednn_available();
+  // Auto considers oneDNN only for quantized weights: for float weights its bf16 rounding of
+  // activations would cost accuracy that the f32 path keeps.
+  const bool may_onednn = m >= 16 && onednn_available() &&
+                          (prefill_ == ContextParams::Prefill::kOneDnn ||
+                           (prefill_ == ContextParams::Prefill::kAuto && w.any_quantized));
   if (!may_onednn) {
     matmul_dense(a, w, out, false);
   } else if (prefill_ == ContextParams::Prefill::kOneDnn) {

@@ -786,7 +786,7 @@ MXLM_QINLINE void unit_step(const uint8_t* const qp[NR], const uint8_t* const dp
 }
 
 template <QType T, int MR, int NR>
-void tile(const TileArgs& ta, const uint8_t* const rows[NR], float* y, size_t ldy, int m0, int n_base, int nv,
+void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR], float* y, size_t ldy, int m0,
           bool first) {
   using F = Fmt<T>;
   const Layout& L = F::layout();
@@ -859,11 +859,11 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], float* y, size_t ld
     }
   }
   for (int m = 0; m < MR; ++m) {
-    float* yr = y + static_cast<size_t>(m0 + m) * ldy + n_base;
+    float* yr = y + static_cast<size_t>(m0 + m) * ldy;
     for (int n = 0; n < NR; ++n) {
-      if (n < nv) {
+      if (cols[n] >= 0) {
         const float s = reduce(acc[m][n]);
-        yr[n] = first ? s : yr[n] + s;
+        yr[cols[n]] = first ? s : yr[cols[n]] + s;
       }
     }
   }
@@ -872,7 +872,7 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], float* y, size_t ld
 // Weight rows per tile for MR activation rows (16 vector registers on AVX2, 32 on AVX-512).
 constexpr int nr_for(int mr) {
 #if defined(MXLM_TARGET_AVX512)
-  return mr == 1 ? 8 : mr == 2 ? 6 : 4;
+  return mr == 1 ? 4 : mr == 2 ? 6 : 4;
 #else
   return mr == 1 ? 4 : mr == 2 ? 3 : 2;
 #endif
@@ -904,10 +904,20 @@ void run_block(const ActQ8& a, int m0, int nb0, int nb1, const uint8_t* w, size_
     ta.zcap = kZCap;
     ta.geo = geo;
     prep_rows<T>(a, m0, MR, us, nu, kNuCap, kZCap, ta.ngroups, p);
-    for (int n = nb0; n < nb1; n += NR) {
+    // Tile t takes rows nb0 + t + i*len (i < NR): every row of a tile advances along its own
+    // long sequential stream ("strand") of rows. Rows of one tile that lie next to each other
+    // in memory (the obvious tiling) defeat the hardware prefetchers: each row's stream ends
+    // after one row and they share 4 KiB pages, which halves the DRAM bandwidth of decode.
+    const int len = (nb1 - nb0 + NR - 1) / NR;
+    for (int t = 0; t < len; ++t) {
       const uint8_t* rows[NR];
-      for (int i = 0; i < NR; ++i) rows[i] = w + static_cast<size_t>(min_of(n + i, nb1 - 1)) * w_row_bytes;
-      tile<T, MR, NR>(ta, rows, y, ldy, m0, n, min_of(NR, nb1 - n), us == 0);
+      int cols[NR];
+      for (int i = 0; i < NR; ++i) {
+        const int n = nb0 + t + i * len;
+        cols[i] = n < nb1 ? n : -1;
+        rows[i] = w + static_cast<size_t>(n < nb1 ? n : nb0 + t) * w_row_bytes;
+      }
+      tile<T, MR, NR>(ta, rows, cols, y, ldy, m0, us == 0);
     }
   }
 }
@@ -939,9 +949,10 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
 }
 
 // ---- activation quantization ----------------------------------------------------------------
-// Bit-identical to quantize_act_row_ref: the same float amax (max is exact in any order), the
-// same float 127/amax, a float multiply and round-to-nearest-even (cvtps2dq under the default
-// MXCSR, like nearbyint), an exact integer sum.
+// Bit-identical to quantize_act_row_ref: the same float amax (max is exact in any order; NaN
+// elements are skipped like std::max(amax, |x|) skips them: maxps returns its second operand
+// when one is NaN), the same kActTiny cut-off, the same float 127/amax, a float multiply and
+// round-to-nearest-even (cvtps2dq under the default MXCSR, like nearbyint), an exact integer sum.
 
 #if defined(MXLM_TARGET_AVX512)
 void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token) {
@@ -953,7 +964,7 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
     for (int64_t i = 0; i < k; i += 16) {
       const int64_t n = k - i;
       const __m512 v = _mm512_maskz_loadu_ps(n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1), x + i);
-      mx = _mm512_max_ps(mx, _mm512_and_ps(v, absmask));
+      mx = _mm512_max_ps(_mm512_and_ps(v, absmask), mx);
     }
     row_amax = _mm512_reduce_max_ps(mx);
   }
@@ -965,16 +976,18 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
     const __m512 x0 = _mm512_maskz_loadu_ps(m0, x + i0), x1 = _mm512_maskz_loadu_ps(m1, x + i0 + 16);
     float amax = row_amax;
     if (!per_token) {
-      amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(x0, absmask), _mm512_and_ps(x1, absmask)));
+      const __m512 m = _mm512_max_ps(_mm512_and_ps(x1, absmask), _mm512_setzero_ps());
+      amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(x0, absmask), m));
     }
-    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    const bool zero = !(amax > kActTiny);
+    const float id = zero ? 0.0f : 127.0f / amax;
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i v0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid));
     const __m512i v1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i0), _mm512_cvtepi32_epi8(v0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i0 + 16), _mm512_cvtepi32_epi8(v1));
     const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(v0, v1));
-    d[b] = amax / 127.0f;
+    d[b] = zero ? 0.0f : amax / 127.0f;
     ds[b] = d[b] * static_cast<float>(sum);
   }
 }
@@ -998,7 +1011,7 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
   float row_amax = 0.0f;
   if (per_token) {
     __m256 mx = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k; i += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(load_f32_head(x + i, k - i), absmask));
+    for (int64_t i = 0; i < k; i += 8) mx = _mm256_max_ps(_mm256_and_ps(load_f32_head(x + i, k - i), absmask), mx);
     row_amax = hmax(mx);
   }
   for (int64_t b = 0; b < nb; ++b) {
@@ -1007,10 +1020,11 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
     __m256 mx = _mm256_setzero_ps();
     for (int j = 0; j < 4; ++j) {
       v[j] = load_f32_head(x + i0 + 8 * j, k - i0 - 8 * j);
-      mx = _mm256_max_ps(mx, _mm256_and_ps(v[j], absmask));
+      mx = _mm256_max_ps(_mm256_and_ps(v[j], absmask), mx);
     }
     const float amax = per_token ? row_amax : hmax(mx);
-    const float id = amax > 0 ? 127.0f / amax : 0.0f;
+    const bool zero = !(amax > kActTiny);
+    const float id = zero ? 0.0f : 127.0f / amax;
     const __m256 vid = _mm256_set1_ps(id);
     __m256i iv[4];
     for (int j = 0; j < 4; ++j) iv[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vid));
@@ -1024,7 +1038,7 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
     const int sum = _mm_cvtsi128_si32(s4);
-    d[b] = amax / 127.0f;
+    d[b] = zero ? 0.0f : amax / 127.0f;
     ds[b] = d[b] * static_cast<float>(sum);
   }
 }

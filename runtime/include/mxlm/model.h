@@ -90,7 +90,8 @@ struct ContextParams {
   // block of 32 values.
   bool act_per_token = false;
   // Prefill (M >= 16) matmuls: the int8/f32 kernels, oneDNN's bf16 matmul on dequantized
-  // panels, or auto: whichever measures faster for each weight on its first prefill.
+  // panels, or auto: for quantized weights whichever measures faster on each weight's first
+  // prefill (float weights keep the exact f32 kernels).
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
 };
 
