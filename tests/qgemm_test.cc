@@ -209,6 +209,19 @@ TEST_P(QGemmTest, MatchesReference) {
     }
   }
   EXPECT_EQ(bad, 0);
+
+  // Splitting [n0, n1) (as threads do) gives bitwise the same outputs.
+  if (n1 - n0 >= 2) {
+    const int mid = n0 + (n1 - n0) / 3 + 1;
+    std::vector<float> ysplit(static_cast<size_t>(M) * ldy, kSentinel);
+    kern.gemm(M, n0, mid, K, a, w, stride, ysplit.data(), ldy);
+    kern.gemm(M, mid, n1, K, a, w, stride, ysplit.data(), ldy);
+    for (int m = 0; m < M; ++m) {
+      for (int n = n0; n < n1; ++n) {
+        ASSERT_EQ(ysplit[m * ldy + n], y[m * ldy + n]) << "split at " << mid << ": m=" << m << " n=" << n;
+      }
+    }
+  }
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {

@@ -27,12 +27,22 @@
 //
 // Blocking. A call runs over tiles of MR activation rows x NR weight rows; each unit of a weight
 // row is decoded once and used for the MR rows. Activations are prepared in slabs of at most
-// kSlabBytes per call (K-slabs when K is very long; partial sums then go through y). For M > 4
-// the N range is cut into blocks of ~512 KiB of weights so that they stay in L2 across the
-// M/4 row tiles.
+// kSlabBytes per call (K-slabs when K is very long; partial sums then go through y).
+//   M <= 4 (decode): the weights stream from DRAM once, so the memory access pattern decides.
+//     Row i of a tile comes from its own "strand" of consecutive rows (tile t takes rows
+//     t, t + len, t + 2*len, ...), and every row is read strictly forward ([codebook | scales |
+//     offsets | quants]: scales and offsets are copied out first). NR = 4 while 4 rows are
+//     small (<= 10 KiB together), else NR = 1. Measured on Zen 4: 4 adjacent rows per tile reach
+//     ~40% of the read bandwidth, 4 strands of 2.3 KiB rows ~100%, 4 strands of 6 KiB rows ~75%,
+//     1 row of 6 KiB ~90%. For M = 1 two units are folded into one int32 lane per block before
+//     the float step, which halves the conversions and scale multiplies.
+//   M > 4 (prefill): N is cut into blocks of ~512 KiB of weight rows, which stay in L2 while
+//     all 4-row tiles pass over them; 4 x 4 tiles (AVX2: 4 x 2).
 //
 // Every output is the sum of the same terms as the reference; only float rounding and summation
-// order differ (tests/qgemm_test.cc states the bound).
+// order differ (tests/qgemm_test.cc states the bound). For a given M the result of a row does not
+// depend on how [n0, n1) is split (threads); it may differ in the last bits between calls with
+// different M (M = 1 folds unit pairs; K beyond one slab is summed in MR-dependent slabs).
 
 #if defined(MXLM_TARGET_AVX2) || defined(MXLM_TARGET_AVX512)
 
@@ -512,6 +522,10 @@ struct Layout {
   uint8_t src[4][kU];                  // vector t, qword i: source qword (element / 8) in the unit
   uint8_t blk[kU];                     // qword i -> block in the unit (same for every vector)
   alignas(64) int32_t dw_idx[kLanes];  // int32 lane -> weight group in the unit
+  // Pairing two units' int32 results (lanes 2i, 2i+1 of block blk[i]) into one lane per block,
+  // blocks in natural order: lane L = dword pair_a[L] + dword pair_b[L] of (unit 0, unit 1).
+  alignas(64) int32_t pair_a[kLanes];
+  alignas(64) int32_t pair_b[kLanes];
 };
 
 template <int Bits, int G>
@@ -562,6 +576,13 @@ bool probe_layout() {
     }
   }
   for (int j = 0; j < kLanes; ++j) L.dw_idx[j] = L.blk[j / 2] * 32 / G;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    const int unit = lane / kU, b = lane % kU;
+    int i = 0;
+    while (L.blk[i] != b) ++i;
+    L.pair_a[lane] = 2 * i + unit * kLanes;
+    L.pair_b[lane] = 2 * i + 1 + unit * kLanes;
+  }
   L.ok = true;
   return true;
 }
@@ -617,7 +638,9 @@ struct alignas(64) Prep {
   int8_t aq[kSlabBytes];
   float dal[kSlabBytes / 32 * 2];
   float zs[kSlabBytes / 32 + 4 * 16];
+  float dn[kSlabBytes / 32 + 4 * 8];  // block scales in natural order, row stride dn_stride()
 };
+constexpr int dn_stride(int nu_cap) { return nu_cap * kU + kU; }
 
 template <QType T>
 void prep_rows(const ActQ8& a, int m0, int mr, int64_t u0, int nu, int nu_cap, int zcap, int ngroups, Prep& p) {
@@ -647,6 +670,11 @@ void prep_rows(const ActQ8& a, int m0, int mr, int64_t u0, int nu, int nu_cap, i
         const int64_t b = (u0 + u) * kU + L.blk[j / 2];
         dl[j] = b < nbk ? ad[b] : 0.0f;
       }
+    }
+    float* dn = p.dn + static_cast<int64_t>(r) * dn_stride(nu_cap);
+    for (int b = 0; b < (nu + 1) * kU; ++b) {
+      const int64_t gb = u0 * kU + b;
+      dn[b] = gb < nbk ? ad[gb] : 0.0f;
     }
     if constexpr (F::kOffsets) {
       float* z = p.zs + static_cast<int64_t>(r) * zcap;
@@ -759,31 +787,55 @@ struct TileArgs {
   Geo geo;
 };
 
-template <QType T, int MR, int NR>
-MXLM_QINLINE void unit_step(const uint8_t* const qp[NR], const uint8_t* const dp[NR], const VI cbv[NR],
-                            const int8_t* aq, size_t aq_stride, const float* dal, size_t dal_stride, VI dwidx,
-                            VF acc[MR][NR]) {
+// Groups of one prepared slab for MR activation rows, rounded up to whole vectors.
+template <QType T, int MR>
+constexpr int slab_groups() {
+  return ((kSlabBytes / (MR * kUnitElems)) * Fmt<T>::kGPU + kLanes - 1) / kLanes * kLanes;
+}
+
+// Decodes one unit of quants into dot-ready bytes w (and |w| for the AVX2 signed path).
+template <QType T>
+MXLM_QINLINE void decode_unit(const uint8_t* q, VI cbv, VI w[4], VI aw[4]) {
   using F = Fmt<T>;
-  for (int n = 0; n < NR; ++n) {
-    VI w[4], aw[4];
-    F::D::run(qp[n], w);
-    for (int t = 0; t < 4; ++t) {
+  F::D::run(q, w);
+  for (int t = 0; t < 4; ++t) {
 #if defined(MXLM_TARGET_AVX512)
-      if constexpr (F::kCodebook) w[t] = _mm512_shuffle_epi8(cbv[n], w[t]);
-      aw[t] = w[t];
+    if constexpr (F::kCodebook) w[t] = _mm512_shuffle_epi8(cbv, w[t]);
+    aw[t] = w[t];
 #else
-      if constexpr (F::kCodebook) w[t] = _mm256_shuffle_epi8(cbv[n], w[t]);
-      if constexpr (F::kBits == 8) w[t] = _mm256_xor_si256(w[t], _mm256_set1_epi8(static_cast<char>(0x80)));
-      if constexpr (F::kSigned) aw[t] = _mm256_abs_epi8(w[t]);
+    if constexpr (F::kCodebook) w[t] = _mm256_shuffle_epi8(cbv, w[t]);
+    if constexpr (F::kBits == 8) w[t] = _mm256_xor_si256(w[t], _mm256_set1_epi8(static_cast<char>(0x80)));
+    if constexpr (F::kSigned) aw[t] = _mm256_abs_epi8(w[t]);
 #endif
-    }
-    const VF dwl = dw_lanes<T>(dp[n], dwidx);
-    for (int m = 0; m < MR; ++m) {
-      const VI d = unit_dot<T>(w, aw, aq + m * aq_stride);
-      acc[m][n] = fmadd(to_float(d), fmul(dwl, fload(dal + m * dal_stride)), acc[m][n]);
-    }
   }
 }
+
+// Decodes unit quants qp[n] and returns their int32 dot products with the prepared unit aq.
+template <QType T, int NR>
+MXLM_QINLINE void unit_ints(const uint8_t* const qp[NR], const VI cbv[NR], const int8_t* aq, VI out[NR]) {
+  for (int n = 0; n < NR; ++n) {
+    VI w[4], aw[4];
+    decode_unit<T>(qp[n], cbv[n], w, aw);
+    out[n] = unit_dot<T>(w, aw, aq);
+  }
+}
+
+#if defined(MXLM_TARGET_AVX512)
+// Scales of 2*kU = 16 consecutive blocks from f16 group scales starting at block 0's group.
+template <QType T>
+MXLM_QINLINE VF dw_blocks16(const uint16_t* d) {
+  using F = Fmt<T>;
+  if constexpr (F::kG == 32) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d)));
+  } else if constexpr (F::kG == 64) {
+    const __m512i idx = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d)))));
+  } else {
+    const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(d)))));
+  }
+}
+#endif
 
 template <QType T, int MR, int NR>
 void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR], float* y, size_t ldy, int m0,
@@ -791,10 +843,19 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
   using F = Fmt<T>;
   const Layout& L = F::layout();
   const Prep& p = *ta.p;
+  const Geo& geo = ta.geo;
+  const int64_t g0 = ta.u0 * F::kGPU;  // first group of the slab
+  const int nu = ta.nu_full + (ta.rem_groups > 0 ? 1 : 0);
   VF acc[MR][NR];
   for (int m = 0; m < MR; ++m) {
     for (int n = 0; n < NR; ++n) acc[m][n] = fzero();
   }
+  // Each row is read strictly forward, [codebook | scales | offsets | quants]: scales and
+  // offsets are copied out (scales zero-padded to an even number of units) and the offset terms
+  // summed before the quants stream. Reading the scales alongside the quants instead makes two
+  // interleaved streams per row, which the hardware prefetchers handle badly once rows exceed
+  // ~4 KiB; masked loads straight from DRAM are slow too.
+  alignas(64) uint16_t dloc[NR][slab_groups<T, MR>() + 2 * F::kGPU];
   VI cbv[NR];
   for (int n = 0; n < NR; ++n) {
     if constexpr (F::kCodebook) {
@@ -808,53 +869,86 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
     } else {
       cbv[n] = VI{};
     }
-  }
-#if defined(MXLM_TARGET_AVX512)
-  const VI dwidx = _mm512_load_si512(L.dw_idx);
-#else
-  const VI dwidx = _mm256_load_si256(reinterpret_cast<const __m256i*>(L.dw_idx));
-#endif
-  const size_t aq_stride = static_cast<size_t>(ta.nu_cap) * kUnitElems;
-  const size_t dal_stride = static_cast<size_t>(ta.nu_cap) * kLanes;
-  const Geo& geo = ta.geo;
-  for (int u = 0; u < ta.nu_full; ++u) {
-    const int64_t gu = (ta.u0 + u) * F::kGPU;
-    const uint8_t* qp[NR];
-    const uint8_t* dp[NR];
-    for (int n = 0; n < NR; ++n) {
-      qp[n] = rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes;
-      dp[n] = rows[n] + geo.d_off + 2 * static_cast<size_t>(gu);
+    std::memcpy(dloc[n], rows[n] + geo.d_off + 2 * static_cast<size_t>(g0), 2 * static_cast<size_t>(ta.ngroups));
+    for (int g = ta.ngroups; g < (nu + 1) * F::kGPU; ++g) dloc[n][g] = 0;
+    if constexpr (F::kOffsets) {
+      // sum_g c_g * S_g, c = offset (asymmetric) or scale (symmetric, codebook).
+      alignas(64) uint16_t mloc[F::kAsym ? slab_groups<T, MR>() : 1];
+      const uint16_t* c = dloc[n];
+      if constexpr (F::kAsym) {
+        std::memcpy(mloc, rows[n] + geo.m_off + 2 * static_cast<size_t>(g0), 2 * static_cast<size_t>(ta.ngroups));
+        c = mloc;
+      }
+      for (int g = 0; g < ta.ngroups; g += kLanes) {
+        const VF cv = f16_lanes(reinterpret_cast<const uint8_t*>(c + g), min_of(kLanes, ta.ngroups - g));
+        for (int m = 0; m < MR; ++m) acc[m][n] = fmadd(cv, fload(p.zs + m * ta.zcap + g), acc[m][n]);
+      }
     }
-    unit_step<T, MR, NR>(qp, dp, cbv, p.aq + static_cast<size_t>(u) * kUnitElems, aq_stride,
-                         p.dal + static_cast<size_t>(u) * kLanes, dal_stride, dwidx, acc);
   }
+  // Quants of unit u of row n (a zero-padded copy for a unit the row ends in).
+  alignas(64) uint8_t qb[NR][F::kUnitQBytes];
   if (ta.rem_groups > 0) {
-    // The row ends inside this unit: zero-padded copies (zero scales: padding adds nothing).
-    alignas(64) uint8_t qb[NR][F::kUnitQBytes];
-    alignas(16) uint8_t db[NR][16];
-    const uint8_t* qp[NR];
-    const uint8_t* dp[NR];
-    const int64_t gu = (ta.u0 + ta.nu_full) * F::kGPU;
+    const int64_t gu = g0 + static_cast<int64_t>(ta.nu_full) * F::kGPU;
     for (int n = 0; n < NR; ++n) {
       std::memset(qb[n], 0, sizeof(qb[n]));
-      std::memset(db[n], 0, sizeof(db[n]));
       std::memcpy(qb[n], rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes,
                   static_cast<size_t>(ta.rem_groups) * F::kGroupQBytes);
-      std::memcpy(db[n], rows[n] + geo.d_off + 2 * static_cast<size_t>(gu), 2 * static_cast<size_t>(ta.rem_groups));
-      qp[n] = qb[n];
-      dp[n] = db[n];
     }
-    unit_step<T, MR, NR>(qp, dp, cbv, p.aq + static_cast<size_t>(ta.nu_full) * kUnitElems, aq_stride,
-                         p.dal + static_cast<size_t>(ta.nu_full) * kLanes, dal_stride, dwidx, acc);
   }
-  if constexpr (F::kOffsets) {
-    // sum_g c_g * S_g, c = offset (asymmetric) or scale (symmetric, codebook).
-    const size_t c_off = (F::kAsym ? geo.m_off : geo.d_off) + 2 * static_cast<size_t>(ta.u0 * F::kGPU);
-    for (int g = 0; g < ta.ngroups; g += kLanes) {
-      const int cnt = min_of(kLanes, ta.ngroups - g);
+  auto quants = [&](int u, const uint8_t* qp[NR]) {
+    for (int n = 0; n < NR; ++n) {
+      qp[n] = u < ta.nu_full
+                  ? rows[n] + geo.q_off + static_cast<size_t>(g0 + static_cast<int64_t>(u) * F::kGPU) * F::kGroupQBytes
+                  : qb[n];
+    }
+  };
+  const size_t aq_stride = static_cast<size_t>(ta.nu_cap) * kUnitElems;
+#if defined(MXLM_TARGET_AVX512)
+  if constexpr (MR == 1) {
+    // Two units at a time: their int32 results fold into one lane per block (natural order),
+    // so converting, scaling and accumulating happens once per 16 blocks.
+    const VI pa = _mm512_load_si512(L.pair_a), pb = _mm512_load_si512(L.pair_b);
+    for (int u = 0; u < nu; u += 2) {
+      const uint8_t* qp[NR];
+      VI i0[NR], i1[NR];
+      quants(u, qp);
+      unit_ints<T, NR>(qp, cbv, p.aq + static_cast<size_t>(u) * kUnitElems, i0);
+      if (u + 1 < nu) {
+        quants(u + 1, qp);
+        unit_ints<T, NR>(qp, cbv, p.aq + static_cast<size_t>(u + 1) * kUnitElems, i1);
+      } else {
+        for (int n = 0; n < NR; ++n) i1[n] = _mm512_setzero_si512();
+      }
+      const VF da = fload(p.dn + static_cast<size_t>(u) * kU);
       for (int n = 0; n < NR; ++n) {
-        const VF c = f16_lanes(rows[n] + c_off + 2 * static_cast<size_t>(g), cnt);
-        for (int m = 0; m < MR; ++m) acc[m][n] = fmadd(c, fload(p.zs + m * ta.zcap + g), acc[m][n]);
+        const VI sum = _mm512_add_epi32(_mm512_permutex2var_epi32(i0[n], pa, i1[n]),
+                                        _mm512_permutex2var_epi32(i0[n], pb, i1[n]));
+        const VF sc = fmul(dw_blocks16<T>(dloc[n] + u * F::kGPU), da);
+        acc[0][n] = fmadd(to_float(sum), sc, acc[0][n]);
+      }
+    }
+  } else
+#endif
+  {
+#if defined(MXLM_TARGET_AVX512)
+    const VI dwidx = _mm512_load_si512(L.dw_idx);
+#else
+    const VI dwidx = _mm256_load_si256(reinterpret_cast<const __m256i*>(L.dw_idx));
+#endif
+    const size_t dal_stride = static_cast<size_t>(ta.nu_cap) * kLanes;
+    for (int u = 0; u < nu; ++u) {
+      const uint8_t* qp[NR];
+      quants(u, qp);
+      const int8_t* aq = p.aq + static_cast<size_t>(u) * kUnitElems;
+      const float* dal = p.dal + static_cast<size_t>(u) * kLanes;
+      for (int n = 0; n < NR; ++n) {
+        VI w[4], aw[4];
+        decode_unit<T>(qp[n], cbv[n], w, aw);
+        const VF dwl = dw_lanes<T>(reinterpret_cast<const uint8_t*>(dloc[n] + u * F::kGPU), dwidx);
+        for (int m = 0; m < MR; ++m) {
+          const VI d = unit_dot<T>(w, aw, aq + m * aq_stride);
+          acc[m][n] = fmadd(to_float(d), fmul(dwl, fload(dal + m * dal_stride)), acc[m][n]);
+        }
       }
     }
   }
@@ -869,23 +963,24 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
   }
 }
 
-// Weight rows per tile for MR activation rows (16 vector registers on AVX2, 32 on AVX-512).
-constexpr int nr_for(int mr) {
+// Weight rows per tile for MR activation rows when tiles are "wide" (MR*NR float accumulators
+// plus 4 decoded vectors must fit 16 vector registers on AVX2, 32 on AVX-512).
+constexpr int wide_nr(int mr) {
 #if defined(MXLM_TARGET_AVX512)
-  return mr == 1 ? 4 : mr == 2 ? 6 : 4;
+  (void)mr;
+  return 4;
 #else
   return mr == 1 ? 4 : mr == 2 ? 3 : 2;
 #endif
 }
 
 // Rows [m0, m0 + MR) x weight rows [nb0, nb1).
-template <QType T, int MR>
+template <QType T, int MR, int NR>
 void run_block(const ActQ8& a, int m0, int nb0, int nb1, const uint8_t* w, size_t w_row_bytes, const Geo& geo,
                float* y, size_t ldy) {
   using F = Fmt<T>;
-  constexpr int NR = nr_for(MR);
   constexpr int kNuCap = kSlabBytes / (MR * kUnitElems);
-  constexpr int kZCap = (kNuCap * F::kGPU + kLanes - 1) / kLanes * kLanes;
+  constexpr int kZCap = slab_groups<T, MR>();
   static_assert(kNuCap >= 1 && MR * kZCap <= static_cast<int>(sizeof(Prep::zs) / sizeof(float)));
   Prep p;
   const int64_t nu_full_all = geo.nb / F::kGPU;
@@ -932,17 +1027,32 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
   geo.d_off = F::kPrefix;
   geo.m_off = geo.d_off + 2 * static_cast<size_t>(geo.nb);
   geo.q_off = geo.m_off + (F::kAsym ? 2 * static_cast<size_t>(geo.nb) : 0);
-  // For M > 4 keep ~512 KiB of weight rows in L2 while all row tiles pass over them.
+  // M > 4: cut N into blocks of ~512 KiB of weight rows, which stay in L2 while all row tiles
+  // pass over them, and use wide tiles. M <= 4 streams the weights once from DRAM: wide tiles
+  // (4 strands) while 4 rows are small, else one row at a time, which keeps a single
+  // sequential stream and the activations in L1 (measured: 4 strands of 2.3 KiB rows reach the
+  // read bandwidth, 4 strands of 6 KiB rows lose a quarter of it, 1 row of 6 KiB does not).
   int nblock = n1 - n0;
   if (M > 4) nblock = static_cast<int>(max_of<size_t>(16, (size_t{512} << 10) / max_of<size_t>(w_row_bytes, 1)));
+  const bool wide = M > 4 || 4 * w_row_bytes <= (size_t{10} << 10);
   for (int nb0 = n0; nb0 < n1; nb0 += nblock) {
     const int nb1 = static_cast<int>(min_of<int64_t>(n1, static_cast<int64_t>(nb0) + nblock));
     for (int m0 = 0; m0 < M; m0 += 4) {
-      switch (min_of(4, M - m0)) {
-        case 1: run_block<T, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-        case 2: run_block<T, 2>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-        case 3: run_block<T, 3>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-        default: run_block<T, 4>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+      const int mr = min_of(4, M - m0);
+      if (wide) {
+        switch (mr) {
+          case 1: run_block<T, 1, wide_nr(1)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+          case 2: run_block<T, 2, wide_nr(2)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+          case 3: run_block<T, 3, wide_nr(3)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+          default: run_block<T, 4, wide_nr(4)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        }
+      } else {
+        switch (mr) {
+          case 1: run_block<T, 1, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+          case 2: run_block<T, 2, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+          case 3: run_block<T, 3, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+          default: run_block<T, 4, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        }
       }
     }
   }
