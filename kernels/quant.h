@@ -35,7 +35,9 @@ void dequantize_row(QType t, const uint8_t* row, int64_t k, float* dst);
 inline constexpr int kActBlock = 32;
 inline constexpr int64_t act_padded_k(int64_t k) { return (k + 127) / 128 * 128; }
 
-// M quantized rows: q[m * kp + i], d[m * kp/32 + b], ds[m * kp/32 + b] = d * sum(q of block b).
+// M quantized rows: q[m * kp + i], d[m * kp/32 + b], ds[m * kp/32 + b] = d * sum(q of block b),
+// the float product rounded once. Kernels may recover the integer sum as nearbyint(ds / d)
+// (exact: |sum| <= 32 * 127 and d is a normal float or 0), so ds must be computed that way.
 struct ActQ8 {
   const int8_t* q = nullptr;
   const float* d = nullptr;
