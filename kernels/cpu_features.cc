@@ -29,7 +29,7 @@ namespace {
 
 struct CpuFeatures {
   bool avx2_set = false;    // AVX + AVX2 + FMA + F16C + BMI2, with YMM state enabled by the OS
-  bool avx512_set = false;  // F/CD/DQ/BW/VL + VNNI + VBMI + BF16, with ZMM/opmask state enabled
+  bool avx512_set = false;  // F/CD/DQ/BW/VL + VNNI + VBMI + BF16 + GFNI, with ZMM/opmask state enabled
   bool neon = false;        // Advanced SIMD (always present on AArch64)
   bool neon_dotprod = false;  // + SDOT/UDOT (optional from Armv8.2, mandatory from Armv8.4)
 };
@@ -71,12 +71,12 @@ CpuFeatures probe() {
   const bool avx2 = bit(b7, 5), bmi2 = bit(b7, 8);
   const bool avx512f = bit(b7, 16), avx512dq = bit(b7, 17), avx512cd = bit(b7, 28);
   const bool avx512bw = bit(b7, 30), avx512vl = bit(b7, 31);
-  const bool avx512vbmi = bit(c7, 1), avx512vnni = bit(c7, 11);
+  const bool avx512vbmi = bit(c7, 1), gfni = bit(c7, 8), avx512vnni = bit(c7, 11);
   const bool avx512bf16 = bit(a71, 5);
 
   f.avx2_set = os_ymm && avx && avx2 && fma && f16c && bmi2;
   f.avx512_set = f.avx2_set && os_zmm && avx512f && avx512cd && avx512dq && avx512bw && avx512vl &&
-                 avx512vnni && avx512vbmi && avx512bf16;
+                 avx512vnni && avx512vbmi && avx512bf16 && gfni;
   return f;
 }
 
