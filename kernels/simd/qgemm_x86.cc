@@ -161,10 +161,17 @@ struct Table {
 
 // GF(2) affine byte transform (vgf2p8affineqb) that moves bits `lo` and `lo + 1` of every byte
 // to bits 0 and 1 and clears the rest: output bit i takes the input bits of matrix byte 7 - i.
-constexpr uint64_t field2(int lo) {
-  return (uint64_t{1} << lo) << 56 | (uint64_t{1} << (lo + 1)) << 48;
+constexpr uint64_t bit_field(int lo, int width) {
+  uint64_t m = 0;
+  for (int i = 0; i < width; ++i) m |= (uint64_t{1} << (lo + i)) << (8 * (7 - i));
+  return m;
 }
+constexpr uint64_t field2(int lo) { return bit_field(lo, 2); }
 MXLM_QINLINE VI gf_field(VI x, VI matrix) { return _mm512_gf2p8affine_epi64_epi8(x, matrix, 0); }
+// High nibble of every byte, shifted down (one op instead of a shift and a mask).
+MXLM_QINLINE VI high_nibble(VI x) {
+  return gf_field(x, _mm512_set1_epi64(static_cast<long long>(bit_field(4, 4))));
+}
 
 // 2 bits, G = 32: 8 groups of 8 bytes; byte j of a group holds element j + 8s in bits 2s.
 // One affine transform per field instead of a shift and a mask.
@@ -208,9 +215,9 @@ struct Dec<4, 32> {
     const VI f = bcast8(0x0F), x0 = loadu(q), x1 = loadu(q + 64);
     const VI u0 = _mm512_unpacklo_epi64(x0, x1), u1 = _mm512_unpackhi_epi64(x0, x1);
     w[0] = vand(u0, f);
-    w[1] = vand(_mm512_srli_epi16(u0, 4), f);
+    w[1] = high_nibble(u0);
     w[2] = vand(u1, f);
-    w[3] = vand(_mm512_srli_epi16(u1, 4), f);
+    w[3] = high_nibble(u1);
   }
 };
 
@@ -220,15 +227,17 @@ struct Dec<4, 32> {
 struct Dec4Wide {
   static constexpr int kBytes = 128;
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI f = bcast8(0x0F), x0 = loadu(q), x1 = loadu(q + 64);
+    const VI x0 = loadu(q), x1 = loadu(q + 64);
     const VI u0 = _mm512_unpacklo_epi64(x0, x1), u1 = _mm512_unpackhi_epi64(x0, x1);
     const VI v0 = _mm512_shuffle_i64x2(u0, u0, _MM_SHUFFLE(2, 3, 0, 1));
     const VI v1 = _mm512_shuffle_i64x2(u1, u1, _MM_SHUFFLE(2, 3, 0, 1));
-    const VI sh = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-    w[0] = vand(_mm512_srlv_epi64(u0, sh), f);
-    w[1] = vand(_mm512_srlv_epi64(v0, sh), f);
-    w[2] = vand(_mm512_srlv_epi64(u1, sh), f);
-    w[3] = vand(_mm512_srlv_epi64(v1, sh), f);
+    // Per qword: the low nibbles (qwords 0, 1 of each 256-bit half) or the high ones (2, 3).
+    const long long lo = static_cast<long long>(bit_field(0, 4)), hi = static_cast<long long>(bit_field(4, 4));
+    const VI sel = _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo);
+    w[0] = gf_field(u0, sel);
+    w[1] = gf_field(v0, sel);
+    w[2] = gf_field(u1, sel);
+    w[3] = gf_field(v1, sel);
   }
 };
 template <>
@@ -293,8 +302,8 @@ struct Dec<6, 32> {
     // plane byte e%8.
     w[0] = or_and(vand(n0, f), _mm512_slli_epi64(t, 4), c);                        // 0..7
     w[1] = or_and(vand(n1, f), _mm512_slli_epi64(t, 2), c);                        // 8..15
-    w[2] = or_and(vand(_mm512_srli_epi64(n0, 4), f), t, c);                        // 16..23
-    w[3] = or_and(vand(_mm512_srli_epi64(n1, 4), f), _mm512_srli_epi64(t, 2), c);  // 24..31
+    w[2] = or_and(high_nibble(n0), t, c);                        // 16..23
+    w[3] = or_and(high_nibble(n1), _mm512_srli_epi64(t, 2), c);  // 24..31
   }
 };
 
@@ -352,8 +361,8 @@ struct Dec<5, 32> {
     const VI f = bcast8(0x0F), c = bcast8(0x10);
     w[0] = or_and(vand(n0, f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
     w[1] = or_and(vand(n1, f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC1.v), p), c);
-    w[2] = or_and(vand(_mm512_srli_epi64(n0, 4), f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
-    w[3] = or_and(vand(_mm512_srli_epi64(n1, 4), f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
+    w[2] = or_and(high_nibble(n0), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
+    w[3] = or_and(high_nibble(n1), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
   }
 };
 
@@ -366,11 +375,12 @@ struct Dec<3, 32> {
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
     const VI l0 = loadu(q), l1 = load_head(q + 64, 32), zero = _mm512_setzero_si512();
     const VI t = gather_bytes(kT, l0, l1, zero), p = gather_bytes(kP, l0, l1, zero);
-    const VI m = bcast8(3), c = bcast8(0x04);
-    w[0] = or_and(vand(t, m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
-    w[1] = or_and(vand(_mm512_srli_epi64(t, 2), m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC1.v), p), c);
-    w[2] = or_and(vand(_mm512_srli_epi64(t, 4), m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
-    w[3] = or_and(vand(_mm512_srli_epi64(t, 6), m), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
+    const VI c = bcast8(0x04);
+    const auto f = [](int lo) { return _mm512_set1_epi64(static_cast<long long>(field2(lo))); };
+    w[0] = or_and(gf_field(t, f(0)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
+    w[1] = or_and(gf_field(t, f(2)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC1.v), p), c);
+    w[2] = or_and(gf_field(t, f(4)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
+    w[3] = or_and(gf_field(t, f(6)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
   }
 };
 

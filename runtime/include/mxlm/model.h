@@ -137,6 +137,7 @@ class Context {
   std::vector<int8_t> aq_;          // [n_batch][kp]
   std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
   std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
+  std::vector<float> mm_probe_;     // auto prefill: oneDNN timing slice
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
   std::map<const Weight*, bool> prefill_onednn_;  // auto: the measured choice per weight
 };
