@@ -174,16 +174,17 @@ MXLM_QINLINE VI high_nibble(VI x) {
 }
 
 // 2 bits, G = 32: 8 groups of 8 bytes; byte j of a group holds element j + 8s in bits 2s.
-// One affine transform per field instead of a shift and a mask.
+// Shifts and masks: four affine transforms (which share the execution ports of vpdpbusd on
+// Zen 4) measured no faster here; the other decoders gain 3-20 % from GFNI.
 template <>
 struct Dec<2, 32> {
   static constexpr int kBytes = 64;
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI x = loadu(q);
-    w[0] = gf_field(x, _mm512_set1_epi64(static_cast<long long>(field2(0))));
-    w[1] = gf_field(x, _mm512_set1_epi64(static_cast<long long>(field2(2))));
-    w[2] = gf_field(x, _mm512_set1_epi64(static_cast<long long>(field2(4))));
-    w[3] = gf_field(x, _mm512_set1_epi64(static_cast<long long>(field2(6))));
+    const VI m = bcast8(3), x = loadu(q);
+    w[0] = vand(x, m);
+    w[1] = vand(_mm512_srli_epi16(x, 2), m);
+    w[2] = vand(_mm512_srli_epi16(x, 4), m);
+    w[3] = vand(_mm512_srli_epi16(x, 6), m);
   }
 };
 
