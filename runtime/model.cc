@@ -293,21 +293,28 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
   } else if (auto it = prefill_onednn_.find(&w); it != prefill_onednn_.end()) {
     matmul_dense(a, w, out, it->second);
   } else {
-    // First prefill through this weight: run the int8 kernels, and time oneDNN on one slice of
-    // rows of the first segment (one call, one thread), scaled to the whole weight and the
-    // thread count. Timing oneDNN on the whole weight would cost the first prompt several
-    // seconds on a 1B model (it dequantizes every row on each call).
-    using clock = std::chrono::steady_clock;
-    auto t0 = clock::now();
+    // First prefill through this weight: run the int8 kernels (which also faults the mapped
+    // weights in), then time both paths on the same slice of rows of the first segment, one call
+    // each on this thread. Timing whole weights instead would charge page faults to whichever
+    // runs first and cost the first prompt seconds on a 1B model (oneDNN dequantizes every row
+    // on each call).
     matmul_dense(a, w, out, false);
-    const double t_kernels = std::chrono::duration<double>(clock::now() - t0).count();
     const WeightSegment& s = w.segments.front();
     const int rows = static_cast<int>(std::min<uint64_t>(s.row_end - s.row_begin, 64));
     mm_probe_.resize(size_t(m) * rows);
+    const ActQ8 acts{aq_.data(), ad_.data(), ads_.data(), act_padded_k(k)};
+    using clock = std::chrono::steady_clock;
+    auto t0 = clock::now();
+    if (s.qgemm) {
+      s.qgemm(m, 0, rows, k, acts, s.data, s.row_bytes, mm_probe_.data(), size_t(rows));
+    } else {
+      f32_kernels(model_->isa()).gemm(m, 0, rows, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, mm_probe_.data(),
+                                      size_t(rows));
+    }
     auto t1 = clock::now();
     onednn_gemm(m, 0, rows, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, mm_probe_.data(), size_t(rows));
-    const double t_onednn = std::chrono::duration<double>(clock::now() - t1).count() * n / rows / n_threads_;
-    prefill_onednn_[&w] = t_onednn < t_kernels;
+    auto t2 = clock::now();
+    prefill_onednn_[&w] = (t2 - t1) < (t1 - t0);
   }
   if (w.row_map) {
     for (int i = 0; i < n; ++i) {
