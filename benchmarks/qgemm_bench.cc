@@ -4,7 +4,12 @@
 //       (11008, 4096), (4096, 11008). The weights rotate through more than 64 MiB of distinct
 //       matrices (L3 is 32 MiB) so every call streams them from DRAM. Counters: GBps (weight
 //       bytes read per second) and pct_bw (GBps as % of the DRAM read bandwidth measured by this
-//       binary: an AVX2 sum over a 1 GiB buffer with the same thread count, measured once).
+//       binary: an AVX2 sum over a 1 GiB buffer with the same thread count, the larger of the
+//       readings just before and just after the run).
+//   qgemv_cached/<isa>/<qtype>/N:512/K:4096   decode, 1 thread, one ~1 MiB matrix that stays in
+//       L2/L3: the kernel's compute-bound rate in GBps of packed weights. Above the DRAM
+//       bandwidth it means the kernel can keep up with memory; below, it is the limit. Unlike the
+//       DRAM figures it does not move with the neighbours' memory traffic.
 //   qgemm/<isa>/<qtype>/M:<M>/N:4096/K:4096/threads:<t>   prefill, M = 16, 128, 512. Counters:
 //       GOPS (2*M*N*K per call) and pct_peak (% of the int8 peak of the ISA per thread:
 //       vpdpbusd 462 GOP/s, maddubs 233 GOP/s, shared/TOOLCHAIN.md).
@@ -192,6 +197,22 @@ void bm_gemv(benchmark::State& state, Isa isa, QType t, int N, int64_t K, int th
   state.counters["bw_GBps"] = bw;
 }
 
+void bm_gemv_cached(benchmark::State& state, Isa isa, QType t, int N, int64_t K) {
+  const QGemmFn fn = find_qkernel(t, isa).gemm;
+  const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
+  uint8_t* w = weight_pool();
+  make_rows_valid(t, K, w, row_bytes, static_cast<size_t>(N));
+  const Acts a = make_acts(isa, 1, K);
+  std::vector<float> y(static_cast<size_t>(N));
+  for (auto _ : state) {
+    fn(1, 0, N, K, a.view, w, row_bytes, y.data(), static_cast<size_t>(N));
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GBps"] = benchmark::Counter(static_cast<double>(row_bytes) * N * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void bm_gemm(benchmark::State& state, Isa isa, QType t, int M, int N, int64_t K, int threads) {
   const QGemmFn fn = find_qkernel(t, isa).gemm;
   const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
@@ -223,6 +244,11 @@ const bool kRegistered = [] {
     for (const QTypeInfo& info : kQTypes) {
       if (info.kind == QKind::kFloat) continue;
       const std::string prefix = std::string(isa_name(isa)) + "/" + std::string(info.name);
+      benchmark::RegisterBenchmark(("qgemv_cached/" + prefix + "/N:512/K:4096").c_str(), bm_gemv_cached, isa,
+                                   info.type, 512, int64_t{4096})
+          ->Unit(benchmark::kMicrosecond)
+          ->MinTime(0.2)
+          ->UseRealTime();
       for (int threads : {1, 2}) {
         for (const NK& s : gemv_shapes) {
           const std::string name = "qgemv/" + prefix + "/N:" + std::to_string(s.n) + "/K:" + std::to_string(s.k) +
