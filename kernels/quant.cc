@@ -150,6 +150,25 @@ double assign_nearest(const float* x, const float* w, int n, int levels, Level l
   return err;
 }
 
+// clamp(nearbyint(v), lo, hi) for small lo, hi under the default rounding mode (ties to even),
+// NaN -> lo. Without SSE4.1 x86-64 compiles std::nearbyint to a libm call, and the scale
+// searches below round ~60 times per weight: this keeps quantizing at a few ns per weight.
+inline int round_clamp(float v, int lo, int hi) {
+  if (!(v >= static_cast<float>(lo))) return lo;
+  if (v >= static_cast<float>(hi)) return hi;
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: v + kMagic rounds v to an integer
+  return static_cast<int>((v + kMagic) - kMagic);
+}
+
+// The same on floats, branch-free so that loops over it vectorize: round(clamp(t, lo, hi)) for
+// integer lo, hi (NaN stays NaN).
+inline float round_clampf(float t, float lo, float hi) {
+  t = t < lo ? lo : t;
+  t = t > hi ? hi : t;
+  constexpr float kMagic = 12582912.0f;
+  return (t + kMagic) - kMagic;
+}
+
 // Symmetric: w = d * (q - z). Tries scales that map the largest-magnitude value to levels near
 // -z (and near z-1), refits d by weighted least squares for each assignment, keeps the best.
 void quantize_group_sym(int bits, const float* x, const float* w, int n, float* d_out, uint8_t* q) {
@@ -163,7 +182,15 @@ void quantize_group_sym(int bits, const float* x, const float* w, int n, float* 
     for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(z);
     return;
   }
-  uint8_t cand[128];
+  // x and w hold a whole group (a multiple of 8 values, zero weight past n).
+  const int n8 = (n + 7) & ~7;
+  const float lo = static_cast<float>(-z), hi = static_cast<float>(qmax - z);
+  float wx[128];
+  double sxx = 0;
+  for (int i = 0; i < n8; ++i) {
+    wx[i] = w[i] * x[i];
+    sxx += double(wx[i]) * x[i];
+  }
   double best_err = INFINITY;
   float best_d = 0;
   for (int step = -8; step <= 8; ++step) {
@@ -172,21 +199,24 @@ void quantize_group_sym(int bits, const float* x, const float* w, int n, float* 
       const float target = side == 0 ? -(z + 0.0625f * step) : (z - 1 + 0.0625f * step);
       if (std::abs(target) < 0.5f) continue;
       const float id = target / vmax;
+      // 8 independent float partial sums: the loop vectorizes and no add waits on the last.
+      float sxq8[8] = {}, sqq8[8] = {};
+      for (int i = 0; i < n8; i += 8) {
+        for (int j = 0; j < 8; ++j) {
+          const float v = round_clampf(x[i + j] * id, lo, hi);
+          sxq8[j] += wx[i + j] * v;
+          sqq8[j] += w[i + j] * v * v;
+        }
+      }
       double sxq = 0, sqq = 0;
-      for (int i = 0; i < n; ++i) {
-        const int l = std::clamp(static_cast<int>(std::nearbyint(x[i] * id)) + z, 0, qmax);
-        cand[i] = static_cast<uint8_t>(l);
-        const double v = l - z;
-        sxq += double(w[i]) * x[i] * v;
-        sqq += double(w[i]) * v * v;
+      for (int j = 0; j < 8; ++j) {
+        sxq += sxq8[j];
+        sqq += sqq8[j];
       }
       if (sqq <= 0) continue;
       const float d = round_f16(static_cast<float>(sxq / sqq));
-      double err = 0;
-      for (int i = 0; i < n; ++i) {
-        const double e = x[i] - d * (cand[i] - z);
-        err += double(w[i]) * e * e;
-      }
+      // sum w (x - d v)^2, expanded: no second pass over the group.
+      const double err = sxx - 2.0 * d * sxq + double(d) * d * sqq;
       if (err < best_err) {
         best_err = err;
         best_d = d;
@@ -199,7 +229,7 @@ void quantize_group_sym(int bits, const float* x, const float* w, int n, float* 
     return;
   }
   const float id = 1.0f / best_d;
-  for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::nearbyint(x[i] * id)) + z, 0, qmax));
+  for (int i = 0; i < n; ++i) q[i] = static_cast<uint8_t>(round_clamp(x[i] * id, -z, qmax - z) + z);
 }
 
 // Asymmetric: w = d * q + m. Starts from the min/max range and shrinks it, refitting (d, m) by
@@ -217,7 +247,15 @@ void quantize_group_asym(int bits, const float* x, const float* w, int n, float*
     std::fill(q, q + n, uint8_t{0});
     return;
   }
-  uint8_t cand[128];
+  // x and w hold a whole group (a multiple of 8 values, zero weight past n); sums run in 8
+  // independent float lanes so that the loops vectorize.
+  const int n8 = (n + 7) & ~7;
+  const float fq = static_cast<float>(qmax);
+  double sw = 0, sx = 0;
+  for (int i = 0; i < n8; ++i) {
+    sw += w[i];
+    sx += double(w[i]) * x[i];
+  }
   double best_err = INFINITY;
   float best_d = 0, best_m = round_f16(lo);
   for (int step = 0; step <= 12; ++step) {
@@ -230,16 +268,21 @@ void quantize_group_asym(int bits, const float* x, const float* w, int n, float*
       if (anchor == 2) { a += span / 2; b -= span / 2; }
       if (b <= a) continue;
       const float id = qmax / (b - a);
-      for (int i = 0; i < n; ++i) cand[i] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::nearbyint((x[i] - a) * id)), 0, qmax));
       // Least squares for (d, m) given q.
-      double sw = 0, sq = 0, sqq = 0, sx = 0, sxq = 0;
-      for (int i = 0; i < n; ++i) {
-        const double wi = w[i], qi = cand[i];
-        sw += wi;
-        sq += wi * qi;
-        sqq += wi * qi * qi;
-        sx += wi * x[i];
-        sxq += wi * x[i] * qi;
+      float sq8[8] = {}, sqq8[8] = {}, sxq8[8] = {};
+      for (int i = 0; i < n8; i += 8) {
+        for (int j = 0; j < 8; ++j) {
+          const float qi = round_clampf((x[i + j] - a) * id, 0.0f, fq), wq = w[i + j] * qi;
+          sq8[j] += wq;
+          sqq8[j] += wq * qi;
+          sxq8[j] += wq * x[i + j];
+        }
+      }
+      double sq = 0, sqq = 0, sxq = 0;
+      for (int j = 0; j < 8; ++j) {
+        sq += sq8[j];
+        sqq += sqq8[j];
+        sxq += sxq8[j];
       }
       const double det = sw * sqq - sq * sq;
       float d, m;
@@ -254,12 +297,16 @@ void quantize_group_asym(int bits, const float* x, const float* w, int n, float*
       m = round_f16(m);
       if (d <= 0) continue;
       // Re-assign with the rounded parameters and measure.
-      double err = 0;
-      for (int i = 0; i < n; ++i) {
-        const int l = std::clamp(static_cast<int>(std::nearbyint((x[i] - m) / d)), 0, qmax);
-        const double e = x[i] - (d * l + m);
-        err += double(w[i]) * e * e;
+      float err8[8] = {};
+      for (int i = 0; i < n8; i += 8) {
+        for (int j = 0; j < 8; ++j) {
+          const float l = round_clampf((x[i + j] - m) / d, 0.0f, fq);
+          const float e = x[i + j] - (d * l + m);
+          err8[j] += w[i + j] * e * e;
+        }
       }
+      double err = 0;
+      for (int j = 0; j < 8; ++j) err += err8[j];
       if (err < best_err) {
         best_err = err;
         best_d = d;
@@ -270,7 +317,7 @@ void quantize_group_asym(int bits, const float* x, const float* w, int n, float*
   *d_out = best_d;
   *m_out = best_m;
   for (int i = 0; i < n; ++i) {
-    q[i] = best_d > 0 ? static_cast<uint8_t>(std::clamp(static_cast<int>(std::nearbyint((x[i] - best_m) / best_d)), 0, qmax)) : 0;
+    q[i] = best_d > 0 ? static_cast<uint8_t>(round_clamp((x[i] - best_m) / best_d, 0, qmax)) : 0;
   }
 }
 
