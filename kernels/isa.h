@@ -14,7 +14,8 @@ std::string_view isa_name(Isa isa);                   // "ref", "avx2", "avx512"
 std::optional<Isa> isa_from_name(std::string_view name);
 
 // True when this build has kernels for `isa` and the CPU (and OS, via XGETBV) can run them.
-// avx2 needs AVX2+FMA+F16C+BMI2; avx512 needs F/CD/DQ/BW/VL + VNNI + VBMI + BF16.
+// avx2 needs AVX2+FMA+F16C+BMI2; avx512 needs F/CD/DQ/BW/VL + VNNI + VBMI + BF16 + GFNI (Sapphire
+// Rapids, Zen 4 and later).
 bool isa_available(Isa isa);
 // All available ISAs, ref first.
 std::vector<Isa> available_isas();
