@@ -18,6 +18,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "benchmarks/bench_util.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
 #include "kernels/qtype.h"
@@ -26,18 +27,9 @@ namespace mxlm {
 namespace {
 
 constexpr double kF32FmaPeakGflops = 116.0;
-constexpr size_t kRotateBytes = size_t{64} << 20;  // > L3 (32 MiB) with margin
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<uint8_t[], FreeDeleter>;
-
-// 64-byte aligned, like tensors in an mmap'ed .mxlm file.
-Buffer alloc_aligned(size_t bytes) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  return Buffer(static_cast<uint8_t*>(std::aligned_alloc(64, rounded == 0 ? 64 : rounded)));
-}
+using bench::alloc_aligned;
+using bench::Buffer;
+using bench::kRotateBytes;
 
 void fill_random(float* p, size_t n, std::mt19937& rng) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);

@@ -35,6 +35,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "benchmarks/bench_util.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"
 #include "kernels/qtype.h"
@@ -42,19 +43,11 @@
 namespace mxlm {
 namespace {
 
-constexpr size_t kRotateBytes = size_t{64} << 20;   // > L3 (32 MiB) with margin
+using bench::alloc_aligned;
+using bench::Buffer;
+using bench::kRotateBytes;
 constexpr size_t kPoolBytes = size_t{160} << 20;    // room for > 64 MiB of the largest matrix
 constexpr size_t kBandwidthBytes = size_t{1} << 30;  // 1 GiB
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<uint8_t[], FreeDeleter>;
-
-Buffer alloc_aligned(size_t bytes) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  return Buffer(static_cast<uint8_t*>(std::aligned_alloc(64, rounded == 0 ? 64 : rounded)));
-}
 
 // ---- measured DRAM read bandwidth -------------------------------------------------------------
 

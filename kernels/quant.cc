@@ -150,23 +150,20 @@ double assign_nearest(const float* x, const float* w, int n, int levels, Level l
   return err;
 }
 
-// clamp(nearbyint(v), lo, hi) for small lo, hi under the default rounding mode (ties to even),
-// NaN -> lo. Without SSE4.1 x86-64 compiles std::nearbyint to a libm call, and the scale
-// searches below round ~60 times per weight: this keeps quantizing at a few ns per weight.
-inline int round_clamp(float v, int lo, int hi) {
-  if (!(v >= static_cast<float>(lo))) return lo;
-  if (v >= static_cast<float>(hi)) return hi;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: v + kMagic rounds v to an integer
-  return static_cast<int>((v + kMagic) - kMagic);
-}
-
-// The same on floats, branch-free so that loops over it vectorize: round(clamp(t, lo, hi)) for
-// integer lo, hi (NaN stays NaN).
+// round(clamp(t, lo, hi)) for small integer lo, hi under the default rounding mode (ties to
+// even, like std::nearbyint), NaN stays NaN; branch-free, so loops over it vectorize. Without
+// SSE4.1 x86-64 compiles std::nearbyint to a libm call, and the scale searches below round ~60
+// times per weight.
 inline float round_clampf(float t, float lo, float hi) {
   t = t < lo ? lo : t;
   t = t > hi ? hi : t;
-  constexpr float kMagic = 12582912.0f;
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: t + kMagic rounds t to an integer
   return (t + kMagic) - kMagic;
+}
+
+// The same as an int, NaN -> lo.
+inline int round_clamp(float v, int lo, int hi) {
+  return v == v ? static_cast<int>(round_clampf(v, static_cast<float>(lo), static_cast<float>(hi))) : lo;
 }
 
 // Symmetric: w = d * (q - z). Tries scales that map the largest-magnitude value to levels near

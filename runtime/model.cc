@@ -17,6 +17,21 @@ namespace mxlm {
 
 namespace {
 
+// Calls f(col, value) for each outlier of output row `row` (the CSR arrays are unaligned).
+template <typename F>
+void for_each_outlier(const TensorOutliers& o, int64_t row, F&& f) {
+  int32_t b, e;
+  std::memcpy(&b, o.row_ptr + 4 * size_t(row), 4);
+  std::memcpy(&e, o.row_ptr + 4 * size_t(row + 1), 4);
+  for (int32_t j = b; j < e; ++j) {
+    int32_t col;
+    uint16_t v;
+    std::memcpy(&col, o.cols + 4 * size_t(j), 4);
+    std::memcpy(&v, o.values + 2 * size_t(j), 2);
+    f(col, f16_to_f32(v));
+  }
+}
+
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -144,18 +159,7 @@ void Model::embedding_row(int id, float* out) const {
       break;
     }
   }
-  if (w.outliers.nnz) {
-    int32_t b, e;
-    std::memcpy(&b, w.outliers.row_ptr + 4 * size_t(id), 4);
-    std::memcpy(&e, w.outliers.row_ptr + 4 * size_t(id + 1), 4);
-    for (int32_t j = b; j < e; ++j) {
-      int32_t col;
-      uint16_t v;
-      std::memcpy(&col, w.outliers.cols + 4 * size_t(j), 4);
-      std::memcpy(&v, w.outliers.values + 2 * size_t(j), 2);
-      out[col] += f16_to_f32(v);
-    }
-  }
+  if (w.outliers.nnz) for_each_outlier(w.outliers, id, [&](int32_t col, float v) { out[col] += v; });
 }
 
 std::string Model::kernel_summary() const {
@@ -325,17 +329,9 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
   }
   if (w.outliers.nnz) {
     for (int r = 0; r < n; ++r) {
-      int32_t b0, e0;
-      std::memcpy(&b0, w.outliers.row_ptr + 4 * size_t(r), 4);
-      std::memcpy(&e0, w.outliers.row_ptr + 4 * size_t(r + 1), 4);
-      for (int32_t j = b0; j < e0; ++j) {
-        int32_t col;
-        uint16_t v;
-        std::memcpy(&col, w.outliers.cols + 4 * size_t(j), 4);
-        std::memcpy(&v, w.outliers.values + 2 * size_t(j), 2);
-        const float val = f16_to_f32(v);
-        for (int b = 0; b < m; ++b) y[size_t(b) * n + r] += val * a.x[size_t(b) * k + col];
-      }
+      for_each_outlier(w.outliers, r, [&](int32_t col, float v) {
+        for (int b = 0; b < m; ++b) y[size_t(b) * n + r] += v * a.x[size_t(b) * k + col];
+      });
     }
   }
 }

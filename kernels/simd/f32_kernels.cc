@@ -456,36 +456,7 @@ constexpr int kMr = 4, kNr = 3;
 constexpr int kGemvNr = 8;
 constexpr size_t kGemvShortRowBytes = 4096;
 
-template <QType T>
-void gemm_t(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y,
-            size_t ldy) {
-  if (M <= 0 || n1 <= n0) return;
-  if (M == 1) {
-    if (static_cast<size_t>(K) * kElemBytes<T> <= kGemvShortRowBytes) {
-      gemm_blocked<T, 1, 1>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
-    } else {
-      gemm_blocked<T, 1, kGemvNr>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
-    }
-  } else {
-    gemm_blocked<T, kMr, kNr>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
-  }
-}
-
-void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes, QType wtype,
-          float* y, size_t ldy) {
-  const uint8_t* wb = static_cast<const uint8_t*>(w);
-  switch (wtype) {
-    case QType::kF32:
-      return gemm_t<QType::kF32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
-    case QType::kF16:
-      return gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
-    case QType::kBF16:
-      return gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
-    default:
-      break;
-  }
-  __builtin_trap();  // not a float format: a caller bug
-}
+#include "kernels/simd/f32_gemm_inl.h"
 
 // ---- vector ops -----------------------------------------------------------------------------
 

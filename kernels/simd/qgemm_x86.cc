@@ -98,6 +98,8 @@ constexpr T max_of(T a, T b) { return a < b ? b : a; }
 #if defined(MXLM_TARGET_AVX512)
 MXLM_QINLINE VI loadu(const void* p) { return _mm512_loadu_si512(p); }
 MXLM_QINLINE VI bcast8(int v) { return _mm512_set1_epi8(static_cast<char>(v)); }
+template <int N>
+MXLM_QINLINE VI srli16(VI a) { return _mm512_srli_epi16(a, N); }
 MXLM_QINLINE VI vand(VI a, VI b) { return _mm512_and_si512(a, b); }
 MXLM_QINLINE VF fzero() { return _mm512_setzero_ps(); }
 MXLM_QINLINE VF fload(const float* p) { return _mm512_loadu_ps(p); }
@@ -119,6 +121,8 @@ MXLM_QINLINE VI load_table(const uint8_t (&t)[N]) {
 #else
 MXLM_QINLINE VI loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 MXLM_QINLINE VI bcast8(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
+template <int N>
+MXLM_QINLINE VI srli16(VI a) { return _mm256_srli_epi16(a, N); }
 MXLM_QINLINE VI vand(VI a, VI b) { return _mm256_and_si256(a, b); }
 MXLM_QINLINE VF fzero() { return _mm256_setzero_ps(); }
 MXLM_QINLINE VF fload(const float* p) { return _mm256_loadu_ps(p); }
@@ -157,10 +161,26 @@ struct Table {
   uint8_t v[kVB];
 };
 
+// 2 bits, G = 32 (both ISAs): 8 groups of 8 bytes (AVX2: 4); byte j of a group holds element
+// j + 8s in bits 2s. Shifts and masks: on AVX-512 four GFNI affine transforms (which share the
+// execution ports of vpdpbusd on Zen 4) measured no faster here, while the other decoders gain
+// 3-20 % from them.
+template <>
+struct Dec<2, 32> {
+  static constexpr int kBytes = kVB;
+  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
+    const VI m = bcast8(3), x = loadu(q);
+    w[0] = vand(x, m);
+    w[1] = vand(srli16<2>(x), m);
+    w[2] = vand(srli16<4>(x), m);
+    w[3] = vand(srli16<6>(x), m);
+  }
+};
+
 #if defined(MXLM_TARGET_AVX512)
 
-// GF(2) affine byte transform (vgf2p8affineqb) that moves bits `lo` and `lo + 1` of every byte
-// to bits 0 and 1 and clears the rest: output bit i takes the input bits of matrix byte 7 - i.
+// GF(2) affine byte transform (vgf2p8affineqb) that moves bits [lo, lo + width) of every byte
+// down to bit 0 and clears the rest: output bit i takes the input bits of matrix byte 7 - i.
 constexpr uint64_t bit_field(int lo, int width) {
   uint64_t m = 0;
   for (int i = 0; i < width; ++i) m |= (uint64_t{1} << (lo + i)) << (8 * (7 - i));
@@ -172,21 +192,6 @@ MXLM_QINLINE VI gf_field(VI x, VI matrix) { return _mm512_gf2p8affine_epi64_epi8
 MXLM_QINLINE VI high_nibble(VI x) {
   return gf_field(x, _mm512_set1_epi64(static_cast<long long>(bit_field(4, 4))));
 }
-
-// 2 bits, G = 32: 8 groups of 8 bytes; byte j of a group holds element j + 8s in bits 2s.
-// Shifts and masks: four affine transforms (which share the execution ports of vpdpbusd on
-// Zen 4) measured no faster here; the other decoders gain 3-20 % from GFNI.
-template <>
-struct Dec<2, 32> {
-  static constexpr int kBytes = 64;
-  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI m = bcast8(3), x = loadu(q);
-    w[0] = vand(x, m);
-    w[1] = vand(_mm512_srli_epi16(x, 2), m);
-    w[2] = vand(_mm512_srli_epi16(x, 4), m);
-    w[3] = vand(_mm512_srli_epi16(x, 6), m);
-  }
-};
 
 // 2 bits, G = 64: 4 groups of 16 bytes (one per 128-bit lane); byte j holds element j + 16s.
 // Elements 0..31 (block 2g) are fields 0, 1; elements 32..63 (block 2g+1) fields 2, 3. Taking
@@ -386,18 +391,6 @@ struct Dec<3, 32> {
 };
 
 #else  // AVX2
-
-template <>
-struct Dec<2, 32> {
-  static constexpr int kBytes = 32;
-  static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI m = bcast8(3), x = loadu(q);
-    w[0] = vand(x, m);
-    w[1] = vand(_mm256_srli_epi16(x, 2), m);
-    w[2] = vand(_mm256_srli_epi16(x, 4), m);
-    w[3] = vand(_mm256_srli_epi16(x, 6), m);
-  }
-};
 
 template <>
 struct Dec<2, 64> {
@@ -1243,12 +1236,11 @@ template <QType T, int NV>
 MXLM_QINLINE void panel_rows(int mr, const Panel& P, int nblk, const int8_t* a, int64_t kp, const float* ad,
                              const float* ads, int64_t nbs, const int32_t* nz, float* y, size_t ldy, __mmask16 nmask,
                              bool first) {
-  static_assert(kPMR <= 4);
+  static_assert(kPMR == 3);
   switch (mr) {
     case 1: panel_micro<T, 1, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
     case 2: panel_micro<T, 2, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
-    case 3: panel_micro<T, 3, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
-    default: panel_micro<T, 4, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
+    default: panel_micro<T, kPMR, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
   }
 }
 
@@ -1299,6 +1291,7 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
           const float* ads = a.ds + row * nbs + b0;
           const int32_t* nzp = nz + m * kNzStride;
           float* yp = y + static_cast<size_t>(row) * ldy + ns;
+          static_assert(kPV == 4);
           switch (nv) {
             case 1: panel_rows<T, 1>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, nmask, first); break;
             case 2: panel_rows<T, 2>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, nmask, first); break;
