@@ -109,9 +109,9 @@ MXLM_QINLINE VF to_float(VI a) { return _mm512_cvtepi32_ps(a); }
 MXLM_QINLINE float reduce(VF a) { return _mm512_reduce_add_ps(a); }
 // a | (b & c)
 MXLM_QINLINE VI or_and(VI a, VI b, VI c) { return _mm512_ternarylogic_epi64(a, b, c, 0xF8); }
-// Bytes [0, n) from p (no access past them), zeros above.
-MXLM_QINLINE VI load_head(const void* p, int n) {
-  return _mm512_maskz_loadu_epi8(n >= 64 ? ~0ull : (1ull << n) - 1, p);
+// Bytes [0, 32) from p (no access past them), zeros above: a plain 256-bit load, no mask.
+MXLM_QINLINE VI load_head32(const void* p) {
+  return _mm512_zextsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
 }
 template <size_t N>
 MXLM_QINLINE VI load_table(const uint8_t (&t)[N]) {
@@ -362,7 +362,7 @@ struct Dec<5, 32> {
                               kP = make_gather(20, 16, true);
   static constexpr Ctrl kC0 = make_ctrl(0, 4), kC1 = make_ctrl(8, 4), kC2 = make_ctrl(16, 4), kC3 = make_ctrl(24, 4);
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI l0 = loadu(q), l1 = loadu(q + 64), l2 = load_head(q + 128, 32);
+    const VI l0 = loadu(q), l1 = loadu(q + 64), l2 = load_head32(q + 128);
     const VI n0 = gather_bytes(kN0, l0, l1, l2), n1 = gather_bytes(kN1, l0, l1, l2), p = gather_bytes(kP, l0, l1, l2);
     const VI f = bcast8(0x0F), c = bcast8(0x10);
     w[0] = or_and(vand(n0, f), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
@@ -379,7 +379,7 @@ struct Dec<3, 32> {
   static constexpr ByteGather kT = make_gather(12, 0, false), kP = make_gather(12, 8, true);
   static constexpr Ctrl kC0 = make_ctrl(0, 2), kC1 = make_ctrl(8, 2), kC2 = make_ctrl(16, 2), kC3 = make_ctrl(24, 2);
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI l0 = loadu(q), l1 = load_head(q + 64, 32), zero = _mm512_setzero_si512();
+    const VI l0 = loadu(q), l1 = load_head32(q + 64), zero = _mm512_setzero_si512();
     const VI t = gather_bytes(kT, l0, l1, zero), p = gather_bytes(kP, l0, l1, zero);
     const VI c = bcast8(0x04);
     const auto f = [](int lo) { return _mm512_set1_epi64(static_cast<long long>(field2(lo))); };
@@ -739,7 +739,8 @@ MXLM_QINLINE VF dw_lanes(const uint8_t* dp, VI idx) {
 // Up to kLanes f16 values (n of them, rest zero) to float.
 MXLM_QINLINE VF f16_lanes(const uint8_t* p, int n) {
 #if defined(MXLM_TARGET_AVX512)
-  const __m256i h = _mm256_maskz_loadu_epi16(n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1), p);
+  if (n >= 16) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
   return _mm512_cvtph_ps(h);
 #else
   __m128i h;
@@ -759,10 +760,11 @@ template <QType T>
 MXLM_QINLINE VI unit_dot(const VI w[4], const VI aw[4], const int8_t* a) {
 #if defined(MXLM_TARGET_AVX512)
   (void)aw;
-  VI acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], loadu(a));
-  acc = _mm512_dpbusd_epi32(acc, w[1], loadu(a + kVB));
-  acc = _mm512_dpbusd_epi32(acc, w[2], loadu(a + 2 * kVB));
-  return _mm512_dpbusd_epi32(acc, w[3], loadu(a + 3 * kVB));
+  VI acc0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], loadu(a));
+  VI acc1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], loadu(a + kVB));
+  acc0 = _mm512_dpbusd_epi32(acc0, w[2], loadu(a + 2 * kVB));
+  acc1 = _mm512_dpbusd_epi32(acc1, w[3], loadu(a + 3 * kVB));
+  return _mm512_add_epi32(acc0, acc1);
 #else
   using F = Fmt<T>;
   const VI ones = _mm256_set1_epi16(1);
@@ -861,15 +863,11 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
   const Geo& geo = ta.geo;
   const int64_t g0 = ta.u0 * F::kGPU;  // first group of the slab
   const int nu = ta.nu_full + (ta.rem_groups > 0 ? 1 : 0);
-  VF acc[MR][NR];
-  for (int m = 0; m < MR; ++m) {
-    for (int n = 0; n < NR; ++n) acc[m][n] = fzero();
-  }
-  // Each row is read strictly forward, [codebook | scales | offsets | quants]: scales and
-  // offsets are copied out (scales zero-padded to an even number of units) and the offset terms
-  // summed before the quants stream. Reading the scales alongside the quants instead makes two
-  // interleaved streams per row, which the hardware prefetchers handle badly once rows exceed
-  // ~4 KiB; masked loads straight from DRAM are slow too.
+  // Each row is read strictly forward, [codebook | scales | offsets | quants]: scales are copied
+  // out (zero-padded to an even number of units) and the offset terms summed before the quants
+  // stream. Reading the scales alongside the quants instead makes two interleaved streams per
+  // row, which the hardware prefetchers handle badly once rows exceed ~4 KiB; masked loads
+  // straight from DRAM are slow too.
   alignas(64) uint16_t dloc[NR][slab_groups<T, MR>() + 2 * F::kGPU];
   VI cbv[NR];
   for (int n = 0; n < NR; ++n) {
@@ -886,19 +884,6 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
     }
     std::memcpy(dloc[n], rows[n] + geo.d_off + 2 * static_cast<size_t>(g0), 2 * static_cast<size_t>(ta.ngroups));
     for (int g = ta.ngroups; g < (nu + 1) * F::kGPU; ++g) dloc[n][g] = 0;
-    if constexpr (F::kOffsets) {
-      // sum_g c_g * S_g, c = offset (asymmetric) or scale (symmetric, codebook).
-      alignas(64) uint16_t mloc[F::kAsym ? slab_groups<T, MR>() : 1];
-      const uint16_t* c = dloc[n];
-      if constexpr (F::kAsym) {
-        std::memcpy(mloc, rows[n] + geo.m_off + 2 * static_cast<size_t>(g0), 2 * static_cast<size_t>(ta.ngroups));
-        c = mloc;
-      }
-      for (int g = 0; g < ta.ngroups; g += kLanes) {
-        const VF cv = f16_lanes(reinterpret_cast<const uint8_t*>(c + g), min_of(kLanes, ta.ngroups - g));
-        for (int m = 0; m < MR; ++m) acc[m][n] = fmadd(cv, fload(p.zs + m * ta.zcap + g), acc[m][n]);
-      }
-    }
   }
   // Quants of unit u of row n (a zero-padded copy for a unit the row ends in).
   alignas(64) uint8_t qb[NR][F::kUnitQBytes];
@@ -908,6 +893,25 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
       std::memset(qb[n], 0, sizeof(qb[n]));
       std::memcpy(qb[n], rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes,
                   static_cast<size_t>(ta.rem_groups) * F::kGroupQBytes);
+    }
+  }
+  // The accumulators start after the last library call (memcpy, memset): a vector live across a
+  // call is kept in memory, and the offset loop below then ran through a store and a reload per
+  // step, a third of the whole GEMV time at 2 bits.
+  VF acc[MR][NR];
+  for (int m = 0; m < MR; ++m) {
+    for (int n = 0; n < NR; ++n) acc[m][n] = fzero();
+  }
+  if constexpr (F::kOffsets) {
+    // sum_g c_g * S_g, c = offset (asymmetric) or scale (symmetric, codebook), from the row (in
+    // cache now). Groups outer: the MR x NR sums stay in registers as independent chains.
+    const size_t c_off = (F::kAsym ? geo.m_off : geo.d_off) + 2 * static_cast<size_t>(g0);
+    for (int g = 0; g < ta.ngroups; g += kLanes) {
+      const int cnt = min_of(kLanes, ta.ngroups - g);
+      for (int n = 0; n < NR; ++n) {
+        const VF cv = f16_lanes(rows[n] + c_off + 2 * static_cast<size_t>(g), cnt);
+        for (int m = 0; m < MR; ++m) acc[m][n] = fmadd(cv, fload(p.zs + m * ta.zcap + g), acc[m][n]);
+      }
     }
   }
   auto quants = [&](int u, const uint8_t* qp[NR]) {
