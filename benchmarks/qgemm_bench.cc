@@ -129,6 +129,18 @@ struct Acts {
   ActQ8 view;
 };
 
+// make_rows_valid, then the kernel's load-time packing (as the runtime does at load).
+void prepare_rows(Isa isa, QType t, int64_t K, uint8_t* base, size_t row_bytes, size_t rows) {
+  make_rows_valid(t, K, base, row_bytes, rows);
+  const QPackFn pack = find_qkernel(t, isa).pack;
+  if (!pack) return;
+  std::vector<uint8_t> raw(row_bytes);
+  for (size_t r = 0; r < rows; ++r) {
+    std::memcpy(raw.data(), base + r * row_bytes, row_bytes);
+    pack(raw.data(), base + r * row_bytes, K);
+  }
+}
+
 Acts make_acts(Isa isa, int M, int64_t K) {
   Acts a;
   const int64_t kp = act_padded_k(K), nbs = kp / kActBlock;
@@ -173,7 +185,7 @@ void bm_gemv(benchmark::State& state, Isa isa, QType t, int N, int64_t K, int th
     return;
   }
   uint8_t* pool = weight_pool();
-  make_rows_valid(t, K, pool, row_bytes, n_mats * static_cast<size_t>(N));
+  prepare_rows(isa, t, K, pool, row_bytes, n_mats * static_cast<size_t>(N));
   const Acts a = make_acts(isa, 1, K);
   std::vector<float> y(static_cast<size_t>(N));
   const double bw_before = read_bandwidth_gbps(threads);
@@ -197,7 +209,7 @@ void bm_gemv_cached(benchmark::State& state, Isa isa, QType t, int64_t K) {
   const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
   const int N = std::max(16, static_cast<int>((size_t{256} << 10) / row_bytes / 16 * 16));
   uint8_t* w = weight_pool();
-  make_rows_valid(t, K, w, row_bytes, static_cast<size_t>(N));
+  prepare_rows(isa, t, K, w, row_bytes, static_cast<size_t>(N));
   const Acts a = make_acts(isa, 1, K);
   std::vector<float> y(static_cast<size_t>(N));
   for (auto _ : state) {
@@ -213,7 +225,7 @@ void bm_gemm(benchmark::State& state, Isa isa, QType t, int M, int N, int64_t K,
   const QGemmFn fn = find_qkernel(t, isa).gemm;
   const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, static_cast<uint64_t>(K)));
   uint8_t* w = weight_pool();
-  make_rows_valid(t, K, w, row_bytes, static_cast<size_t>(N));
+  prepare_rows(isa, t, K, w, row_bytes, static_cast<size_t>(N));
   const Acts a = make_acts(isa, M, K);
   std::vector<float> y(static_cast<size_t>(M) * N);
   for (auto _ : state) {

@@ -555,6 +555,7 @@ constexpr int kNumQ = 256;
 
 struct Registry {
   std::array<std::array<QGemmFn, kNumIsa>, kNumQ> gemm{};
+  std::array<std::array<QPackFn, kNumIsa>, kNumQ> pack{};
   std::array<QuantizeActFn, kNumIsa> act{};
 };
 
@@ -603,13 +604,16 @@ std::vector<Isa> fallback_chain(Isa isa) {
 
 }  // namespace
 
-void register_qkernel(QType t, Isa isa, QGemmFn fn) { registry_storage().gemm[static_cast<int>(t)][static_cast<int>(isa)] = fn; }
+void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack) {
+  registry_storage().gemm[static_cast<int>(t)][static_cast<int>(isa)] = fn;
+  registry_storage().pack[static_cast<int>(t)][static_cast<int>(isa)] = pack;
+}
 void register_quantize_act(Isa isa, QuantizeActFn fn) { registry_storage().act[static_cast<int>(isa)] = fn; }
 
 QKernel find_qkernel(QType t, Isa isa) {
   const Registry& r = registry();
   for (Isa i : fallback_chain(isa)) {
-    if (QGemmFn fn = r.gemm[static_cast<int>(t)][static_cast<int>(i)]) return {fn, i};
+    if (QGemmFn fn = r.gemm[static_cast<int>(t)][static_cast<int>(i)]) return {fn, r.pack[static_cast<int>(t)][static_cast<int>(i)], i};
   }
   return {};
 }

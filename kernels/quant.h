@@ -65,9 +65,17 @@ using QuantizeActFn = void (*)(const float* x, int64_t k, int64_t kp, int8_t* q,
 void qgemm_ref(QType t, int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
                float* y, size_t ldy);
 
+// Load-time repacking of one row of k elements (qtype_row_bytes bytes, src and dst distinct) into
+// the layout a kernel reads: the same size, a permutation of the quant bits only (codebook,
+// scales and offsets stay where they are). A kernel with a pack function must be given packed
+// rows; everything else (dequantize_row, the oneDNN path, embedding lookups) keeps reading the
+// file's rows.
+using QPackFn = void (*)(const uint8_t* src, uint8_t* dst, int64_t k);
+
 struct QKernel {
   QGemmFn gemm = nullptr;
-  Isa isa = Isa::kRef;  // the ISA this kernel was compiled for
+  QPackFn pack = nullptr;  // null: gemm reads the file's layout
+  Isa isa = Isa::kRef;     // the ISA this kernel was compiled for
 };
 
 // The kernel for weights in format t on `isa`: the ISA's own when it has one, else the best
@@ -78,7 +86,7 @@ bool has_own_qkernel(QType t, Isa isa);
 QuantizeActFn find_quantize_act(Isa isa);
 
 // Registration, called by each ISA's translation units (kernels/simd/*.cc).
-void register_qkernel(QType t, Isa isa, QGemmFn fn);
+void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack = nullptr);
 void register_quantize_act(Isa isa, QuantizeActFn fn);
 
 }  // namespace mxlm

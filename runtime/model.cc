@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <new>
 
 #include "kernels/common.h"
 #include "kernels/f32_ops.h"
@@ -69,6 +70,18 @@ Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_
                                                  std::string(qtype_info(ts.qtype).name) + ", which has no kernel in this build");
       }
       s.qgemm = qk.gemm;
+      s.qdata = s.data;
+      if (qk.pack) {
+        // The kernel reads its own layout: repack the segment's rows once (same size; the mapped
+        // rows stay for dequantization, the oneDNN path and embedding lookups).
+        const int64_t rows = ts.row_end - ts.row_begin;
+        const size_t bytes = s.row_bytes * static_cast<size_t>(rows);
+        uint8_t* buf = static_cast<uint8_t*>(::operator new(bytes, std::align_val_t{64}));
+        s.packed = std::shared_ptr<const uint8_t>(buf, [](const uint8_t* b) { ::operator delete(const_cast<uint8_t*>(b), std::align_val_t{64}); });
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) qk.pack(s.data + s.row_bytes * size_t(r), buf + s.row_bytes * size_t(r), k);
+        s.qdata = buf;
+      }
       s.kernel_isa = qk.isa;
       w.any_quantized = true;
     } else {
@@ -166,7 +179,8 @@ std::string Model::kernel_summary() const {
   std::vector<std::string> seen;
   auto add = [&](const Weight& w) {
     for (const WeightSegment& s : w.segments) {
-      std::string k = std::string(qtype_info(s.qtype).name) + ":" + std::string(isa_name(s.kernel_isa));
+      std::string k = std::string(qtype_info(s.qtype).name) + ":" + std::string(isa_name(s.kernel_isa)) +
+                      (s.packed ? "/repacked" : "");
       if (std::find(seen.begin(), seen.end(), k) == seen.end()) seen.push_back(k);
     }
   };
@@ -270,7 +284,7 @@ void Context::matmul_dense(Acts& a, const Weight& w, float* out, bool onednn) {
     if (onednn) {
       onednn_gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, ys, size_t(n));
     } else if (s.qgemm) {
-      s.qgemm(m, tasks[t].n0, tasks[t].n1, k, acts, s.data, s.row_bytes, ys, size_t(n));
+      s.qgemm(m, tasks[t].n0, tasks[t].n1, k, acts, s.qdata, s.row_bytes, ys, size_t(n));
     } else {
       kr.gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(n));
     }
@@ -310,7 +324,7 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
     using clock = std::chrono::steady_clock;
     auto t0 = clock::now();
     if (s.qgemm) {
-      s.qgemm(m, 0, rows, k, acts, s.data, s.row_bytes, mm_probe_.data(), size_t(rows));
+      s.qgemm(m, 0, rows, k, acts, s.qdata, s.row_bytes, mm_probe_.data(), size_t(rows));
     } else {
       f32_kernels(model_->isa()).gemm(m, 0, rows, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, mm_probe_.data(),
                                       size_t(rows));

@@ -20,6 +20,7 @@
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
 #include "kernels/qtype.h"
+#include "tests/test_util.h"
 
 namespace mxlm {
 namespace {
@@ -397,28 +398,6 @@ INSTANTIATE_TEST_SUITE_P(AllIsas, F32OpsTest, ::testing::ValuesIn(kAllIsas),
 
 // ---- ISA selection ------------------------------------------------------------------------------
 
-// Sets MXLM_ISA for the scope and restores the previous value.
-class ScopedIsaEnv {
- public:
-  explicit ScopedIsaEnv(const char* value) {
-    if (const char* old = std::getenv("MXLM_ISA")) old_ = old;
-    if (value) {
-      setenv("MXLM_ISA", value, 1);
-    } else {
-      unsetenv("MXLM_ISA");
-    }
-  }
-  ~ScopedIsaEnv() {
-    if (old_) {
-      setenv("MXLM_ISA", old_->c_str(), 1);
-    } else {
-      unsetenv("MXLM_ISA");
-    }
-  }
-
- private:
-  std::optional<std::string> old_;
-};
 
 TEST(IsaTest, NamesRoundTrip) {
   for (Isa isa : kAllIsas) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);
@@ -440,7 +419,7 @@ TEST(IsaTest, AvailableListStartsWithRef) {
 }
 
 TEST(IsaTest, DefaultIsBestAvailable) {
-  ScopedIsaEnv env(nullptr);
+  test::ScopedIsaEnv env(nullptr);
   const Isa sel = selected_isa();
   EXPECT_TRUE(isa_available(sel));
   if (isa_available(Isa::kAvx512)) {
@@ -453,7 +432,7 @@ TEST(IsaTest, DefaultIsBestAvailable) {
 TEST(IsaTest, ForcedIsa) {
   for (Isa isa : kAllIsas) {
     const std::string name(isa_name(isa));
-    ScopedIsaEnv env(name.c_str());
+    test::ScopedIsaEnv env(name.c_str());
     if (isa_available(isa)) {
       EXPECT_EQ(selected_isa(), isa) << name;
     } else {
@@ -470,7 +449,7 @@ TEST(IsaTest, ForcedIsa) {
 }
 
 TEST(IsaTest, UnknownIsaThrows) {
-  ScopedIsaEnv env("sse9000");
+  test::ScopedIsaEnv env("sse9000");
   try {
     selected_isa();
     FAIL() << "MXLM_ISA=sse9000 should throw";

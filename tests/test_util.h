@@ -1,6 +1,8 @@
 // Helpers shared by the tests: where ../shared is, scratch directories, reading raw files.
 #pragma once
 
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,5 +20,28 @@ std::string mxlm_binary();
 // Runs a shell command, returns its exit status; its stdout (and stderr when merge_stderr)
 // goes to *output when given.
 int run_command(const std::string& cmd, std::string* output = nullptr, bool merge_stderr = true);
+
+// Sets MXLM_ISA for the scope and restores the previous value.
+class ScopedIsaEnv {
+ public:
+  explicit ScopedIsaEnv(const char* value) {
+    if (const char* old = std::getenv("MXLM_ISA")) old_ = old;
+    if (value) {
+      setenv("MXLM_ISA", value, 1);
+    } else {
+      unsetenv("MXLM_ISA");
+    }
+  }
+  ~ScopedIsaEnv() {
+    if (old_) {
+      setenv("MXLM_ISA", old_->c_str(), 1);
+    } else {
+      unsetenv("MXLM_ISA");
+    }
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
 
 }  // namespace mxlm::test

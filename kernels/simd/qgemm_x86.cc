@@ -372,21 +372,51 @@ struct Dec<5, 32> {
   }
 };
 
-// 3 bits, G = 32: 8 groups of 12 bytes = [8 bytes of the 2-bit plane | 32-bit plane of bit 2].
+// 3 bits, G = 32, on the load-time repacked unit (repack3_unit below; the file's layout is 8
+// groups of 12 bytes = [8 bytes of the 2-bit plane | 32-bit plane of bit 2], whose decode needed
+// two byte gathers and four multishifts per unit, ~1.4x the time of this one):
+//   bytes [0, 64):  the 2-bit planes of the 8 groups back to back (qword i = group i's plane), so
+//                   vector s takes field s of every byte: elements 8s..8s+7 of group i in qword i;
+//   bytes [64, 96): the bit-2 plane: bit s (low 256-bit half) or s + 4 (high half) of byte c is
+//                   bit 2 of vector s's byte c (c < 32) or c + 32.
+// Loaded twice (both 256-bit halves), one GF(2) affine transform per vector moves its bit to bit
+// 2 with the other bits clear (byte 5 of the matrix feeds output bit 2; the matrix is per
+// qword, so each half picks its own bit), and a bitwise select takes bits 0-1 from the shifted
+// 2-bit plane and the rest from it. Trailing partial units stay in the file's layout in the
+// packed row and are repacked when they are copied out (repack_partial).
 template <>
 struct Dec<3, 32> {
   static constexpr int kBytes = 96;
-  static constexpr ByteGather kT = make_gather(12, 0, false), kP = make_gather(12, 8, true);
-  static constexpr Ctrl kC0 = make_ctrl(0, 2), kC1 = make_ctrl(8, 2), kC2 = make_ctrl(16, 2), kC3 = make_ctrl(24, 2);
+  static constexpr bool kRepacked = true;
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    const VI l0 = loadu(q), l1 = load_head32(q + 64), zero = _mm512_setzero_si512();
-    const VI t = gather_bytes(kT, l0, l1, zero), p = gather_bytes(kP, l0, l1, zero);
-    const VI c = bcast8(0x04);
-    const auto f = [](int lo) { return _mm512_set1_epi64(static_cast<long long>(field2(lo))); };
-    w[0] = or_and(gf_field(t, f(0)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC0.v), p), c);
-    w[1] = or_and(gf_field(t, f(2)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC1.v), p), c);
-    w[2] = or_and(gf_field(t, f(4)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC2.v), p), c);
-    w[3] = or_and(gf_field(t, f(6)), _mm512_multishift_epi64_epi8(_mm512_load_si512(kC3.v), p), c);
+    const VI x = loadu(q);
+    const VI hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
+    const VI lo_bits = bcast8(0x03);
+    const auto sel = [](int s) {
+      const long long lo = static_cast<long long>(bit_field(s, 1) >> 16), hi = static_cast<long long>(bit_field(s + 4, 1) >> 16);
+      return _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
+    };
+    // lo_bits ? a : b, bitwise.
+    const auto pick = [&](VI a, VI b) { return _mm512_ternarylogic_epi64(lo_bits, a, b, 0xCA); };
+    w[0] = pick(x, gf_field(hb, sel(0)));
+    w[1] = pick(srli16<2>(x), gf_field(hb, sel(1)));
+    w[2] = pick(srli16<4>(x), gf_field(hb, sel(2)));
+    w[3] = pick(srli16<6>(x), gf_field(hb, sel(3)));
+  }
+  // The file's unit (8 groups of 12 bytes) -> the layout above.
+  static void repack(const uint8_t* raw, uint8_t* out) {
+    uint8_t h[32] = {};
+    for (int g = 0; g < 8; ++g) {
+      std::memcpy(out + 8 * g, raw + 12 * g, 8);
+      for (int s = 0; s < 4; ++s) {
+        const uint8_t plane = raw[12 * g + 8 + s];  // bits of elements 8s..8s+7 of group g
+        for (int j = 0; j < 8; ++j) {
+          const int b = 8 * g + j, half = b / 32, c = b % 32;
+          h[c] = static_cast<uint8_t>(h[c] | ((plane >> j) & 1) << (s + 4 * half));
+        }
+      }
+    }
+    std::memcpy(out + 64, h, 32);
   }
 };
 
@@ -528,6 +558,17 @@ struct Dec<3, 32> {
 
 #endif  // decoders
 
+// Decoders of a load-time repacked unit layout declare kRepacked and a repack(raw, out) of one
+// whole unit (kernels/quant.h QPackFn).
+template <class D>
+constexpr bool is_repacked() {
+  if constexpr (requires { D::kRepacked; }) {
+    return D::kRepacked;
+  } else {
+    return false;
+  }
+}
+
 // ---- layouts (probed) -----------------------------------------------------------------------
 
 // Where each decoded byte comes from, found by running the decoder on units whose values are
@@ -561,6 +602,11 @@ bool probe_layout() {
   for (int bit = 0; bit < 8; ++bit) {
     for (int e = 0; e < kUnitElems; ++e) q[e] = static_cast<uint8_t>((e >> bit) & 1);
     for (int g = 0; g < kUnitElems / G; ++g) pack_group(Bits, G, q + g * G, packed + g * (G * Bits / 8));
+    if constexpr (is_repacked<D>()) {
+      uint8_t raw[D::kBytes];
+      std::memcpy(raw, packed, sizeof(raw));
+      D::repack(raw, packed);
+    }
     VI w[4];
     D::run(packed, w);
     for (int t = 0; t < 4; ++t) std::memcpy(out[t], &w[t], kVB);
@@ -632,6 +678,7 @@ struct Fmt {
 #endif
   static constexpr bool kOffsets = kAsym || kZ != 0;  // add sum_g c_g * S_g
   using D = Dec<kBits, kG>;
+  static constexpr bool kRepacked = is_repacked<D>();
   static const Layout& layout() { return LayoutOf<kBits, kG>::value; }
 };
 
@@ -642,6 +689,43 @@ struct Geo {
   size_t m_off;   // f16 offsets (asymmetric)
   size_t q_off;   // quants
 };
+
+template <QType T>
+Geo make_geo(int64_t K) {
+  using F = Fmt<T>;
+  Geo geo;
+  geo.nb = (K + F::kG - 1) / F::kG;
+  geo.d_off = F::kPrefix;
+  geo.m_off = geo.d_off + 2 * static_cast<size_t>(geo.nb);
+  geo.q_off = geo.m_off + (F::kAsym ? 2 * static_cast<size_t>(geo.nb) : 0);
+  return geo;
+}
+
+// QPackFn of repacked formats: whole units repacked, everything else copied.
+template <QType T>
+void pack_row(const uint8_t* src, uint8_t* dst, int64_t K) {
+  using F = Fmt<T>;
+  const Geo geo = make_geo<T>(K);
+  std::memcpy(dst, src, geo.q_off + static_cast<size_t>(geo.nb) * F::kGroupQBytes);
+  for (int64_t u = 0; u < geo.nb / F::kGPU; ++u) {
+    const size_t o = geo.q_off + static_cast<size_t>(u) * F::kUnitQBytes;
+    F::D::repack(src + o, dst + o);
+  }
+}
+
+// Copies the `groups` groups of a row's trailing partial unit (file layout, see Dec<3, 32>) into
+// a whole zero-padded unit in the layout the decoder reads.
+template <QType T>
+MXLM_QINLINE void copy_partial(uint8_t* dst, const uint8_t* src, int groups) {
+  using F = Fmt<T>;
+  std::memset(dst, 0, F::kUnitQBytes);
+  std::memcpy(dst, src, static_cast<size_t>(groups) * F::kGroupQBytes);
+  if constexpr (F::kRepacked) {
+    uint8_t raw[F::kUnitQBytes];
+    std::memcpy(raw, dst, sizeof(raw));
+    F::D::repack(raw, dst);
+  }
+}
 
 // ---- prepared activations -------------------------------------------------------------------
 
@@ -898,9 +982,7 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
   if (ta.rem_groups > 0) {
     const int64_t gu = g0 + static_cast<int64_t>(ta.nu_full) * F::kGPU;
     for (int n = 0; n < NR; ++n) {
-      std::memset(qb[n], 0, sizeof(qb[n]));
-      std::memcpy(qb[n], rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes,
-                  static_cast<size_t>(ta.rem_groups) * F::kGroupQBytes);
+      copy_partial<T>(qb[n], rows[n] + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes, ta.rem_groups);
     }
   }
   // The accumulators start after the last library call (memcpy, memset): a vector live across a
@@ -1150,8 +1232,7 @@ void build_panel16(const uint8_t* rows, size_t rb, int nr, const Geo& geo, int64
         const uint8_t* q = rows + r * rb + geo.q_off + static_cast<size_t>(gu) * F::kGroupQBytes;
         alignas(64) uint8_t qb[F::kUnitQBytes];
         if (partial) {
-          std::memset(qb, 0, sizeof(qb));
-          std::memcpy(qb, q, static_cast<size_t>(geo.nb - gu) * F::kGroupQBytes);
+          copy_partial<T>(qb, q, static_cast<int>(geo.nb - gu));
           q = qb;
         }
         decode_unit<T>(q, cbv[r], wv, aw);
@@ -1320,13 +1401,8 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
 template <QType T>
 void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y,
            size_t ldy) {
-  using F = Fmt<T>;
   if (M <= 0 || n1 <= n0 || K <= 0) return;
-  Geo geo;
-  geo.nb = (K + F::kG - 1) / F::kG;
-  geo.d_off = F::kPrefix;
-  geo.m_off = geo.d_off + 2 * static_cast<size_t>(geo.nb);
-  geo.q_off = geo.m_off + (F::kAsym ? 2 * static_cast<size_t>(geo.nb) : 0);
+  const Geo geo = make_geo<T>(K);
 #if defined(MXLM_TARGET_AVX512)
   if (M >= kPanelMinM) {
     qgemm_panel<T>(M, n0, n1, K, a, w, w_row_bytes, geo, y, ldy);
@@ -1465,7 +1541,12 @@ void quantize_act(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, fl
 template <QType T>
 void register_one() {
   using F = Fmt<T>;
-  if (probe_layout<F::kBits, F::kG>()) register_qkernel(T, kIsa, &qgemm<T>);
+  if (!probe_layout<F::kBits, F::kG>()) return;
+  if constexpr (F::kRepacked) {
+    register_qkernel(T, kIsa, &qgemm<T>, &pack_row<T>);
+  } else {
+    register_qkernel(T, kIsa, &qgemm<T>);
+  }
 }
 
 template <size_t I>

@@ -22,9 +22,11 @@ class Tokenizer;
 struct WeightSegment {
   int64_t row_begin = 0, row_end = 0;
   QType qtype = QType::kF32;
-  const uint8_t* data = nullptr;  // first row of the segment
+  const uint8_t* data = nullptr;  // first row of the segment, in the file's layout
   size_t row_bytes = 0;
   QGemmFn qgemm = nullptr;        // quantized formats: the kernel for the model's ISA
+  const uint8_t* qdata = nullptr; // what qgemm reads: data, or the rows repacked at load
+  std::shared_ptr<const uint8_t> packed;  // owns the repacked rows (kernels with a QPackFn)
   Isa kernel_isa = Isa::kRef;
 };
 
@@ -67,7 +69,8 @@ class Model {
   uint64_t weight_bytes() const;  // bytes of all tensors (what a token reads, roughly)
   // The embedding of token `id` as floats (dequantized, outliers added): n_embd values.
   void embedding_row(int id, float* out) const;
-  // "format:isa" of every distinct (format, kernel ISA) pair, for logs.
+  // "format:isa" of every distinct (format, kernel ISA) pair, for logs ("/repacked" when the
+  // kernel reads rows repacked at load).
   std::string kernel_summary() const;
 
  private:
