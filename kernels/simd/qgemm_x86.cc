@@ -405,14 +405,19 @@ struct Dec<3, 32> {
   }
   // The file's unit (8 groups of 12 bytes) -> the layout above.
   static void repack(const uint8_t* raw, uint8_t* out) {
+    // Element 8t + j of a group: bits 2t..2t+1 of plane byte j, and bit j of bit-2 byte t.
     uint8_t hb[32] = {};
     for (int g = 0; g < 8; ++g) {
-      uint8_t e[32];
-      unpack_group(3, 32, raw + 12 * g, e);
+      const uint8_t* t = raw + 12 * g;
+      const uint8_t* p = t + 8;
       for (int j = 0; j < 8; ++j) {
         const int b = 8 * g + j, h = b / 32, c = b % 32;
-        out[b] = static_cast<uint8_t>(e[j] | e[8 + j] << 3 | (e[16 + j] & 3) << 6);
-        hb[c] = static_cast<uint8_t>(hb[c] | (e[16 + j] >> 2) << h | e[24 + j] << (2 + 3 * h));
+        const unsigned lo = t[j];
+        const unsigned e0 = (lo & 3) | ((p[0] >> j) & 1) << 2;
+        const unsigned e1 = ((lo >> 2) & 3) | ((p[1] >> j) & 1) << 2;
+        const unsigned e3 = (lo >> 6) | ((p[3] >> j) & 1) << 2;
+        out[b] = static_cast<uint8_t>(e0 | e1 << 3 | ((lo >> 4) & 3) << 6);
+        hb[c] = static_cast<uint8_t>(hb[c] | ((p[2] >> j) & 1) << h | e3 << (2 + 3 * h));
       }
     }
     std::memcpy(out + 64, hb, 32);
