@@ -403,6 +403,21 @@ struct Dec<3, 32> {
     w[2] = _mm512_ternarylogic_epi64(bcast8(0x03), srli16<6>(x), hi2, 0xCA);
     w[3] = gf_field(hb, halves(bit_field(2, 3), bit_field(5, 3)));
   }
+  // Codebook formats: cb[index] through vpermb with cb in every qword (codebook_vec), which
+  // reads index bits 0-5 only, so bits 3-5 may hold anything: vectors 0 and 1 need no mask.
+  static MXLM_QINLINE void run_cb(const uint8_t* q, VI cb, VI w[4]) {
+    const VI x = loadu(q);
+    const VI hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
+    const auto halves = [](uint64_t lo, uint64_t hi) {
+      const long long l = static_cast<long long>(lo), h = static_cast<long long>(hi);
+      return _mm512_set_epi64(h, h, h, h, l, l, l, l);
+    };
+    w[0] = _mm512_permutexvar_epi8(x, cb);
+    w[1] = _mm512_permutexvar_epi8(srli16<3>(x), cb);
+    const VI hi2 = gf_field(hb, halves(bit_field(0, 1) >> 16, bit_field(1, 1) >> 16));
+    w[2] = _mm512_permutexvar_epi8(_mm512_ternarylogic_epi64(bcast8(0x03), srli16<6>(x), hi2, 0xCA), cb);
+    w[3] = _mm512_permutexvar_epi8(_mm512_srlv_epi64(hb, _mm512_set_epi64(5, 5, 5, 5, 2, 2, 2, 2)), cb);
+  }
   // The file's unit (8 groups of 12 bytes) -> the layout above.
   static void repack(const uint8_t* raw, uint8_t* out) {
     // Element 8t + j of a group: bits 2t..2t+1 of plane byte j, and bit j of bit-2 byte t.
@@ -906,10 +921,48 @@ constexpr int slab_groups() {
   return ((kSlabBytes / (MR * kUnitElems)) * Fmt<T>::kGPU + kLanes - 1) / kLanes * kLanes;
 }
 
+// A row's codebook as a byte-lookup table (zero for other formats): in every 128-bit lane for
+// pshufb (AVX-512: made unsigned, + 128). 3-bit codebooks (8 entries) fill every qword instead,
+// which serves pshufb and vpermb alike (a 64-entry table whose entry e is cb[e % 8]).
+template <QType T>
+MXLM_QINLINE VI codebook_vec(const uint8_t* row) {
+  using F = Fmt<T>;
+  if constexpr (F::kCodebook) {
+#if defined(MXLM_TARGET_AVX512)
+    const VI u = bcast8(0x80);
+    if constexpr (F::kBits == 3) {
+      uint64_t c;
+      std::memcpy(&c, row, 8);
+      return _mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(c)), u);
+    } else {
+      return _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row))), u);
+    }
+#else
+    const __m128i c = F::kBits == 4 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row))
+                                    : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row));
+    return _mm256_broadcastsi128_si256(c);
+#endif
+  } else {
+    (void)row;
+    return VI{};
+  }
+}
+
+template <class D>
+constexpr bool has_codebook_run() {
+  return requires(const uint8_t* q, VI cb, VI* w) { D::run_cb(q, cb, w); };
+}
+
 // Decodes one unit of quants into dot-ready bytes w (and |w| for the AVX2 signed path).
 template <QType T>
 MXLM_QINLINE void decode_unit(const uint8_t* q, VI cbv, VI w[4], VI aw[4]) {
   using F = Fmt<T>;
+  if constexpr (F::kCodebook && has_codebook_run<typename F::D>()) {
+    // The decoder applies the codebook itself (fewer operations than decode, then look up).
+    F::D::run_cb(q, cbv, w);
+    for (int t = 0; t < 4; ++t) aw[t] = w[t];
+    return;
+  }
   F::D::run(q, w);
   for (int t = 0; t < 4; ++t) {
 #if defined(MXLM_TARGET_AVX512)
@@ -967,17 +1020,7 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
   alignas(64) uint16_t dloc[NR][slab_groups<T, MR>() + 2 * F::kGPU];
   VI cbv[NR];
   for (int n = 0; n < NR; ++n) {
-    if constexpr (F::kCodebook) {
-      __m128i c = F::kBits == 4 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[n]))
-                                : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[n]));
-#if defined(MXLM_TARGET_AVX512)
-      cbv[n] = _mm512_xor_si512(_mm512_broadcast_i32x4(c), _mm512_set1_epi8(static_cast<char>(0x80)));
-#else
-      cbv[n] = _mm256_broadcastsi128_si256(c);
-#endif
-    } else {
-      cbv[n] = VI{};
-    }
+    cbv[n] = codebook_vec<T>(rows[n]);
     std::memcpy(dloc[n], rows[n] + geo.d_off + 2 * static_cast<size_t>(g0), 2 * static_cast<size_t>(ta.ngroups));
     for (int g = ta.ngroups; g < (nu + 1) * F::kGPU; ++g) dloc[n][g] = 0;
   }
@@ -1205,18 +1248,6 @@ MXLM_QINLINE VF scales16(const uint8_t* p, int64_t g0, int64_t nb) {
   }
 }
 
-template <QType T>
-MXLM_QINLINE VI codebook_vec(const uint8_t* row) {
-  using F = Fmt<T>;
-  if constexpr (F::kCodebook) {
-    const __m128i c = F::kBits == 4 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(row))
-                                    : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row));
-    return _mm512_xor_si512(_mm512_broadcast_i32x4(c), _mm512_set1_epi8(static_cast<char>(0x80)));
-  } else {
-    (void)row;
-    return _mm512_setzero_si512();
-  }
-}
 
 // Decodes weight rows [0, nr) of `rows` (rows rb bytes apart), units [u0, u0 + nu), into
 // vector v0 / 16 of P (rows v0 .. v0 + 15 of the panel).
