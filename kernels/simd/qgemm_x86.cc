@@ -23,7 +23,9 @@
 // accumulate into one int32 vector whose lanes 2i, 2i+1 belong to one block. The decoders pick
 // whatever element order is cheapest for their bit planes; the matching activation order is
 // found by probing each decoder once at registration (probe_layout) and the activations are
-// permuted into that order once per call (prep), not per weight row.
+// permuted into that order once per call (prep), not per weight row. A decoder may instead read a
+// layout of its own that the row was repacked into at load (kRepacked: the 3-bit decoder on
+// AVX-512; registered with a QPackFn, kernels/quant.h).
 //
 // Blocking. A call runs over tiles of MR activation rows x NR weight rows; each unit of a weight
 // row is decoded once and used for the MR rows. Activations are prepared in slabs of at most
@@ -372,6 +374,12 @@ struct Dec<5, 32> {
   }
 };
 
+// Per-qword GF(2) matrices: `lo` for the low 256-bit half, `hi` for the high one.
+MXLM_QINLINE VI halves(uint64_t lo, uint64_t hi) {
+  const long long l = static_cast<long long>(lo), h = static_cast<long long>(hi);
+  return _mm512_set_epi64(h, h, h, h, l, l, l, l);
+}
+
 // 3 bits, G = 32, on the load-time repacked unit (repack below). The file's layout, 8 groups of
 // 12 bytes = [8 bytes of the 2-bit plane | 32-bit plane of bit 2], needs two byte gathers and
 // four multishifts per unit; here vector t, qword i, byte j is element 8t + j of group i, stored
@@ -382,7 +390,7 @@ struct Dec<5, 32> {
 //                   = vector 3's value.
 // One GF(2) affine transform (the matrix is per qword, so each half takes its own field) or one
 // mask extracts vectors 0, 1 and 3; vector 2 is a bitwise select of two. 6 operations per unit
-// instead of 14; GEMV +40-60 % on 3-bit weights. Trailing partial units stay in the file's
+// instead of 14: compute-bound GEMV +40 % (q3_g32), +47 % (nu3_g32, with run_cb). Trailing partial units stay in the file's
 // layout in the packed row and are repacked when they are copied out (copy_partial).
 template <>
 struct Dec<3, 32> {
@@ -391,10 +399,6 @@ struct Dec<3, 32> {
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
     const VI x = loadu(q);
     const VI hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
-    const auto halves = [](uint64_t lo, uint64_t hi) {
-      const long long l = static_cast<long long>(lo), h = static_cast<long long>(hi);
-      return _mm512_set_epi64(h, h, h, h, l, l, l, l);
-    };
     w[0] = vand(x, bcast8(0x07));
     w[1] = gf_field(x, _mm512_set1_epi64(static_cast<long long>(bit_field(3, 3))));
     // Bits 0-1 from x >> 6, bit 2 from hb's bit h moved there (byte 5 of a matrix feeds output
@@ -408,10 +412,6 @@ struct Dec<3, 32> {
   static MXLM_QINLINE void run_cb(const uint8_t* q, VI cb, VI w[4]) {
     const VI x = loadu(q);
     const VI hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
-    const auto halves = [](uint64_t lo, uint64_t hi) {
-      const long long l = static_cast<long long>(lo), h = static_cast<long long>(hi);
-      return _mm512_set_epi64(h, h, h, h, l, l, l, l);
-    };
     w[0] = _mm512_permutexvar_epi8(x, cb);
     w[1] = _mm512_permutexvar_epi8(srli16<3>(x), cb);
     const VI hi2 = gf_field(hb, halves(bit_field(0, 1) >> 16, bit_field(1, 1) >> 16));
