@@ -390,8 +390,9 @@ MXLM_QINLINE VI halves(uint64_t lo, uint64_t hi) {
 //                   = vector 3's value.
 // One GF(2) affine transform (the matrix is per qword, so each half takes its own field) or one
 // mask extracts vectors 0, 1 and 3; vector 2 is a bitwise select of two. 6 operations per unit
-// instead of 14: compute-bound GEMV +40 % (q3_g32), +47 % (nu3_g32, with run_cb). Trailing partial units stay in the file's
-// layout in the packed row and are repacked when they are copied out (copy_partial).
+// instead of 14: compute-bound GEMV +40 % (q3_g32), +47 % (nu3_g32, with run_cb). Trailing
+// partial units stay in the file's layout in the packed row and are repacked when they are copied
+// out (copy_partial).
 template <>
 struct Dec<3, 32> {
   static constexpr int kBytes = 96;
