@@ -49,7 +49,8 @@ const TensorEntry& require(const MxlmFile& f, const std::string& name, const std
   return *t;
 }
 
-Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa) {
+// matmul: the weight feeds matmuls (else only embedding lookups read it: no repacking).
+Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa, bool matmul = true) {
   const TensorEntry& t = require(f, name, {n, k});
   Weight w;
   w.n = n;
@@ -69,9 +70,10 @@ Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_
         throw Error(ErrorCode::kUnsupported, "'" + f.path() + "': tensor '" + name + "' has format " +
                                                  std::string(qtype_info(ts.qtype).name) + ", which has no kernel in this build");
       }
-      s.qgemm = qk.gemm;
+      // A weight that no matmul reads gets no kernel (and so no repacked copy).
+      s.qgemm = matmul ? qk.gemm : nullptr;
       s.qdata = s.data;
-      if (qk.pack) {
+      if (qk.pack && matmul) {
         // The kernel reads its own layout: repack the segment's rows once (same size; the mapped
         // rows stay for dequantization, the oneDNN path and embedding lookups).
         const int64_t rows = ts.row_end - ts.row_begin;
@@ -122,7 +124,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   m->isa_ = selected_isa();
   using namespace tensor_names;
   const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
-  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_);
+  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_, c.tied_embeddings);
   m->output_norm_ = bind_norm(f, kOutputNorm, c.n_embd);
   if (c.tied_embeddings) {
     if (f.find(kOutput)) throw Error(ErrorCode::kFormat, "'" + path + "': tied embeddings but an 'output' tensor is present");

@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -397,7 +396,6 @@ INSTANTIATE_TEST_SUITE_P(AllIsas, F32OpsTest, ::testing::ValuesIn(kAllIsas),
                          [](const ::testing::TestParamInfo<Isa>& info) { return std::string(isa_name(info.param)); });
 
 // ---- ISA selection ------------------------------------------------------------------------------
-
 
 TEST(IsaTest, NamesRoundTrip) {
   for (Isa isa : kAllIsas) EXPECT_EQ(isa_from_name(isa_name(isa)), isa);

@@ -212,18 +212,24 @@ TEST_F(Tinymix, PerplexityProtocol) {
   std::printf("tinymix-26m bf16 ppl %.4f over %lld predictions in %.1f s\n", r.ppl, static_cast<long long>(r.n_predictions), r.seconds);
 }
 
+// tinymix-26m quantized to `qtype` (round-to-nearest, every matrix) in the scratch directory;
+// returns the file's path.
+std::string quantized_tinymix(QType qtype, const std::string& prefix) {
+  ImportedModel m = import_model(test::shared_path("models/tinymix-26m"));
+  const std::string out = test::scratch_dir() + "/" + prefix + std::string(qtype_info(qtype).name) + ".mxlm";
+  QuantizeOptions qo;
+  qo.qtype = qtype;
+  quantize_model(m, out, qo);
+  return out;
+}
+
 // Quantized tinymix-26m against the float32 perplexity of the reference (9.9919): 8-bit within
 // 0.5 %, 4-bit g32 within 6 %.
 class TinymixQuantized : public ::testing::TestWithParam<std::pair<QType, double>> {};
 
 TEST_P(TinymixQuantized, PerplexityWithinBound) {
   const auto [qtype, bound] = GetParam();
-  ImportedModel m = import_model(test::shared_path("models/tinymix-26m"));
-  const std::string out = test::scratch_dir() + "/q_" + std::string(qtype_info(qtype).name) + ".mxlm";
-  QuantizeOptions qo;
-  qo.qtype = qtype;
-  quantize_model(m, out, qo);
-  auto model = Model::load(out);
+  auto model = Model::load(quantized_tinymix(qtype, "q_"));
   ContextParams cp;
   cp.n_ctx = 512;
   Context ctx(model, cp);
@@ -255,11 +261,7 @@ int argmax_row(const float* p, int n) { return static_cast<int>(std::max_element
 TEST_P(TinymixRepacked, LogitsMatchTheReferenceKernels) {
   const QType qtype = GetParam();
   if (!find_qkernel(qtype, selected_isa()).pack) GTEST_SKIP() << "no repacking kernel on this CPU";
-  ImportedModel m = import_model(test::shared_path("models/tinymix-26m"));
-  const std::string out = test::scratch_dir() + "/r_" + std::string(qtype_info(qtype).name) + ".mxlm";
-  QuantizeOptions qo;
-  qo.qtype = qtype;
-  quantize_model(m, out, qo);
+  const std::string out = quantized_tinymix(qtype, "r_");
   auto packed = Model::load(out);
   EXPECT_NE(packed->kernel_summary().find("/repacked"), std::string::npos) << packed->kernel_summary();
   std::shared_ptr<const Model> ref;

@@ -24,7 +24,7 @@
 // whatever element order is cheapest for their bit planes; the matching activation order is
 // found by probing each decoder once at registration (probe_layout) and the activations are
 // permuted into that order once per call (prep), not per weight row. A decoder may instead read a
-// layout of its own that the row was repacked into at load (kRepacked: the 3-bit decoder on
+// layout of its own that the row was repacked into at load (Dec::repack: the 3-bit decoder on
 // AVX-512; registered with a QPackFn, kernels/quant.h).
 //
 // Blocking. A call runs over tiles of MR activation rows x NR weight rows; each unit of a weight
@@ -396,7 +396,6 @@ MXLM_QINLINE VI halves(uint64_t lo, uint64_t hi) {
 template <>
 struct Dec<3, 32> {
   static constexpr int kBytes = 96;
-  static constexpr bool kRepacked = true;
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
     const VI x = loadu(q);
     const VI hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
@@ -578,15 +577,11 @@ struct Dec<3, 32> {
 
 #endif  // decoders
 
-// Decoders of a load-time repacked unit layout declare kRepacked and a repack(raw, out) of one
-// whole unit (kernels/quant.h QPackFn).
+// Decoders of a load-time repacked unit layout define repack(raw, out) of one whole unit
+// (kernels/quant.h QPackFn).
 template <class D>
 constexpr bool is_repacked() {
-  if constexpr (requires { D::kRepacked; }) {
-    return D::kRepacked;
-  } else {
-    return false;
-  }
+  return requires(const uint8_t* raw, uint8_t* out) { D::repack(raw, out); };
 }
 
 // ---- layouts (probed) -----------------------------------------------------------------------
