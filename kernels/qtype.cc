@@ -96,19 +96,30 @@ uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | (r >> 13));
 }
 
+namespace {
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+inline void store_u16(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
+}  // namespace
+
 void convert_row_to_f32(QType t, const void* src, float* dst, size_t n) {
   switch (t) {
     case QType::kF32:
       std::memcpy(dst, src, n * 4);
       return;
+    // src and dst may sit at any byte offset (a mapped file's tensor data): memcpy per element,
+    // never a uint16_t* dereference (compilers turn it into plain loads anyway).
     case QType::kBF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      const auto* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load_u16(s + 2 * i));
       return;
     }
     case QType::kF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      const auto* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load_u16(s + 2 * i));
       return;
     }
     default:
@@ -123,13 +134,13 @@ void convert_row_from_f32(QType t, const float* src, void* dst, size_t n) {
       std::memcpy(dst, src, n * 4);
       return;
     case QType::kBF16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      auto* d = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) store_u16(d + 2 * i, f32_to_bf16(src[i]));
       return;
     }
     case QType::kF16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      auto* d = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) store_u16(d + 2 * i, f32_to_f16(src[i]));
       return;
     }
     default:

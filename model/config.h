@@ -1,6 +1,7 @@
 // Model hyper-parameters of the Llama family (Llama, Mistral-style GQA, tied or untied head).
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 
@@ -29,6 +30,20 @@ struct ModelConfig {
   // Throws Error (kFormat) on missing or mistyped fields.
   static ModelConfig from_json(const nlohmann::json& j);
 };
+
+// Strict readers of JSON values for the parsers of untrusted files (config.json, .mxlm
+// headers, safetensors headers). nlohmann's get<int>() truncates 3.7 to 3 and wraps 1e10 and
+// throws its own exception types; these instead throw Error (kFormat) "<what> = <value> ..."
+// naming the field, the value found and the limit.
+//   json_int:    a JSON integer (not 3.7, not 1e10, not "12", not true) within [lo, hi]
+//   json_uint:   a non-negative JSON integer <= hi
+//   json_float:  a JSON number (integers allowed) that is finite as a float32
+//   json_bool / json_string: exactly that JSON type
+int64_t json_int(const nlohmann::json& v, const std::string& what, int64_t lo, int64_t hi);
+uint64_t json_uint(const nlohmann::json& v, const std::string& what, uint64_t hi = UINT64_MAX);
+float json_float(const nlohmann::json& v, const std::string& what);
+bool json_bool(const nlohmann::json& v, const std::string& what);
+std::string json_string(const nlohmann::json& v, const std::string& what);
 
 // Canonical tensor names inside .mxlm files. Weights are [N][K] row-major (N = out features).
 namespace tensor_names {

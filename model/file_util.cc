@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -42,19 +43,45 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   ::close(fd);
 }
 
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+MappedFile MappedFile::from_memory(const std::string& name, const void* data, size_t size) {
+  MappedFile m;
+  m.path_ = name;
+  if (size > 0) {
+    auto* buf = static_cast<uint8_t*>(::operator new(size, std::align_val_t{64}));
+    std::memcpy(buf, data, size);
+    m.data_ = buf;
+    m.size_ = size;
+    m.heap_ = true;
+  }
+  return m;
 }
 
+void MappedFile::release() {
+  if (!data_) return;
+  if (heap_) {
+    ::operator delete(const_cast<uint8_t*>(data_), std::align_val_t{64});
+  } else {
+    ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  data_ = nullptr;
+  size_ = 0;
+}
+
+MappedFile::~MappedFile() { release(); }
+
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : path_(std::move(other.path_)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      heap_(std::exchange(other.heap_, false)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    release();
     path_ = std::move(other.path_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    heap_ = std::exchange(other.heap_, false);
   }
   return *this;
 }

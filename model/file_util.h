@@ -11,10 +11,17 @@ namespace mxlm {
 
 // A read-only, private memory map of a whole file. Throws Error (kIo) naming the path when the
 // file is missing or unreadable. Empty files map to data() == nullptr, size() == 0.
+//
+// from_memory() makes the same object from a copy of bytes already in memory (a 64-byte aligned
+// heap buffer, like a mapping's page alignment), so that every parser that reads a MappedFile
+// can also parse bytes: the fuzz targets use it, and a heap copy lets AddressSanitizer catch a
+// read one byte past the end (a mapping would hide it up to the page end).
 class MappedFile {
  public:
   MappedFile() = default;
   explicit MappedFile(const std::string& path);
+  // `name` stands in for the path in error messages.
+  static MappedFile from_memory(const std::string& name, const void* data, size_t size);
   ~MappedFile();
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
@@ -26,9 +33,12 @@ class MappedFile {
   const std::string& path() const { return path_; }
 
  private:
+  void release();
+
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  bool heap_ = false;  // data_ is a from_memory() copy (operator delete), else a mapping (munmap)
 };
 
 // Writes a file atomically: data goes to a temporary file beside the target, which replaces the

@@ -8,6 +8,8 @@
 // where string = u64 length + bytes, array = u32 elem_type + u64 count + elements. Every read is
 // bounds-checked against the mapped size, and every count is checked against the bytes that
 // remain before anything is allocated for it, so a corrupt file costs at most O(file size).
+// Arrays are not copied: numeric arrays are typed views of the mapped bytes (NumberArray) and
+// string arrays views of their bytes, so metadata costs at most ~2x its size in the file.
 #include "model/gguf.h"
 
 #include <algorithm>
@@ -161,15 +163,25 @@ class Reader {
     return v;
   }
 
-  std::string read_string(const std::string& what) {
+  // A view of the string's bytes in the file (valid while the mapping lives).
+  std::string_view read_string_view(const std::string& what) {
     const uint64_t len = read<uint64_t>(what + " length");
     if (len > remaining()) {
       fail(what + " has length " + std::to_string(len) + " at offset " + std::to_string(pos_ - 8) + " but only " +
            std::to_string(remaining()) + " bytes remain in the file");
     }
-    std::string s(reinterpret_cast<const char*>(data_ + pos_), len);
+    std::string_view s(reinterpret_cast<const char*>(data_ + pos_), len);
     pos_ += len;
     return s;
+  }
+  std::string read_string(const std::string& what) { return std::string(read_string_view(what)); }
+
+  // Skips n bytes (already checked with need()) and returns where they start.
+  const uint8_t* take(uint64_t n, const std::string& what) {
+    need(n, what);
+    const uint8_t* p = data_ + pos_;
+    pos_ += n;
+    return p;
   }
 
  private:
@@ -179,38 +191,43 @@ class Reader {
   size_t pos_ = 0;
 };
 
-// Reads one scalar of type t as a double (arrays) or into v->scalar.
-double read_number(Reader& r, ValueType t, const std::string& what, Value* v) {
+// Reads one scalar of type t into v->scalar.
+void read_number(Reader& r, ValueType t, const std::string& what, Value* v) {
   switch (t) {
-    case ValueType::kU8: { auto x = r.read<uint8_t>(what); if (v) v->scalar = int64_t{x}; return x; }
-    case ValueType::kI8: { auto x = r.read<int8_t>(what); if (v) v->scalar = int64_t{x}; return x; }
-    case ValueType::kU16: { auto x = r.read<uint16_t>(what); if (v) v->scalar = int64_t{x}; return x; }
-    case ValueType::kI16: { auto x = r.read<int16_t>(what); if (v) v->scalar = int64_t{x}; return x; }
-    case ValueType::kU32: { auto x = r.read<uint32_t>(what); if (v) v->scalar = int64_t{x}; return x; }
-    case ValueType::kI32: { auto x = r.read<int32_t>(what); if (v) v->scalar = int64_t{x}; return x; }
-    case ValueType::kI64: { auto x = r.read<int64_t>(what); if (v) v->scalar = x; return static_cast<double>(x); }
+    case ValueType::kU8: v->scalar = int64_t{r.read<uint8_t>(what)}; return;
+    case ValueType::kI8: v->scalar = int64_t{r.read<int8_t>(what)}; return;
+    case ValueType::kU16: v->scalar = int64_t{r.read<uint16_t>(what)}; return;
+    case ValueType::kI16: v->scalar = int64_t{r.read<int16_t>(what)}; return;
+    case ValueType::kU32: v->scalar = int64_t{r.read<uint32_t>(what)}; return;
+    case ValueType::kI32: v->scalar = int64_t{r.read<int32_t>(what)}; return;
+    case ValueType::kI64: v->scalar = r.read<int64_t>(what); return;
     case ValueType::kU64: {
-      auto x = r.read<uint64_t>(what);
-      if (v) {
-        if (x > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-          v->scalar = x;
-        } else {
-          v->scalar = static_cast<int64_t>(x);
-        }
+      const auto x = r.read<uint64_t>(what);
+      if (x > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        v->scalar = x;
+      } else {
+        v->scalar = static_cast<int64_t>(x);
       }
-      return static_cast<double>(x);
+      return;
     }
-    case ValueType::kF32: { auto x = r.read<float>(what); if (v) v->scalar = double{x}; return x; }
-    case ValueType::kF64: { auto x = r.read<double>(what); if (v) v->scalar = x; return x; }
+    case ValueType::kF32: v->scalar = double{r.read<float>(what)}; return;
+    case ValueType::kF64: v->scalar = r.read<double>(what); return;
     case ValueType::kBool: {
       const auto x = r.read<uint8_t>(what);
       if (x > 1) r.fail(what + " is a bool with value " + std::to_string(x) + " (expected 0 or 1)");
-      if (v) v->scalar = x != 0;
-      return x;
+      v->scalar = x != 0;
+      return;
     }
     default:
       r.fail(what + ": internal error, not a number type");
   }
+}
+
+template <typename T>
+double load_as_double(const uint8_t* p) {
+  T x;
+  std::memcpy(&x, p, sizeof(T));
+  return static_cast<double>(x);
 }
 
 Value read_value(Reader& r, const std::string& key) {
@@ -235,6 +252,7 @@ Value read_value(Reader& r, const std::string& key) {
     }
     const uint64_t count = r.read<uint64_t>("element count of key " + quoted(key));
     const uint64_t min_bytes = min_value_bytes(v.elem_type);
+    // The count is bounded by the bytes left before anything is allocated for it.
     if (count > r.remaining() / min_bytes) {
       r.fail("array key " + quoted(key) + " claims " + std::to_string(count) + " elements of " + value_type_name(v.elem_type) +
              " (at least " + std::to_string(min_bytes) + " bytes each) but only " + std::to_string(r.remaining()) +
@@ -242,10 +260,19 @@ Value read_value(Reader& r, const std::string& key) {
     }
     if (v.elem_type == ValueType::kString) {
       v.strings.reserve(count);
-      for (uint64_t i = 0; i < count; ++i) v.strings.push_back(r.read_string("element " + std::to_string(i) + " of " + what));
+      for (uint64_t i = 0; i < count; ++i) v.strings.push_back(r.read_string_view("element " + std::to_string(i) + " of " + what));
     } else {
-      v.numbers.reserve(count);
-      for (uint64_t i = 0; i < count; ++i) v.numbers.push_back(read_number(r, v.elem_type, what, nullptr));
+      // Numbers stay in the file: a typed view, no copy.
+      const uint8_t* p = r.take(count * min_bytes, what);
+      if (v.elem_type == ValueType::kBool) {
+        for (uint64_t i = 0; i < count; ++i) {
+          if (p[i] > 1) {
+            r.fail("element " + std::to_string(i) + " of " + what + " is a bool with value " + std::to_string(p[i]) +
+                   " (expected 0 or 1)");
+          }
+        }
+      }
+      v.numbers = NumberArray(v.elem_type, p, static_cast<size_t>(count));
     }
   }
   return v;
@@ -260,6 +287,30 @@ Value read_value(Reader& r, const std::string& key) {
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
+
+size_t value_type_size(ValueType t) {
+  return t == ValueType::kString || t == ValueType::kArray ? 0 : static_cast<size_t>(min_value_bytes(t));
+}
+
+double NumberArray::operator[](size_t i) const {
+  MXLM_ASSERT(i < count_);
+  const uint8_t* p = data_ + i * value_type_size(type_);
+  switch (type_) {
+    case ValueType::kU8: case ValueType::kBool: return *p;
+    case ValueType::kI8: return load_as_double<int8_t>(p);
+    case ValueType::kU16: return load_as_double<uint16_t>(p);
+    case ValueType::kI16: return load_as_double<int16_t>(p);
+    case ValueType::kU32: return load_as_double<uint32_t>(p);
+    case ValueType::kI32: return load_as_double<int32_t>(p);
+    case ValueType::kF32: return load_as_double<float>(p);
+    case ValueType::kU64: return load_as_double<uint64_t>(p);
+    case ValueType::kI64: return load_as_double<int64_t>(p);
+    case ValueType::kF64: return load_as_double<double>(p);
+    case ValueType::kString: case ValueType::kArray: break;
+  }
+  MXLM_ASSERT(false && "NumberArray of a non-numeric type");
+  return 0.0;
+}
 
 const char* ggml_type_name(uint32_t type) {
   const GgmlTypeInfo* info = ggml_type_info(type);
@@ -293,7 +344,11 @@ const std::string& Value::as_string(std::string_view key) const {
   return std::get<std::string>(scalar);
 }
 
-File::File(const std::string& path) : map_(path) {
+File::File(const std::string& path) : map_(path) { parse(); }
+
+File::File(MappedFile map) : map_(std::move(map)) { parse(); }
+
+void File::parse() {
   Reader r(map_.path(), map_.data(), map_.size());
   if (map_.size() < 4) r.fail("file has " + std::to_string(map_.size()) + " bytes, too short for the GGUF magic");
   if (std::memcmp(map_.data(), "GGUF", 4) != 0) {
@@ -517,12 +572,20 @@ void read_spm_vocab(const File& file, std::vector<VocabEntry>* vocab, SpmBuildOp
   bool any_byte = false;
   for (size_t i = 0; i < n; ++i) {
     VocabEntry& e = out[i];
-    e.piece = tokens.strings[i];
-    e.score = scores ? static_cast<float>(scores->numbers[i]) : 0.0f;
+    e.piece = std::string(tokens.strings[i]);
+    if (scores) {
+      // A double outside the float range does not convert (undefined behaviour): reject it.
+      const double sc = scores->numbers[i];
+      if (!(std::fabs(sc) <= static_cast<double>(std::numeric_limits<float>::max()))) {
+        fail("token " + std::to_string(i) + " (" + quoted(e.piece) + ") has score " + std::to_string(sc) +
+             " (not a finite float32)");
+      }
+      e.score = static_cast<float>(sc);
+    }
     if (types) {
       const double t = types->numbers[i];
       if (!(t >= static_cast<double>(VocabEntry::kNormal) && t <= static_cast<double>(VocabEntry::kByte))) {
-        fail("token " + std::to_string(i) + " (" + quoted(e.piece) + ") has token type " + std::to_string(static_cast<int64_t>(t)) +
+        fail("token " + std::to_string(i) + " (" + quoted(e.piece) + ") has token type " + std::to_string(t) +
              " (expected 1..6)");
       }
       e.type = static_cast<VocabEntry::Type>(static_cast<int>(t));

@@ -20,14 +20,39 @@ enum class ValueType : uint32_t {
   kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
 };
 
+// A numeric GGUF array as a view of its bytes in the file: elements are decoded on access, so
+// an array costs no memory of its own whatever its element type (storing each element as a
+// double made a u8 array cost 8x its size in the file). Valid while its File lives.
+class NumberArray {
+ public:
+  NumberArray() = default;
+  NumberArray(ValueType elem_type, const uint8_t* data, size_t count) : type_(elem_type), data_(data), count_(count) {}
+  size_t size() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  ValueType elem_type() const { return type_; }
+  // Element i as a double (u64/i64 beyond 2^53 round); i < size().
+  double operator[](size_t i) const;
+  // The raw little-endian element bytes: size() * element size.
+  const uint8_t* bytes() const { return data_; }
+
+ private:
+  ValueType type_ = ValueType::kU8;
+  const uint8_t* data_ = nullptr;
+  size_t count_ = 0;
+};
+
+// Bytes of one element of a numeric type (0 for strings and arrays).
+size_t value_type_size(ValueType t);
+
 struct Value {
   ValueType type = ValueType::kU8;
   ValueType elem_type = ValueType::kU8;  // for arrays
   // Scalars: integers as int64 (u64 above INT64_MAX is kept as uint64), floats as double.
   std::variant<int64_t, uint64_t, double, bool, std::string> scalar;
-  // Arrays: numbers in `numbers` (as double), strings in `strings`; nested arrays unsupported.
-  std::vector<double> numbers;
-  std::vector<std::string> strings;
+  // Arrays: numbers as a typed view of the file, strings as views of the file (16 bytes per
+  // element of at least 8 file bytes); nested arrays unsupported.
+  NumberArray numbers;
+  std::vector<std::string_view> strings;
 
   // Typed accessors; throw Error (kFormat) naming `key` when the type does not fit.
   int64_t as_int(std::string_view key) const;
@@ -51,6 +76,9 @@ struct TensorInfo {
 class File {
  public:
   explicit File(const std::string& path);  // maps and validates the whole structure
+  explicit File(MappedFile map);           // validates bytes already mapped (or in memory)
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
 
   uint32_t version() const { return version_; }
   const std::string& path() const { return map_.path(); }
@@ -63,6 +91,8 @@ class File {
   uint32_t alignment() const { return alignment_; }
 
  private:
+  void parse();
+
   MappedFile map_;
   uint32_t version_ = 0;
   uint32_t alignment_ = 32;

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -53,7 +54,22 @@ void read_source_row(const SourceTensor& t, int64_t r, float* dst) {
     src_row = head * d + (j < d / 2 ? 2 * j : 2 * (j - d / 2) + 1);
   }
   const uint64_t row_bytes = *qtype_row_bytes(t.src_type, static_cast<uint64_t>(k));
-  dequantize_row(t.src_type, t.data + static_cast<uint64_t>(src_row) * row_bytes, k, dst);
+  const uint8_t* row = t.data + static_cast<uint64_t>(src_row) * row_bytes;
+  if (is_float_qtype(t.src_type)) {
+    // Source rows may sit at any alignment (a safetensors header has any length, GGUF's
+    // alignment may be 1), and the converters read uint16_t/float elements in place: go
+    // through an aligned buffer, a chunk at a time.
+    alignas(64) uint8_t buf[4096];
+    const uint64_t elem = static_cast<uint64_t>(qtype_info(t.src_type).block_bytes);
+    const int64_t chunk = static_cast<int64_t>(sizeof(buf) / elem);
+    for (int64_t i = 0; i < k; i += chunk) {
+      const int64_t n = std::min(chunk, k - i);
+      std::memcpy(buf, row + static_cast<uint64_t>(i) * elem, static_cast<size_t>(n) * elem);
+      convert_row_to_f32(t.src_type, buf, dst + i, static_cast<size_t>(n));
+    }
+    return;
+  }
+  dequantize_row(t.src_type, row, k, dst);
 }
 
 void check_tensor_set(const ImportedModel& m) {

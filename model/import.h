@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -49,6 +51,35 @@ ImportedModel import_model(const std::string& input, const ImportOptions& option
 ImportedModel import_hf(const std::string& dir, const ImportOptions& options);
 ImportedModel import_gguf(const std::string& path, const ImportOptions& options);
 ImportedModel import_llama2c(const std::string& path, const ImportOptions& options);
+// The same from bytes already in memory (MappedFile::from_memory) or mapped: the fuzz targets
+// and tests parse through these. The ImportedModel keeps `file` alive.
+class MappedFile;
+namespace gguf {
+class File;
+}
+ImportedModel import_gguf(std::shared_ptr<const gguf::File> file, const ImportOptions& options);
+ImportedModel import_llama2c(std::shared_ptr<const MappedFile> file, const ImportOptions& options);
+
+// The parts of the HF importer, each on one untrusted input.
+namespace hf {
+struct SafeTensor {
+  QType type = QType::kF32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // into the file, any alignment
+  uint64_t bytes = 0;
+  std::string file;  // the shard's path
+};
+// Parses one safetensors file (u64 header length, JSON header, data) and adds its tensors to
+// *out; a name already in *out (from another shard) is an error naming both files.
+void read_safetensors(const MappedFile& map, std::map<std::string, SafeTensor>* out);
+// config.json text -> a validated ModelConfig (and the architectures[0] name). `path` names the
+// file in messages.
+ModelConfig parse_config(const std::string& text, const std::string& path, std::string* arch_name = nullptr);
+// model.safetensors.index.json text -> the shard file names in order of first appearance (and
+// the tensor -> shard map). Rejects shard paths that are absolute or contain "..".
+std::vector<std::string> parse_index(const std::string& text, const std::string& path,
+                                     std::map<std::string, std::string>* weight_map = nullptr);
+}  // namespace hf
 // An existing .mxlm file as a source (for re-quantization); tensors of any format.
 ImportedModel import_mxlm(const std::string& path);
 

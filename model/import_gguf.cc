@@ -1,4 +1,6 @@
 // GGUF import (architecture "llama", tensors F32/F16/BF16, SentencePiece-style vocabulary).
+#include <cmath>
+#include <limits>
 #include <map>
 
 #include "kernels/common.h"
@@ -9,8 +11,12 @@
 namespace mxlm {
 
 ImportedModel import_gguf(const std::string& path, const ImportOptions& options) {
-  auto file = std::make_shared<gguf::File>(path);
+  return import_gguf(std::make_shared<const gguf::File>(path), options);
+}
+
+ImportedModel import_gguf(std::shared_ptr<const gguf::File> file, const ImportOptions& options) {
   const gguf::File& g = *file;
+  const std::string& path = g.path();
   const std::string arch = g.get("general.architecture").as_string("general.architecture");
   if (arch != "llama") {
     throw Error(ErrorCode::kUnsupported, "'" + path + "': unknown architecture '" + arch + "' (supported: llama)");
@@ -40,10 +46,18 @@ ImportedModel import_gguf(const std::string& path, const ImportOptions& options)
                                                " != head_dim " + std::to_string(c.head_dim) + ") is not supported");
     }
   }
-  if (const gguf::Value* v = g.find("llama.attention.layer_norm_rms_epsilon")) {
-    c.norm_eps = static_cast<float>(v->as_float("llama.attention.layer_norm_rms_epsilon"));
-  }
-  if (const gguf::Value* v = g.find("llama.rope.freq_base")) c.rope_theta = static_cast<float>(v->as_float("llama.rope.freq_base"));
+  // A double outside the float range does not convert (undefined behaviour): check first.
+  auto float_key = [&](const std::string& key, float* out) {
+    const gguf::Value* v = g.find(key);
+    if (!v) return;
+    const double x = v->as_float(key);
+    if (!(std::fabs(x) <= static_cast<double>(std::numeric_limits<float>::max()))) {
+      throw Error(ErrorCode::kFormat, "'" + path + "': " + key + " = " + std::to_string(x) + " is not a finite float32");
+    }
+    *out = static_cast<float>(x);
+  };
+  float_key("llama.attention.layer_norm_rms_epsilon", &c.norm_eps);
+  float_key("llama.rope.freq_base", &c.rope_theta);
 
   std::vector<VocabEntry> vocab;
   SpmBuildOptions spm;

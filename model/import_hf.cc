@@ -1,9 +1,16 @@
 // Hugging Face import: config.json + model.safetensors or sharded safetensors with
 // model.safetensors.index.json, plus tokenizer.model (SentencePiece).
+//
+// Every input here is untrusted (a downloaded model directory), so: shard names from the index
+// must be relative paths inside the directory (no absolute paths, no ".."), a tensor may appear
+// in only one shard (and where the index says), JSON objects may not repeat a key, and every
+// config value is checked for its JSON type and range (no silent truncation of 3.7 or 1e10).
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
+#include <vector>
 
 #include "kernels/common.h"
 #include "model/import.h"
@@ -14,167 +21,280 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct SafeTensor {
-  QType type;
-  std::vector<int64_t> shape;
-  const uint8_t* data;
-  uint64_t bytes;
-  std::string file;
-};
-
 [[noreturn]] void fail_file(const std::string& path, const std::string& what) {
   throw Error(ErrorCode::kFormat, "'" + path + "': " + what);
 }
 
-// Parses one safetensors file: u64 header length, JSON header, data.
-void read_safetensors(const std::shared_ptr<MappedFile>& map, std::map<std::string, SafeTensor>* out) {
-  const std::string& path = map->path();
-  const uint64_t size = map->size();
-  if (size < 8) fail_file(path, "truncated: " + std::to_string(size) + " bytes, a safetensors file has at least 8");
-  uint64_t hlen;
-  std::memcpy(&hlen, map->data(), 8);
-  if (hlen > size - 8 || hlen > (uint64_t{100} << 20)) {
-    fail_file(path, "header length " + std::to_string(hlen) + " exceeds the file (" + std::to_string(size) + " bytes)");
-  }
-  nlohmann::json h;
+std::string shown(const std::string& s) { return s.size() > 64 ? s.substr(0, 64) + "..." : s; }
+
+// Parses JSON text, rejecting a key repeated inside one object (nlohmann would keep the last
+// one silently: a second "lm_head.weight" entry could shadow the first).
+nlohmann::json parse_json_strict(const char* first, const char* last, const std::string& path) {
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    switch (ev) {
+      case nlohmann::json::parse_event_t::object_start: keys.emplace_back(); break;
+      case nlohmann::json::parse_event_t::object_end:
+        if (!keys.empty()) keys.pop_back();
+        break;
+      case nlohmann::json::parse_event_t::key:
+        if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second) {
+          fail_file(path, "JSON key '" + shown(parsed.get<std::string>()) + "' appears twice in one object");
+        }
+        break;
+      default: break;
+    }
+    return true;
+  };
   try {
-    h = nlohmann::json::parse(map->data() + 8, map->data() + 8 + hlen);
+    return nlohmann::json::parse(first, last, cb);
   } catch (const nlohmann::json::exception& e) {
-    fail_file(path, std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!h.is_object()) fail_file(path, "header is not a JSON object");
-  const uint64_t base = 8 + hlen;
-  for (auto it = h.begin(); it != h.end(); ++it) {
-    if (it.key() == "__metadata__") continue;
-    const std::string where = "tensor '" + it.key() + "'";
-    const auto& j = it.value();
-    SafeTensor t;
-    t.file = path;
-    std::string dtype;
-    std::vector<uint64_t> offs;
-    try {
-      dtype = j.at("dtype").get<std::string>();
-      for (auto d : j.at("shape").get<std::vector<int64_t>>()) t.shape.push_back(d);
-      offs = j.at("data_offsets").get<std::vector<uint64_t>>();
-    } catch (const nlohmann::json::exception& e) {
-      fail_file(path, where + ": bad entry: " + e.what());
-    }
-    if (dtype == "F32") t.type = QType::kF32;
-    else if (dtype == "F16") t.type = QType::kF16;
-    else if (dtype == "BF16") t.type = QType::kBF16;
-    else throw Error(ErrorCode::kUnsupported, "'" + path + "': " + where + " has dtype " + dtype + " (supported: F32, F16, BF16)");
-    if (offs.size() != 2 || offs[0] > offs[1] || offs[1] > size - base) {
-      fail_file(path, where + ": data offsets lie outside the file (" + std::to_string(size - base) + " data bytes)");
-    }
-    uint64_t n = 1;
-    for (int64_t d : t.shape) {
-      if (d <= 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) fail_file(path, where + ": bad shape");
-    }
-    const uint64_t elem = qtype_info(t.type).block_bytes;
-    uint64_t expect;
-    if (__builtin_mul_overflow(n, elem, &expect) || expect != offs[1] - offs[0]) {
-      fail_file(path, where + ": " + std::to_string(offs[1] - offs[0]) + " data bytes do not match its shape and dtype");
-    }
-    t.data = map->data() + base + offs[0];
-    t.bytes = expect;
-    (*out)[it.key()] = t;
+    fail_file(path, std::string("not valid JSON: ") + e.what());
   }
 }
 
-int get_int(const nlohmann::json& cfg, const char* key, const std::string& path, std::optional<int> fallback = std::nullopt) {
+// An integer config field: absent or null gives the fallback (or an error when there is none);
+// a list (eos_token_id: [2, 32000]) gives its first element.
+int config_int(const nlohmann::json& cfg, const char* key, const std::string& path, int64_t lo, int64_t hi,
+               std::optional<int> fallback = std::nullopt) {
   auto it = cfg.find(key);
   if (it == cfg.end() || it->is_null()) {
     if (fallback) return *fallback;
     fail_file(path, std::string("missing '") + key + "'");
   }
-  if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) return (*it)[0].get<int>();  // e.g. eos_token_id list
-  if (!it->is_number_integer()) fail_file(path, std::string("'") + key + "' is not an integer: " + it->dump());
-  return it->get<int>();
+  const nlohmann::json* v = &*it;
+  if (v->is_array()) {
+    if (v->empty()) fail_file(path, std::string("'") + key + "' is an empty list");
+    v = &(*v)[0];
+  }
+  try {
+    return static_cast<int>(json_int(*v, std::string("config ") + key, lo, hi));
+  } catch (const Error& e) {
+    fail_file(path, e.what());
+  }
+}
+
+// A typed optional field: absent or null gives the fallback.
+template <typename T, typename Get>
+T config_opt(const nlohmann::json& obj, const char* key, const std::string& path, T fallback, Get get) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return fallback;
+  try {
+    return get(*it, std::string("config ") + key);
+  } catch (const Error& e) {
+    fail_file(path, e.what());
+  }
+}
+
+std::string opt_string(const nlohmann::json& obj, const char* key, const std::string& path, const std::string& fallback) {
+  return config_opt<std::string>(obj, key, path, fallback, json_string);
 }
 
 }  // namespace
+
+namespace hf {
+
+void read_safetensors(const MappedFile& map, std::map<std::string, SafeTensor>* out) {
+  const std::string& path = map.path();
+  const uint64_t size = map.size();
+  if (size < 8) fail_file(path, "truncated: " + std::to_string(size) + " bytes, a safetensors file has at least 8");
+  uint64_t hlen;
+  std::memcpy(&hlen, map.data(), 8);
+  if (hlen > size - 8 || hlen > (uint64_t{100} << 20)) {
+    fail_file(path, "header length " + std::to_string(hlen) + " exceeds the file (" + std::to_string(size) +
+                        " bytes) or the 100 MiB limit");
+  }
+  const auto* text = reinterpret_cast<const char*>(map.data() + 8);
+  const nlohmann::json h = parse_json_strict(text, text + hlen, path);
+  if (!h.is_object()) fail_file(path, "header is not a JSON object");
+  const uint64_t base = 8 + hlen;
+  const uint64_t data_bytes = size - base;
+  for (auto it = h.begin(); it != h.end(); ++it) {
+    if (it.key() == "__metadata__") continue;
+    const std::string where = "tensor '" + shown(it.key()) + "'";
+    const auto& j = it.value();
+    if (!j.is_object() || !j.contains("dtype") || !j.contains("shape") || !j.contains("data_offsets")) {
+      fail_file(path, where + ": expected an object with dtype, shape and data_offsets");
+    }
+    SafeTensor t;
+    t.file = path;
+    const std::string dtype = [&] {
+      try {
+        return json_string(j["dtype"], where + " dtype");
+      } catch (const Error& e) {
+        fail_file(path, e.what());
+      }
+    }();
+    if (dtype == "F32") t.type = QType::kF32;
+    else if (dtype == "F16") t.type = QType::kF16;
+    else if (dtype == "BF16") t.type = QType::kBF16;
+    else throw Error(ErrorCode::kUnsupported, "'" + path + "': " + where + " has dtype " + shown(dtype) + " (supported: F32, F16, BF16)");
+    const auto& jshape = j["shape"];
+    const auto& joffs = j["data_offsets"];
+    if (!jshape.is_array() || jshape.size() > 8) fail_file(path, where + ": shape " + shown(jshape.dump()) + " is not a list of up to 8 sizes");
+    if (!joffs.is_array() || joffs.size() != 2) fail_file(path, where + ": data_offsets " + shown(joffs.dump()) + " is not a pair");
+    uint64_t begin = 0, end = 0;
+    try {
+      for (const auto& d : jshape) t.shape.push_back(json_int(d, where + " dimension", 1, int64_t{1} << 40));
+      begin = json_uint(joffs[0], where + " data_offsets[0]", data_bytes);
+      end = json_uint(joffs[1], where + " data_offsets[1]", data_bytes);
+    } catch (const Error& e) {
+      fail_file(path, std::string(e.what()) + " (the file has " + std::to_string(data_bytes) + " data bytes)");
+    }
+    uint64_t n = 1;
+    for (int64_t d : t.shape) {
+      if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) fail_file(path, where + ": the element count overflows 64 bits");
+    }
+    if (begin > end) fail_file(path, where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + ") are reversed");
+    const uint64_t elem = static_cast<uint64_t>(qtype_info(t.type).block_bytes);
+    uint64_t expect;
+    if (__builtin_mul_overflow(n, elem, &expect) || expect != end - begin) {
+      fail_file(path, where + ": " + std::to_string(end - begin) + " data bytes do not match its shape and dtype");
+    }
+    // The data may sit at any alignment (the header length is arbitrary): readers of SourceTensor
+    // data copy it out (read_source_row) and never dereference it as uint16_t/float in place.
+    t.data = map.data() + base + begin;
+    t.bytes = expect;
+    auto [pos, inserted] = out->emplace(it.key(), t);
+    if (!inserted) {
+      fail_file(path, where + " is also in '" + pos->second.file + "': a tensor may appear in only one shard");
+    }
+  }
+}
+
+ModelConfig parse_config(const std::string& text, const std::string& path, std::string* arch_name) {
+  const nlohmann::json cfg = parse_json_strict(text.data(), text.data() + text.size(), path);
+  if (!cfg.is_object()) fail_file(path, "not a JSON object");
+  const std::string model_type = opt_string(cfg, "model_type", path, "");
+  std::string arch;
+  if (auto it = cfg.find("architectures"); it != cfg.end() && !it->is_null()) {
+    if (!it->is_array()) fail_file(path, "'architectures' is not a list: " + shown(it->dump()));
+    if (!it->empty()) {
+      try {
+        arch = json_string((*it)[0], "config architectures[0]");
+      } catch (const Error& e) {
+        fail_file(path, e.what());
+      }
+    }
+  }
+  static const std::set<std::string> kLlamaArchs = {"LlamaForCausalLM", "MistralForCausalLM"};
+  if (!kLlamaArchs.count(arch) && model_type != "llama" && model_type != "mistral") {
+    throw Error(ErrorCode::kUnsupported, "'" + path + "': unknown architecture '" + shown(arch) + "' (model_type '" +
+                                             shown(model_type) + "'); supported: LlamaForCausalLM, MistralForCausalLM");
+  }
+  if (config_opt<bool>(cfg, "attention_bias", path, false, json_bool) || config_opt<bool>(cfg, "mlp_bias", path, false, json_bool)) {
+    throw Error(ErrorCode::kUnsupported, "'" + path + "': attention/MLP biases are not supported");
+  }
+  if (const std::string act = opt_string(cfg, "hidden_act", path, "silu"); act != "silu") {
+    throw Error(ErrorCode::kUnsupported, "'" + path + "': hidden_act '" + shown(act) + "' is not supported (silu)");
+  }
+  // Sizes are bounded by int here; validate() applies the model limits with their own message.
+  constexpr int64_t kMax = INT32_MAX;
+  ModelConfig c;
+  c.n_vocab = config_int(cfg, "vocab_size", path, 1, kMax);
+  c.n_embd = config_int(cfg, "hidden_size", path, 1, kMax);
+  c.n_layers = config_int(cfg, "num_hidden_layers", path, 1, kMax);
+  c.n_heads = config_int(cfg, "num_attention_heads", path, 1, kMax);
+  c.n_kv_heads = config_int(cfg, "num_key_value_heads", path, 1, kMax, c.n_heads);
+  c.head_dim = config_int(cfg, "head_dim", path, 1, kMax, c.n_embd / c.n_heads);
+  c.n_ff = config_int(cfg, "intermediate_size", path, 1, kMax);
+  c.n_ctx = config_int(cfg, "max_position_embeddings", path, 1, kMax, 2048);
+  c.norm_eps = config_opt<float>(cfg, "rms_norm_eps", path, 1e-6f, json_float);
+  c.bos_id = config_int(cfg, "bos_token_id", path, -1, kMax, 1);
+  c.eos_id = config_int(cfg, "eos_token_id", path, -1, kMax, 2);
+  c.tied_embeddings = config_opt<bool>(cfg, "tie_word_embeddings", path, false, json_bool);
+  // RoPE: the classic "rope_theta" or the transformers-5 "rope_parameters" object.
+  nlohmann::json rope = nlohmann::json::object();
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    auto it = cfg.find(key);
+    if (it == cfg.end() || it->is_null()) continue;
+    if (!it->is_object()) fail_file(path, std::string("'") + key + "' is not an object: " + shown(it->dump()));
+    rope.update(*it);
+  }
+  const std::string rope_type = opt_string(rope, "rope_type", path, opt_string(rope, "type", path, "default"));
+  if (rope_type != "default") {
+    throw Error(ErrorCode::kUnsupported, "'" + path + "': RoPE scaling '" + shown(rope_type) + "' is not supported yet");
+  }
+  c.rope_theta = config_opt<float>(rope, "rope_theta", path, config_opt<float>(cfg, "rope_theta", path, 10000.0f, json_float),
+                                   json_float);
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(e.code(), "'" + path + "': " + e.what());
+  }
+  if (arch_name) *arch_name = arch;
+  return c;
+}
+
+void check_shard_name(const std::string& name, const std::string& index_path) {
+  auto bad = [&](const std::string& why) {
+    fail_file(index_path, "shard path '" + shown(name) + "' " + why + "; shards must be relative paths inside the model directory");
+  };
+  if (name.empty()) bad("is empty");
+  if (name.find('\0') != std::string::npos) bad("contains a NUL byte");
+  const fs::path p(name);
+  if (p.is_absolute() || p.has_root_path() || name[0] == '/') bad("is absolute");
+  for (const auto& part : p) {
+    if (part == "..") bad("contains '..'");
+  }
+}
+
+std::vector<std::string> parse_index(const std::string& text, const std::string& path,
+                                     std::map<std::string, std::string>* weight_map) {
+  const nlohmann::json index = parse_json_strict(text.data(), text.data() + text.size(), path);
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    fail_file(path, "no weight_map object");
+  }
+  std::vector<std::string> shards;
+  std::set<std::string> seen;
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    if (!file.is_string()) fail_file(path, "weight_map entry '" + shown(name) + "' is not a file name: " + shown(file.dump()));
+    const std::string f = file.get<std::string>();
+    check_shard_name(f, path);
+    if (seen.insert(f).second) shards.push_back(f);
+    if (weight_map) (*weight_map)[name] = f;
+  }
+  if (shards.empty()) fail_file(path, "weight_map is empty");
+  return shards;
+}
+
+}  // namespace hf
 
 ImportedModel import_hf(const std::string& dir, const ImportOptions& options) {
   ImportedModel m;
   m.format = SourceFormat::kHf;
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   if (!file_exists(cfg_path)) throw Error(ErrorCode::kIo, "'" + dir + "' has no config.json (not a Hugging Face model directory)");
-  nlohmann::json cfg;
-  try {
-    cfg = nlohmann::json::parse(read_file(cfg_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail_file(cfg_path, std::string("not valid JSON: ") + e.what());
-  }
-  std::string model_type = cfg.value("model_type", "");
   std::string arch_name;
-  if (cfg.contains("architectures") && cfg["architectures"].is_array() && !cfg["architectures"].empty()) {
-    arch_name = cfg["architectures"][0].get<std::string>();
-  }
-  static const std::set<std::string> kLlamaArchs = {"LlamaForCausalLM", "MistralForCausalLM"};
-  if (!kLlamaArchs.count(arch_name) && model_type != "llama" && model_type != "mistral") {
-    throw Error(ErrorCode::kUnsupported, "'" + cfg_path + "': unknown architecture '" + arch_name + "' (model_type '" +
-                                             model_type + "'); supported: LlamaForCausalLM, MistralForCausalLM");
-  }
-  if (cfg.value("attention_bias", false) || cfg.value("mlp_bias", false)) {
-    throw Error(ErrorCode::kUnsupported, "'" + cfg_path + "': attention/MLP biases are not supported");
-  }
-  if (cfg.contains("hidden_act") && cfg["hidden_act"] != "silu") {
-    throw Error(ErrorCode::kUnsupported, "'" + cfg_path + "': hidden_act " + cfg["hidden_act"].dump() + " is not supported (silu)");
-  }
+  m.config = hf::parse_config(read_file(cfg_path), cfg_path, &arch_name);
   ModelConfig& c = m.config;
-  c.n_vocab = get_int(cfg, "vocab_size", cfg_path);
-  c.n_embd = get_int(cfg, "hidden_size", cfg_path);
-  c.n_layers = get_int(cfg, "num_hidden_layers", cfg_path);
-  c.n_heads = get_int(cfg, "num_attention_heads", cfg_path);
-  c.n_kv_heads = get_int(cfg, "num_key_value_heads", cfg_path, c.n_heads);
-  c.head_dim = get_int(cfg, "head_dim", cfg_path, c.n_heads > 0 ? c.n_embd / c.n_heads : 0);
-  c.n_ff = get_int(cfg, "intermediate_size", cfg_path);
-  c.n_ctx = get_int(cfg, "max_position_embeddings", cfg_path, 2048);
-  c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
-  c.bos_id = get_int(cfg, "bos_token_id", cfg_path, 1);
-  c.eos_id = get_int(cfg, "eos_token_id", cfg_path, 2);
-  c.tied_embeddings = cfg.value("tie_word_embeddings", false);
-  // RoPE: the classic "rope_theta" or the transformers-5 "rope_parameters" object.
-  nlohmann::json rope = cfg.contains("rope_parameters") && cfg["rope_parameters"].is_object() ? cfg["rope_parameters"]
-                                                                                             : nlohmann::json::object();
-  if (cfg.contains("rope_scaling") && cfg["rope_scaling"].is_object()) rope.update(cfg["rope_scaling"]);
-  const std::string rope_type = rope.value("rope_type", rope.value("type", std::string("default")));
-  if (rope_type != "default") {
-    throw Error(ErrorCode::kUnsupported, "'" + cfg_path + "': RoPE scaling '" + rope_type + "' is not supported yet");
-  }
-  c.rope_theta = rope.value("rope_theta", cfg.value("rope_theta", 10000.0f));
-  c.validate();
 
   // Tensors: sharded through the index, or one model.safetensors.
   const fs::path index_path = fs::path(dir) / "model.safetensors.index.json";
+  const bool sharded = fs::exists(index_path);
   std::vector<std::string> shard_files;
-  if (fs::exists(index_path)) {
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(read_file(index_path.string()));
-    } catch (const nlohmann::json::exception& e) {
-      fail_file(index_path.string(), std::string("not valid JSON: ") + e.what());
-    }
-    if (!index.contains("weight_map") || !index["weight_map"].is_object()) fail_file(index_path.string(), "no weight_map");
-    std::set<std::string> seen;
-    for (auto& [name, file] : index["weight_map"].items()) {
-      (void)name;
-      const std::string f = file.get<std::string>();
-      if (seen.insert(f).second) shard_files.push_back(f);
-    }
+  std::map<std::string, std::string> weight_map;
+  if (sharded) {
+    shard_files = hf::parse_index(read_file(index_path.string()), index_path.string(), &weight_map);
   } else {
     shard_files.push_back("model.safetensors");
   }
-  std::map<std::string, SafeTensor> all;
+  std::map<std::string, hf::SafeTensor> all;
   for (const std::string& f : shard_files) {
     const std::string p = (fs::path(dir) / f).string();
     if (!file_exists(p)) {
-      throw Error(ErrorCode::kIo, "missing shard '" + p + "'" +
-                                      (fs::exists(index_path) ? " (listed in model.safetensors.index.json)" : ""));
+      throw Error(ErrorCode::kIo, "missing shard '" + p + "'" + (sharded ? " (listed in model.safetensors.index.json)" : ""));
     }
     auto map = std::make_shared<MappedFile>(p);
-    read_safetensors(map, &all);
+    hf::read_safetensors(*map, &all);
     m.files.push_back(map);
+  }
+  // A tensor must be in the shard the index names (a mismatch means a stale or forged index).
+  for (const auto& [name, f] : weight_map) {
+    auto it = all.find(name);
+    if (it != all.end() && it->second.file != (fs::path(dir) / f).string()) {
+      fail_file(index_path.string(), "tensor '" + shown(name) + "' is listed in '" + f + "' but found in '" + it->second.file + "'");
+    }
   }
 
   auto take = [&](const std::string& hf_name, const std::string& name) {
@@ -212,7 +332,7 @@ ImportedModel import_hf(const std::string& dir, const ImportOptions& options) {
   for (const auto& [name, t] : all) {
     (void)t;
     if (name.find("rotary_emb.inv_freq") == std::string::npos) {
-      throw Error(ErrorCode::kUnsupported, "'" + dir + "': unexpected tensor '" + name + "' (not part of a Llama model)");
+      throw Error(ErrorCode::kUnsupported, "'" + dir + "': unexpected tensor '" + shown(name) + "' (not part of a Llama model)");
     }
   }
 

@@ -1,6 +1,7 @@
 // llama2.c checkpoints: the legacy header (7 int32, weights in f32, a negative vocab size marks
 // an unshared classifier) and the v1 "ak42" header (256 bytes, f32 weights, a shared-classifier
 // flag). The tokenizer comes from --tokenizer: a sentencepiece .model or a llama2.c .bin.
+#include <cstdint>
 #include <cstring>
 
 #include "kernels/common.h"
@@ -28,7 +29,11 @@ std::string load_tokenizer_proto(const std::string& path, int n_vocab) {
 }  // namespace
 
 ImportedModel import_llama2c(const std::string& path, const ImportOptions& options) {
-  auto map = std::make_shared<MappedFile>(path);
+  return import_llama2c(std::make_shared<const MappedFile>(path), options);
+}
+
+ImportedModel import_llama2c(std::shared_ptr<const MappedFile> map, const ImportOptions& options) {
+  const std::string& path = map->path();
   const uint64_t size = map->size();
   if (size < 28) {
     throw Error(ErrorCode::kFormat, "'" + path + "': " + std::to_string(size) +
@@ -54,7 +59,8 @@ ImportedModel import_llama2c(const std::string& path, const ImportOptions& optio
   } else {
     std::memcpy(h, map->data(), sizeof(h));
     shared = h[5] > 0;
-    h[5] = h[5] < 0 ? -h[5] : h[5];
+    // -INT32_MIN overflows: such a header is no model anyway (validate() rejects 0).
+    h[5] = h[5] == INT32_MIN ? 0 : h[5] < 0 ? -h[5] : h[5];
     offset = 28;
   }
   ModelConfig c;

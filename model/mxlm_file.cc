@@ -1,6 +1,8 @@
 #include "model/mxlm_file.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -40,14 +42,64 @@ std::optional<uint64_t> segment_bytes(QType q, int64_t rows, int64_t k) {
   return total;
 }
 
-template <typename T>
-T get_field(const std::string& path, const nlohmann::json& j, const char* key, const std::string& where) {
+// A name from the file, shortened for messages.
+std::string shown_name(const std::string& s) { return s.size() > 64 ? s.substr(0, 64) + "..." : s; }
+
+std::string shown(const nlohmann::json& v) {
+  std::string d = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return d.size() > 64 ? d.substr(0, 64) + "..." : d;
+}
+
+const nlohmann::json& field(const std::string& path, const nlohmann::json& j, const char* key, const std::string& where) {
+  if (!j.is_object()) fail(path, where + ": expected an object with field '" + key + "', found " + shown(j));
   auto it = j.find(key);
   if (it == j.end()) fail(path, where + ": missing field '" + key + "'");
+  return *it;
+}
+
+template <typename T>
+T get_field(const std::string& path, const nlohmann::json& j, const char* key, const std::string& where) {
+  const nlohmann::json& v = field(path, j, key, where);
   try {
-    return it->get<T>();
+    return v.get<T>();
   } catch (const nlohmann::json::exception&) {
-    fail(path, where + ": field '" + key + "' has the wrong type (" + it->dump() + ")");
+    fail(path, where + ": field '" + key + "' has the wrong type (" + shown(v) + ")");
+  }
+}
+
+// Strict integers (config.h's json_int/json_uint), with the file named in the message.
+int64_t as_int(const std::string& path, const nlohmann::json& v, const std::string& what, int64_t lo, int64_t hi) {
+  try {
+    return json_int(v, what, lo, hi);
+  } catch (const Error& e) {
+    fail(path, e.what());
+  }
+}
+
+uint64_t as_uint(const std::string& path, const nlohmann::json& v, const std::string& what, uint64_t hi = UINT64_MAX) {
+  try {
+    return json_uint(v, what, hi);
+  } catch (const Error& e) {
+    fail(path, e.what());
+  }
+}
+
+// The alignment a segment's offset needs: kernels read f32 rows as floats and every other
+// format in 16-bit units (f16/bf16 elements, f16 scales; row and block sizes are even).
+uint64_t segment_alignment(QType q) { return q == QType::kF32 ? 4 : 2; }
+
+// Throws when two of the byte ranges overlap (empty ranges overlap nothing), naming both.
+template <typename R>
+void check_disjoint(const std::string& path, const std::string& prefix, std::vector<R>* ranges) {
+  std::sort(ranges->begin(), ranges->end(), [](const R& a, const R& b) { return a.begin < b.begin; });
+  const R* prev = nullptr;
+  for (const R& r : *ranges) {
+    if (r.begin == r.end) continue;
+    if (prev && r.begin < prev->end) {
+      fail(path, prefix + prev->what + " (bytes " + std::to_string(prev->begin) + ".." + std::to_string(prev->end) + ") and " +
+                     r.what + " (bytes " + std::to_string(r.begin) + ".." + std::to_string(r.end) + ") overlap");
+    }
+    if (!prev || r.end > prev->end) prev = &r;
   }
 }
 
@@ -60,7 +112,12 @@ QType TensorEntry::qtype() const {
   return segments[0].qtype;
 }
 
-MxlmFile::MxlmFile(const std::string& path) : map_(path) {
+MxlmFile::MxlmFile(const std::string& path) : map_(path) { parse(); }
+
+MxlmFile::MxlmFile(MappedFile map) : map_(std::move(map)) { parse(); }
+
+void MxlmFile::parse() {
+  const std::string& path = map_.path();
   const uint64_t size = map_.size();
   if (size < sizeof(Preamble)) {
     fail(path, "truncated: " + std::to_string(size) + " bytes, an .mxlm file has at least " +
@@ -80,11 +137,11 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
   }
   uint64_t header_end;
   if (pre.preamble_bytes != sizeof(Preamble) || pre.data_offset < sizeof(Preamble) || pre.data_offset > size ||
-      __builtin_add_overflow(pre.header_offset, pre.header_bytes, &header_end) || header_end > size ||
-      pre.header_offset < pre.data_offset) {
+      pre.data_offset % kMxlmAlign != 0 || __builtin_add_overflow(pre.header_offset, pre.header_bytes, &header_end) ||
+      header_end > size || pre.header_offset < pre.data_offset) {
     fail(path, "corrupt preamble: header at " + std::to_string(pre.header_offset) + " + " +
                    std::to_string(pre.header_bytes) + " bytes, data at " + std::to_string(pre.data_offset) +
-                   ", file has " + std::to_string(size) + " bytes");
+                   " (must be 64-byte aligned), file has " + std::to_string(size) + " bytes");
   }
   const auto* hdr = reinterpret_cast<const char*>(map_.data() + pre.header_offset);
   if (crc32c(hdr, pre.header_bytes) != pre.header_crc) fail(path, "header checksum mismatch (the file is corrupt)");
@@ -104,22 +161,30 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
     throw Error(e.code(), "'" + path + "': " + e.what());
   }
 
-  // Tensor data must lie in [data_offset, header_offset).
+  // Tensor data must lie in [data_offset, header_offset). Every byte range found is recorded so
+  // that no two (tensors, the parts of one tensor, the tokenizer blob) can overlap.
   const uint64_t data_end = pre.header_offset;
+  struct Range {
+    uint64_t begin, end;
+    std::string what;
+  };
+  std::vector<Range> tensor_ranges;
   std::set<std::string> names;
   for (const auto& jt : header_["tensors"]) {
     TensorEntry t;
     t.name = get_field<std::string>(path, jt, "name", "tensor entry");
-    const std::string where = "tensor '" + t.name + "'";
+    const std::string where = "tensor '" + shown_name(t.name) + "'";
     if (!names.insert(t.name).second) fail(path, where + " appears twice");
-    t.shape = get_field<std::vector<int64_t>>(path, jt, "shape", where);
-    if (t.shape.empty() || t.shape.size() > 2) fail(path, where + " has " + std::to_string(t.shape.size()) + " dimensions (1 or 2 allowed)");
-    for (int64_t d : t.shape) {
-      if (d <= 0 || d > (int64_t{1} << 40)) fail(path, where + " has dimension " + std::to_string(d) + " (allowed 1 .. 2^40)");
+    const nlohmann::json& jshape = field(path, jt, "shape", where);
+    if (!jshape.is_array() || jshape.empty() || jshape.size() > 2) {
+      fail(path, where + " has shape " + jshape.dump() + " (1 or 2 dimensions allowed)");
     }
-    t.offset = get_field<uint64_t>(path, jt, "offset", where);
-    t.bytes = get_field<uint64_t>(path, jt, "bytes", where);
-    t.crc32c = get_field<uint32_t>(path, jt, "crc32c", where);
+    for (const auto& jd : jshape) {
+      t.shape.push_back(as_int(path, jd, where + " dimension", 1, int64_t{1} << 40));
+    }
+    t.offset = as_uint(path, field(path, jt, "offset", where), where + " offset");
+    t.bytes = as_uint(path, field(path, jt, "bytes", where), where + " bytes");
+    t.crc32c = static_cast<uint32_t>(as_uint(path, field(path, jt, "crc32c", where), where + " crc32c", UINT32_MAX));
     uint64_t end;
     if (t.offset % kMxlmAlign != 0 || t.offset < pre.data_offset || __builtin_add_overflow(t.offset, t.bytes, &end) ||
         end > data_end) {
@@ -127,25 +192,34 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
                      " bytes lies outside the data section [" + std::to_string(pre.data_offset) + ", " +
                      std::to_string(data_end) + ") or is not 64-byte aligned");
     }
+    const uint64_t t_end = end;
+    tensor_ranges.push_back({t.offset, t_end, where});
     t.data = map_.data() + t.offset;
-    const auto& jsegs = jt.contains("segments") ? jt["segments"] : nlohmann::json();
-    if (!jsegs.is_array() || jsegs.empty()) fail(path, where + " has no segments");
+    // Rows x columns as elements, checked: two dimensions of up to 2^40 each overflow 64 bits.
+    const uint64_t n_rows = static_cast<uint64_t>(t.rows()), n_cols = static_cast<uint64_t>(t.cols());
+    uint64_t n_elems;
+    if (__builtin_mul_overflow(n_rows, n_cols, &n_elems)) {
+      fail(path, where + ": shape " + std::to_string(n_rows) + " x " + std::to_string(n_cols) + " overflows 64 bits");
+    }
+    auto jsegs_it = jt.find("segments");
+    if (jsegs_it == jt.end() || !jsegs_it->is_array() || jsegs_it->empty()) fail(path, where + " has no segments");
+    std::vector<Range> parts;  // inside this tensor
     int64_t next_row = 0;
-    uint64_t seg_total = 0;
-    for (const auto& js : jsegs) {
+    for (const auto& js : *jsegs_it) {
       TensorSegment s;
-      s.row_begin = get_field<int64_t>(path, js, "row_begin", where);
-      s.row_end = get_field<int64_t>(path, js, "row_end", where);
-      const auto qid = get_field<uint32_t>(path, js, "qtype", where);
+      s.row_begin = as_int(path, field(path, js, "row_begin", where), where + " segment row_begin", 0, t.rows());
+      s.row_end = as_int(path, field(path, js, "row_end", where), where + " segment row_end", 0, t.rows());
+      const auto qid = static_cast<uint32_t>(as_uint(path, field(path, js, "qtype", where), where + " segment qtype", UINT32_MAX));
       const QTypeInfo* info = qtype_info(qid);
       if (!info) fail(path, where + " has unknown format id " + std::to_string(qid) + " (a newer mxlm wrote it?)");
       if (js.contains("format") && js["format"] != info->name) {
-        fail(path, where + ": format id " + std::to_string(qid) + " is '" + std::string(info->name) + "' but the file names it " + js["format"].dump());
+        fail(path, where + ": format id " + std::to_string(qid) + " is '" + std::string(info->name) + "' but the file names it " +
+                       shown(js["format"]));
       }
       s.qtype = info->type;
-      s.offset = get_field<uint64_t>(path, js, "offset", where);
-      s.bytes = get_field<uint64_t>(path, js, "bytes", where);
-      if (s.row_begin != next_row || s.row_end <= s.row_begin || s.row_end > t.rows()) {
+      s.offset = as_uint(path, field(path, js, "offset", where), where + " segment offset");
+      s.bytes = as_uint(path, field(path, js, "bytes", where), where + " segment bytes");
+      if (s.row_begin != next_row || s.row_end <= s.row_begin) {
         fail(path, where + ": segment rows [" + std::to_string(s.row_begin) + ", " + std::to_string(s.row_end) +
                        ") do not continue from row " + std::to_string(next_row) + " within " + std::to_string(t.rows()) + " rows");
       }
@@ -157,32 +231,40 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
       }
       uint64_t seg_end;
       if (*expect != s.bytes || s.offset < t.offset || __builtin_add_overflow(s.offset, s.bytes, &seg_end) ||
-          seg_end > t.offset + t.bytes) {
+          seg_end > t_end) {
         fail(path, where + ": segment of " + std::to_string(s.bytes) + " bytes at " + std::to_string(s.offset) +
                        " does not match its shape (" + std::to_string(expect.value_or(0)) + " bytes expected) or lies outside the tensor");
       }
-      seg_total += s.bytes;
+      // Kernels read a segment's elements in place: f32 rows as floats, the other formats as
+      // 16-bit units (f16/bf16 elements, f16 scales).
+      const uint64_t align = segment_alignment(s.qtype);
+      if (s.offset % align != 0) {
+        fail(path, where + ": segment at offset " + std::to_string(s.offset) + " is not " + std::to_string(align) +
+                       "-byte aligned, as format " + std::string(info->name) + " needs");
+      }
+      parts.push_back({s.offset, seg_end, "segment of rows [" + std::to_string(s.row_begin) + ", " + std::to_string(s.row_end) + ")"});
       s.data = map_.data() + s.offset;
       t.segments.push_back(s);
     }
-    if (next_row != t.rows() || seg_total > t.bytes) {
+    if (next_row != t.rows()) {
       fail(path, where + ": segments cover " + std::to_string(next_row) + " of " + std::to_string(t.rows()) + " rows");
     }
-    // Optional parts inside the tensor's data: {offset, bytes} with offset absolute.
+    // Optional parts inside the tensor's data: {offset, bytes} with offset absolute, 4-byte
+    // aligned (int32 arrays).
     auto part = [&](const char* key, uint64_t expect_bytes) -> const uint8_t* {
       const auto& jp = jt[key];
-      const auto off = get_field<uint64_t>(path, jp, "offset", where + " " + key);
-      const auto len = get_field<uint64_t>(path, jp, "bytes", where + " " + key);
+      const auto off = as_uint(path, field(path, jp, "offset", where + " " + key), where + " " + key + " offset");
+      const auto len = as_uint(path, field(path, jp, "bytes", where + " " + key), where + " " + key + " bytes");
       uint64_t end;
-      if (len != expect_bytes || off < t.offset || __builtin_add_overflow(off, len, &end) || end > t.offset + t.bytes) {
+      if (len != expect_bytes || off < t.offset || off % 4 != 0 || __builtin_add_overflow(off, len, &end) || end > t_end) {
         fail(path, where + ": " + key + " of " + std::to_string(len) + " bytes at " + std::to_string(off) +
-                       " does not fit the tensor (" + std::to_string(expect_bytes) + " bytes expected)");
+                       " does not fit the tensor (" + std::to_string(expect_bytes) + " bytes expected, 4-byte aligned)");
       }
+      parts.push_back({off, end, key});
       return map_.data() + off;
     };
-    const uint64_t n_rows = static_cast<uint64_t>(t.rows());
     if (jt.contains("row_map")) {
-      t.row_map = part("row_map", 4 * n_rows);
+      t.row_map = part("row_map", 4 * n_rows);  // n_rows <= 2^40: no overflow
       std::vector<bool> seen(n_rows, false);
       for (uint64_t i = 0; i < n_rows; ++i) {
         int32_t r;
@@ -192,9 +274,14 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
       }
     }
     if (jt.contains("outliers")) {
-      const auto nnz = get_field<uint64_t>(path, jt["outliers"], "nnz", where + " outliers");
-      if (nnz > static_cast<uint64_t>(t.rows()) * static_cast<uint64_t>(t.cols())) fail(path, where + ": more outliers than weights");
-      const uint8_t* p = part("outliers", 4 * (n_rows + 1) + 4 * nnz + 2 * nnz);
+      const auto nnz = as_uint(path, field(path, jt["outliers"], "nnz", where + " outliers"), where + " outliers nnz");
+      if (nnz > n_elems) fail(path, where + ": " + std::to_string(nnz) + " outliers, more than its " + std::to_string(n_elems) + " weights");
+      // 4 (N + 1) + 6 nnz bytes, checked (nnz <= 2^64 / 2^0 could wrap).
+      uint64_t ol_bytes;
+      if (__builtin_mul_overflow(nnz, uint64_t{6}, &ol_bytes) || __builtin_add_overflow(ol_bytes, 4 * (n_rows + 1), &ol_bytes)) {
+        fail(path, where + ": " + std::to_string(nnz) + " outliers overflow the size computation");
+      }
+      const uint8_t* p = part("outliers", ol_bytes);
       t.outliers.nnz = nnz;
       t.outliers.row_ptr = p;
       t.outliers.cols = p + 4 * (n_rows + 1);
@@ -214,19 +301,22 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) {
         if (c < 0 || c >= t.cols()) fail(path, where + ": outlier column " + std::to_string(c) + " outside [0, " + std::to_string(t.cols()) + ")");
       }
     }
+    check_disjoint(path, where + ": ", &parts);
     tensors_.push_back(std::move(t));
   }
 
   const auto& jtok = header_.value("tokenizer", nlohmann::json());
   if (!jtok.is_object()) fail(path, "header lacks 'tokenizer'");
   tokenizer_kind_ = get_field<std::string>(path, jtok, "kind", "tokenizer");
-  const auto tok_off = get_field<uint64_t>(path, jtok, "offset", "tokenizer");
-  const auto tok_bytes = get_field<uint64_t>(path, jtok, "bytes", "tokenizer");
-  tokenizer_crc_ = get_field<uint32_t>(path, jtok, "crc32c", "tokenizer");
+  const auto tok_off = as_uint(path, field(path, jtok, "offset", "tokenizer"), "tokenizer offset");
+  const auto tok_bytes = as_uint(path, field(path, jtok, "bytes", "tokenizer"), "tokenizer bytes");
+  tokenizer_crc_ = static_cast<uint32_t>(as_uint(path, field(path, jtok, "crc32c", "tokenizer"), "tokenizer crc32c", UINT32_MAX));
   uint64_t tok_end;
   if (tok_off < pre.data_offset || __builtin_add_overflow(tok_off, tok_bytes, &tok_end) || tok_end > data_end) {
     fail(path, "tokenizer blob at " + std::to_string(tok_off) + " + " + std::to_string(tok_bytes) + " bytes lies outside the data section");
   }
+  tensor_ranges.push_back({tok_off, tok_end, "the tokenizer blob"});
+  check_disjoint(path, "", &tensor_ranges);
   tokenizer_blob_ = std::string_view(reinterpret_cast<const char*>(map_.data() + tok_off), tok_bytes);
 }
 
@@ -278,6 +368,11 @@ void write_mxlm(const std::string& path, const MxlmWriteInput& input, const std:
     for (const auto& sg : segs) {
       auto bytes = segment_bytes(sg.qtype, sg.rows, cols);
       if (!bytes || sg.rows <= 0) throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': bad segment");
+      if ((offset + dense) % segment_alignment(sg.qtype) != 0) {
+        throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': a " + std::string(qtype_info(sg.qtype).name) +
+                                                     " segment would start at an offset that is not " +
+                                                     std::to_string(segment_alignment(sg.qtype)) + "-byte aligned (reorder the segments)");
+      }
       jsegs.push_back({{"row_begin", row},
                        {"row_end", row + sg.rows},
                        {"qtype", static_cast<uint32_t>(sg.qtype)},

@@ -20,7 +20,10 @@
 //               format can be grouped into one segment;
 //   "outliers": {offset, bytes, nnz}: sparse f16 values added after the dense product, in CSR by
 //               output row: int32 row_ptr[N+1], int32 col[nnz], f16 value[nnz].
-// Segment offsets are absolute. Readers reject unknown versions.
+// Segment offsets are absolute and aligned for in-place reads (f32 segments to 4 bytes, other
+// formats to 2; row_map and outliers to 4). The segments, row_map and outliers of a tensor never
+// overlap, nor do two tensors or a tensor and the tokenizer blob; readers reject files where
+// they do, and unknown versions.
 #pragma once
 
 #include <cstdint>
@@ -79,6 +82,10 @@ struct TensorEntry {
 class MxlmFile {
  public:
   explicit MxlmFile(const std::string& path);
+  // Validates bytes already mapped or in memory (MappedFile::from_memory), e.g. for fuzzing.
+  explicit MxlmFile(MappedFile map);
+  MxlmFile(const MxlmFile&) = delete;
+  MxlmFile& operator=(const MxlmFile&) = delete;
 
   const std::string& path() const { return map_.path(); }
   uint32_t version() const { return version_; }
@@ -95,6 +102,8 @@ class MxlmFile {
   void verify() const;
 
  private:
+  void parse();
+
   MappedFile map_;
   uint32_t version_ = 0;
   ModelConfig config_;

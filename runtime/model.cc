@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -96,10 +95,14 @@ Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_
 
 const float* bind_norm(const MxlmFile& f, const std::string& name, int64_t n) {
   const TensorEntry& t = require(f, name, {n});
-  if (t.qtype() != QType::kF32) {
-    throw Error(ErrorCode::kFormat, "'" + f.path() + "': norm tensor '" + name + "' must be f32");
+  // Bound through its validated segment (in range, 4-byte aligned for f32), not the tensor's
+  // start: a segment may sit anywhere inside the tensor's bytes. A norm has no row map or
+  // outliers to apply, so a file that gives it some is rejected rather than half-read.
+  if (t.segments.size() != 1 || t.segments[0].qtype != QType::kF32 || t.row_map || t.outliers.nnz) {
+    throw Error(ErrorCode::kFormat, "'" + f.path() + "': norm tensor '" + name +
+                                        "' must be one plain f32 segment (no row map, no outliers)");
   }
-  return reinterpret_cast<const float*>(t.data);
+  return reinterpret_cast<const float*>(t.segments[0].data);
 }
 
 }  // namespace
@@ -301,41 +304,19 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
     mm_tmp_.resize(size_t(m) * n);
     out = mm_tmp_.data();
   }
-  // Auto considers oneDNN only for quantized weights: for float weights its bf16 rounding of
-  // activations would cost accuracy that the f32 path keeps.
-  const bool may_onednn = m >= 16 && onednn_available() &&
-                          (prefill_ == ContextParams::Prefill::kOneDnn ||
-                           (prefill_ == ContextParams::Prefill::kAuto && w.any_quantized));
-  if (!may_onednn) {
-    matmul_dense(a, w, out, false);
-  } else if (prefill_ == ContextParams::Prefill::kOneDnn) {
-    matmul_dense(a, w, out, true);
-  } else if (auto it = prefill_onednn_.find(&w); it != prefill_onednn_.end()) {
-    matmul_dense(a, w, out, it->second);
-  } else {
-    // First prefill through this weight: run the int8 kernels (which also faults the mapped
-    // weights in), then time both paths on the same slice of rows of the first segment, one call
-    // each on this thread. Timing whole weights instead would charge page faults to whichever
-    // runs first and cost the first prompt seconds on a 1B model (oneDNN dequantizes every row
-    // on each call).
-    matmul_dense(a, w, out, false);
-    const WeightSegment& s = w.segments.front();
-    const int rows = static_cast<int>(std::min<uint64_t>(s.row_end - s.row_begin, 64));
-    mm_probe_.resize(size_t(m) * rows);
-    const ActQ8 acts{aq_.data(), ad_.data(), ads_.data(), act_padded_k(k)};
-    using clock = std::chrono::steady_clock;
-    auto t0 = clock::now();
-    if (s.qgemm) {
-      s.qgemm(m, 0, rows, k, acts, s.qdata, s.row_bytes, mm_probe_.data(), size_t(rows));
-    } else {
-      f32_kernels(model_->isa()).gemm(m, 0, rows, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, mm_probe_.data(),
-                                      size_t(rows));
-    }
-    auto t1 = clock::now();
-    onednn_gemm(m, 0, rows, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, mm_probe_.data(), size_t(rows));
-    auto t2 = clock::now();
-    prefill_onednn_[&w] = (t2 - t1) < (t1 - t0);
-  }
+  // The prefill path is a fixed rule, never a measurement, so that logits, perplexity and greedy
+  // text do not change from run to run: auto and kKernels run the int8/f32 kernels for every
+  // weight; oneDNN's bf16 matmul runs only when forced (kOneDnn), for M >= 16. (Auto used to
+  // time both paths on a slice of each weight at its first prefill and keep the faster: a noisy
+  // 64-row probe on a shared machine sent some weights to oneDNN, and the logits of the second
+  // prefill differed from the first; tests/eval_test.cc Prefill.AutoIsDeterministic caught it
+  // at M = 16.) The rule costs no speed. `mxlm bench -p M -n 0 -t 1 --prefill X` on this
+  // machine kind (Zen 4, AVX-512 VNNI), kernels vs oneDNN in tok/s: tinymix-26m q8_g32 pp16
+  // 1096 vs 1.3, pp64 2227 vs 6.1; q4_g32 pp16 1284 vs 1.4, pp64 2515 vs 5.1; a 2-layer
+  // tinyllama-1.1b synth q4_g32 pp16 / pp32 / pp128 363 / 177 / 251 vs 0.8 / 1.0 / 5.1.
+  // (oneDNN dequantizes every weight row to bf16 on each call; the kernels never do.)
+  const bool onednn = m >= 16 && prefill_ == ContextParams::Prefill::kOneDnn;
+  matmul_dense(a, w, out, onednn);
   if (w.row_map) {
     for (int i = 0; i < n; ++i) {
       int32_t r;

@@ -6,7 +6,8 @@ pkgs=(g++ cmake make pkg-config ninja-build
       libdnnl-dev ocl-icd-opencl-dev libxsimd-dev
       libsentencepiece-dev sentencepiece libcli11-dev
       googletest libgtest-dev libbenchmark-dev nlohmann-json3-dev
-      g++-aarch64-linux-gnu qemu-user)
+      g++-aarch64-linux-gnu qemu-user
+      clang libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

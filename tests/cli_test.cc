@@ -1,8 +1,13 @@
-// The mxlm binary as a user runs it: convert, inspect, run, ppl, and its errors.
+// The mxlm binary as a user runs it: convert, inspect, run, ppl, quantize, synth, bench, and its
+// errors.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
+#include "mxlm/model.h"
+#include "mxlm/perplexity.h"
 #include "tests/test_util.h"
 
 namespace mxlm {
@@ -138,6 +143,241 @@ TEST(Cli, PplJson) {
   ASSERT_EQ(st, 0) << out;
   EXPECT_NE(out.find("\"tokens_evaluated\": 128"), std::string::npos) << out;
   EXPECT_NE(out.find("\"ppl\""), std::string::npos);
+}
+
+// ---- synth, bench, quantize options, --act-per-token, -t, ppl --json values -----------------
+
+// stdout only (stderr dropped): for --json output. OMP_WAIT_POLICY=passive: on a loaded 2-core
+// machine spinning OpenMP threads made 40 decode steps of stories260K with -t 2 take 10-25 s
+// instead of 0.07 s (the results are the same either way).
+std::string mxlm_stdout(const std::string& args, int* status) {
+  std::string out;
+  *status = test::run_command("OMP_WAIT_POLICY=passive " + test::mxlm_binary() + " " + args + " 2>/dev/null", &out, false);
+  return out;
+}
+
+nlohmann::json inspect_json(const std::string& path) {
+  int st;
+  const std::string out = mxlm_stdout("inspect " + path + " --json", &st);
+  EXPECT_EQ(st, 0) << out;
+  return nlohmann::json::parse(out);
+}
+
+// The formats of a tensor's row segments, joined with '+'.
+std::string tensor_formats(const nlohmann::json& header, const std::string& name) {
+  for (const auto& t : header["tensors"]) {
+    if (t["name"] != name) continue;
+    std::string f;
+    for (const auto& s : t["segments"]) {
+      if (!f.empty()) f += '+';
+      f += s["format"].get<std::string>();
+    }
+    return f;
+  }
+  return "(missing)";
+}
+
+// A 1-layer model of the tinymix-26m shape (vocab 4096, hidden 512) with random q4a_g32 weights:
+// small enough to write and bench in about a second.
+std::string synth_model() {
+  static std::string path;
+  if (path.empty()) {
+    path = test::scratch_dir() + "/cli_synth.mxlm";
+    int st;
+    const std::string out = mxlm("synth --shape tinymix-26m --layers 1 --qtype q4a_g32 --seed 3 -t 1 -q -o " + path, &st);
+    EXPECT_EQ(st, 0) << out;
+  }
+  return path;
+}
+
+TEST(Cli, SynthWritesTheRequestedShapeAndFormat) {
+  const nlohmann::json h = inspect_json(synth_model());
+  EXPECT_EQ(h["config"]["n_layers"], 1);
+  EXPECT_EQ(h["config"]["n_embd"], 512);
+  EXPECT_EQ(h["config"]["n_vocab"], 4096);
+  EXPECT_EQ(h["provenance"]["shape"], "tinymix-26m");
+  int matrices = 0, norms = 0;
+  for (const auto& t : h["tensors"]) {
+    const std::string name = t["name"];
+    const std::string want = t["shape"].size() == 2 ? "q4a_g32" : "f32";
+    (t["shape"].size() == 2 ? matrices : norms)++;
+    EXPECT_EQ(tensor_formats(h, name), want) << name;
+  }
+  EXPECT_EQ(matrices, 2 + 7) << "embedding, output head, 7 per layer";
+  EXPECT_EQ(norms, 1 + 2);
+  // The file loads, verifies and runs.
+  int st;
+  std::string out = mxlm("inspect " + synth_model() + " --verify", &st);
+  EXPECT_EQ(st, 0) << out;
+  out = mxlm("run -m " + synth_model() + " -p 'hello' -n 4 --temp 0 -t 1 --ignore-eos", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("generated 4 tokens"), std::string::npos) << out;
+  // An unknown shape names the known ones.
+  out = mxlm("synth --shape llama-99b -o " + test::scratch_dir() + "/x.mxlm", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("tinymix-26m"), std::string::npos) << out;
+}
+
+TEST(Cli, BenchJsonHasSaneNumbers) {
+  int st;
+  const std::string out = mxlm_stdout("bench -m " + synth_model() + " -p 16 -n 8 -t 1 -r 2 --json", &st);
+  ASSERT_EQ(st, 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 2u) << out;
+  const uint64_t file_bytes = inspect_json(synth_model())["file_bytes"];
+  for (const auto& r : j) {
+    for (const char* key : {"model", "size_bytes", "bits_per_weight", "isa", "threads", "test", "tok_s", "tok_s_sd",
+                            "weight_gb_s", "bandwidth_gb_s", "bandwidth_pct", "bytes_per_token", "kernels"}) {
+      EXPECT_TRUE(r.contains(key)) << key << " in " << r.dump();
+    }
+    EXPECT_EQ(r["threads"], 1);
+    EXPECT_GT(r["size_bytes"].get<double>(), 0.5 * file_bytes);
+    EXPECT_LE(r["size_bytes"].get<double>(), file_bytes);
+    EXPECT_NEAR(r["bits_per_weight"].get<double>(), 5.0, 0.1) << "q4a_g32 is 5 bits per weight (f16 scale and offset per 32)";
+    EXPECT_GT(r["tok_s"].get<double>(), 1.0);
+    EXPECT_LT(r["tok_s"].get<double>(), 1e7);
+    EXPECT_GE(r["tok_s_sd"].get<double>(), 0.0);
+    EXPECT_GT(r["bandwidth_gb_s"].get<double>(), 0.1);
+    EXPECT_LT(r["bandwidth_gb_s"].get<double>(), 10000.0);
+    // A token reads every tensor but the embedding table (one row of it).
+    EXPECT_GT(r["bytes_per_token"].get<double>(), 0.3 * r["size_bytes"].get<double>());
+    EXPECT_LT(r["bytes_per_token"].get<double>(), r["size_bytes"].get<double>());
+    EXPECT_NE(r["kernels"].get<std::string>().find("q4a_g32"), std::string::npos) << r["kernels"];
+    EXPECT_FALSE(r["isa"].get<std::string>().empty());
+  }
+  EXPECT_EQ(j[0]["test"], "pp16");
+  EXPECT_EQ(j[1]["test"], "tg8");
+  // Decode: weight GB/s is tok/s × bytes per token, and its share of the bandwidth is stated.
+  const auto& tg = j[1];
+  EXPECT_NEAR(tg["weight_gb_s"].get<double>(), tg["tok_s"].get<double>() * tg["bytes_per_token"].get<double>() / 1e9,
+              1e-6 * tg["weight_gb_s"].get<double>());
+  EXPECT_NEAR(tg["bandwidth_pct"].get<double>(), 100 * tg["weight_gb_s"].get<double>() / tg["bandwidth_gb_s"].get<double>(), 1e-6);
+  EXPECT_GT(tg["bandwidth_pct"].get<double>(), 0.0);
+}
+
+// stories260K quantized to q4_g32, with the embedding in q8_g32 and the output head in q6_g32.
+std::string mixed_stories() {
+  static std::string path;
+  if (path.empty()) {
+    path = test::scratch_dir() + "/cli_mixed.mxlm";
+    int st;
+    const std::string out = mxlm("quantize " + test::shared_path("models/stories260K/stories260K.gguf") + " -o " + path +
+                                     " --qtype q4_g32 --embd-qtype q8_g32 --output-qtype q6_g32 -t 1 -q",
+                                 &st);
+    EXPECT_EQ(st, 0) << out;
+  }
+  return path;
+}
+
+TEST(Cli, QuantizeEmbdAndOutputQtype) {
+  const nlohmann::json h = inspect_json(mixed_stories());
+  EXPECT_EQ(tensor_formats(h, "tok_embd"), "q8_g32");
+  EXPECT_EQ(tensor_formats(h, "output"), "q6_g32");
+  EXPECT_EQ(tensor_formats(h, "output_norm"), "f32");
+  int layers = 0;
+  for (int l = 0; l < 5; ++l) {
+    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_o", "ffn_gate", "ffn_up", "ffn_down"}) {
+      EXPECT_EQ(tensor_formats(h, "blk." + std::to_string(l) + "." + m), "q4_g32") << l << m;
+    }
+    EXPECT_EQ(tensor_formats(h, "blk." + std::to_string(l) + ".attn_norm"), "f32");
+    ++layers;
+  }
+  EXPECT_EQ(layers, h["config"]["n_layers"].get<int>());
+  EXPECT_EQ(h["quantization"]["tensors"]["tok_embd"]["format"], "q8_g32");
+  EXPECT_EQ(h["quantization"]["tensors"]["output"]["format"], "q6_g32");
+  // It runs: the greedy story keeps the f32 model's opening.
+  int st;
+  const std::string out = mxlm_stdout("run -m " + mixed_stories() + " -p 'Once upon a time' -n 20 --temp 0 -t 1", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_EQ(out.rfind("Once upon a time, there was a little girl", 0), 0u) << out;
+  // A bad --embd-qtype / --output-qtype is named.
+  const std::string bad = mxlm("quantize " + test::shared_path("models/stories260K/stories260K.gguf") + " -o " +
+                                   test::scratch_dir() + "/bad.mxlm --qtype q4_g32 --output-qtype q9_g32",
+                               &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(bad.find("--output-qtype q9_g32 is not a format"), std::string::npos) << bad;
+}
+
+double ppl_of(const std::string& args) {
+  int st;
+  const std::string out = mxlm_stdout("ppl " + args + " --json", &st);
+  EXPECT_EQ(st, 0) << out;
+  if (st != 0) return NAN;
+  return nlohmann::json::parse(out)["ppl"].get<double>();
+}
+
+// One int8 scale per token instead of per 32 values changes the quantized activations: the
+// perplexity must differ (the flag reached the kernels), stay close (the same model: measured
+// 1.2 % apart on the q4/q8/q6 stories model; bound 5 %) and be the same on every run.
+TEST(Cli, ActPerTokenEndToEnd) {
+  const std::string args = "-m " + mixed_stories() + " -f " + test::shared_path("text/tinymix-val.txt") + " --ctx 64 --windows 4 -t 1";
+  const double block = ppl_of(args);
+  const double token = ppl_of(args + " --act-per-token");
+  const double again = ppl_of(args + " --act-per-token");
+  std::printf("stories260K q4/q8/q6: ppl per-32 activations %.6f, per-token %.6f (%+.2f %%)\n", block, token,
+              100 * (token / block - 1));
+  EXPECT_EQ(token, again) << "--act-per-token is deterministic";
+  EXPECT_NE(token, block) << "--act-per-token changed nothing";
+  EXPECT_LT(std::fabs(token / block - 1), 0.05);
+  // run: the same greedy text on every run.
+  int st1, st2;
+  const std::string run = "run -m " + mixed_stories() + " -p 'Once upon a time' -n 30 --temp 0 -t 1 --act-per-token";
+  const std::string a = mxlm_stdout(run, &st1), b = mxlm_stdout(run, &st2);
+  EXPECT_EQ(st1, 0);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a.rfind("Once upon a time", 0), 0u) << a;
+}
+
+// Threads split the output rows of each matmul (and the heads of attention): every output
+// element is computed by one thread in the same order whatever the count, so 1 and 2 threads
+// give the same greedy text and the same perplexity (bounded at 1e-9 relative, for rounding).
+TEST(Cli, ThreadCountDoesNotChangeResults) {
+  for (const std::string& model : {converted_stories(), mixed_stories()}) {
+    int st1, st2;
+    const std::string run = "run -m " + model + " -p 'Once upon a time' -n 40 --temp 0 --ignore-eos -t ";
+    const std::string a = mxlm_stdout(run + "1", &st1), b = mxlm_stdout(run + "2", &st2);
+    EXPECT_EQ(st1, 0);
+    EXPECT_EQ(st2, 0);
+    EXPECT_EQ(a, b) << model;
+    const std::string args = "-m " + model + " -f " + test::shared_path("text/tinymix-val.txt") + " --ctx 64 --windows 3 -t ";
+    const double p1 = ppl_of(args + "1"), p2 = ppl_of(args + "2");
+    EXPECT_GT(p1, 1.0);
+    EXPECT_NEAR(p1, p2, 1e-9 * p1) << model;
+  }
+}
+
+// ppl --json against the library's perplexity() over the same windows of the same stream.
+TEST(Cli, PplJsonValuesMatchTheApi) {
+  for (const std::string& model : {converted_stories(), mixed_stories()}) {
+    int st;
+    const std::string out = mxlm_stdout("ppl -m " + model + " -f " + test::shared_path("text/tinymix-val.txt") +
+                                            " --ctx 64 --windows 3 --json -t 1",
+                                        &st);
+    ASSERT_EQ(st, 0) << out;
+    const nlohmann::json j = nlohmann::json::parse(out);
+    auto m = Model::load(model);
+    ContextParams cp;
+    cp.n_ctx = 64;
+    cp.n_batch = 64;
+    cp.n_threads = 1;
+    Context ctx(m, cp);
+    std::ifstream f(test::shared_path("text/tinymix-val.txt"), std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(f)), {});
+    PplParams pp;
+    pp.ctx = 64;
+    pp.windows = 3;
+    const PplResult r = perplexity(ctx, tokenize_documents(m->tokenizer(), text, m->config().bos_id, m->config().eos_id), pp);
+    std::printf("%s: ppl --json %.10f, perplexity() %.10f\n", model.c_str(), j["ppl"].get<double>(), r.ppl);
+    EXPECT_NEAR(j["ppl"].get<double>(), r.ppl, 1e-6 * r.ppl);
+    EXPECT_NEAR(j["mean_nll"].get<double>(), r.mean_nll, 1e-6 * r.mean_nll);
+    EXPECT_NEAR(std::log(j["ppl"].get<double>()), j["mean_nll"].get<double>(), 1e-12);
+    EXPECT_EQ(j["tokens_evaluated"], 3 * 64);
+    EXPECT_EQ(j["windows"], 3);
+    EXPECT_EQ(j["ctx"], 64);
+    EXPECT_EQ(j["threads"], 1);
+    EXPECT_GT(r.ppl, 1.0);
+  }
 }
 
 }  // namespace

@@ -9,22 +9,12 @@
 #include "model/checksum.h"
 #include "model/mxlm_file.h"
 #include "tests/test_util.h"
+#include "tests/tiny_config.h"
 
 namespace mxlm {
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.n_vocab = 8;
-  c.n_embd = 4;
-  c.n_layers = 1;
-  c.n_heads = 2;
-  c.n_kv_heads = 1;
-  c.head_dim = 2;
-  c.n_ff = 6;
-  c.n_ctx = 16;
-  return c;
-}
+using test::tiny_config;
 
 std::string write_tiny(const std::string& name) {
   const std::string path = test::scratch_dir() + "/" + name;
@@ -202,7 +192,7 @@ TEST(Container, RejectsOverflowingShapes) {
   auto p = with_header(src, "shape.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {int64_t{1} << 39, int64_t{1} << 39}; });
   expect_rejected(p, "tensor 'matrix'");
   p = with_header(src, "shape2.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {3, -5}; });
-  expect_rejected(p, "dimension -5");
+  expect_rejected(p, "dimension = -5");
   p = with_header(src, "shape3.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {4, 5}; });
   expect_rejected(p, "tensor 'matrix'");
 }

@@ -2,6 +2,7 @@
 // outliers, end to end through the .mxlm file and the runtime.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -16,9 +17,12 @@ namespace mxlm {
 namespace {
 
 // Writes stories260K with every matrix split into a q8_g32 and a q4_g32 segment, rows stored in
-// reverse order, and the largest residual of each row kept as an outlier (when `mixed`); or,
-// when !mixed, the very same effective weights as f32.
-void write_variant(const ImportedModel& m, const std::string& path, bool mixed) {
+// reverse order, and the `n_out` largest-magnitude weights of each row taken out before
+// quantizing and kept as f16 outliers (as SpQR does), when `mixed`; or, when !mixed, the very
+// same effective weights as f32. The outliers carry the largest weights of every row, so that
+// any mistake in applying them (a lost outlier, a wrong row or column) moves the logits far
+// more than the int8 activation rounding that separates the two files otherwise.
+void write_variant(const ImportedModel& m, const std::string& path, bool mixed, int n_out) {
   MxlmWriteInput in;
   in.config = m.config;
   in.tokenizer_blob = m.tokenizer_proto;
@@ -34,27 +38,35 @@ void write_variant(const ImportedModel& m, const std::string& path, bool mixed) 
     }
     const int64_t n = t.shape[0], k = t.shape[1], half = n / 2;
     auto qtype_of_stored = [half](int64_t i) { return i < half ? QType::kQ8G32 : QType::kQ4G32; };
-    // Effective weights: stored row i holds output row n-1-i; the outlier restores the exact
-    // value of each row's largest-magnitude weight.
-    std::vector<float> eff(size_t(n * k));
+    // Effective weights: stored row i holds output row n-1-i; quantized without its outliers,
+    // which are added back exactly (to f16).
+    std::vector<float> eff(size_t(n * k)), rest(size_t(n * k));
     std::vector<int32_t> row_ptr(1, 0), cols;
     std::vector<uint16_t> vals;
-    std::vector<float> src(static_cast<size_t>(k)), deq(static_cast<size_t>(k));
+    std::vector<float> deq(static_cast<size_t>(k));
     std::vector<uint8_t> qrow(*qtype_row_bytes(QType::kQ8G32, uint64_t(k)));
     for (int64_t r = 0; r < n; ++r) {
       const int64_t i = n - 1 - r;
-      read_source_row(t, r, src.data());
-      quantize_row(qtype_of_stored(i), src.data(), k, qrow.data());
-      dequantize_row(qtype_of_stored(i), qrow.data(), k, deq.data());
-      int64_t best = 0;
-      for (int64_t c = 0; c < k; ++c) {
-        if (std::abs(src[c]) > std::abs(src[best])) best = c;
+      float* src = rest.data() + r * k;
+      read_source_row(t, r, src);
+      std::vector<int32_t> idx(static_cast<size_t>(k));
+      for (int64_t c = 0; c < k; ++c) idx[size_t(c)] = int32_t(c);
+      std::partial_sort(idx.begin(), idx.begin() + n_out, idx.end(),
+                        [&](int32_t a, int32_t b) { return std::abs(src[a]) > std::abs(src[b]); });
+      std::sort(idx.begin(), idx.begin() + n_out);
+      std::vector<float> out_vals;
+      for (int j = 0; j < n_out; ++j) {
+        const uint16_t h = f32_to_f16(src[idx[j]]);
+        cols.push_back(idx[j]);
+        vals.push_back(h);
+        out_vals.push_back(f16_to_f32(h));
+        src[idx[j]] = 0.0f;
       }
-      const uint16_t h = f32_to_f16(src[best] - deq[best]);
-      cols.push_back(int32_t(best));
-      vals.push_back(h);
       row_ptr.push_back(int32_t(cols.size()));
-      for (int64_t c = 0; c < k; ++c) eff[size_t(r * k + c)] = deq[c] + (c == best ? f16_to_f32(h) : 0.0f);
+      quantize_row(qtype_of_stored(i), src, k, qrow.data());
+      dequantize_row(qtype_of_stored(i), qrow.data(), k, deq.data());
+      for (int64_t c = 0; c < k; ++c) eff[size_t(r * k + c)] = deq[c];
+      for (int j = 0; j < n_out; ++j) eff[size_t(r * k + idx[j])] += out_vals[size_t(j)];
     }
     if (!mixed) {
       w.qtype = QType::kF32;
@@ -65,15 +77,13 @@ void write_variant(const ImportedModel& m, const std::string& path, bool mixed) 
       w.outlier_row_ptr = row_ptr;
       w.outlier_cols = cols;
       w.outlier_values = vals;
-      w.fill = [&t, n, k, half, qtype_of_stored](uint8_t* dst, size_t) {
-        std::vector<float> row(static_cast<size_t>(k));
+      w.fill = [rest, n, k, half, qtype_of_stored](uint8_t* dst, size_t) {
         for (int64_t i = 0; i < n; ++i) {
-          read_source_row(t, n - 1 - i, row.data());
           const QType q = qtype_of_stored(i);
           const size_t rb = *qtype_row_bytes(q, uint64_t(k));
           uint8_t* base = i < half ? dst + size_t(i) * rb
                                    : dst + size_t(half) * *qtype_row_bytes(QType::kQ8G32, uint64_t(k)) + size_t(i - half) * rb;
-          quantize_row(q, row.data(), k, base);
+          quantize_row(q, rest.data() + (n - 1 - i) * k, k, base);
         }
       };
     }
@@ -82,11 +92,38 @@ void write_variant(const ImportedModel& m, const std::string& path, bool mixed) 
   write_mxlm(path, in);
 }
 
+// Max |logit difference| relative to the largest logit, over a 9-token prompt, and whether the
+// last position's argmax agrees.
+struct LogitGap {
+  double rel;
+  bool same_argmax;
+};
+LogitGap logit_gap(const std::shared_ptr<const Model>& a, const std::shared_ptr<const Model>& b) {
+  const std::vector<int> toks = {1, 403, 407, 261, 378, 300, 268, 419, 297};
+  Context ca(a), cb(b);
+  const float* la = ca.eval(toks, true);
+  std::vector<float> x(la, la + toks.size() * 512);
+  const float* lb = cb.eval(toks, true);
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    worst = std::max(worst, double(std::abs(x[i] - lb[i])));
+    scale = std::max(scale, double(std::abs(lb[i])));
+  }
+  const float* xa = x.data() + (toks.size() - 1) * 512;
+  const float* xb = lb + (toks.size() - 1) * 512;
+  return {worst / scale, std::max_element(xa, xa + 512) - xa == std::max_element(xb, xb + 512) - xb};
+}
+
+// With 4 outliers per row (6 % of stories260K's 64-wide rows: the largest weights), the mixed
+// file sits at 1.5 % of the largest logit from its dense equivalent (int8 activation rounding in
+// the quantized segments). The limit is 5 %; the mutations of scripts/mutations.txt move the
+// logits by 89 % (all outliers lost), 51 % (the last outlier of every row lost) and 70 % (each
+// outlier at half its value): 10-18x the limit, while the unbroken code sits at 0.3 of it.
 TEST(MixedPrecision, SegmentsRowMapAndOutliersMatchTheirDenseEquivalent) {
   ImportedModel m = import_model(test::shared_path("models/stories260K/stories260K.gguf"));
   const std::string mixed = test::scratch_dir() + "/mixed.mxlm", dense = test::scratch_dir() + "/mixed_dense.mxlm";
-  write_variant(m, mixed, true);
-  write_variant(m, dense, false);
+  write_variant(m, mixed, true, 4);
+  write_variant(m, dense, false, 4);
   {
     MxlmFile f(mixed);
     f.verify();
@@ -95,29 +132,12 @@ TEST(MixedPrecision, SegmentsRowMapAndOutliersMatchTheirDenseEquivalent) {
     ASSERT_EQ(t->segments.size(), 2u);
     EXPECT_EQ(t->segments[1].qtype, QType::kQ4G32);
     EXPECT_NE(t->row_map, nullptr);
-    EXPECT_EQ(t->outliers.nnz, 172u);
+    EXPECT_EQ(t->outliers.nnz, 4u * 172u);
   }
-  auto mq = Model::load(mixed), md = Model::load(dense);
-  std::vector<int> toks = {1, 403, 407, 261, 378, 300, 268, 419, 297};
-  Context cq(mq), cd(md);
-  const float* lq = cq.eval(toks, true);
-  std::vector<float> a(lq, lq + toks.size() * 512);
-  const float* ld = cd.eval(toks, true);
-  double worst = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    worst = std::max(worst, double(std::abs(a[i] - ld[i])));
-    scale = std::max(scale, double(std::abs(ld[i])));
-  }
-  std::printf("mixed vs dense: max diff %.4f, max logit %.2f\n", worst, scale);
-  // The only difference left is int8 activation quantization in the mixed model.
-  EXPECT_LT(worst, 0.02 * scale) << "max |diff| " << worst << " of logits up to " << scale;
-  // Greedy continuations agree.
-  int argmax_q = 0, argmax_d = 0;
-  for (int v = 1; v < 512; ++v) {
-    if (a[(toks.size() - 1) * 512 + v] > a[(toks.size() - 1) * 512 + argmax_q]) argmax_q = v;
-    if (ld[(toks.size() - 1) * 512 + v] > ld[(toks.size() - 1) * 512 + argmax_d]) argmax_d = v;
-  }
-  EXPECT_EQ(argmax_q, argmax_d);
+  const LogitGap gap = logit_gap(Model::load(mixed), Model::load(dense));
+  std::printf("mixed vs dense: max |diff| / max |logit| = %.5f\n", gap.rel);
+  EXPECT_LT(gap.rel, 0.05);
+  EXPECT_TRUE(gap.same_argmax);
 }
 
 TEST(MixedPrecision, RejectsBadRowMapAndOutliers) {

@@ -157,6 +157,7 @@ class Tinymix : public ::testing::Test {
 TEST_F(Tinymix, LogitsMatchFloat64Reference) {
   auto m = model();
   const auto ref = reference();
+  int checked = 0;
   for (const auto& p : ref["prompts"]) {
     const std::vector<int> ids = p["ids"].get<std::vector<int>>();
     const auto want = test::read_f32_file(test::shared_path("ref/tinymix-26m/" + p["f64_logits_file"].get<std::string>()));
@@ -164,12 +165,18 @@ TEST_F(Tinymix, LogitsMatchFloat64Reference) {
     Context ctx(m);
     const float* logits = ctx.eval(ids, true);
     EXPECT_LT(max_abs_diff(logits, want.data(), want.size()), 1e-3) << "prompt of " << ids.size() << " tokens";
+    ++checked;
   }
+  EXPECT_EQ(checked, 2) << "prompts in reference.json";
 }
 
 TEST_F(Tinymix, Greedy64MatchesReference) {
   auto m = model();
-  for (const auto& p : reference()["prompts"]) {
+  // The json must outlive the loop: `for (x : reference()["prompts"])` binds a reference into a
+  // temporary destroyed before the body runs (the loop ran zero times and checked nothing).
+  const auto ref = reference();
+  int checked = 0;
+  for (const auto& p : ref["prompts"]) {
     const std::vector<int> ids = p["ids"].get<std::vector<int>>();
     const std::vector<int> want = p["f64_greedy64"].get<std::vector<int>>();
     Context ctx(m);
@@ -183,17 +190,30 @@ TEST_F(Tinymix, Greedy64MatchesReference) {
       return true;
     });
     EXPECT_EQ(got, want);
+    ++checked;
   }
+  EXPECT_EQ(checked, 2) << "prompts in reference.json";
 }
 
-TEST_F(Tinymix, F32AndBf16FilesGiveTheSameLogits) {
+// The weights are bf16: storing them as f32 or f16 is exact (bf16's 8-bit mantissa fits f16's 11
+// bits wherever the exponent is in f16's range: |w| in [6e-5, 65504], which holds for tinymix
+// except for tiny values that lose bits as f16 subnormals), so the three files agree closely.
+TEST_F(Tinymix, F32F16AndBf16FilesGiveTheSameLogits) {
   auto a = model();
-  auto b = converted(test::shared_path("models/tinymix-26m"), QType::kF32);
   const std::vector<int> ids = {1, 340, 654, 2360, 262, 594};
-  Context ca(a), cb(b);
+  Context ca(a);
   const float* la = ca.eval(ids, true);
   std::vector<float> copy(la, la + ids.size() * 4096);
-  EXPECT_LT(max_abs_diff(copy.data(), cb.eval(ids, true), copy.size()), 1e-4);
+  int checked = 0;
+  for (QType t : {QType::kF32, QType::kF16}) {
+    auto b = converted(test::shared_path("models/tinymix-26m"), t);
+    Context cb(b);
+    const double diff = max_abs_diff(copy.data(), cb.eval(ids, true), copy.size());
+    std::printf("tinymix-26m %s vs bf16 file: max |logit diff| %.2e\n", std::string(qtype_info(t).name).c_str(), diff);
+    EXPECT_LT(diff, 2e-5) << qtype_info(t).name;  // measured: f32 0, f16 4.8e-6
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
 }
 
 TEST_F(Tinymix, PerplexityProtocol) {
@@ -223,12 +243,48 @@ std::string quantized_tinymix(QType qtype, const std::string& prefix) {
   return out;
 }
 
-// Quantized tinymix-26m against the float32 perplexity of the reference (9.9919): 8-bit within
-// 0.5 %, 4-bit g32 within 6 %.
-class TinymixQuantized : public ::testing::TestWithParam<std::pair<QType, double>> {};
+// The README's table of tinymix-26m perplexities per format (`bash scripts/ppl_table.sh`): format
+// name -> ppl. Read from the source tree, so that the table and this test cannot drift apart.
+std::map<std::string, double> readme_ppl_table() {
+  std::ifstream f(std::string(MXLM_SOURCE_DIR) + "/README.md");
+  std::map<std::string, double> table;
+  std::string line;
+  bool in_table = false;
+  while (std::getline(f, line)) {
+    if (line.rfind("| format | bits per weight | file size | ppl |", 0) == 0) {
+      in_table = true;
+      continue;
+    }
+    if (!in_table) continue;
+    if (line.empty() || line[0] != '|') break;
+    std::vector<std::string> cells;
+    std::stringstream ss(line.substr(1));
+    std::string cell;
+    while (std::getline(ss, cell, '|')) {
+      cell.erase(0, cell.find_first_not_of(' '));
+      cell.erase(cell.find_last_not_of(' ') + 1);
+      cells.push_back(cell);
+    }
+    if (cells.size() >= 4 && cells[0] != "---") table[cells[0]] = std::atof(cells[3].c_str());
+  }
+  return table;
+}
 
-TEST_P(TinymixQuantized, PerplexityWithinBound) {
-  const auto [qtype, bound] = GetParam();
+// Every quantized format through the whole model: tinymix-26m quantized (round-to-nearest) and
+// scored under the shared protocol (64 windows of 512 on tinymix-val) must land within 0.4 % of
+// the README's ppl for it (1 % at 2 bits, whose ppl of 20-30 moves more with kernel rounding).
+// The same file scores identically on every run (the prefill path is fixed and the kernels are
+// split-invariant); the margin covers other x86 ISAs. What it catches: the lost scale search
+// (q4_g32 +3.24 % -> +3.84 %, i.e. +0.6 %), a wrong group scale or plane order in one format
+// (ppl x2 or worse).
+class TinymixQuantized : public ::testing::TestWithParam<QType> {};
+
+TEST_P(TinymixQuantized, PerplexityMatchesTheReadmeTable) {
+  const QType qtype = GetParam();
+  const std::string name(qtype_info(qtype).name);
+  const auto table = readme_ppl_table();
+  ASSERT_EQ(table.count(name), 1u) << name << " has no row in README.md's perplexity table";
+  const double want = table.at(name), margin = qtype_info(qtype).bits == 2 ? 0.01 : 0.004;
   auto model = Model::load(quantized_tinymix(qtype, "q_"));
   ContextParams cp;
   cp.n_ctx = 512;
@@ -238,16 +294,30 @@ TEST_P(TinymixQuantized, PerplexityWithinBound) {
   pp.ctx = 512;
   pp.windows = 64;
   const PplResult r = perplexity(ctx, tokenize_documents(model->tokenizer(), text, 1, 2), pp);
-  const double f32 = nlohmann::json::parse(slurp(test::shared_path("ref/tinymix-26m/reference.json")))["val_ppl_fp32"]["ppl"];
-  std::printf("tinymix-26m %s: ppl %.4f (f32 %.4f, %+.2f %%), kernels %s\n", std::string(qtype_info(qtype).name).c_str(), r.ppl, f32,
-              100 * (r.ppl / f32 - 1), model->kernel_summary().c_str());
-  EXPECT_LT(r.ppl, f32 * (1 + bound));
-  EXPECT_GT(r.ppl, f32 * 0.98);
+  EXPECT_EQ(r.n_predictions, 64 * 512);
+  std::printf("tinymix-26m %s: ppl %.4f (README %.4f, %+.3f %%), kernels %s, %.1f s\n", name.c_str(), r.ppl, want,
+              100 * (r.ppl / want - 1), model->kernel_summary().c_str(), r.seconds);
+  EXPECT_NEAR(r.ppl / want, 1.0, margin) << name << ": ppl " << r.ppl << " vs README " << want;
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, TinymixQuantized,
-                         ::testing::Values(std::make_pair(QType::kQ8G32, 0.005), std::make_pair(QType::kQ4G32, 0.06)),
-                         [](const auto& info) { return std::string(qtype_info(info.param.first).name); });
+std::vector<QType> quantized_formats() {
+  std::vector<QType> v;
+  for (const auto& info : kQTypes) {
+    if (info.kind != QKind::kFloat) v.push_back(info.type);
+  }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, TinymixQuantized, ::testing::ValuesIn(quantized_formats()),
+                         [](const auto& info) { return std::string(qtype_info(info.param).name); });
+
+TEST(TinymixQuantizedTable, EveryFormatHasARow) {
+  const auto table = readme_ppl_table();
+  int rows = 0;
+  for (QType t : quantized_formats()) rows += table.count(std::string(qtype_info(t).name));
+  EXPECT_EQ(rows, 17);
+  EXPECT_EQ(table.count("bf16"), 1u);
+}
 
 // Formats whose kernel repacks the rows at load (AVX-512, 3 bits) against the reference kernels
 // on the file's layout, prefill (M = 40: the panel GEMM) and decode (M = 1). Kernel outputs agree

@@ -2,6 +2,7 @@
 // heavy-tailed data, activation quantization and the reference GEMM.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -80,42 +81,200 @@ TEST(QuantTable, RowBytesMatchBitsPerWeight) {
   EXPECT_FALSE(qtype_from_name("q7_g32").has_value());
 }
 
-// NMSE ceilings per format on Gaussian and Student-t(3) rows (K = 4096): the values measured
-// with the reference quantizer plus 25 % headroom.
-struct Ceiling {
+// ---- independent optima ---------------------------------------------------------------------
+//
+// The ceilings below do not come from the quantizer's own output: a brute-force search, written
+// here from the documented dequantization formulas only (kernels/qtype.h), finds a near-optimal
+// encoding of every group, and the quantizer must come within a few per cent of it. Each search
+// scans a dense grid of candidate parameters; for each it assigns every value its nearest level,
+// refits the parameters by least squares, rounds them to f16 as the format stores them, assigns
+// again and measures. A quantizer without its scale search (d = absmax / 2^(b-1) only) lands
+// 2-7 % above the optimum; the reference lands within 0.5-1 % of it.
+
+float f16r(float f) { return f16_to_f32(f32_to_f16(f)); }
+
+// Squared error of x under w = d (q - z), q the nearest level in [0, 2^b).
+double sym_error(const float* x, int n, int bits, float d) {
+  const int z = 1 << (bits - 1);
+  double e = 0;
+  for (int i = 0; i < n; ++i) {
+    const double q = d == 0 ? 0 : std::clamp(std::nearbyint(double(x[i]) / d), double(-z), double(z - 1));
+    e += (x[i] - d * q) * (x[i] - d * q);
+  }
+  return e;
+}
+
+// Brute-force symmetric optimum: 4000 scales between amax / (4 z) and 2 amax / (z - 1/2), both
+// signs (the level range is asymmetric: -z .. z-1), each refit once.
+double sym_optimum(const float* x, int n, int bits) {
+  const int z = 1 << (bits - 1);
+  double amax = 0;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, double(std::abs(x[i])));
+  if (amax == 0) return 0;
+  double best = INFINITY;
+  const double lo = amax / (4.0 * z), hi = 2.0 * amax / (z - 0.5);
+  for (int s = 0; s < 4000; ++s) {
+    for (double sign : {1.0, -1.0}) {
+      const double d0 = sign * (lo + (hi - lo) * s / 3999.0);
+      double sxq = 0, sqq = 0;
+      for (int i = 0; i < n; ++i) {
+        const double q = std::clamp(std::nearbyint(x[i] / d0), double(-z), double(z - 1));
+        sxq += x[i] * q;
+        sqq += q * q;
+      }
+      best = std::min(best, sym_error(x, n, bits, f16r(static_cast<float>(d0))));
+      if (sqq > 0) best = std::min(best, sym_error(x, n, bits, f16r(static_cast<float>(sxq / sqq))));
+    }
+  }
+  return best;
+}
+
+// Squared error of x under w = d q + m, q the nearest level in [0, 2^b).
+double asym_error(const float* x, int n, int bits, float d, float m) {
+  const int qmax = (1 << bits) - 1;
+  double e = 0;
+  for (int i = 0; i < n; ++i) {
+    const double q = d <= 0 ? 0 : std::clamp(std::nearbyint((double(x[i]) - m) / d), 0.0, double(qmax));
+    const double r = x[i] - (double(d) * q + m);
+    e += r * r;
+  }
+  return e;
+}
+
+// Brute-force asymmetric optimum: the range [lo + a, hi - b] for a, b on a 60 x 60 grid over
+// [0, 45 %] of the span, each assignment refit by least squares for (d, m).
+double asym_optimum(const float* x, int n, int bits) {
+  const int qmax = (1 << bits) - 1;
+  const double lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n), span = hi - lo;
+  if (span == 0) return asym_error(x, n, bits, 0, f16r(static_cast<float>(lo)));
+  double best = INFINITY;
+  for (int ia = 0; ia < 60; ++ia) {
+    for (int ib = 0; ib < 60; ++ib) {
+      const double a = lo + 0.45 * span * ia / 59.0, b = hi - 0.45 * span * ib / 59.0;
+      if (b <= a) continue;
+      const double d0 = (b - a) / qmax;
+      double sw = 0, sq = 0, sqq = 0, sx = 0, sxq = 0;
+      for (int i = 0; i < n; ++i) {
+        const double q = std::clamp(std::nearbyint((x[i] - a) / d0), 0.0, double(qmax));
+        sw += 1;
+        sq += q;
+        sqq += q * q;
+        sx += x[i];
+        sxq += x[i] * q;
+      }
+      best = std::min(best, asym_error(x, n, bits, f16r(static_cast<float>(d0)), f16r(static_cast<float>(a))));
+      const double det = sw * sqq - sq * sq;
+      if (det > 0) {
+        const double d = (sw * sxq - sq * sx) / det, m = (sqq * sx - sq * sxq) / det;
+        if (d > 0) best = std::min(best, asym_error(x, n, bits, f16r(static_cast<float>(d)), f16r(static_cast<float>(m))));
+      }
+    }
+  }
+  return best;
+}
+
+// Squared error of x under w = d * cb[q], q the nearest entry.
+double codebook_error(const float* x, int n, const int8_t* cb, int levels, float d) {
+  double e = 0;
+  for (int i = 0; i < n; ++i) {
+    double best = INFINITY;
+    for (int l = 0; l < levels; ++l) best = std::min(best, std::abs(double(x[i]) - double(d) * cb[l]));
+    e += best * best;
+  }
+  return e;
+}
+
+// Per group, given the row's stored codebook: the best f16 scale among 4000 candidates between
+// amax / 512 and amax / 32 (the codebook's largest entry is 64..127).
+double codebook_optimum(const float* x, int n, const int8_t* cb, int levels) {
+  double amax = 0;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, double(std::abs(x[i])));
+  if (amax == 0) return 0;
+  double best = INFINITY;
+  for (int s = 0; s < 4000; ++s) {
+    const double d = amax / 512.0 + (amax / 32.0 - amax / 512.0) * s / 3999.0;
+    best = std::min(best, codebook_error(x, n, cb, levels, f16r(static_cast<float>(d))));
+  }
+  return best;
+}
+
+struct Reach {
+  double quantizer, optimum;
+};
+
+// Sums the quantizer's and the brute-force optimum's squared errors over `rows` rows of k.
+Reach reach(QType t, const std::vector<float>& x, int64_t k) {
+  const QTypeInfo& info = qtype_info(t);
+  const int G = info.block_elems, L = 1 << info.bits;
+  const int64_t rows = static_cast<int64_t>(x.size()) / k;
+  std::vector<uint8_t> q(*qtype_row_bytes(t, static_cast<uint64_t>(k)));
+  std::vector<float> y(static_cast<size_t>(k));
+  Reach r{0, 0};
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* xr = x.data() + row * k;
+    quantize_row(t, xr, k, q.data());
+    dequantize_row(t, q.data(), k, y.data());
+    for (int64_t i = 0; i < k; ++i) r.quantizer += double(xr[i] - y[i]) * (xr[i] - y[i]);
+    for (int64_t g = 0; g < k / G; ++g) {
+      const float* xg = xr + g * G;
+      switch (info.kind) {
+        case QKind::kSymmetric: r.optimum += sym_optimum(xg, G, info.bits); break;
+        case QKind::kAsymmetric: r.optimum += asym_optimum(xg, G, info.bits); break;
+        default: r.optimum += codebook_optimum(xg, G, reinterpret_cast<const int8_t*>(q.data()), L); break;
+      }
+    }
+  }
+  return r;
+}
+
+// Every quantized format within a stated factor of the brute-force optimum of its own
+// parameterization, on Gaussian and Student-t(3) rows (4 x 512 each). `gaussian` and `heavy`
+// are the reference quantizer's measured quantizer / optimum ratios; the ceiling adds a quarter
+// of the distance to 1 (at least 0.002). Without the scale searches (symmetric: one target
+// instead of 34, asymmetric: the full range only, codebook: no scale refit) every format lands
+// above its ceiling on at least one of the two: q4_g32 1.061 / 1.028, q5_g32 1.040 / 1.013,
+// q8_g128 1.055 / 1.064, q4a_g32 1.185 / 1.180, nu4_g32 1.068 / 1.041, nu3_g32 1.092 / 1.105.
+// The 8-bit ratios are large because 17 of the brute force's ~200 useful f16 scales per group
+// are tried: the gap is the luck of rounding, worth ~1e-5 NMSE.
+struct Reached {
   QType t;
   double gaussian, heavy;
 };
 
-TEST(QuantError, CeilingsPerFormat) {
-  const int64_t k = 4096;
-  const auto g = gaussian(16 * k, 7), h = heavy_tailed(16 * k, 8);
-  const Ceiling ceilings[] = {
-      {QType::kQ8G32, 3.05e-05, 7.65e-05},
-      {QType::kQ8G64, 3.99e-05, 1.29e-04},
-      {QType::kQ8G128, 4.94e-05, 2.06e-04},
-      {QType::kQ6G32, 5.03e-04, 1.28e-03},
-      {QType::kQ5G32, 2.04e-03, 5.13e-03},
-      {QType::kQ4G32, 8.39e-03, 1.93e-02},
-      {QType::kQ4G64, 1.05e-02, 3.06e-02},
-      {QType::kQ4G128, 1.25e-02, 4.50e-02},
-      {QType::kQ3G32, 3.37e-02, 6.45e-02},
-      {QType::kQ2G32, 1.41e-01, 1.87e-01},
-      {QType::kQ4AG32, 6.13e-03, 9.99e-03},
-      {QType::kQ3AG32, 2.63e-02, 4.15e-02},
-      {QType::kQ2AG32, 1.12e-01, 1.58e-01},
-      {QType::kQ4AG64, 8.40e-03, 1.76e-02},
-      {QType::kQ2AG64, 1.35e-01, 2.25e-01},
-      {QType::kNU4G32, 7.90e-03, 1.08e-02},
-      {QType::kNU3G32, 3.31e-02, 4.24e-02},
+TEST(QuantError, NearBruteForceOptimum) {
+#if defined(__aarch64__)
+  // The reference quantizer is ISA-independent scalar code, checked natively; under qemu the
+  // brute force would take minutes of the NEON suite.
+  GTEST_SKIP() << "checked on the native build";
+#endif
+  const int64_t k = 512;
+  const auto g = gaussian(4 * k, 21), h = heavy_tailed(4 * k, 22);
+  const Reached measured[] = {
+      {QType::kQ8G32, 1.1130, 1.0988},  {QType::kQ8G64, 1.0707, 1.0447},  {QType::kQ8G128, 1.0429, 1.0249},
+      {QType::kQ6G32, 1.0219, 1.0141},  {QType::kQ5G32, 1.0083, 1.0009},  {QType::kQ4G32, 1.0079, 1.0019},
+      {QType::kQ4G64, 1.0142, 1.0116},  {QType::kQ4G128, 1.0403, 1.0434}, {QType::kQ3G32, 1.0086, 1.0072},
+      {QType::kQ2G32, 1.0185, 1.0146},  {QType::kQ4AG32, 1.0067, 1.0037}, {QType::kQ3AG32, 1.0046, 1.0010},
+      {QType::kQ2AG32, 1.0215, 1.0062}, {QType::kQ4AG64, 1.0101, 1.0069}, {QType::kQ2AG64, 1.0826, 1.0261},
+      {QType::kNU4G32, 1.0228, 1.0085}, {QType::kNU3G32, 1.0316, 1.0219},
   };
-  for (const auto& c : ceilings) {
-    const double eg = nmse(c.t, g, k), eh = nmse(c.t, h, k);
-    EXPECT_LT(eg, c.gaussian) << qtype_info(c.t).name << " gaussian";
-    EXPECT_LT(eh, c.heavy) << qtype_info(c.t).name << " heavy-tailed";
-    std::printf("%-8s bpw %.3f  nmse gaussian %.3e  heavy %.3e\n", std::string(qtype_info(c.t).name).c_str(),
-                qtype_info(c.t).bits_per_weight, eg, eh);
+  auto ceiling = [](double m) { return m + std::max(0.25 * (m - 1), 0.002); };
+  int checked = 0;
+  for (const auto& c : measured) {
+    const std::string name(qtype_info(c.t).name);
+    const Reach rg = reach(c.t, g, k), rh = reach(c.t, h, k);
+    // The brute force is a lower bound only up to its grid: the quantizer may not beat it by
+    // more than float rounding.
+    EXPECT_GE(rg.quantizer, rg.optimum * 0.9999) << name;
+    EXPECT_GE(rh.quantizer, rh.optimum * 0.9999) << name;
+    EXPECT_LT(rg.quantizer / rg.optimum, ceiling(c.gaussian)) << name << " gaussian";
+    EXPECT_LT(rh.quantizer / rh.optimum, ceiling(c.heavy)) << name << " heavy-tailed";
+    std::printf("%-8s quantizer / optimum: gaussian %.4f (ceiling %.4f), heavy %.4f (ceiling %.4f)\n", name.c_str(),
+                rg.quantizer / rg.optimum, ceiling(c.gaussian), rh.quantizer / rh.optimum, ceiling(c.heavy));
+    ++checked;
   }
+  int quantized = 0;
+  for (const auto& info : kQTypes) quantized += info.kind != QKind::kFloat;
+  EXPECT_EQ(checked, quantized) << "every quantized format has a row";
 }
 
 TEST(QuantError, CodebookBeatsUniformOnHeavyTails) {

@@ -121,6 +121,7 @@ TEST(Tokenizer, Stories260KOnceUponATimeGolden) {
     ASSERT_TRUE(f >> pos >> input >> next) << line;
     inputs.push_back(input);
   }
+  ASSERT_EQ(inputs.size(), 64u) << "positions in stories260K_once_n64.tokens.txt";
   auto tok = load_model_file("models/stories260K/tok512.model");
   const std::vector<int> ids = tok->encode("Once upon a time", /*add_bos=*/true);
   ASSERT_GE(inputs.size(), ids.size());

@@ -36,10 +36,22 @@ std::vector<VocabEntry> read_llama2c_tokenizer(const std::string& path, int voca
   if (vocab_size <= 0) {
     throw Error(ErrorCode::kInvalidArgument, "llama2.c tokenizer '" + path + "': vocab_size " + std::to_string(vocab_size) + " must be positive");
   }
-  const std::string data = read_file(path);
+  return parse_llama2c_tokenizer(read_file(path), vocab_size, path);
+}
+
+std::vector<VocabEntry> parse_llama2c_tokenizer(std::string_view data, int vocab_size, const std::string& path) {
+  if (vocab_size <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, "llama2.c tokenizer '" + path + "': vocab_size " + std::to_string(vocab_size) + " must be positive");
+  }
   auto fail = [&](const std::string& what) {
     throw Error(ErrorCode::kFormat, "llama2.c tokenizer '" + path + "': " + what);
   };
+  // Each token takes at least 8 bytes (score, length): a vocabulary the file cannot hold is
+  // rejected before reserve() (a model header claiming 2^24 tokens would reserve ~1 GiB).
+  if (data.size() < 4 || static_cast<uint64_t>(vocab_size) > (data.size() - 4) / 8) {
+    fail("a vocabulary of " + std::to_string(vocab_size) + " tokens needs at least " +
+         std::to_string(4 + 8 * static_cast<uint64_t>(vocab_size)) + " bytes, the file has " + std::to_string(data.size()));
+  }
   size_t pos = 0;
   auto read_u32 = [&](const char* what, size_t index) -> uint32_t {
     if (data.size() - pos < 4) {
@@ -67,7 +79,7 @@ std::vector<VocabEntry> read_llama2c_tokenizer(const std::string& path, int voca
       fail("truncated in token " + std::to_string(i) + " (needs " + std::to_string(len) + " bytes at offset " +
            std::to_string(pos) + ", file has " + std::to_string(data.size()) + ")");
     }
-    std::string raw = data.substr(pos, len);
+    std::string raw(data.substr(pos, len));
     pos += len;
 
     VocabEntry e;

@@ -128,6 +128,25 @@ bool proto_add_dummy_prefix(std::string_view serialized) {
   return add_dummy_prefix;
 }
 
+// sentencepiece 0.1.97 puts every piece into a darts_clone trie of NUL-terminated keys, which
+// throws its own exception type (not a status) on an empty key: a piece that is empty, starts
+// with or contains a NUL byte (found by fuzz/fuzz_spm), or is missing (a SentencePiece message
+// without field 1). Returns the index of the first such piece, or -1.
+int64_t first_bad_piece(std::string_view serialized) {
+  int64_t index = 0, found = -1;
+  for_each_field(serialized, [&](uint64_t field, uint32_t wire, uint64_t, std::string_view bytes) {
+    if (field != 1 || wire != 2) return;
+    bool has_piece = false;
+    for_each_field(bytes, [&](uint64_t f, uint32_t w, uint64_t, std::string_view piece) {
+      // The last occurrence wins, as in protobuf.
+      if (f == 1 && w == 2) has_piece = !piece.empty() && piece.find('\0') == std::string_view::npos;
+    });
+    if (!has_piece && found < 0) found = index;
+    ++index;
+  });
+  return found;
+}
+
 }  // namespace
 
 size_t find_invalid_utf8(std::string_view s) {
@@ -156,7 +175,17 @@ Tokenizer::~Tokenizer() = default;
 std::unique_ptr<Tokenizer> Tokenizer::from_spm_proto(std::string_view serialized) {
   std::unique_ptr<Tokenizer> tok(new Tokenizer());
   Impl& m = *tok->impl_;
-  const auto status = m.sp.LoadFromSerializedProto(serialized);
+  if (const int64_t i = first_bad_piece(serialized); i >= 0) {
+    throw Error(ErrorCode::kFormat, "sentencepiece model (" + std::to_string(serialized.size()) + " bytes): piece " +
+                                        std::to_string(i) + " is empty or contains a NUL byte");
+  }
+  sentencepiece::util::Status status;
+  try {
+    status = m.sp.LoadFromSerializedProto(serialized);
+  } catch (const std::exception& e) {  // anything else its dependencies throw: a bad model too
+    throw Error(ErrorCode::kFormat, "sentencepiece model (" + std::to_string(serialized.size()) +
+                                        " bytes) does not load: " + e.what());
+  }
   if (!status.ok()) {
     throw Error(ErrorCode::kFormat, "sentencepiece model (" + std::to_string(serialized.size()) +
                                         " bytes) does not load: " + status.ToString());

@@ -41,6 +41,9 @@ std::string build_spm_model_proto(const std::vector<VocabEntry>& vocab, const Sp
 // int32 length, bytes). Piece types are inferred: id 0 unknown, ids 1-2 control, "<0xXX>"
 // byte pieces, the rest normal. Throws Error (kFormat) naming the file on bad input.
 std::vector<VocabEntry> read_llama2c_tokenizer(const std::string& path, int vocab_size);
+// The same over the file's bytes; `name` stands for the path in messages. vocab_size is checked
+// against the bytes (at least 8 per token) before anything is allocated for it.
+std::vector<VocabEntry> parse_llama2c_tokenizer(std::string_view data, int vocab_size, const std::string& name);
 
 class Tokenizer {
  public:

@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
   bn->add_option("-t,--threads", bench.threads, "thread counts, e.g. 1,2")->delimiter(',');
   bn->add_flag("--act-per-token", bench.act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--json", bench.json, "JSON output");
-  bn->add_option("--prefill", bench.prefill, "prefill matmuls: auto (measure), kernels or onednn")
+  bn->add_option("--prefill", bench.prefill, "prefill matmuls: auto (a fixed rule: the kernels), kernels or onednn (forced)")
       ->check(CLI::IsMember({"auto", "kernels", "onednn"}));
 
   SynthArgs synth;

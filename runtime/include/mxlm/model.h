@@ -2,7 +2,6 @@
 // scratch; used by one thread at a time).
 #pragma once
 
-#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -92,9 +91,11 @@ struct ContextParams {
   // Activation quantization for quantized weights: one int8 scale per token (row), or one per
   // block of 32 values.
   bool act_per_token = false;
-  // Prefill (M >= 16) matmuls: the int8/f32 kernels, oneDNN's bf16 matmul on dequantized
-  // panels, or auto: for quantized weights whichever measures faster on each weight's first
-  // prefill (float weights keep the exact f32 kernels).
+  // Prefill (M >= 16) matmuls: the int8/f32 kernels, or oneDNN's bf16 matmul on weight panels
+  // dequantized on each call (forced only; it needs oneDNN and AVX-512, else the Context throws).
+  // Auto is a fixed rule, not a measurement, so results never depend on timing: today it is the
+  // kernels for every weight (they measured 50-1000x faster than the oneDNN path at M = 16..128;
+  // the numbers are in Context::matmul).
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
 };
 
@@ -140,9 +141,7 @@ class Context {
   std::vector<int8_t> aq_;          // [n_batch][kp]
   std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
   std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
-  std::vector<float> mm_probe_;     // auto prefill: oneDNN timing slice
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
-  std::map<const Weight*, bool> prefill_onednn_;  // auto: the measured choice per weight
 };
 
 }  // namespace mxlm

@@ -1,0 +1,300 @@
+// Context::eval beyond one batch from position 0: prompts longer than n_batch (split into
+// chunks) and several turns onto a non-empty KV cache must give the logits of one eval of the
+// whole sequence; and the prefill paths (int8 kernels, oneDNN, auto) against the f32 model.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/onednn_gemm.h"
+#include "model/import.h"
+#include "model/quantize.h"
+#include "mxlm/model.h"
+#include "mxlm/perplexity.h"
+#include "tests/test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mxlm {
+namespace {
+
+// `input` converted to `dtype` (or quantized, for a quantized dtype) in the scratch directory,
+// once per process, and loaded.
+std::shared_ptr<const Model> model_of(const std::string& input, QType dtype) {
+  static std::map<std::string, std::shared_ptr<const Model>> cache;
+  const std::string key = input + "|" + std::string(qtype_info(dtype).name);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  const ImportedModel m = import_model(input);
+  const std::string out = test::scratch_dir() + "/eval_" + std::to_string(cache.size()) + ".mxlm";
+  if (is_float_qtype(dtype)) {
+    convert_to_mxlm(m, out, dtype);
+  } else {
+    QuantizeOptions qo;
+    qo.qtype = dtype;
+    quantize_model(m, out, qo);
+  }
+  auto model = Model::load(out);
+  cache[key] = model;
+  return model;
+}
+
+std::shared_ptr<const Model> stories() { return model_of(test::shared_path("models/stories260K/stories260K.gguf"), QType::kF32); }
+std::shared_ptr<const Model> tinymix(QType dtype = QType::kBF16) { return model_of(test::shared_path("models/tinymix-26m"), dtype); }
+
+// The first n tokens of tinymix-val.txt's token stream (BOS + document + EOS ...).
+std::vector<int> text_tokens(const Model& m, int n) {
+  std::ifstream f(test::shared_path("text/tinymix-val.txt"), std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(f)), {});
+  std::vector<int> s = tokenize_documents(m.tokenizer(), text, m.config().bos_id, m.config().eos_id);
+  s.resize(static_cast<size_t>(n));
+  return s;
+}
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+  double d = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
+  return d;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(double(x)));
+  return m;
+}
+
+// One thread: the results do not depend on the thread count (each output element is computed
+// by one thread whatever the split), and on a shared 2-core machine two spinning OpenMP
+// threads run these small matmuls many times slower than one.
+ContextParams one_thread() {
+  ContextParams cp;
+  cp.n_threads = 1;
+  return cp;
+}
+
+// All logits of one eval of `ids` from position 0 in a fresh context.
+std::vector<float> one_shot(const std::shared_ptr<const Model>& m, const std::vector<int>& ids, ContextParams cp = one_thread()) {
+  cp.n_batch = std::max<int>(cp.n_batch, static_cast<int>(ids.size()));
+  Context ctx(m, cp);
+  const float* l = ctx.eval(ids, true);
+  EXPECT_EQ(ctx.n_past(), static_cast<int>(ids.size()));
+  return std::vector<float>(l, l + ids.size() * size_t(m->config().n_vocab));
+}
+
+// All logits of `ids` evaluated in turns of the given sizes (summing to ids.size()) in one
+// context with batches of n_batch tokens; each turn's logits are appended.
+std::vector<float> in_turns(const std::shared_ptr<const Model>& m, const std::vector<int>& ids, const std::vector<int>& turns,
+                            int n_batch, ContextParams cp = one_thread()) {
+  cp.n_batch = n_batch;
+  Context ctx(m, cp);
+  const size_t nv = m->config().n_vocab;
+  std::vector<float> out;
+  size_t pos = 0;
+  for (int t : turns) {
+    EXPECT_EQ(ctx.n_past(), static_cast<int>(pos));
+    const std::vector<int> part(ids.begin() + pos, ids.begin() + pos + t);
+    const float* l = ctx.eval(part, true);
+    out.insert(out.end(), l, l + size_t(t) * nv);
+    pos += t;
+  }
+  EXPECT_EQ(pos, ids.size());
+  return out;
+}
+
+// ---- chunked prefill and multi-turn eval -----------------------------------------------------
+//
+// Every position's computation is the same whichever batch it is in: its embedding, norms and
+// matmul rows depend on that token alone, attention reads the K/V cache rows 0..pos, RoPE uses
+// the absolute position. What can change with the split is only float summation order: the
+// matmul kernels tile M differently (M = 1, 4-row tiles, panels) and attention's gemms run over
+// T = n_past + n keys (probabilities past the causal limit are exact zeros, but the vector
+// tails move). So the bound is the f32 rounding of a few dot products, carried through the
+// layers: relative ~1e-6 per op; bounds below are 1e-5 × max|logit| for the f32 models (and
+// measured differences are printed). Any real bug of the positions (a RoPE, mask or cache
+// offset that ignores n_past) moves logits by O(1): 1e5 times the bound.
+
+struct SplitCase {
+  const char* name;
+  int n_tokens;
+  std::vector<int> turns;  // turn sizes for the multi-turn check
+  int n_batch;             // batch size for the chunked and multi-turn checks
+};
+
+void expect_splits_match(const std::shared_ptr<const Model>& m, const std::vector<int>& ids, const SplitCase& c,
+                         double rel_bound, const ContextParams& cp = one_thread()) {
+  const std::vector<float> want = one_shot(m, ids, cp);
+  const double bound = rel_bound * max_abs(want);
+  // Chunked: one eval call, split into batches of n_batch (the last one shorter).
+  ASSERT_NE(static_cast<int>(ids.size()) % c.n_batch, 0) << "the case should end in a partial batch";
+  const std::vector<float> chunked = in_turns(m, ids, {static_cast<int>(ids.size())}, c.n_batch, cp);
+  const double d_chunk = max_abs_diff(chunked.data(), want.data(), want.size());
+  // Turns: prefill, decode steps and more prefill onto the non-empty cache.
+  const std::vector<float> turns = in_turns(m, ids, c.turns, c.n_batch, cp);
+  const double d_turns = max_abs_diff(turns.data(), want.data(), want.size());
+  // Token by token (M = 1 throughout).
+  const std::vector<float> steps = in_turns(m, ids, std::vector<int>(ids.size(), 1), 1, cp);
+  const double d_steps = max_abs_diff(steps.data(), want.data(), want.size());
+  std::printf("%s: %zu tokens, max|logit| %.2f, bound %.3g: chunked (n_batch %d) %.3g, turns %.3g, one by one %.3g\n", c.name,
+              ids.size(), max_abs(want), bound, c.n_batch, d_chunk, d_turns, d_steps);
+  EXPECT_LT(d_chunk, bound) << "chunked prefill vs one eval";
+  EXPECT_LT(d_turns, bound) << "multi-turn vs one eval";
+  EXPECT_LT(d_steps, bound) << "token by token vs one eval";
+  // The last-token-only output of the last turn equals the last row.
+  ContextParams cp2 = cp;
+  cp2.n_batch = c.n_batch;
+  Context ctx(m, cp2);
+  ctx.eval(std::vector<int>(ids.begin(), ids.end() - 3), false);
+  const float* last = ctx.eval(std::vector<int>(ids.end() - 3, ids.end()), false);
+  const size_t nv = m->config().n_vocab;
+  EXPECT_LT(max_abs_diff(last, want.data() + (ids.size() - 1) * nv, nv), bound) << "last-token logits";
+}
+
+TEST(Eval, Stories260KChunkedAndMultiTurnEqualOneShot) {
+  auto m = stories();
+  std::vector<int> ids;
+  std::ifstream f(test::shared_path("ref/stories260K/stories260K_once_n64.tokens.txt"));
+  std::string line;
+  while (std::getline(f, line)) {
+    int pos, in, next;
+    if (!line.empty() && line[0] != '#' && std::sscanf(line.c_str(), "%d %d %d", &pos, &in, &next) == 3) ids.push_back(in);
+  }
+  ASSERT_EQ(ids.size(), 64u);
+  // 64 = 12 × 5 + 4; turns: a prompt of 23, two decode steps, 30 more, then 9.
+  expect_splits_match(m, ids, {"stories260K f32", 64, {23, 1, 1, 30, 9}, 5}, 1e-5);
+  // And the one-shot logits are llama2.c's (the turns are checked against a correct baseline).
+  const std::vector<float> ref = test::read_f32_file(test::shared_path("ref/stories260K/stories260K_once_n64.logits.f32"));
+  ASSERT_EQ(ref.size(), 64u * 512u);
+  const std::vector<float> turns = in_turns(m, ids, {23, 1, 1, 30, 9}, 5);
+  EXPECT_LT(max_abs_diff(turns.data(), ref.data(), ref.size()), 1e-4);
+}
+
+TEST(Eval, TinymixChunkedAndMultiTurnEqualOneShot) {
+  auto m = tinymix();
+  const std::vector<int> ids = text_tokens(*m, 100);
+  // 100 = 3 × 32 + 4 (the 32-token chunks take the prefill path, M >= 16); turns: 37 prompt
+  // tokens, a decode step, 41, 1, 20.
+  expect_splits_match(m, ids, {"tinymix-26m bf16", 100, {37, 1, 41, 1, 20}, 32}, 1e-5);
+}
+
+// The quantized path: activations are quantized to int8 per token (per 32 values) and the
+// int32 dot products are exact, so what a split can change is only the float scale-and-sum
+// order of the kernel family M selects: the GEMV (M = 1), 4-row tiles (M < 32) or panels
+// (M >= 32). With every batch on the panels (n_batch 34: 34 + 34 + 32; turns of 33, 33 and 34
+// onto the cache) the logits are those of one eval within the f32 bound, 1e-5 × max|logit|
+// (measured: identical). Across kernel families the last bits differ, and the int8 rounding
+// of the next layer's activations turns a last-bit difference into a whole quantization step
+// wherever a value sits at a rounding boundary: token by token (M = 1), or turns that end on
+// the tiles, land 0.2..0.43 from the one eval (<= 0.018 × max|logit|), the size of the q8
+// error itself (0.33 against the f32 model). Those are bounded at 0.03 × max|logit| and must
+// pick the same next token at >= 95 % of the positions; a position bug moves logits by O(1)
+// everywhere and fails both.
+TEST(Eval, TinymixQ8ChunkedAndMultiTurnEqualOneShot) {
+  auto m = tinymix(QType::kQ8G32);
+  const std::vector<int> ids = text_tokens(*m, 100);
+  ContextParams cp = one_thread();
+  cp.prefill = ContextParams::Prefill::kKernels;
+  const std::vector<float> want = one_shot(m, ids, cp);
+  const double scale = max_abs(want);
+  const size_t nv = m->config().n_vocab;
+  const std::vector<float> panels = in_turns(m, ids, {100}, 34, cp);
+  const std::vector<float> panel_turns = in_turns(m, ids, {33, 33, 34}, 34, cp);
+  const double d_panels = max_abs_diff(panels.data(), want.data(), want.size());
+  const double d_panel_turns = max_abs_diff(panel_turns.data(), want.data(), want.size());
+  EXPECT_LT(d_panels, 1e-5 * scale) << "chunked prefill (34 + 34 + 32) vs one eval";
+  EXPECT_LT(d_panel_turns, 1e-5 * scale) << "turns of 33, 33, 34 vs one eval";
+  auto argmax_agree = [&](const std::vector<float>& got) {
+    int same = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const float* a = got.data() + i * nv;
+      const float* b = want.data() + i * nv;
+      same += std::max_element(a, a + nv) - a == std::max_element(b, b + nv) - b;
+    }
+    return same;
+  };
+  const std::vector<float> mixed = in_turns(m, ids, {37, 1, 41, 1, 20}, 32, cp);  // tiles, GEMV and panels
+  const std::vector<float> steps = in_turns(m, ids, std::vector<int>(ids.size(), 1), 1, cp);
+  const double d_mixed = max_abs_diff(mixed.data(), want.data(), want.size());
+  const double d_steps = max_abs_diff(steps.data(), want.data(), want.size());
+  std::printf("tinymix-26m q8_g32: max|logit| %.2f: panels chunked %.3g, panel turns %.3g; mixed kernels %.3f (%d/100 "
+              "same argmax), one by one %.3f (%d/100)\n",
+              scale, d_panels, d_panel_turns, d_mixed, argmax_agree(mixed), d_steps, argmax_agree(steps));
+  EXPECT_LT(d_mixed, 0.03 * scale);
+  EXPECT_LT(d_steps, 0.03 * scale);
+  EXPECT_GE(argmax_agree(mixed), 95);
+  EXPECT_GE(argmax_agree(steps), 95);
+}
+
+// ---- prefill paths ---------------------------------------------------------------------------
+
+// The f32 reference: tinymix's bf16 weights held in f32, evaluated by the f32 kernels.
+std::vector<float> f32_reference(const std::vector<int>& ids) { return one_shot(tinymix(QType::kF32), ids); }
+
+TEST(Prefill, KernelsAndOneDnnAgainstTheF32Model) {
+  auto q8 = tinymix(QType::kQ8G32);
+  const std::vector<int> ids = text_tokens(*q8, 20);  // M = 20: both prefill paths apply (M >= 16)
+  const std::vector<float> ref = f32_reference(ids);
+  const double scale = max_abs(ref);
+  ContextParams kernels = one_thread(), onednn = one_thread();
+  kernels.prefill = ContextParams::Prefill::kKernels;
+  onednn.prefill = ContextParams::Prefill::kOneDnn;
+  const std::vector<float> lk = one_shot(q8, ids, kernels);
+  const double dk = max_abs_diff(lk.data(), ref.data(), ref.size());
+  std::printf("q8_g32 kernels vs f32: %.4f (max|logit| %.2f)\n", dk, scale);
+  // q8_g32 weights (a step of 1/127 of each group's largest) and int8 activations (the same
+  // per 32 values): measured 0.33 (0.019 × max|logit| = 17.5); bound 0.03 × max|logit|.
+  EXPECT_LT(dk, 0.03 * scale);
+  if (!onednn_available()) GTEST_SKIP() << "no oneDNN prefill on this build/CPU";
+  const std::vector<float> lo = one_shot(q8, ids, onednn);
+  const double d_o = max_abs_diff(lo.data(), ref.data(), ref.size());
+  const double d_ko = max_abs_diff(lo.data(), lk.data(), lk.size());
+  std::printf("q8_g32 onednn vs f32: %.4f, onednn vs kernels %.4f\n", d_o, d_ko);
+  // oneDNN multiplies bf16-rounded activations (2^-9 relative) with the dequantized q8 weights:
+  // the same weight error as the kernels, a smaller activation error (measured 0.19).
+  EXPECT_LT(d_o, 0.03 * scale);
+  // The paths really differ (oneDNN was used): bf16 rounding vs int8 quantization.
+  EXPECT_GT(d_ko, 0.0);
+  // Float weights forced through oneDNN: only the bf16 rounding of the activations separates it
+  // from the f32 reference (the bf16 weights are exact in bf16).
+  auto bf16 = tinymix(QType::kBF16);
+  const std::vector<float> lb = one_shot(bf16, ids, onednn);
+  const double db = max_abs_diff(lb.data(), ref.data(), ref.size());
+  const std::vector<float> lbk = one_shot(bf16, ids, kernels);
+  const double dbk = max_abs_diff(lbk.data(), ref.data(), ref.size());
+  std::printf("bf16 model: onednn vs f32 %.4f, kernels vs f32 %.3g\n", db, dbk);
+  // bf16 activations (u = 2^-9) through 8 layers: measured 0.048 = 1.4 × u × max|logit|; bound
+  // 0.01 × max|logit| (5 × u × max|logit|). The f32 kernels on bf16 weights are the f32 model's
+  // computation: measured identical, bound 1e-5 × max|logit|.
+  EXPECT_LT(db, 0.01 * scale);
+  EXPECT_GT(db, 0.0);
+  EXPECT_LT(dbk, 1e-5 * scale);
+}
+
+// Auto must not depend on timing: repeated prefills (in one context and in fresh ones, at
+// M = 16, 40 and 100) give bitwise the logits of the forced int8 kernels.
+TEST(Prefill, AutoIsDeterministicAndEqualsTheKernels) {
+  auto q8 = tinymix(QType::kQ8G32);
+  ContextParams kernels = one_thread(), autop = one_thread();
+  kernels.prefill = ContextParams::Prefill::kKernels;
+  autop.prefill = ContextParams::Prefill::kAuto;
+  for (int n : {16, 40, 100}) {
+    const std::vector<int> ids = text_tokens(*q8, n);
+    const std::vector<float> want = one_shot(q8, ids, kernels);
+    autop.n_batch = n;
+    Context ctx(q8, autop);
+    for (int rep = 0; rep < 3; ++rep) {
+      ctx.reset();
+      const float* l = ctx.eval(ids, true);
+      EXPECT_EQ(std::memcmp(l, want.data(), want.size() * sizeof(float)), 0) << "M = " << n << ", prefill " << rep;
+    }
+    const std::vector<float> fresh = one_shot(q8, ids, autop);
+    EXPECT_EQ(std::memcmp(fresh.data(), want.data(), want.size() * sizeof(float)), 0) << "M = " << n << ", fresh context";
+  }
+}
+
+}  // namespace
+}  // namespace mxlm
