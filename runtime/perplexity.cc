@@ -1,5 +1,6 @@
 #include "mxlm/perplexity.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -7,6 +8,21 @@
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {
+
+namespace {
+
+// Log-softmax of one row of logits, in double: lp[v] = l[v] - max - log(sum exp(l - max)).
+void log_softmax(const float* l, int n, std::vector<double>* lp) {
+  float mx = l[0];
+  for (int v = 1; v < n; ++v) mx = std::max(mx, l[v]);
+  double sum = 0;
+  for (int v = 0; v < n; ++v) sum += std::exp(double(l[v]) - mx);
+  const double lse = std::log(sum) + mx;
+  lp->resize(static_cast<size_t>(n));
+  for (int v = 0; v < n; ++v) (*lp)[v] = double(l[v]) - lse;
+}
+
+}  // namespace
 
 std::vector<int> tokenize_documents(const Tokenizer& tok, const std::string& text, int bos_id, int eos_id) {
   static const std::string kSep = "\n\x1e\n";
@@ -47,25 +63,51 @@ PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplPara
                                                  ", not " + std::to_string(windows));
   }
   const int n_vocab = ctx.model().config().n_vocab;
+  Context* base = params.base;
+  if (base) {
+    if (base->model().config().n_vocab != n_vocab) {
+      throw Error(ErrorCode::kInvalidArgument, "the base model's vocabulary has " + std::to_string(base->model().config().n_vocab) +
+                                                   " tokens, this model's " + std::to_string(n_vocab));
+    }
+    if (params.ctx > base->n_ctx()) {
+      throw Error(ErrorCode::kInvalidArgument, "perplexity window of " + std::to_string(params.ctx) +
+                                                   " tokens does not fit the base model's context of " + std::to_string(base->n_ctx()) + " tokens");
+    }
+  }
   auto t0 = std::chrono::steady_clock::now();
-  double nll = 0;
-  int64_t count = 0;
+  double nll = 0, base_nll = 0;
+  int64_t count = 0, agree = 0;
+  std::vector<double> kl, lp, lq;
+  if (base) kl.reserve(static_cast<size_t>(windows) * params.ctx);
+  std::vector<float> base_logits;
   for (int w = 0; w < windows; ++w) {
     const int* tokens = stream.data() + int64_t{w} * params.ctx;
+    if (base) {
+      base->reset();
+      const float* bl = base->eval(std::span<const int>(tokens, params.ctx), true);
+      base_logits.assign(bl, bl + int64_t{params.ctx} * n_vocab);
+    }
     ctx.reset();
     // Evaluate the first ctx tokens; logits at position i predict token i + 1.
     const float* logits = ctx.eval(std::span<const int>(tokens, params.ctx), true);
     for (int i = 0; i < params.ctx; ++i) {
       const float* l = logits + int64_t{i} * n_vocab;
-      float mx = l[0];
-      for (int v = 1; v < n_vocab; ++v) mx = std::max(mx, l[v]);
-      double sum = 0;
-      for (int v = 0; v < n_vocab; ++v) sum += std::exp(double(l[v]) - mx);
-      nll += (std::log(sum) + mx) - l[tokens[i + 1]];
+      log_softmax(l, n_vocab, &lq);
+      nll -= lq[tokens[i + 1]];
       ++count;
+      if (!base) continue;
+      const float* b = base_logits.data() + int64_t{i} * n_vocab;
+      log_softmax(b, n_vocab, &lp);
+      base_nll -= lp[tokens[i + 1]];
+      // KL(P || Q) = sum_v p_v (log p_v - log q_v): exactly 0 when the logits are identical.
+      double d = 0;
+      for (int v = 0; v < n_vocab; ++v) d += std::exp(lp[v]) * (lp[v] - lq[v]);
+      kl.push_back(std::max(d, 0.0));
+      agree += (std::max_element(l, l + n_vocab) - l) == (std::max_element(b, b + n_vocab) - b);
     }
     if (progress) progress(w + 1, windows, std::exp(nll / count));
   }
+  if (base) base->reset();
   ctx.reset();
   PplResult r;
   r.mean_nll = nll / count;
@@ -73,6 +115,19 @@ PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplPara
   r.n_predictions = count;
   r.windows = windows;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (base) {
+    r.has_base = true;
+    double sum = 0;
+    for (double d : kl) sum += d;
+    r.kl_mean = sum / double(kl.size());
+    // The 99th percentile: the value below which 99 % of the predictions' KL lie (nearest rank).
+    const size_t k = std::min(kl.size() - 1, static_cast<size_t>(std::ceil(0.99 * double(kl.size()))) - 1);
+    std::nth_element(kl.begin(), kl.begin() + static_cast<std::ptrdiff_t>(k), kl.end());
+    r.kl_p99 = kl[k];
+    r.top1_agreement = double(agree) / double(count);
+    r.base_mean_nll = base_nll / double(count);
+    r.base_ppl = std::exp(r.base_mean_nll);
+  }
   return r;
 }
 

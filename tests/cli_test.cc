@@ -380,5 +380,21 @@ TEST(Cli, PplJsonValuesMatchTheApi) {
   }
 }
 
+// `ppl --kl-base` prints the KL block; a model against itself has 0 KL and full agreement.
+TEST(Cli, PplKlBaseJson) {
+  int st;
+  const std::string m = converted_stories();
+  const std::string out = mxlm_stdout("ppl -m " + m + " --kl-base " + m + " -f " + test::shared_path("text/tinymix-val.txt") +
+                                          " --ctx 64 --windows 2 --json", &st);
+  ASSERT_EQ(st, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  ASSERT_TRUE(j.contains("kl_base")) << out;
+  EXPECT_EQ(j["kl_base"]["kl_mean"].get<double>(), 0.0);
+  EXPECT_EQ(j["kl_base"]["kl_p99"].get<double>(), 0.0);
+  EXPECT_EQ(j["kl_base"]["top1_agreement"].get<double>(), 1.0);
+  EXPECT_EQ(j["kl_base"]["ppl"].get<double>(), j["ppl"].get<double>());
+  EXPECT_EQ(j["kl_base"]["delta_ppl"].get<double>(), 0.0);
+}
+
 }  // namespace
 }  // namespace mxlm

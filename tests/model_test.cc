@@ -319,6 +319,52 @@ TEST(TinymixQuantizedTable, EveryFormatHasARow) {
   EXPECT_EQ(table.count("bf16"), 1u);
 }
 
+// ppl with a base model (`mxlm ppl --kl-base`): against itself exactly 0 KL and full top-1
+// agreement; q4_g32 against bf16 a positive KL, some disagreement, and the two ppls equal to
+// what each model scores alone on the same windows.
+TEST_F(Tinymix, KlDivergenceAgainstABaseModel) {
+  auto bf16 = model();
+  auto q4 = Model::load(quantized_tinymix(QType::kQ4G32, "kl_"));
+  const std::string text = slurp(test::shared_path("text/tinymix-val.txt"));
+  const auto stream = tokenize_documents(bf16->tokenizer(), text, 1, 2);
+  ContextParams cp;
+  cp.n_ctx = 128;
+  PplParams pp;
+  pp.ctx = 128;
+  pp.windows = 3;
+  Context a(bf16, cp), b(bf16, cp), q(q4, cp);
+  const PplResult alone = perplexity(a, stream, pp), q_alone = perplexity(q, stream, pp);
+  pp.base = &b;
+  const PplResult self = perplexity(a, stream, pp);
+  ASSERT_TRUE(self.has_base);
+  EXPECT_EQ(self.kl_mean, 0.0);
+  EXPECT_EQ(self.kl_p99, 0.0);
+  EXPECT_EQ(self.top1_agreement, 1.0);
+  EXPECT_EQ(self.base_ppl, self.ppl);
+  EXPECT_EQ(self.ppl, alone.ppl);
+  const PplResult r = perplexity(q, stream, pp);
+  std::printf("q4_g32 vs bf16, 3 x 128: ppl %.4f vs %.4f, KL mean %.5f p99 %.5f, top-1 %.2f %%\n", r.ppl, r.base_ppl, r.kl_mean,
+              r.kl_p99, 100 * r.top1_agreement);
+  EXPECT_EQ(r.ppl, q_alone.ppl);
+  EXPECT_EQ(r.base_ppl, alone.ppl);
+  EXPECT_GT(r.kl_mean, 0.01);
+  EXPECT_LT(r.kl_mean, 0.5);
+  EXPECT_GE(r.kl_p99, r.kl_mean);
+  EXPECT_GT(r.top1_agreement, 0.6);
+  EXPECT_LT(r.top1_agreement, 1.0);
+  EXPECT_EQ(r.n_predictions, 3 * 128);
+  // A base with another vocabulary is refused.
+  const std::string dir = test::shared_path("models/stories260K/");
+  Context other(converted(dir + "stories260K.gguf", QType::kF32));
+  pp.base = &other;
+  try {
+    perplexity(q, stream, pp);
+    FAIL() << "a base of another vocabulary was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocabulary has 512 tokens, this model's 4096"), std::string::npos) << e.what();
+  }
+}
+
 // Formats whose kernel repacks the rows at load (AVX-512, 3 bits) against the reference kernels
 // on the file's layout, prefill (M = 40: the panel GEMM) and decode (M = 1). Kernel outputs agree
 // up to float summation order (tests/qgemm_test.cc); through 8 layers of int8 activation

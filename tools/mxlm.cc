@@ -282,7 +282,7 @@ int cmd_run(RunArgs a) {
 }
 
 struct PplArgs {
-  std::string model, file;
+  std::string model, file, kl_base;
   int ctx = 512, windows = 0, threads = 0;
   bool json = false, act_per_token = false;
 };
@@ -307,6 +307,18 @@ int cmd_ppl(const PplArgs& a) {
   PplParams pp;
   pp.ctx = a.ctx;
   pp.windows = a.windows;
+  std::unique_ptr<Context> base;
+  if (!a.kl_base.empty()) {
+    auto base_model = Model::load(a.kl_base);
+    if (a.ctx > base_model->config().n_ctx) {
+      throw Error(ErrorCode::kInvalidArgument, "--ctx " + std::to_string(a.ctx) + " exceeds the base model's context of " +
+                                                   std::to_string(base_model->config().n_ctx) + " tokens");
+    }
+    ContextParams bp = cp;
+    bp.act_per_token = false;
+    base = std::make_unique<Context>(base_model, bp);
+    pp.base = base.get();
+  }
   PplResult r = perplexity(ctx, stream, pp, [&](int d, int t, double p) {
     if (!a.json) {
       std::fprintf(stderr, "\rppl: window %d/%d, running ppl %.4f", d, t, p);
@@ -319,10 +331,19 @@ int cmd_ppl(const PplArgs& a) {
                         {"windows", r.windows},  {"ppl", r.ppl},           {"mean_nll", r.mean_nll},
                         {"tokens_evaluated", r.n_predictions}, {"seconds", r.seconds}, {"threads", ctx.n_threads()},
                         {"isa", std::string(isa_name(model->isa()))}};
+    if (r.has_base) {
+      j["kl_base"] = {{"model", a.kl_base},         {"ppl", r.base_ppl},           {"mean_nll", r.base_mean_nll},
+                      {"delta_ppl", r.ppl / r.base_ppl - 1}, {"kl_mean", r.kl_mean}, {"kl_p99", r.kl_p99},
+                      {"top1_agreement", r.top1_agreement}};
+    }
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf("ppl %.4f  mean NLL %.6f  tokens evaluated %lld  (%d windows of %d, %.1f s, %.0f tok/s)\n", r.ppl, r.mean_nll,
                 static_cast<long long>(r.n_predictions), r.windows, a.ctx, r.seconds, r.n_predictions / r.seconds);
+    if (r.has_base) {
+      std::printf("vs %s: base ppl %.4f (%+.3f %%)  KL mean %.6f  p99 %.6f  top-1 agreement %.3f %%\n", a.kl_base.c_str(), r.base_ppl,
+                  100 * (r.ppl / r.base_ppl - 1), r.kl_mean, r.kl_p99, 100 * r.top1_agreement);
+    }
   }
   return 0;
 }
@@ -413,6 +434,7 @@ int main(int argc, char** argv) {
   p->add_option("-t,--threads", ppl.threads, "threads (default: all cores)");
   p->add_flag("--json", ppl.json, "print the result as JSON");
   p->add_flag("--act-per-token", ppl.act_per_token, "one activation scale per token instead of per 32 values");
+  p->add_option("--kl-base", ppl.kl_base, "base .mxlm (e.g. unquantized): also report KL divergence, top-1 agreement, delta ppl");
 
   CLI11_PARSE(app, argc, argv);
   try {
