@@ -311,7 +311,8 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
   // 64-row probe on a shared machine sent some weights to oneDNN, and the logits of the second
   // prefill differed from the first; tests/eval_test.cc Prefill.AutoIsDeterministic caught it
   // at M = 16.) The rule costs no speed. `mxlm bench -p M -n 0 -t 1 --prefill X` on this
-  // machine kind (Zen 4, AVX-512 VNNI), kernels vs oneDNN in tok/s: tinymix-26m q8_g32 pp16
+  // machine kind (Zen 4, AVX-512 VNNI; both paths in one session on a loaded machine, so read
+  // the ratios, not the absolute rates), kernels vs oneDNN in tok/s: tinymix-26m q8_g32 pp16
   // 1096 vs 1.3, pp64 2227 vs 6.1; q4_g32 pp16 1284 vs 1.4, pp64 2515 vs 5.1; a 2-layer
   // tinyllama-1.1b synth q4_g32 pp16 / pp32 / pp128 363 / 177 / 251 vs 0.8 / 1.0 / 5.1.
   // (oneDNN dequantizes every weight row to bf16 on each call; the kernels never do.)

@@ -9,7 +9,7 @@
 #include "model/checksum.h"
 #include "model/mxlm_file.h"
 #include "tests/test_util.h"
-#include "tests/tiny_config.h"
+#include "tests/container_util.h"
 
 namespace mxlm {
 namespace {
@@ -47,38 +47,8 @@ std::string write_tiny(const std::string& name) {
   return path;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void dump(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-// Rewrites the JSON header of a file through `edit`, fixing sizes and the header checksum so
-// that only the edited content is wrong.
-std::string with_header(const std::string& src, const std::string& name,
-                        const std::function<void(nlohmann::json&)>& edit) {
-  std::string bytes = slurp(src);
-  uint64_t hoff, hlen;
-  std::memcpy(&hoff, bytes.data() + 16, 8);
-  std::memcpy(&hlen, bytes.data() + 24, 8);
-  nlohmann::json h = nlohmann::json::parse(bytes.substr(hoff, hlen));
-  edit(h);
-  const std::string text = h.dump();
-  bytes.resize(hoff);
-  bytes += text;
-  uint64_t n = text.size(), total = bytes.size();
-  uint32_t crc = crc32c(text.data(), text.size());
-  std::memcpy(bytes.data() + 24, &n, 8);
-  std::memcpy(bytes.data() + 40, &total, 8);
-  std::memcpy(bytes.data() + 48, &crc, 4);
-  const std::string out = test::scratch_dir() + "/" + name;
-  dump(out, bytes);
-  return out;
-}
+using test::dump;
+using test::slurp;
 
 // Expects opening (and verifying) `path` to throw an Error whose message contains `needle`.
 void expect_rejected(const std::string& path, const std::string& needle) {
@@ -176,36 +146,36 @@ TEST(Container, RejectsCorruptHeader) {
 
 TEST(Container, RejectsOffsetsPastTheEnd) {
   const std::string src = write_tiny("off_src.mxlm");
-  auto p = with_header(src, "off.mxlm", [](nlohmann::json& h) {
+  auto p = test::edited_mxlm(src, "off.mxlm", [](nlohmann::json& h) {
     h["tensors"][0]["offset"] = uint64_t{1} << 40;
     h["tensors"][0]["segments"][0]["offset"] = uint64_t{1} << 40;
   });
   expect_rejected(p, "tensor 'matrix': data at offset 1099511627776");
-  p = with_header(src, "off2.mxlm", [](nlohmann::json& h) { h["tensors"][1]["bytes"] = ~uint64_t{0} - 10; });
+  p = test::edited_mxlm(src, "off2.mxlm", [](nlohmann::json& h) { h["tensors"][1]["bytes"] = ~uint64_t{0} - 10; });
   expect_rejected(p, "tensor 'vector'");
-  p = with_header(src, "tok.mxlm", [](nlohmann::json& h) { h["tokenizer"]["bytes"] = uint64_t{1} << 50; });
+  p = test::edited_mxlm(src, "tok.mxlm", [](nlohmann::json& h) { h["tokenizer"]["bytes"] = uint64_t{1} << 50; });
   expect_rejected(p, "tokenizer blob");
 }
 
 TEST(Container, RejectsOverflowingShapes) {
   const std::string src = write_tiny("shape_src.mxlm");
-  auto p = with_header(src, "shape.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {int64_t{1} << 39, int64_t{1} << 39}; });
+  auto p = test::edited_mxlm(src, "shape.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {int64_t{1} << 39, int64_t{1} << 39}; });
   expect_rejected(p, "tensor 'matrix'");
-  p = with_header(src, "shape2.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {3, -5}; });
+  p = test::edited_mxlm(src, "shape2.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {3, -5}; });
   expect_rejected(p, "dimension = -5");
-  p = with_header(src, "shape3.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {4, 5}; });
+  p = test::edited_mxlm(src, "shape3.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {4, 5}; });
   expect_rejected(p, "tensor 'matrix'");
 }
 
 TEST(Container, RejectsUnknownFormatAndBadConfig) {
   const std::string src = write_tiny("fmt_src.mxlm");
-  auto p = with_header(src, "fmt.mxlm", [](nlohmann::json& h) { h["tensors"][0]["segments"][0]["qtype"] = 250; });
+  auto p = test::edited_mxlm(src, "fmt.mxlm", [](nlohmann::json& h) { h["tensors"][0]["segments"][0]["qtype"] = 250; });
   expect_rejected(p, "unknown format id 250");
-  p = with_header(src, "cfg.mxlm", [](nlohmann::json& h) { h["config"]["arch"] = "gpt-j"; });
+  p = test::edited_mxlm(src, "cfg.mxlm", [](nlohmann::json& h) { h["config"]["arch"] = "gpt-j"; });
   expect_rejected(p, "unknown architecture 'gpt-j'");
-  p = with_header(src, "cfg2.mxlm", [](nlohmann::json& h) { h["config"]["n_kv_heads"] = 3; });
+  p = test::edited_mxlm(src, "cfg2.mxlm", [](nlohmann::json& h) { h["config"]["n_kv_heads"] = 3; });
   expect_rejected(p, "n_kv_heads");
-  p = with_header(src, "json.mxlm", [](nlohmann::json& h) { h.erase("tensors"); });
+  p = test::edited_mxlm(src, "json.mxlm", [](nlohmann::json& h) { h.erase("tensors"); });
   expect_rejected(p, "lacks 'config' or 'tensors'");
 }
 

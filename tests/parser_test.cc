@@ -23,7 +23,7 @@
 #include "model/mxlm_file.h"
 #include "mxlm/model.h"
 #include "tests/test_util.h"
-#include "tests/tiny_config.h"
+#include "tests/container_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {
@@ -31,15 +31,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void dump(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using test::dump;
+using test::slurp;
 
 // A fresh directory under the scratch folder.
 std::string fresh_dir(const std::string& name) {
@@ -333,30 +326,6 @@ std::string write_small(const std::string& name) {
   return path;
 }
 
-// Rewrites the JSON header through `edit` (fixing sizes and the header checksum) and then, when
-// `data_edit` is given, the bytes before the header.
-std::string edited(const std::string& src, const std::string& name, const std::function<void(nlohmann::json&)>& edit,
-                   const std::function<void(std::string&)>& data_edit = {}) {
-  std::string bytes = slurp(src);
-  uint64_t hoff, hlen;
-  std::memcpy(&hoff, bytes.data() + 16, 8);
-  std::memcpy(&hlen, bytes.data() + 24, 8);
-  nlohmann::json h = nlohmann::json::parse(bytes.substr(hoff, hlen));
-  bytes.resize(hoff);
-  edit(h);
-  if (data_edit) data_edit(bytes);
-  const std::string text = h.dump();
-  bytes += text;
-  uint64_t n = text.size(), total = bytes.size();
-  uint32_t crc = crc32c(text.data(), text.size());
-  std::memcpy(bytes.data() + 24, &n, 8);
-  std::memcpy(bytes.data() + 40, &total, 8);
-  std::memcpy(bytes.data() + 48, &crc, 4);
-  const std::string out = test::scratch_dir() + "/" + name;
-  dump(out, bytes);
-  return out;
-}
-
 void expect_mxlm_rejected(const std::string& path, const std::vector<std::string>& needles) {
   expect_error([&] { MxlmFile f(path); }, needles);
 }
@@ -366,14 +335,14 @@ TEST(Container, RejectsMisalignedSegments) {
   MxlmFile ok(src);  // the writer's own file is accepted
   // The f32 vector's segment 2 bytes into its (enlarged) tensor: floats read in place would be
   // misaligned.
-  auto p = edited(src, "align.mxlm", [](nlohmann::json& h) {
+  auto p = test::edited_mxlm(src, "align.mxlm", [](nlohmann::json& h) {
     auto& t = h["tensors"][1];
     t["bytes"] = 32;
     t["segments"][0]["offset"] = t["offset"].get<uint64_t>() + 2;
   });
   expect_mxlm_rejected(p, {"tensor 'vector'", "segment at offset", "is not 4-byte aligned", "f32"});
   // bf16 needs 2 bytes.
-  p = edited(src, "align2.mxlm", [](nlohmann::json& h) {
+  p = test::edited_mxlm(src, "align2.mxlm", [](nlohmann::json& h) {
     auto& t = h["tensors"][0];
     t["bytes"] = 31;
     t["segments"][0]["offset"] = t["offset"].get<uint64_t>() + 1;
@@ -384,7 +353,7 @@ TEST(Container, RejectsMisalignedSegments) {
 TEST(Container, RejectsOverlappingSegmentsAndTensors) {
   const std::string src = write_small("overlap_src.mxlm");
   // Two segments of one tensor on the same bytes (each in range, total within the tensor).
-  auto p = edited(src, "seg_overlap.mxlm", [](nlohmann::json& h) {
+  auto p = test::edited_mxlm(src, "seg_overlap.mxlm", [](nlohmann::json& h) {
     auto& t = h["tensors"][0];
     const uint64_t off = t["offset"].get<uint64_t>();
     t["segments"] = {{{"row_begin", 0}, {"row_end", 1}, {"qtype", 2}, {"format", "bf16"}, {"offset", off}, {"bytes", 10}},
@@ -392,14 +361,14 @@ TEST(Container, RejectsOverlappingSegmentsAndTensors) {
   });
   expect_mxlm_rejected(p, {"tensor 'matrix'", "segment of rows [0, 1)", "segment of rows [1, 3)", "overlap"});
   // Two tensors on the same bytes.
-  p = edited(src, "tensor_overlap.mxlm", [](nlohmann::json& h) {
+  p = test::edited_mxlm(src, "tensor_overlap.mxlm", [](nlohmann::json& h) {
     const uint64_t off = h["tensors"][0]["offset"].get<uint64_t>();
     h["tensors"][1]["offset"] = off;
     h["tensors"][1]["segments"][0]["offset"] = off;
   });
   expect_mxlm_rejected(p, {"tensor 'matrix'", "tensor 'vector'", "overlap"});
   // A tensor over the tokenizer blob.
-  p = edited(src, "tok_overlap.mxlm", [](nlohmann::json& h) {
+  p = test::edited_mxlm(src, "tok_overlap.mxlm", [](nlohmann::json& h) {
     h["tokenizer"]["offset"] = h["tensors"][1]["offset"];
   });
   expect_mxlm_rejected(p, {"tokenizer blob", "overlap"});
@@ -408,21 +377,21 @@ TEST(Container, RejectsOverlappingSegmentsAndTensors) {
 TEST(Container, RejectsNonIntegerAndWrappingNumbers) {
   const std::string src = write_small("num_src.mxlm");
   // get<uint64_t>() truncated 64.5 to 64 and 2^32 + crc to the crc.
-  auto p = edited(src, "float_off.mxlm", [](nlohmann::json& h) {
+  auto p = test::edited_mxlm(src, "float_off.mxlm", [](nlohmann::json& h) {
     h["tensors"][1]["offset"] = h["tensors"][1]["offset"].get<double>() + 0.5;
   });
   expect_mxlm_rejected(p, {"tensor 'vector' offset =", "not an integer"});
-  p = edited(src, "crc.mxlm", [](nlohmann::json& h) {
+  p = test::edited_mxlm(src, "crc.mxlm", [](nlohmann::json& h) {
     h["tensors"][1]["crc32c"] = h["tensors"][1]["crc32c"].get<uint64_t>() + (uint64_t{1} << 32);
   });
   expect_mxlm_rejected(p, {"tensor 'vector' crc32c", "[0, 4294967295]"});
-  p = edited(src, "neg.mxlm", [](nlohmann::json& h) { h["tensors"][1]["segments"][0]["bytes"] = -28; });
+  p = test::edited_mxlm(src, "neg.mxlm", [](nlohmann::json& h) { h["tensors"][1]["segments"][0]["bytes"] = -28; });
   expect_mxlm_rejected(p, {"segment bytes = -28"});
   // rows x cols beyond 64 bits.
-  p = edited(src, "wrap.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {int64_t{1} << 33, int64_t{1} << 33}; });
+  p = test::edited_mxlm(src, "wrap.mxlm", [](nlohmann::json& h) { h["tensors"][0]["shape"] = {int64_t{1} << 33, int64_t{1} << 33}; });
   expect_mxlm_rejected(p, {"tensor 'matrix'", "overflows 64 bits"});
   // More outliers than weights.
-  p = edited(src, "nnz.mxlm", [](nlohmann::json& h) {
+  p = test::edited_mxlm(src, "nnz.mxlm", [](nlohmann::json& h) {
     h["tensors"][0]["outliers"] = {{"offset", 0}, {"bytes", 0}, {"nnz", 16}};
   });
   expect_mxlm_rejected(p, {"tensor 'matrix'", "16 outliers, more than its 15 weights"});
@@ -469,13 +438,13 @@ TEST(ModelLoad, NormIsBoundThroughItsSegment) {
   const std::string src = write_tiny_model("norm_src.mxlm", 1.0f, 2.0f);
   {
     // Without "after" in the directory, the norm reads as written.
-    auto m = Model::load(edited(src, "norm_plain.mxlm", [](nlohmann::json& h) { h["tensors"].erase(1); }));
+    auto m = Model::load(test::edited_mxlm(src, "norm_plain.mxlm", [](nlohmann::json& h) { h["tensors"].erase(1); }));
     EXPECT_EQ(m->output_norm()[0], 1.0f);
   }
   // output_norm's tensor now spans its 64 bytes and the 64 of "after" (which leaves the
   // directory), and its segment is the second half: the norm must read 2.0, not the tensor's
   // first bytes.
-  const std::string p = edited(src, "norm_seg.mxlm", [](nlohmann::json& h) {
+  const std::string p = test::edited_mxlm(src, "norm_seg.mxlm", [](nlohmann::json& h) {
     auto& ts = h["tensors"];
     const uint64_t after_off = ts[1]["offset"].get<uint64_t>();
     ts[0]["bytes"] = after_off + 64 - ts[0]["offset"].get<uint64_t>();
@@ -488,7 +457,7 @@ TEST(ModelLoad, NormIsBoundThroughItsSegment) {
   EXPECT_EQ(m->output_norm()[3], 2.0f);
   // A norm with a row map (or outliers) is refused instead of being read as if it had none.
   uint64_t row_map_at = 0;
-  const std::string q = edited(
+  const std::string q = test::edited_mxlm(
       src, "norm_rowmap.mxlm",
       [&](nlohmann::json& h) {
         auto& ts = h["tensors"];
