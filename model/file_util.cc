@@ -1,5 +1,8 @@
 #include "model/file_util.h"
 
+#include <atomic>
+#include <csignal>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -86,6 +89,40 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
+// Temporaries of live AtomicFiles, for the signal handler: fixed slots of plain char arrays,
+// because a handler may only call async-signal-safe functions (unlink, signal, raise).
+namespace {
+constexpr int kTmpSlots = 16;
+char g_tmp_paths[kTmpSlots][4096];
+std::atomic<bool> g_tmp_used[kTmpSlots];
+
+int register_tmp(const std::string& p) {
+  if (p.size() >= sizeof(g_tmp_paths[0])) return -1;
+  for (int i = 0; i < kTmpSlots; ++i) {
+    bool expected = false;
+    if (g_tmp_used[i].compare_exchange_strong(expected, true)) {
+      std::memcpy(g_tmp_paths[i], p.c_str(), p.size() + 1);
+      return i;
+    }
+  }
+  return -1;
+}
+void unregister_tmp(int slot) {
+  if (slot >= 0) g_tmp_used[slot].store(false);
+}
+extern "C" void remove_tmps_and_reraise(int sig) {
+  for (int i = 0; i < kTmpSlots; ++i) {
+    if (g_tmp_used[i].load()) ::unlink(g_tmp_paths[i]);
+  }
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+}  // namespace
+
+void remove_temporaries_on_signal() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, remove_tmps_and_reraise);
+}
+
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
   std::vector<char> tmpl(path.begin(), path.end());
   const std::string suffix = ".tmp.XXXXXX";
@@ -94,11 +131,13 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
   int fd = ::mkstemp(tmpl.data());
   if (fd < 0) throw Error(ErrorCode::kIo, "cannot create a temporary file beside '" + path + "': " + std::strerror(errno));
   tmp_path_ = tmpl.data();
+  slot_ = register_tmp(tmp_path_);
   ::fchmod(fd, 0644);
   f_ = ::fdopen(fd, "wb");
   if (!f_) {
     ::close(fd);
     ::unlink(tmp_path_.c_str());
+    unregister_tmp(slot_);
     throw Error(ErrorCode::kIo, "cannot open '" + tmp_path_ + "'");
   }
 }
@@ -108,6 +147,7 @@ AtomicFile::~AtomicFile() {
     std::fclose(f_);
     ::unlink(tmp_path_.c_str());
   }
+  unregister_tmp(slot_);
 }
 
 void AtomicFile::write(const void* data, size_t n) {
@@ -137,7 +177,10 @@ void AtomicFile::commit() {
     throw Error(ErrorCode::kIo, "flushing '" + tmp_path_ + "' failed: " + std::strerror(errno));
   std::fclose(f_);
   f_ = nullptr;
-  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
+  const int rc = ::rename(tmp_path_.c_str(), path_.c_str());
+  unregister_tmp(slot_);
+  slot_ = -1;
+  if (rc != 0) {
     int e = errno;
     ::unlink(tmp_path_.c_str());
     throw Error(ErrorCode::kIo, "cannot rename '" + tmp_path_ + "' to '" + path_ + "': " + std::strerror(e));

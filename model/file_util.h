@@ -62,7 +62,13 @@ class AtomicFile {
   std::string path_, tmp_path_;
   std::FILE* f_ = nullptr;
   uint64_t pos_ = 0;
+  int slot_ = -1;  // in the signal handler's list of temporaries
 };
+
+// Installs SIGINT/SIGTERM/SIGHUP handlers that remove the temporaries of the AtomicFiles being
+// written, then let the signal end the process as before: an interrupted tool leaves neither a
+// partial output nor a stray temporary (the CLI calls this at start).
+void remove_temporaries_on_signal();
 
 // Reads a whole (small) file into a string. Throws Error (kIo) naming the path.
 std::string read_file(const std::string& path);

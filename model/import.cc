@@ -134,6 +134,31 @@ ImportedModel import_mxlm(const std::string& path) {
 
 void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
                  const nlohmann::json& quantization, int threads, const std::function<void(size_t, size_t)>& progress) {
+  const TensorEncoder rtn = [threads](const SourceTensor& t, QType dst_type, uint8_t* dst, size_t bytes) {
+    const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1, k = t.shape.back();
+    const uint64_t dst_row = *qtype_row_bytes(dst_type, static_cast<uint64_t>(k));
+    MXLM_ASSERT(dst_row * static_cast<uint64_t>(rows) == bytes);
+    if (t.src_type == dst_type && t.rope_unpermute_head_dim == 0) {
+      std::memcpy(dst, t.data, bytes);
+      return;
+    }
+    const int nt = threads > 0 ? threads : omp_get_num_procs();
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<float> row(static_cast<size_t>(k));
+#pragma omp for schedule(dynamic, 16)
+      for (int64_t r = 0; r < rows; ++r) {
+        read_source_row(t, r, row.data());
+        quantize_row(dst_type, row.data(), k, dst + static_cast<uint64_t>(r) * dst_row);
+      }
+    }
+  };
+  write_model(m, out_path, choose, quantization, rtn, progress);
+}
+
+void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
+                 const nlohmann::json& quantization, const TensorEncoder& encode,
+                 const std::function<void(size_t, size_t)>& progress) {
   MxlmWriteInput in;
   in.config = m.config;
   in.tokenizer_blob = m.tokenizer_proto;
@@ -144,27 +169,19 @@ void write_model(const ImportedModel& m, const std::string& out_path, const std:
     TensorToWrite w;
     w.name = t.name;
     w.shape = t.shape;
-    w.qtype = t.shape.size() == 1 ? QType::kF32 : choose(t);
+    const bool vec = t.shape.size() == 1;
+    w.qtype = vec ? QType::kF32 : choose(t);
     const QType dst_type = w.qtype;
     const SourceTensor* src = &t;
-    w.fill = [src, dst_type, threads](uint8_t* dst, size_t bytes) {
-      const int64_t rows = src->shape.size() == 2 ? src->shape[0] : 1, k = src->shape.back();
-      const uint64_t dst_row = *qtype_row_bytes(dst_type, static_cast<uint64_t>(k));
-      MXLM_ASSERT(dst_row * static_cast<uint64_t>(rows) == bytes);
-      if (src->src_type == dst_type && src->rope_unpermute_head_dim == 0) {
-        std::memcpy(dst, src->data, bytes);
+    w.fill = [src, dst_type, vec, &encode](uint8_t* dst, size_t bytes) {
+      if (!vec) {
+        encode(*src, dst_type, dst, bytes);
         return;
       }
-      const int nt = threads > 0 ? threads : omp_get_num_procs();
-#pragma omp parallel num_threads(nt)
-      {
-        std::vector<float> row(static_cast<size_t>(k));
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t r = 0; r < rows; ++r) {
-          read_source_row(*src, r, row.data());
-          quantize_row(dst_type, row.data(), k, dst + static_cast<uint64_t>(r) * dst_row);
-        }
-      }
+      MXLM_ASSERT(bytes == sizeof(float) * static_cast<size_t>(src->shape[0]));
+      std::vector<float> row(static_cast<size_t>(src->shape[0]));
+      read_source_row(*src, 0, row.data());
+      std::memcpy(dst, row.data(), bytes);
     };
     in.tensors.push_back(std::move(w));
   }

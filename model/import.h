@@ -100,5 +100,11 @@ void convert_to_mxlm(const ImportedModel& m, const std::string& out_path, QType 
 // threads (0: all). `extra_header` keys ("quantization", provenance additions) are merged in.
 void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
                  const nlohmann::json& quantization, int threads, const std::function<void(size_t, size_t)>& progress = {});
+// The same with the 2-D tensors' bytes made by `encode(tensor, format, dst, bytes)` (the
+// mixed-precision quantizer's encoders); norm vectors are still converted to f32 here.
+using TensorEncoder = std::function<void(const SourceTensor&, QType, uint8_t* dst, size_t bytes)>;
+void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
+                 const nlohmann::json& quantization, const TensorEncoder& encode,
+                 const std::function<void(size_t, size_t)>& progress = {});
 
 }  // namespace mxlm

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <new>
 
 #include "kernels/common.h"
@@ -48,7 +49,42 @@ const TensorEntry& require(const MxlmFile& f, const std::string& name, const std
   return *t;
 }
 
-// matmul: the weight feeds matmuls (else only embedding lookups read it: no repacking).
+// Binds rows [row_begin, row_end) in format t at `data` to the kernel of `isa`. matmul: the weight
+// feeds matmuls (else only embedding lookups read it: no kernel, no repacked copy). `what` names
+// the tensor in errors.
+WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int64_t row_end, int64_t k, Isa isa,
+                           bool matmul, const std::string& what) {
+  WeightSegment s;
+  s.row_begin = row_begin;
+  s.row_end = row_end;
+  s.qtype = t;
+  s.data = data;
+  s.row_bytes = *qtype_row_bytes(t, static_cast<uint64_t>(k));
+  if (is_float_qtype(t)) {
+    s.kernel_isa = isa;
+    return s;
+  }
+  const QKernel qk = find_qkernel(t, isa);
+  if (!qk.gemm) {
+    throw Error(ErrorCode::kUnsupported, what + " has format " + std::string(qtype_info(t).name) + ", which has no kernel in this build");
+  }
+  s.qgemm = matmul ? qk.gemm : nullptr;
+  s.qdata = s.data;
+  if (qk.pack && matmul) {
+    // The kernel reads its own layout: repack the segment's rows once (same size; the original
+    // rows stay for dequantization, the oneDNN path and embedding lookups).
+    const int64_t rows = row_end - row_begin;
+    const size_t bytes = s.row_bytes * static_cast<size_t>(rows);
+    uint8_t* buf = static_cast<uint8_t*>(::operator new(bytes, std::align_val_t{64}));
+    s.packed = std::shared_ptr<const uint8_t>(buf, [](const uint8_t* b) { ::operator delete(const_cast<uint8_t*>(b), std::align_val_t{64}); });
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) qk.pack(s.data + s.row_bytes * size_t(r), buf + s.row_bytes * size_t(r), k);
+    s.qdata = buf;
+  }
+  s.kernel_isa = qk.isa;
+  return s;
+}
+
 Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa, bool matmul = true) {
   const TensorEntry& t = require(f, name, {n, k});
   Weight w;
@@ -57,38 +93,9 @@ Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_
   w.row_map = t.row_map;
   w.outliers = t.outliers;
   for (const TensorSegment& ts : t.segments) {
-    WeightSegment s;
-    s.row_begin = ts.row_begin;
-    s.row_end = ts.row_end;
-    s.qtype = ts.qtype;
-    s.data = ts.data;
-    s.row_bytes = *qtype_row_bytes(ts.qtype, static_cast<uint64_t>(k));
-    if (!is_float_qtype(ts.qtype)) {
-      const QKernel qk = find_qkernel(ts.qtype, isa);
-      if (!qk.gemm) {
-        throw Error(ErrorCode::kUnsupported, "'" + f.path() + "': tensor '" + name + "' has format " +
-                                                 std::string(qtype_info(ts.qtype).name) + ", which has no kernel in this build");
-      }
-      // A weight that no matmul reads gets no kernel (and so no repacked copy).
-      s.qgemm = matmul ? qk.gemm : nullptr;
-      s.qdata = s.data;
-      if (qk.pack && matmul) {
-        // The kernel reads its own layout: repack the segment's rows once (same size; the mapped
-        // rows stay for dequantization, the oneDNN path and embedding lookups).
-        const int64_t rows = ts.row_end - ts.row_begin;
-        const size_t bytes = s.row_bytes * static_cast<size_t>(rows);
-        uint8_t* buf = static_cast<uint8_t*>(::operator new(bytes, std::align_val_t{64}));
-        s.packed = std::shared_ptr<const uint8_t>(buf, [](const uint8_t* b) { ::operator delete(const_cast<uint8_t*>(b), std::align_val_t{64}); });
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) qk.pack(s.data + s.row_bytes * size_t(r), buf + s.row_bytes * size_t(r), k);
-        s.qdata = buf;
-      }
-      s.kernel_isa = qk.isa;
-      w.any_quantized = true;
-    } else {
-      s.kernel_isa = isa;
-    }
-    w.segments.push_back(s);
+    w.segments.push_back(bind_segment(ts.qtype, ts.data, ts.row_begin, ts.row_end, k, isa, matmul,
+                                      "'" + f.path() + "': tensor '" + name + "'"));
+    w.any_quantized |= !is_float_qtype(ts.qtype);
   }
   return w;
 }
@@ -107,7 +114,21 @@ const float* bind_norm(const MxlmFile& f, const std::string& name, int64_t n) {
 
 }  // namespace
 
+Weight make_weight(QType t, const uint8_t* rows, int64_t n, int64_t k, Isa isa) {
+  Weight w;
+  w.n = n;
+  w.k = k;
+  w.segments.push_back(bind_segment(t, rows, 0, n, k, isa, true, "a candidate weight"));
+  w.any_quantized = !is_float_qtype(t);
+  return w;
+}
+
 Model::~Model() = default;
+
+const MxlmFile& Model::file() const {
+  if (!file_) throw Error(ErrorCode::kInvalidArgument, "this model runs from imported tensors and has no .mxlm file");
+  return *file_;
+}
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
   std::shared_ptr<Model> m(new Model());
@@ -168,6 +189,70 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   return m;
 }
 
+std::shared_ptr<const Model> Model::from_imported(std::shared_ptr<const ImportedModel> source) {
+  check_tensor_set(*source);
+  std::shared_ptr<Model> m(new Model());
+  m->source_ = source;
+  m->config_ = source->config;
+  const ModelConfig& c = m->config_;
+  m->tokenizer_ = Tokenizer::from_spm_proto(source->tokenizer_proto);
+  m->isa_ = selected_isa();
+  std::map<std::string, const SourceTensor*> by_name;
+  for (const SourceTensor& t : source->tensors) by_name[t.name] = &t;
+  // The tensor's rows as a float format the f32 kernels read in place, converting to f32 when
+  // they cannot (quantized or RoPE-permuted sources, or data off its element alignment).
+  auto rows_of = [&](const SourceTensor& t, QType* type) -> const uint8_t* {
+    const int64_t n = t.shape.size() == 2 ? t.shape[0] : 1, k = t.shape.back();
+    const size_t elem = is_float_qtype(t.src_type) ? size_t(qtype_info(t.src_type).block_bytes) : 0;
+    if (elem && t.rope_unpermute_head_dim == 0 && reinterpret_cast<uintptr_t>(t.data) % elem == 0) {
+      *type = t.src_type;
+      return t.data;
+    }
+    auto buf = std::shared_ptr<float[]>(new float[size_t(n) * size_t(k)]);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; ++r) read_source_row(t, r, buf.get() + size_t(r) * size_t(k));
+    m->owned_.push_back(buf);
+    *type = QType::kF32;
+    return reinterpret_cast<const uint8_t*>(buf.get());
+  };
+  auto weight = [&](const std::string& name, bool matmul = true) {
+    const SourceTensor& t = *by_name.at(name);
+    QType type;
+    const uint8_t* rows = rows_of(t, &type);
+    Weight w;
+    w.n = t.shape[0];
+    w.k = t.shape[1];
+    w.segments.push_back(bind_segment(type, rows, 0, w.n, w.k, m->isa_, matmul, "tensor '" + name + "'"));
+    return w;
+  };
+  auto norm = [&](const std::string& name) {
+    const SourceTensor& t = *by_name.at(name);
+    if (t.src_type == QType::kF32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0) return reinterpret_cast<const float*>(t.data);
+    auto buf = std::shared_ptr<float[]>(new float[size_t(t.shape[0])]);
+    read_source_row(t, 0, buf.get());
+    m->owned_.push_back(buf);
+    return static_cast<const float*>(buf.get());
+  };
+  using namespace tensor_names;
+  m->tok_embd_ = weight(kTokEmbd, c.tied_embeddings);
+  m->output_norm_ = norm(kOutputNorm);
+  m->output_ = c.tied_embeddings ? m->tok_embd_ : weight(kOutput);
+  for (int i = 0; i < c.n_layers; ++i) {
+    LayerWeights l;
+    l.attn_norm = norm(layer(i, kAttnNorm));
+    l.wq = weight(layer(i, kAttnQ));
+    l.wk = weight(layer(i, kAttnK));
+    l.wv = weight(layer(i, kAttnV));
+    l.wo = weight(layer(i, kAttnO));
+    l.ffn_norm = norm(layer(i, kFfnNorm));
+    l.gate = weight(layer(i, kFfnGate));
+    l.up = weight(layer(i, kFfnUp));
+    l.down = weight(layer(i, kFfnDown));
+    m->layers_.push_back(l);
+  }
+  return m;
+}
+
 void Model::embedding_row(int id, float* out) const {
   const Weight& w = tok_embd_;
   const int64_t stored = embd_stored_row_.empty() ? id : embd_stored_row_[static_cast<size_t>(id)];
@@ -200,7 +285,13 @@ std::string Model::kernel_summary() const {
 
 uint64_t Model::weight_bytes() const {
   uint64_t total = 0;
-  for (const auto& t : file_->tensors()) total += t.bytes;
+  if (file_) {
+    for (const auto& t : file_->tensors()) total += t.bytes;
+    return total;
+  }
+  for (const SourceTensor& t : source_->tensors) {
+    total += *qtype_row_bytes(t.src_type, uint64_t(t.shape.back())) * uint64_t(t.shape.size() == 2 ? t.shape[0] : 1);
+  }
   return total;
 }
 
@@ -297,6 +388,10 @@ void Context::matmul_dense(Acts& a, const Weight& w, float* out, bool onednn) {
 }
 
 void Context::matmul(Acts& a, const Weight& w, float* y) {
+  if (observer_ && !a.observed) {
+    observer_->observe(a.layer, a.in, a.x, a.m, a.k);
+    a.observed = true;
+  }
   const int n = static_cast<int>(w.n), k = static_cast<int>(w.k), m = a.m;
   // With a row map, compute in stored order, then scatter.
   float* out = y;
@@ -358,15 +453,84 @@ const float* Context::eval(std::span<const int> tokens, bool all_logits) {
   return logits_.data();
 }
 
+const char* matmul_input_name(MatmulInput in) {
+  switch (in) {
+    case MatmulInput::kAttnIn: return "attn_in";
+    case MatmulInput::kAttnOut: return "attn_out";
+    case MatmulInput::kFfnIn: return "ffn_in";
+    case MatmulInput::kFfnMid: return "ffn_mid";
+    case MatmulInput::kHeadIn: return "head_in";
+  }
+  return "?";
+}
+
+void Context::check_span(int n, int p0, const char* what) const {
+  if (n < 1 || n > n_batch_ || p0 < 0 || p0 + int64_t{n} > n_ctx_) {
+    throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": " + std::to_string(n) + " tokens at position " + std::to_string(p0) +
+                                                 " do not fit a batch of " + std::to_string(n_batch_) + " in a context of " +
+                                                 std::to_string(n_ctx_));
+  }
+}
+
+void Context::embed(std::span<const int> tokens, float* x, const Weight* tok_embd) {
+  const ModelConfig& c = model_->config();
+  for (size_t b = 0; b < tokens.size(); ++b) {
+    const int t = tokens[b];
+    if (t < 0 || t >= c.n_vocab) {
+      throw Error(ErrorCode::kInvalidArgument, "token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                                   std::to_string(c.n_vocab) + ")");
+    }
+    float* row = x + b * size_t(c.n_embd);
+    if (!tok_embd) {
+      model_->embedding_row(t, row);
+      continue;
+    }
+    for (const WeightSegment& s : tok_embd->segments) {
+      if (t >= s.row_begin && t < s.row_end) dequantize_row(s.qtype, s.data + size_t(t - s.row_begin) * s.row_bytes, c.n_embd, row);
+    }
+  }
+}
+
+void Context::eval_layer(int l, float* x, int n, int p0, const LayerWeights* weights) {
+  check_span(n, p0, "eval_layer");
+  if (l < 0 || l >= model_->config().n_layers) {
+    throw Error(ErrorCode::kInvalidArgument, "eval_layer: layer " + std::to_string(l) + " outside [0, " +
+                                                 std::to_string(model_->config().n_layers) + ")");
+  }
+  layer_forward(weights ? *weights : model_->layers()[l], l, x, n, p0);
+}
+
+void Context::eval_head(const float* x, int n, float* logits, const Weight* output) {
+  check_span(n, 0, "eval_head");
+  const ModelConfig& c = model_->config();
+  const F32Kernels& kr = f32_kernels(model_->isa());
+  for (int b = 0; b < n; ++b) kr.rmsnorm(x + size_t(b) * c.n_embd, model_->output_norm(), &xb_[size_t(b) * c.n_embd], c.n_embd, c.norm_eps);
+  Acts out{xb_.data(), n, c.n_embd};
+  matmul(out, output ? *output : model_->output(), logits);
+}
+
 void Context::forward_batch(const int* tokens, int n, bool all_logits, float* logits_out) {
+  const ModelConfig& c = model_->config();
+  const F32Kernels& kr = f32_kernels(model_->isa());
+  const int E = c.n_embd;
+  for (int b = 0; b < n; ++b) model_->embedding_row(tokens[b], &x_[size_t(b) * E]);
+  for (int l = 0; l < c.n_layers; ++l) layer_forward(model_->layers()[l], l, x_.data(), n, n_past_);
+  n_past_ += n;
+  if (!logits_out) return;
+  const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
+  for (int b = first; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], model_->output_norm(), &xb_[size_t(b - first) * E], E, c.norm_eps);
+  Acts out{xb_.data(), rows, E};
+  matmul(out, model_->output(), logits_out);
+}
+
+// One transformer block on x [n][E] in place: tokens at positions p0 .. p0 + n - 1, layer l's
+// KV cache written at those positions.
+void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p0) {
   const ModelConfig& c = model_->config();
   const F32Kernels& kr = f32_kernels(model_->isa());
   const int E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads, F = c.n_ff;
   const int Q = H * D, KV = HKV * D, half = D / 2, group = H / HKV;
-  const int p0 = n_past_;
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(D));
-
-  for (int b = 0; b < n; ++b) model_->embedding_row(tokens[b], &x_[size_t(b) * E]);
 
   auto rope = [&](float* v, int pos) {
     const float* cs = &rope_cos_[size_t(pos) * half];
@@ -378,60 +542,51 @@ void Context::forward_batch(const int* tokens, int n, bool all_logits, float* lo
     }
   };
 
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& w = model_->layers()[l];
-    for (int b = 0; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
-    Acts attn_in{xb_.data(), n, E};
-    matmul(attn_in, w.wq, q_.data());
-    matmul(attn_in, w.wk, k_.data());
-    matmul(attn_in, w.wv, v_.data());
-    // K cache [n_ctx][KV] (rows of keys); V cache transposed, [HKV][D][n_ctx], so that both
-    // attention products run as gemm over contiguous rows.
-    float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
-    float* vt = &v_cache_[size_t(l) * n_ctx_ * KV];
-    for (int b = 0; b < n; ++b) {
-      for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
-      for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
-      std::memcpy(kc + size_t(p0 + b) * KV, &k_[size_t(b) * KV], sizeof(float) * KV);
-      for (int i = 0; i < KV; ++i) vt[size_t(i) * n_ctx_ + p0 + b] = v_[size_t(b) * KV + i];
-    }
-    // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V.
-    const int T = p0 + n;
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && H > 1)
-    for (int h = 0; h < H; ++h) {
-      const int kvh = h / group;
-      float* sc = &scores_[size_t(omp_get_thread_num()) * n_batch_ * n_ctx_];
-      kr.gemm(n, 0, T, D, &q_[size_t(h) * D], size_t(Q), kc + size_t(kvh) * D, sizeof(float) * KV, QType::kF32, sc,
-              size_t(T));
-      for (int b = 0; b < n; ++b) {
-        float* row = sc + size_t(b) * T;
-        const int n_keys = p0 + b + 1;
-        for (int t = 0; t < n_keys; ++t) row[t] *= att_scale;
-        kr.softmax(row, n_keys);
-        std::fill(row + n_keys, row + T, 0.0f);
-      }
-      kr.gemm(n, 0, D, T, sc, size_t(T), vt + size_t(kvh) * D * n_ctx_, sizeof(float) * n_ctx_, QType::kF32,
-              &att_out_[size_t(h) * D], size_t(Q));
-    }
-    Acts att{att_out_.data(), n, Q};
-    matmul(att, w.wo, xb2_.data());
-    for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];
-
-    for (int b = 0; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
-    Acts ffn_in{xb_.data(), n, E};
-    matmul(ffn_in, w.gate, hb_.data());
-    matmul(ffn_in, w.up, hb2_.data());
-    for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
-    Acts ffn_mid{hb_.data(), n, F};
-    matmul(ffn_mid, w.down, xb2_.data());
-    for (size_t i = 0; i < size_t(n) * E; ++i) x_[i] += xb2_[i];
+  for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+  Acts attn_in{xb_.data(), n, E, l, MatmulInput::kAttnIn};
+  matmul(attn_in, w.wq, q_.data());
+  matmul(attn_in, w.wk, k_.data());
+  matmul(attn_in, w.wv, v_.data());
+  // K cache [n_ctx][KV] (rows of keys); V cache transposed, [HKV][D][n_ctx], so that both
+  // attention products run as gemm over contiguous rows.
+  float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
+  float* vt = &v_cache_[size_t(l) * n_ctx_ * KV];
+  for (int b = 0; b < n; ++b) {
+    for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
+    for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
+    std::memcpy(kc + size_t(p0 + b) * KV, &k_[size_t(b) * KV], sizeof(float) * KV);
+    for (int i = 0; i < KV; ++i) vt[size_t(i) * n_ctx_ + p0 + b] = v_[size_t(b) * KV + i];
   }
-  n_past_ += n;
-  if (!logits_out) return;
-  const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
-  for (int b = first; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], model_->output_norm(), &xb_[size_t(b - first) * E], E, c.norm_eps);
-  Acts out{xb_.data(), rows, E};
-  matmul(out, model_->output(), logits_out);
+  // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V.
+  const int T = p0 + n;
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && H > 1)
+  for (int h = 0; h < H; ++h) {
+    const int kvh = h / group;
+    float* sc = &scores_[size_t(omp_get_thread_num()) * n_batch_ * n_ctx_];
+    kr.gemm(n, 0, T, D, &q_[size_t(h) * D], size_t(Q), kc + size_t(kvh) * D, sizeof(float) * KV, QType::kF32, sc,
+            size_t(T));
+    for (int b = 0; b < n; ++b) {
+      float* row = sc + size_t(b) * T;
+      const int n_keys = p0 + b + 1;
+      for (int t = 0; t < n_keys; ++t) row[t] *= att_scale;
+      kr.softmax(row, n_keys);
+      std::fill(row + n_keys, row + T, 0.0f);
+    }
+    kr.gemm(n, 0, D, T, sc, size_t(T), vt + size_t(kvh) * D * n_ctx_, sizeof(float) * n_ctx_, QType::kF32,
+            &att_out_[size_t(h) * D], size_t(Q));
+  }
+  Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
+  matmul(att, w.wo, xb2_.data());
+  for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];
+
+  for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+  Acts ffn_in{xb_.data(), n, E, l, MatmulInput::kFfnIn};
+  matmul(ffn_in, w.gate, hb_.data());
+  matmul(ffn_in, w.up, hb2_.data());
+  for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
+  Acts ffn_mid{hb_.data(), n, F, l, MatmulInput::kFfnMid};
+  matmul(ffn_mid, w.down, xb2_.data());
+  for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];
 }
 
 }  // namespace mxlm

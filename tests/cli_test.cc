@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -396,5 +397,123 @@ TEST(Cli, PplKlBaseJson) {
   EXPECT_EQ(j["kl_base"]["delta_ppl"].get<double>(), 0.0);
 }
 
+
+// A calibration text for the small model: the first 40 KB of tinymix-calib.
+std::string calib_excerpt() {
+  static std::string path;
+  if (path.empty()) {
+    path = test::scratch_dir() + "/calib-excerpt.txt";
+    std::ifstream in(test::shared_path("text/tinymix-calib.txt"), std::ios::binary);
+    std::string t((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(path, std::ios::binary) << t.substr(0, 40000);
+  }
+  return path;
+}
+
+TEST(Cli, QuantizeBpwPlansWritesAndReplaysItsRecipe) {
+  const std::string dir = test::scratch_dir(), gguf = test::shared_path("models/stories260K/stories260K.gguf");
+  const std::string calib = " --calib " + calib_excerpt() + " --calib-tokens 2048 --kl-tokens 512 -t 2 -q";
+  int st;
+  std::string out;
+  st = test::run_command(test::mxlm_binary() + " quantize " + gguf + " --bpw 4 --dry-run --json --write-recipe " + dir + "/plan.json" + calib,
+                         &out, false);
+  ASSERT_EQ(st, 0) << out;
+  const nlohmann::json plan = nlohmann::json::parse(out);
+  EXPECT_LE(plan.at("bits_per_weight").get<double>(), 4.0);
+  EXPECT_GE(plan.at("bits_per_weight").get<double>(), 4.0 * 0.995);
+  EXPECT_EQ(plan.at("tensors").size(), 37u);
+  EXPECT_FALSE(std::ifstream(dir + "/plan.mxlm").good());
+  // The written recipe reproduces the plan's formats without a budget.
+  out = mxlm("quantize " + gguf + " --recipe " + dir + "/plan.json -o " + dir + "/replay.mxlm" + calib, &st);
+  ASSERT_EQ(st, 0) << out;
+  out = mxlm("inspect " + dir + "/replay.mxlm --json", &st);
+  ASSERT_EQ(st, 0);
+  const nlohmann::json h = nlohmann::json::parse(out.substr(out.find('{')));
+  for (const auto& t : plan.at("tensors")) {
+    EXPECT_EQ(h.at("quantization").at("tensors").at(t.at("name").get<std::string>()).at("format"), t.at("format"));
+  }
+  // --bpw writes the same formats as the plan, and inspect --report draws them.
+  out = mxlm("quantize " + gguf + " --bpw 4 -o " + dir + "/bpw.mxlm" + calib, &st);
+  ASSERT_EQ(st, 0) << out;
+  out = mxlm("inspect " + dir + "/bpw.mxlm --report " + dir + "/r.html", &st);
+  ASSERT_EQ(st, 0) << out;
+  std::ifstream html(dir + "/r.html");
+  const std::string page((std::istreambuf_iterator<char>(html)), {});
+  EXPECT_NE(page.find("<svg"), std::string::npos);
+  EXPECT_NE(page.find("ffn_down"), std::string::npos);
+  EXPECT_EQ(page.find("<script"), std::string::npos);
+}
+
+TEST(Cli, QuantizeBadBudgetsAndInputsAreClearAndWriteNothing) {
+  const std::string dir = test::scratch_dir(), gguf = test::shared_path("models/stories260K/stories260K.gguf");
+  int st;
+  std::string out = mxlm("quantize " + gguf + " --bpw 1 -o " + dir + "/bad.mxlm --calib " + calib_excerpt(), &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("outside the range"), std::string::npos) << out;
+  EXPECT_NE(out.find("bits per weight"), std::string::npos) << out;
+  out = mxlm("quantize " + gguf + " --size 10K -o " + dir + "/bad.mxlm --calib " + calib_excerpt(), &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("bytes of file"), std::string::npos) << out;
+  out = mxlm("quantize " + gguf + " --bpw 4 -o " + dir + "/bad.mxlm --calib " + dir + "/missing.txt", &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("missing.txt"), std::string::npos) << out;
+  std::ofstream(dir + "/empty.txt").close();
+  out = mxlm("quantize " + gguf + " --bpw 4 -o " + dir + "/bad.mxlm --calib " + dir + "/empty.txt", &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("empty"), std::string::npos) << out;
+  std::ofstream(dir + "/bad-recipe.json") << R"({"tensors": {"blk.*.attn_x": "q4_g32"}})";
+  out = mxlm("quantize " + gguf + " --bpw 4 -o " + dir + "/bad.mxlm --recipe " + dir + "/bad-recipe.json --calib " + calib_excerpt(), &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("blk.*.attn_x"), std::string::npos) << out;
+  out = mxlm("quantize " + gguf + " -o " + dir + "/bad.mxlm", &st);
+  EXPECT_NE(st, 0);
+  EXPECT_NE(out.find("--bpw"), std::string::npos) << out;
+  EXPECT_FALSE(std::ifstream(dir + "/bad.mxlm").good());
+}
+
+TEST(Cli, InterruptedQuantizeLeavesNoFile) {
+  // SIGINT while tinymix is being calibrated (the mixed run) or its file written (a uniform
+  // nu4_g32 run writes from its first second for ~10 s): no output, no temporary, and an older
+  // file at the output path is kept.
+  const std::string dir = test::scratch_dir() + "/interrupt";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/out.mxlm") << "an older file";
+  const std::string model = test::shared_path("models/tinymix-26m");
+  const std::string runs[] = {"timeout -s INT 2 " + test::mxlm_binary() + " quantize " + model + " --bpw 4 -t 2 -q --calib " +
+                                  test::shared_path("text/tinymix-calib.txt"),
+                              "timeout -s INT 1 " + test::mxlm_binary() + " quantize " + model + " --qtype nu4_g32 -t 2 -q",
+                              "timeout -s INT 3 " + test::mxlm_binary() + " quantize " + model + " --qtype nu4_g32 -t 2 -q"};
+  for (const std::string& run : runs) {
+    std::string out;
+    const int st = test::run_command(run + " -o " + dir + "/out.mxlm", &out);
+    EXPECT_NE(st, 0) << run << "\n" << out;
+    int files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      ++files;
+      EXPECT_EQ(e.path().filename(), "out.mxlm") << run;
+    }
+    EXPECT_EQ(files, 1) << run;
+    std::ifstream f(dir + "/out.mxlm");
+    EXPECT_EQ(std::string((std::istreambuf_iterator<char>(f)), {}), "an older file") << run;
+  }
+}
+
+TEST(Cli, SweepPrintsATableAndWritesAParetoPage) {
+  const std::string dir = test::scratch_dir(), gguf = test::shared_path("models/stories260K/stories260K.gguf");
+  int st;
+  std::string out;
+  st = test::run_command(test::mxlm_binary() + " sweep " + gguf + " --bpw 3.5,5 --uniform q4_g32 -f " + calib_excerpt() + " --calib " +
+                             calib_excerpt() + " --calib-tokens 1024 --kl-tokens 256 --ctx 128 --windows 2 -t 2 -q --html " + dir +
+                             "/sweep.html",
+                         &out, false);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("| mix 3.50 | mix |"), std::string::npos) << out;
+  EXPECT_NE(out.find("| mix 5.00 | mix |"), std::string::npos) << out;
+  EXPECT_NE(out.find("| q4_g32 | uniform |"), std::string::npos) << out;
+  std::ifstream html(dir + "/sweep.html");
+  const std::string page((std::istreambuf_iterator<char>(html)), {});
+  EXPECT_NE(page.find("<svg"), std::string::npos);
+  EXPECT_NE(page.find("mix 3.50"), std::string::npos);
+}
 }  // namespace
 }  // namespace mxlm

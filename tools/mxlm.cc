@@ -1,4 +1,5 @@
-// mxlm: the command-line frontend (convert, inspect, run, ppl).
+// mxlm: the command-line frontend: parses and dispatches (convert, run, ppl, bench, synth here;
+// quantize, sweep and inspect in their own files).
 #include <omp.h>
 #include <unistd.h>
 
@@ -15,39 +16,17 @@
 #include "model/file_util.h"
 #include "model/import.h"
 #include "model/mxlm_file.h"
-#include "model/quantize.h"
 #include "model/synth.h"
 #include "mxlm/bench.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
 #include "tokenizer/tokenizer.h"
+#include "tools/commands.h"
 
 namespace {
 
 using namespace mxlm;
-
-std::string human_bytes(uint64_t b) {
-  char buf[32];
-  if (b >= (uint64_t{1} << 30)) std::snprintf(buf, sizeof(buf), "%.2f GiB", b / double(uint64_t{1} << 30));
-  else if (b >= (uint64_t{1} << 20)) std::snprintf(buf, sizeof(buf), "%.2f MiB", b / double(uint64_t{1} << 20));
-  else std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(b));
-  return buf;
-}
-
-// A progress bar on a terminal; one line at the end otherwise.
-void progress_bar(const char* what, size_t done, size_t total) {
-  static const bool tty = ::isatty(::fileno(stderr));
-  if (!tty) {
-    if (done == total) std::fprintf(stderr, "%s: %zu/%zu done\n", what, done, total);
-    return;
-  }
-  const int width = 30;
-  const int filled = total ? static_cast<int>(width * done / total) : width;
-  std::fprintf(stderr, "\r%s [%.*s%*s] %zu/%zu", what, filled, "##############################", width - filled, "", done, total);
-  if (done == total) std::fputc('\n', stderr);
-  std::fflush(stderr);
-}
 
 struct ConvertArgs {
   std::string input, output, dtype = "bf16", tokenizer;
@@ -77,86 +56,6 @@ int cmd_convert(const ConvertArgs& a) {
   MxlmFile check(a.output);
   std::fprintf(stderr, "mxlm: wrote %s (%s, %zu tensors, %s weights) in %.1f s\n", a.output.c_str(),
                human_bytes(check.file_bytes()).c_str(), check.tensors().size(), a.dtype.c_str(),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  return 0;
-}
-
-int cmd_inspect(const std::string& path, bool verify, bool json) {
-  MxlmFile f(path);
-  if (verify) f.verify();
-  if (json) {
-    nlohmann::json j = f.header();
-    j["file_bytes"] = f.file_bytes();
-    j["isa"] = std::string(isa_name(selected_isa()));
-    if (verify) j["verified"] = true;
-    std::cout << j.dump(2) << "\n";
-    return 0;
-  }
-  const ModelConfig& c = f.config();
-  std::printf("file:       %s (%s, .mxlm version %u)\n", path.c_str(), human_bytes(f.file_bytes()).c_str(), f.version());
-  std::printf("config:     %s\n", c.to_json().dump().c_str());
-  std::printf("tokenizer:  %s, %s\n", std::string(f.tokenizer_kind()).c_str(), human_bytes(f.tokenizer_blob().size()).c_str());
-  std::printf("provenance: %s\n", f.header().value("provenance", nlohmann::json::object()).dump().c_str());
-  std::printf("isa:        %s\n", std::string(isa_name(selected_isa())).c_str());
-  std::printf("\n%-28s %-8s %-16s %12s\n", "tensor", "format", "shape", "bytes");
-  uint64_t total = 0;
-  double bits = 0, elems = 0;
-  for (const auto& t : f.tensors()) {
-    std::string shape;
-    for (size_t i = 0; i < t.shape.size(); ++i) {
-      if (i) shape += " x ";
-      shape += std::to_string(t.shape[i]);
-    }
-    std::string fmt;
-    for (size_t i = 0; i < t.segments.size(); ++i) {
-      if (i) fmt += '+';
-      fmt += qtype_info(t.segments[i].qtype).name;
-    }
-    std::printf("%-28s %-8s %-16s %12llu\n", t.name.c_str(), fmt.c_str(), shape.c_str(), static_cast<unsigned long long>(t.bytes));
-    total += t.bytes;
-    double n = 1;
-    for (auto d : t.shape) n *= d;
-    elems += n;
-    bits += 8.0 * t.bytes;
-  }
-  std::printf("\n%zu tensors, %s of weights, %.2f bits per weight\n", f.tensors().size(), human_bytes(total).c_str(), bits / elems);
-  if (verify) std::printf("checksums:  all %zu tensors and the tokenizer verified\n", f.tensors().size());
-  return 0;
-}
-
-struct QuantizeArgs {
-  std::string input, output, qtype, embd_qtype, output_qtype, tokenizer;
-  int threads = 0;
-  bool quiet = false;
-};
-
-QType parse_qtype(const std::string& name, const char* option) {
-  auto q = qtype_from_name(name);
-  if (!q) {
-    std::string all;
-    for (const auto& info : kQTypes) all += (all.empty() ? "" : ", ") + std::string(info.name);
-    throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a format; known: " + all);
-  }
-  return *q;
-}
-
-int cmd_quantize(const QuantizeArgs& a) {
-  QuantizeOptions opt;
-  opt.qtype = parse_qtype(a.qtype, "--qtype");
-  if (!a.embd_qtype.empty()) opt.embd_qtype = parse_qtype(a.embd_qtype, "--embd-qtype");
-  if (!a.output_qtype.empty()) opt.output_qtype = parse_qtype(a.output_qtype, "--output-qtype");
-  opt.threads = a.threads;
-  ImportOptions io;
-  io.tokenizer_path = a.tokenizer;
-  auto t0 = std::chrono::steady_clock::now();
-  ImportedModel m = import_model(a.input, io);
-  Tokenizer::from_spm_proto(m.tokenizer_proto);  // fails before anything is written
-  std::function<void(size_t, size_t)> progress;
-  if (!a.quiet) progress = [](size_t d, size_t t) { progress_bar("quantizing", d, t); };
-  quantize_model(m, a.output, opt, progress);
-  MxlmFile check(a.output);
-  std::fprintf(stderr, "mxlm: wrote %s (%s, %.3f bits per weight) in %.1f s\n", a.output.c_str(),
-               human_bytes(check.file_bytes()).c_str(), check.header()["quantization"].value("bits_per_weight", 0.0),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
@@ -363,16 +262,8 @@ int main(int argc, char** argv) {
   c->add_option("--tokenizer", conv.tokenizer, "tokenizer for llama2.c checkpoints (.model or llama2.c .bin); overrides an HF tokenizer.model");
   c->add_flag("-q,--quiet", conv.quiet, "no progress bar");
 
-  QuantizeArgs quant;
-  auto* qz = app.add_subcommand("quantize", "Quantize a model (HF dir, GGUF, llama2.c or .mxlm) to a .mxlm file");
-  qz->add_option("input", quant.input, "model to quantize")->required();
-  qz->add_option("-o,--output", quant.output, "output .mxlm path (written atomically)")->required();
-  qz->add_option("--qtype", quant.qtype, "format of every linear layer (e.g. q4_g32, q8_g32, nu4_g32)")->required();
-  qz->add_option("--embd-qtype", quant.embd_qtype, "format of the token embedding (default: --qtype)");
-  qz->add_option("--output-qtype", quant.output_qtype, "format of the output head (default: --qtype)");
-  qz->add_option("--tokenizer", quant.tokenizer, "tokenizer for llama2.c checkpoints");
-  qz->add_option("-t,--threads", quant.threads, "threads (default: all cores)");
-  qz->add_flag("-q,--quiet", quant.quiet, "no progress bar");
+  const Command qz = add_quantize_command(app);
+  const Command sw = add_sweep_command(app);
 
   BenchArgs bench;
   auto* bn = app.add_subcommand("bench", "Prompt-processing and generation speed against the measured memory bandwidth");
@@ -398,12 +289,7 @@ int main(int argc, char** argv) {
   sy->add_option("-o,--output", synth.output, "output .mxlm path")->required();
   sy->add_flag("-q,--quiet", synth.quiet, "no progress bar");
 
-  std::string inspect_path;
-  bool inspect_verify = false, inspect_json = false;
-  auto* in = app.add_subcommand("inspect", "Print a .mxlm file's header, config and tensor table");
-  in->add_option("model", inspect_path, ".mxlm file")->required();
-  in->add_flag("--verify", inspect_verify, "recompute and check every checksum");
-  in->add_flag("--json", inspect_json, "print the header as JSON");
+  const Command in = add_inspect_command(app);
 
   RunArgs run;
   auto* r = app.add_subcommand("run", "Generate text from a prompt");
@@ -437,9 +323,11 @@ int main(int argc, char** argv) {
   p->add_option("--kl-base", ppl.kl_base, "base .mxlm (e.g. unquantized): also report KL divergence, top-1 agreement, delta ppl");
 
   CLI11_PARSE(app, argc, argv);
+  remove_temporaries_on_signal();
   try {
     if (*c) return cmd_convert(conv);
-    if (*qz) return cmd_quantize(quant);
+    if (*qz.app) return qz.run();
+    if (*sw.app) return sw.run();
     if (*bn) return cmd_bench(bench);
     if (*sy) {
       SynthOptions so;
@@ -454,7 +342,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "mxlm: wrote %s (%s)\n", synth.output.c_str(), human_bytes(MxlmFile(synth.output).file_bytes()).c_str());
       return 0;
     }
-    if (*in) return cmd_inspect(inspect_path, inspect_verify, inspect_json);
+    if (*in.app) return in.run();
     if (*r) return cmd_run(run);
     if (*p) return cmd_ppl(ppl);
   } catch (const mxlm::Error& e) {

@@ -10,8 +10,9 @@
 #include "kernels/isa.h"
 #include "kernels/qtype.h"
 #include "kernels/quant.h"
-#include "model/mxlm_file.h"
 #include "model/config.h"
+#include "model/import.h"
+#include "model/mxlm_file.h"
 
 namespace mxlm {
 
@@ -46,6 +47,12 @@ struct LayerWeights {
   Weight gate, up, down;
 };
 
+// A weight over rows already in memory (one segment of format t, n rows of k elements), bound
+// to the kernel of `isa` and repacked when that kernel reads its own layout (the Weight then owns
+// the repacked copy; `rows` must outlive it). For calibration and sensitivity runs that swap one
+// tensor of a model for a candidate encoding.
+Weight make_weight(QType t, const uint8_t* rows, int64_t n, int64_t k, Isa isa);
+
 struct LoadOptions {
   bool verify = false;  // recompute every tensor checksum at load
 };
@@ -55,11 +62,18 @@ class Model {
   // Maps and validates a .mxlm file, binds every tensor (checking its shape against the config)
   // and loads the embedded tokenizer. Throws Error naming the file and the problem.
   static std::shared_ptr<const Model> load(const std::string& path, const LoadOptions& options = {});
+  // The tensor-source seam: a model that runs straight from imported tensors (the quantizer
+  // calibrates on it). Float tensors in f32/f16/bf16 at their element alignment are read in place
+  // from the source mapping (no copy: a 7B bf16 model costs its page cache, not 28 GB of f32);
+  // RoPE-permuted, quantized or misaligned ones are converted to f32 once. Checks the tensor set
+  // against the config (check_tensor_set).
+  static std::shared_ptr<const Model> from_imported(std::shared_ptr<const ImportedModel> source);
   ~Model();
 
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  const MxlmFile& file() const { return *file_; }
+  // The .mxlm file (a loaded model only: throws for one made from_imported).
+  const MxlmFile& file() const;
   Isa isa() const { return isa_; }
   const Weight& tok_embd() const { return tok_embd_; }
   const Weight& output() const { return output_; }
@@ -75,13 +89,29 @@ class Model {
  private:
   Model() = default;
   ModelConfig config_;
-  std::unique_ptr<MxlmFile> file_;
+  std::unique_ptr<MxlmFile> file_;                // null for a model made from_imported
+  std::shared_ptr<const ImportedModel> source_;   // its tensors (from_imported)
+  std::vector<std::shared_ptr<const void>> owned_;  // tensors converted to f32 at load
   std::unique_ptr<Tokenizer> tokenizer_;
   Isa isa_ = Isa::kRef;
   Weight tok_embd_, output_;
   const float* output_norm_ = nullptr;
   std::vector<LayerWeights> layers_;
   std::vector<int32_t> embd_stored_row_;  // output row -> stored row, when tok_embd has a row map
+};
+
+// The distinct inputs of a layer's matmuls: q/k/v share the attention input, gate/up the FFN
+// input.
+enum class MatmulInput : uint8_t { kAttnIn, kAttnOut, kFfnIn, kFfnMid, kHeadIn };
+inline constexpr int kMatmulInputs = 5;
+const char* matmul_input_name(MatmulInput in);
+
+// Sees each distinct matmul input once per forward pass, before its matmuls run (calibration
+// statistics hook in here): x is [m][k] row-major; layer is -1 for the output head's input.
+class MatmulObserver {
+ public:
+  virtual ~MatmulObserver() = default;
+  virtual void observe(int layer, MatmulInput in, const float* x, int m, int k) = 0;
 };
 
 struct ContextParams {
@@ -112,6 +142,18 @@ class Context {
   // not fit, (kInvalidArgument) for an empty list or an id outside the vocabulary.
   const float* eval(std::span<const int> tokens, bool all_logits = false);
 
+  // Layer-by-layer evaluation, for calibration and sensitivity runs that hold every token's
+  // hidden state between layers and may swap a layer's weights. x is [n][n_embd] with
+  // n <= n_batch tokens at positions p0 .. p0 + n - 1; eval_layer writes layer l's KV cache at
+  // those positions (so a sequence's layer l runs after its positions < p0 have) and leaves
+  // n_past() alone. Null overrides mean the model's own weights.
+  void embed(std::span<const int> tokens, float* x, const Weight* tok_embd = nullptr);
+  void eval_layer(int l, float* x, int n, int p0, const LayerWeights* weights = nullptr);
+  // Logits [n][n_vocab] of the final hidden states x [n][n_embd].
+  void eval_head(const float* x, int n, float* logits, const Weight* output = nullptr);
+  // Every matmul input of later evaluations goes to `observer` (null: none); not owned.
+  void set_observer(MatmulObserver* observer) { observer_ = observer; }
+
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   int n_threads() const { return n_threads_; }
@@ -123,9 +165,13 @@ class Context {
   struct Acts {
     const float* x;
     int m, k;
-    bool quantized = false;
+    int layer = -1;  // for the observer
+    MatmulInput in = MatmulInput::kHeadIn;
+    bool quantized = false, observed = false;
   };
   void forward_batch(const int* tokens, int n, bool all_logits, float* logits_out);
+  void layer_forward(const LayerWeights& w, int l, float* x, int n, int p0);
+  void check_span(int n, int p0, const char* what) const;
   void matmul(Acts& a, const Weight& w, float* y);
   void matmul_dense(Acts& a, const Weight& w, float* out, bool onednn);
   void quantize_acts(Acts& a);
@@ -142,6 +188,7 @@ class Context {
   std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
   std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
+  MatmulObserver* observer_ = nullptr;
 };
 
 }  // namespace mxlm

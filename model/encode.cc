@@ -1,0 +1,1095 @@
+// Weight encoders: RTN, importance-weighted RTN and GPTQ (see encode.h for the objective).
+//
+// GPTQ (Frantar et al. 2022). Quantizing column i of W to q_i and correcting the remaining
+// columns j > i by the optimal δw = −(w_i − q_i)/[H⁻¹]_ii · [H⁻¹]_{i,:} keeps tr(ΔW H ΔWᵀ)
+// minimal given the columns already fixed (OBS). Eliminating the columns in order 0..k−1 turns
+// the sequence of shrinking inverses into the rows of the upper Cholesky factor U of H⁻¹
+// (H⁻¹ = UᵀU):  e_i = (w_i − q_i) / U_ii,   w_j −= e_i U_ij  (j > i).
+// Lazy batches: within a block of `block` columns the updates go to the block's columns only
+// (plain loops over the block's diagonal part of U, column by column so that the rows' serial
+// chains overlap); the block's errors E (rows × block) reach the columns after it in one
+// product W[:, b2:] −= E · U[b1:b2, b2:] on a chunk of 64 rows, by the runtime's f32 GEMM kernel
+// (kernels/f32_ops.h: AVX2/AVX-512, while model/ itself is built for baseline x86-64): U is
+// stored transposed, so column j of U is a contiguous row of Uᵀ, i.e. the kernel's weight row j
+// (K = the block's width, starting at Uᵀ[j][b1]).
+//
+// Reuse. The factorization (order, dead inputs, damping, Uᵀ) depends only on H, damp and
+// act_order: gptq_factor() builds it once for every tensor reading the same input (q/k/v,
+// gate/up) and every candidate format; encode_tensor(h) builds one per call.
+//
+// Factorization (Eigen LLT, double). H' = H with H_ii = 1 for dead inputs (H_ii = 0, their
+// weights set to 0 as in the paper) plus λ I, λ = damp · mean(diag H'). If LLT fails, damp is
+// multiplied by 10 (up to 4 times; EncodeStats reports it); if all fail the tensor falls back to
+// weighted RTN. U is obtained without forming H⁻¹: with P the order reversal and
+// P H' P = L̃ L̃ᵀ (LLT), H'⁻¹ = (P L̃⁻¹ P)ᵀ (P L̃⁻¹ P) and P L̃⁻¹ P is upper triangular with a
+// positive diagonal, so by uniqueness U = P L̃⁻¹ P. Cost k³/3 (LLT) + k³/3 (triangular inverse,
+// 64-column chunks in parallel) instead of the paper's k³/3 + k³ + k³/3 (cholesky,
+// cholesky_inverse, cholesky again).
+//
+// Group parameters. Each group of G contiguous columns shares d (and m); they are f16-rounded
+// before any of its columns is quantized, so the error GPTQ compensates is exactly what
+// dequantize_row decodes (up to a possible FMA contraction in the asymmetric d·q + m).
+//   act_order off: at a group's first column, the group's params come from the CURRENT
+//     (error-updated) weights by the format's own search (quantize_row on the G-column row with
+//     importance diag(H)); `block` is rounded up to a multiple of G so the group's columns are
+//     up to date then.
+//   act_order on: columns run in descending diag(H) (stable), so a group's columns are visited
+//     out of order; its params are fixed up front from the original row ("static groups":
+//     quantize_row's choice with importance diag(H)) and each column uses its own group's params.
+//   codebook formats (nu3/nu4): the row's codebook and group scales are quantize_row's choice
+//     on the original row with importance diag(H) (either order); GPTQ then picks each column's
+//     nearest level d·codebook[l].
+//   The static fits (one per row and format: as much work as RTN, the largest part of a GPTQ
+//   encode at k = 512) do not call quantize_row: quantize_row_params() recomputes only the
+//   parameters, operation for operation as kernels/quant.cc does (bit-identical, tested in both
+//   copies), but faster: the scale searches' 8 float partial sums are 8-lane vectors (GCC vector
+//   extension: one ymm in an AVX2 copy, two xmm in the baseline one; no FMA, so every product and
+//   sum rounds as quant.cc's scalar lanes), all candidates' sums come first and their double
+//   reductions run across candidates; the codebook's Lloyd iterations walk only the non-empty
+//   histogram bins and stop at a fixed point (an iteration is a function of the levels alone),
+//   and its nearest-level search runs level-major in vectors. ns per weight at k = 512,
+//   quantize_row → quantize_row_params (one thread, loaded VM): q4_g128 42 → 9, q4_g32 62 → 19,
+//   q2a_g64 95 → 31, q4a_g32 116 → 43, nu3_g32 180 → 98, nu4_g32 209 → 123; the 15 tinymix
+//   candidates of a 512×512 tensor 0.36 → 0.14 s.
+// Columns past k in the tail group are padding: q = 2^(b-1) (symmetric), 0 (asymmetric), the
+// level nearest 0 (codebook); dequantize_row never reads them.
+//
+// Determinism: rows are processed in fixed chunks of 64 (independent of the thread count); the
+// factorization is single-threaded (EIGEN_DONT_PARALLELIZE) and the triangular inverse runs in
+// fixed 64-column chunks, so the bytes are the same for any `threads`. The f32 GEMM kernel's
+// result for an element depends only on its x row, weight row and K (kernels/simd), but differs
+// between ISAs: GPTQ bytes may differ between MXLM_ISA settings (not between thread counts).
+//
+// output_error: d H dᵀ per row = Σ_i H_ii d_i² (double) + d · (H_off dᵀ), H_off = H with a zero
+// diagonal as floats (prepare_output_error_h: once per input). For a chunk of 64 rows the f32
+// GEMM kernel (H_off is symmetric: its rows are its columns) computes, per 64-column block, the
+// block's own part and (counted twice) the part after it: the lower block triangle, nk² flops
+// instead of 2nk²; the row dots are in double. Float is ample for an estimate (relative error
+// 1e-11..1e-9 measured on the test layer, asserted < 1e-4 against a double brute force); it
+// was an Eigen double product (SSE2) on the strictly lower triangle.
+//
+// Note: EIGEN_DONT_PARALLELIZE is defined below; any other mxlm_model TU that includes Eigen must
+// define it too, or the linker may keep a parallel instantiation of the same templates (ODR).
+//
+// Measured (2-core shared x86-64 VM (AMD EPYC, AVX-512 kernels), load ~3-4; model/ is built for
+// baseline x86-64, so Eigen runs SSE2 code). Errors are tr(ΔW H ΔWᵀ) on the test layer of
+// tests/encode_test.cc (128×256, X = Z·A with a dense random mixing and 7 ×8 channels,
+// T = 1024 tokens), as ratios (unchanged by the f32 GEMM sweep):
+//                weighted/rtn   gptq/weighted (act_order on)   (act_order off)
+//     q4_g32        0.628           0.431                          0.525
+//     q3_g32        0.639           0.429                          0.549
+//     q2a_g32       0.429           0.645                          0.583
+//     nu3_g32       0.529           0.486                          0.566
+//   Every quantized format at k = 128 and k = 172 (24 rows): gptq/rtn 0.15–0.31 with act_order,
+//   0.16–0.48 without. On the timing layers (H = S(BBᵀ/32 + 0.2I)S, q4_g32) act_order also wins:
+//   1280×512 gptq/rtn 0.168 vs 0.209, 2048×5632 0.139 vs 0.145. act_order stays the default
+//   (better on 3 of 4 test formats and both timing layers; q2a_g32 prefers it off: static
+//   2-bit asymmetric ranges fit the error-updated weights worse).
+// Time at 2 threads (q4_g32; EncodeBench.DISABLED_Timing, plain calls, factorization included;
+// two runs at different load):
+//     1280×512    rtn 0.03–0.05 s, weighted 0.02–0.05 s, gptq 0.03–0.05 s (act_order off
+//                 0.04–0.07 s), output_error 0.006–0.013 s
+//     512×1280    gptq 0.10–0.14 s, output_error 0.015–0.024 s
+//     2048×5632   rtn 0.4–0.7 s, gptq 9.1–9.7 s, of which the factorization ~7 s (LLT one thread,
+//                 SSE2 double: it is what gptq_factor lets callers share); output_error 1.3–1.7 s
+//                 (was 4.5–6.5 s as an Eigen double product).
+//   The mixed-precision quantizer's workload (EncodeBench.DISABLED_TinymixCandidates: the 15
+//   candidates q2a_g64 q2_g32 q2a_g32 q3_g32 nu3_g32 q3a_g32 q4_g128 q4_g64 q4_g32 q4a_g64
+//   nu4_g32 q4a_g32 q5_g32 q6_g32 q8_g64, each encoded by GPTQ and scored by output_error, on
+//   the tinymix-26m shapes 512×512, 256×512, 1280×512, 512×1280, 4096×512), 2 threads, the
+//   previous version of this file and this one run alternately; CPU time of all threads (stable
+//   under the VM's load) and wall time with both cores free:
+//                                     CPU time: encode  output_error  total    wall
+//     before (Eigen sweep and output_error,          9.4 s      2.5 s     11.9 s    6.5 s
+//             quantize_row static fits)
+//     plain calls (h every call)                     5.5 s      0.8 s      6.3 s    3.9 s
+//     gptq_factor + prepared H once per shape        3.5 s      0.7 s      4.2 s    2.3 s
+//   i.e. 2.8× less CPU time (2.8× less wall time at load ~3, 5× with both cores free). Assuming
+//   tinymix-26m's 57 GPTQ tensors are 8 layers × (q, o 512×512; k, v 256×512; gate, up
+//   1280×512; down 512×1280) + output 4096×512, that extrapolates to ~15 s wall (was ~46 s)
+//   with both cores free, when the caller shares each input's factor and H. Profile of the
+//   prepared run: scale-search fits 27%, codebook fits 17%, the sweep (quantize_value,
+//   in-block updates) 24%, the f32 GEMM (block updates, output_error) 16%, output_error's
+//   dequantization ~6%, the factorizations ~2%.
+#include "model/encode.h"
+
+#define EIGEN_DONT_PARALLELIZE  // determinism: threads are ours (fixed row chunks), not Eigen's
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <string>
+
+#include "kernels/common.h"
+#include "kernels/f32_ops.h"
+#include "kernels/isa.h"
+#include "kernels/quant.h"
+
+namespace mxlm {
+
+namespace {
+
+constexpr int64_t kRowChunk = 64;   // rows per work item (fixed: determinism)
+constexpr int64_t kColChunk = 64;   // columns per triangular-inverse work item
+constexpr int64_t kOeBlock = 64;    // output_error: column block of the triangular product
+constexpr int kMaxDampRetries = 4;
+
+[[noreturn]] void fail(const std::string& what) { throw Error(ErrorCode::kInvalidArgument, what); }
+
+int resolve_threads(int threads) { return threads > 0 ? threads : std::max(1, omp_get_max_threads()); }
+
+// Checks t, the shape and the weights; returns the row size in bytes.
+size_t check_w(const std::string& f, QType t, const float* w, int64_t n, int64_t k) {
+  if (n <= 0 || k <= 0) fail(f + ": shape " + std::to_string(n) + "x" + std::to_string(k) + " must have n > 0 and k > 0");
+  if (!w) fail(f + ": null weight pointer for " + std::to_string(n) + "x" + std::to_string(k));
+  if (!qtype_info(static_cast<uint32_t>(t))) fail(f + ": unknown qtype id " + std::to_string(static_cast<int>(t)));
+  const auto rb = qtype_row_bytes(t, static_cast<uint64_t>(k));
+  if (!rb || *rb > std::numeric_limits<size_t>::max() / static_cast<uint64_t>(n)) {
+    throw Error(ErrorCode::kUnsupported, f + ": " + std::to_string(n) + " rows of k = " + std::to_string(k) + " overflow the output size");
+  }
+  for (int64_t i = 0; i < n * k; ++i) {
+    if (!std::isfinite(w[i])) {
+      fail(f + ": weight [" + std::to_string(i / k) + "][" + std::to_string(i % k) + "] = " + std::to_string(w[i]) + " is not finite");
+    }
+  }
+  return static_cast<size_t>(*rb);
+}
+
+// Checks h (k × k, finite, non-negative diagonal); k > 0.
+void check_h(const std::string& f, const double* h, int64_t k) {
+  if (k > (int64_t{1} << 31)) fail(f + ": k = " + std::to_string(k) + " too large for an h of k*k (limit 2^31)");
+  for (int64_t i = 0; i < k * k; ++i) {
+    if (!std::isfinite(h[i])) {
+      fail(f + ": h[" + std::to_string(i / k) + "][" + std::to_string(i % k) + "] = " + std::to_string(h[i]) + " is not finite");
+    }
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    if (h[i * k + i] < 0) {
+      fail(f + ": h diagonal [" + std::to_string(i) + "] = " + std::to_string(h[i * k + i]) + " is negative (h must be a second moment, PSD)");
+    }
+  }
+}
+
+// Checks the shared arguments; returns the row size in bytes.
+size_t check_args(const char* fn, QType t, const float* w, int64_t n, int64_t k, const double* h) {
+  const std::string f = fn;
+  const size_t rb = check_w(f, t, w, n, k);
+  if (h) check_h(f, h, k);
+  return rb;
+}
+
+void check_options(const std::string& f, const EncodeOptions& o) {
+  if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(f + ": damp = " + std::to_string(o.damp) + " must be finite and >= 0");
+  if (o.block <= 0) fail(f + ": block = " + std::to_string(o.block) + " must be > 0");
+  if (o.threads < 0) fail(f + ": threads = " + std::to_string(o.threads) + " must be >= 0 (0: all cores)");
+}
+
+// Byte offsets of the parts of one quantized row (qtype.h).
+struct RowLayout {
+  int G, bits, L;  // group, bits, codebook entries (0: none)
+  QKind kind;
+  int64_t nb;
+  size_t d_off, m_off, q_off;  // m_off only for asymmetric formats
+  int qbytes;
+};
+
+RowLayout row_layout(QType t, int64_t k) {
+  const QTypeInfo& info = qtype_info(t);
+  RowLayout r{};
+  r.G = info.block_elems;
+  r.bits = info.bits;
+  r.L = codebook_size(info);
+  r.kind = info.kind;
+  r.nb = (k + r.G - 1) / r.G;
+  r.d_off = static_cast<size_t>(info.row_prefix_bytes);
+  r.m_off = r.d_off + 2 * static_cast<size_t>(r.nb);
+  r.q_off = r.m_off + (info.kind == QKind::kAsymmetric ? 2 * static_cast<size_t>(r.nb) : 0);
+  r.qbytes = r.G * r.bits / 8;
+  return r;
+}
+
+float load_f16(const uint8_t* p, int64_t i) {
+  uint16_t v;
+  std::memcpy(&v, p + 2 * i, 2);
+  return f16_to_f32(v);
+}
+void store_f16(uint8_t* p, int64_t i, float f) {
+  const uint16_t v = f32_to_f16(f);
+  std::memcpy(p + 2 * i, &v, 2);
+}
+
+// round(clamp(t, lo, hi)) as kernels/quant.cc's round_clampf (t + 1.5·2^23 rounds to an integer,
+// ties to even, as std::nearbyint; without SSE4.1 that is a libm call): branch-free, vectorizes.
+inline __attribute__((always_inline)) float round_clampf(float t, float lo, float hi) {
+  t = t < lo ? lo : t;
+  t = t > hi ? hi : t;
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  return (t + kMagic) - kMagic;
+}
+
+// The same as an int; NaN -> lo.
+inline int round_clamp(float t, int lo, int hi) {
+  return t == t ? static_cast<int>(round_clampf(t, static_cast<float>(lo), static_cast<float>(hi))) : lo;
+}
+
+// Per-row parameters of one chunk of rows: d, m per group (f16-rounded floats) and codebook.
+struct ChunkParams {
+  int64_t nb;
+  std::vector<float> d, m;  // [rows][nb]
+  std::vector<int8_t> cb;   // [rows][16]
+  float* d_row(int64_t r) { return d.data() + r * nb; }
+  float* m_row(int64_t r) { return m.data() + r * nb; }
+  int8_t* cb_row(int64_t r) { return cb.data() + r * 16; }
+};
+
+// The level of value x given a group's params: writes q, returns the decoded value (computed as
+// dequantize_row does).
+inline float quantize_value(const RowLayout& L, float x, float d, float m, const int8_t* cb, uint8_t* q) {
+  const int qmax = (1 << L.bits) - 1;
+  switch (L.kind) {
+    case QKind::kSymmetric: {
+      const int z = 1 << (L.bits - 1);
+      const int v = d != 0 ? round_clamp(x / d, -z, qmax - z) : 0;
+      *q = static_cast<uint8_t>(v + z);
+      return d * static_cast<float>(v);
+    }
+    case QKind::kAsymmetric: {
+      const int v = d != 0 ? round_clamp((x - m) / d, 0, qmax) : 0;
+      *q = static_cast<uint8_t>(v);
+      return d * static_cast<float>(v) + m;
+    }
+    default: {
+      int best = 0;
+      float best_e = INFINITY;
+      for (int l = 0; l < L.L; ++l) {
+        const float e = std::abs(x - d * static_cast<float>(cb[l]));
+        if (e < best_e) {
+          best_e = e;
+          best = l;
+        }
+      }
+      *q = static_cast<uint8_t>(best);
+      return d * static_cast<float>(cb[best]);
+    }
+  }
+}
+
+// Writes one row's bytes from its params and quant indices (k values, original column order).
+void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m, const int8_t* cb, const uint8_t* q,
+                  uint8_t* dst) {
+  if (L.L) std::memcpy(dst, cb, static_cast<size_t>(L.L));
+  uint8_t pad = 0;
+  if (L.kind == QKind::kSymmetric) pad = static_cast<uint8_t>(1 << (L.bits - 1));
+  if (L.kind == QKind::kCodebook) {
+    for (int l = 1; l < L.L; ++l) {
+      if (std::abs(int(cb[l])) < std::abs(int(cb[pad]))) pad = static_cast<uint8_t>(l);
+    }
+  }
+  uint8_t grp[128];
+  for (int64_t g = 0; g < L.nb; ++g) {
+    store_f16(dst + L.d_off, g, d[g]);
+    if (L.kind == QKind::kAsymmetric) store_f16(dst + L.m_off, g, m[g]);
+    for (int i = 0; i < L.G; ++i) grp[i] = g * L.G + i < k ? q[g * L.G + i] : pad;
+    pack_group(L.bits, L.G, grp, dst + L.q_off + static_cast<size_t>(g) * L.qbytes);
+  }
+}
+
+// The 32-byte vector helpers are always inlined: their (AVX vs baseline) argument passing ABI
+// never applies (GCC reports it at the end of the file, hence no pop).
+#pragma GCC diagnostic ignored "-Wpsabi"
+// 8 float lanes (GCC vector extension: one ymm in the AVX2 copy, two xmm in the baseline one),
+// lane j holding what quant.cc's 8 partial sums hold at index j; lane-wise IEEE operations, so
+// both copies round exactly as quant.cc's scalar code.
+typedef float V8 __attribute__((vector_size(32)));
+typedef int32_t V8i __attribute__((vector_size(32)));
+
+inline __attribute__((always_inline)) V8 load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// round_clampf lane-wise: clamp (NaN passes through), then round by the magic constant.
+inline __attribute__((always_inline)) V8 round_clamp8(V8 t, V8 lo, V8 hi) {
+  const V8 magic = V8{} + 12582912.0f;
+  t = t < lo ? lo : t;
+  t = t > hi ? hi : t;
+  return (t + magic) - magic;
+}
+
+// The codebook and group scales quantize_row writes for a codebook format (kernels/quant.cc,
+// quantize_row_codebook), computed the same way operation for operation (bit-identical:
+// EncodeFit.CodebookMatchesQuantizeRow) but faster: the Lloyd iterations walk only the non-empty
+// histogram bins (at most k of 2048), and the nearest-level search runs level-major over the
+// group (a compare-and-select loop the compiler vectorizes) instead of element-major. The
+// quant indices are not produced (GPTQ picks its own).
+void fit_codebook_row(const RowLayout& Lr, const float* x, int64_t k, const float* imp, float* d_out, int8_t* cb_out) {
+  const int G = Lr.G, L = Lr.L;
+  constexpr int kBins = 2048;  // as quant.cc
+  std::vector<double> hist_w(kBins, 0.0), hist_wx(kBins, 0.0);
+  std::vector<float> amax(static_cast<size_t>(Lr.nb), 0.0f);
+  for (int64_t g = 0; g < Lr.nb; ++g) {
+    for (int64_t i = g * G; i < std::min<int64_t>(k, (g + 1) * G); ++i) amax[g] = std::max(amax[g], std::abs(x[i]));
+    if (amax[g] == 0) continue;
+    for (int64_t i = g * G; i < std::min<int64_t>(k, (g + 1) * G); ++i) {
+      const double y = x[i] / amax[g];
+      const int bin = std::clamp(static_cast<int>((y + 1.0) * 0.5 * kBins), 0, kBins - 1);
+      const double wi = (imp ? imp[i] : 1.0) * double(amax[g]) * amax[g];
+      hist_w[bin] += wi;
+      hist_wx[bin] += wi * y;
+    }
+  }
+  // The non-empty bins in order: weight, weighted sum and mean.
+  std::vector<double> bw, bwx, by;
+  for (int b = 0; b < kBins; ++b) {
+    if (hist_w[b] == 0) continue;
+    bw.push_back(hist_w[b]);
+    bwx.push_back(hist_wx[b]);
+    by.push_back(hist_wx[b] / hist_w[b]);
+  }
+  const size_t nbins = bw.size();
+  double c[16], sw[16], swx[16];
+  for (int l = 0; l < L; ++l) c[l] = -1.0 + 2.0 * (l + 0.5) / L;
+  for (int it = 0; it < 30; ++it) {
+    std::fill(sw, sw + L, 0.0);
+    std::fill(swx, swx + L, 0.0);
+    // sw[l], swx[l] of the current level live in registers (aw, awx) while consecutive bins
+    // stay on it: the same additions in the same order, without a store-to-load chain.
+    int l = 0;
+    double aw = 0, awx = 0;
+    for (size_t b = 0; b < nbins; ++b) {
+      const double y = by[b];
+      int nl = l;
+      while (nl + 1 < L && std::abs(y - c[nl + 1]) < std::abs(y - c[nl])) ++nl;
+      while (nl > 0 && std::abs(y - c[nl - 1]) < std::abs(y - c[nl])) --nl;
+      if (nl != l) {
+        sw[l] = aw;
+        swx[l] = awx;
+        l = nl;
+        aw = sw[l];
+        awx = swx[l];
+      }
+      aw += bw[b];
+      awx += bwx[b];
+    }
+    sw[l] = aw;
+    swx[l] = awx;
+    double prev[16];
+    std::copy(c, c + L, prev);
+    for (int j = 0; j < L; ++j) {
+      if (sw[j] > 0) c[j] = swx[j] / sw[j];
+    }
+    std::sort(c, c + L);
+    // An iteration is a function of c alone: at a fixed point the remaining ones change nothing.
+    if (std::equal(c, c + L, prev)) break;
+  }
+  int8_t cb[16] = {};
+  for (int l = 0; l < L; ++l) cb[l] = static_cast<int8_t>(std::clamp(static_cast<int>(std::nearbyint(c[l] * 127.0)), -127, 127));
+  std::memcpy(cb_out, cb, static_cast<size_t>(L));
+  float cbf[16];
+  for (int l = 0; l < L; ++l) cbf[l] = static_cast<float>(cb[l]);
+  // Per group: start from amax / 127, refit d by least squares on the assignment, keep the best.
+  float xg[128], wg[128], be[128];
+  int32_t bi[128];
+  for (int64_t g = 0; g < Lr.nb; ++g) {
+    for (int i = 0; i < G; ++i) {
+      const int64_t e = g * G + i;
+      xg[i] = e < k ? x[e] : 0.0f;
+      wg[i] = e < k ? (imp ? imp[e] : 1.0f) : 0.0f;
+    }
+    float best_d = 0;
+    double best_err = INFINITY;
+    if (amax[g] > 0) {
+      float d = f16_to_f32(f32_to_f16(amax[g] / 127.0f));
+      for (int it = 0; it < 4 && d != 0; ++it) {
+        for (int i0 = 0; i0 < G; i0 += 8) {
+          const V8 xv = load8(xg + i0);
+          V8 bev = V8{} + INFINITY;
+          V8i biv = {};
+          for (int l = 0; l < L; ++l) {
+            V8 e = xv - (d * cbf[l]);
+            e = e < 0 ? -e : e;  // |e| (a -0 stays -0: equal to 0 in the compare and the square)
+            const auto better = e < bev;
+            bev = better ? e : bev;
+            biv = better ? V8i{} + l : biv;
+          }
+          std::memcpy(be + i0, &bev, sizeof(bev));
+          std::memcpy(bi + i0, &biv, sizeof(biv));
+        }
+        double err = 0;
+        for (int i = 0; i < G; ++i) err += double(wg[i]) * be[i] * be[i];
+        if (err < best_err) {
+          best_err = err;
+          best_d = d;
+        }
+        double sxc = 0, scc = 0;
+        for (int i = 0; i < G; ++i) {
+          sxc += double(wg[i]) * xg[i] * cb[bi[i]];
+          scc += double(wg[i]) * cb[bi[i]] * cb[bi[i]];
+        }
+        if (scc <= 0) break;
+        d = f16_to_f32(f32_to_f16(static_cast<float>(sxc / scc)));
+      }
+    }
+    d_out[g] = f16_to_f32(f32_to_f16(best_d));
+  }
+}
+
+// The scale searches of kernels/quant.cc (quantize_group_sym / quantize_group_asym), parameters
+// only, operation for operation (bit-identical: EncodeFit.ParamsMatchQuantizeRow), compiled
+// twice: for baseline x86-64 and, where the CPU has it, for AVX2 (8-lane vectors match the
+// searches' 8 float partial sums exactly; no FMA, so every product and sum rounds as in quant.cc).
+// f16 rounding, f16_to_f32(f32_to_f16(f)) inline: in f16's normal range, rounding the mantissa
+// to 10 bits (to nearest even) is f32_to_f16's own integer arithmetic (kernels/qtype.cc); the
+// rest (subnormals, overflow, NaN) goes through the functions.
+inline __attribute__((always_inline)) float round_f16v(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a >= 0x38800000u && a < 0x477ff000u) {
+    u = (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  return f16_to_f32(f32_to_f16(f));
+}
+
+// x, w: a whole group (n8 = n rounded up to 8 values, zero weight past n). Returns d.
+inline __attribute__((always_inline)) float search_sym(int bits, const float* x, const float* w, int n) {
+  const int z = 1 << (bits - 1), qmax = (1 << bits) - 1;
+  float vmax = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::abs(x[i]) > std::abs(vmax)) vmax = x[i];
+  }
+  if (vmax == 0) return 0;
+  const int n8 = (n + 7) & ~7;
+  const float lo = static_cast<float>(-z), hi = static_cast<float>(qmax - z);
+  float wx[128];
+  double sxx = 0;
+  for (int i = 0; i < n8; ++i) {
+    wx[i] = w[i] * x[i];
+    sxx += double(wx[i]) * x[i];
+  }
+  // All candidates' sums first, then their (scalar, latency-bound) reductions: the candidates'
+  // chains are independent, so the second loop overlaps them (same operations, same order).
+  constexpr int kMaxCand = 34;
+  float ids[kMaxCand];
+  int nc = 0;
+  for (int step = -8; step <= 8; ++step) {
+    for (int side = 0; side < 2; ++side) {
+      // side 0 maps vmax to -z (full negative range), side 1 to +(z-1).
+      const float target = side == 0 ? -(z + 0.0625f * step) : (z - 1 + 0.0625f * step);
+      if (std::abs(target) < 0.5f) continue;
+      ids[nc++] = target / vmax;
+    }
+  }
+  // The lane sums, transposed ([lane][candidate]) so that the reductions run across candidates
+  // in vectors (each candidate's sum still adds its lanes 0..7 in order, in double).
+  alignas(32) float sxq8[8][kMaxCand], sqq8[8][kMaxCand];
+  for (int c = 0; c < nc; ++c) {
+    const V8 id = V8{} + ids[c], lo8 = V8{} + lo, hi8 = V8{} + hi;
+    V8 a8 = {}, b8 = {};
+    for (int i = 0; i < n8; i += 8) {
+      const V8 v = round_clamp8(load8(x + i) * id, lo8, hi8);
+      a8 += load8(wx + i) * v;
+      b8 += load8(w + i) * v * v;
+    }
+    for (int j = 0; j < 8; ++j) {
+      sxq8[j][c] = a8[j];
+      sqq8[j][c] = b8[j];
+    }
+  }
+  alignas(32) double sxqs[kMaxCand] = {}, sqqs[kMaxCand] = {};
+  for (int j = 0; j < 8; ++j) {
+    for (int c = 0; c < kMaxCand; ++c) {
+      sxqs[c] += sxq8[j][c];
+      sqqs[c] += sqq8[j][c];
+    }
+  }
+  double best_err = INFINITY;
+  float best_d = 0;
+  for (int c = 0; c < nc; ++c) {
+    const double sxq = sxqs[c], sqq = sqqs[c];
+    if (sqq <= 0) continue;
+    const float d = round_f16v(static_cast<float>(sxq / sqq));
+    // sum w (x - d v)^2, expanded: no second pass over the group.
+    const double err = sxx - 2.0 * d * sxq + double(d) * d * sqq;
+    if (err < best_err) {
+      best_err = err;
+      best_d = d;
+    }
+  }
+  return best_d;
+}
+
+// Asymmetric: returns d, writes m.
+inline __attribute__((always_inline)) float search_asym(int bits, const float* x, const float* w, int n, float* m_out) {
+  const int qmax = (1 << bits) - 1;
+  float lo = x[0], hi = x[0];
+  for (int i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  if (hi == lo) {
+    *m_out = round_f16v(lo);
+    return 0;
+  }
+  const int n8 = (n + 7) & ~7;
+  const float fq = static_cast<float>(qmax);
+  double sw = 0, sx = 0;
+  for (int i = 0; i < n8; ++i) {
+    sw += w[i];
+    sx += double(w[i]) * x[i];
+  }
+  // In phases, each over all candidates (as search_sym): range and sums, (d, m) by least squares,
+  // the error pass, then the reductions and the choice in candidate order.
+  constexpr int kMaxCand = 39;
+  float ca[kMaxCand], cb_[kMaxCand], cid[kMaxCand];
+  int nc = 0;
+  for (int step = 0; step <= 12; ++step) {
+    const float shrink = 1.0f - 0.02f * step;
+    for (int anchor = 0; anchor < 3; ++anchor) {
+      float a = lo, b = hi;
+      const float span = (hi - lo) * (1 - shrink);
+      if (anchor == 0) b -= span;
+      if (anchor == 1) a += span;
+      if (anchor == 2) { a += span / 2; b -= span / 2; }
+      if (b <= a) continue;
+      ca[nc] = a;
+      cb_[nc] = b;
+      cid[nc] = qmax / (b - a);
+      ++nc;
+    }
+  }
+  // Lane sums transposed ([lane][candidate]): the reductions run across candidates in vectors.
+  alignas(32) float sq8[8][kMaxCand], sqq8[8][kMaxCand], sxq8[8][kMaxCand];
+  for (int c = 0; c < nc; ++c) {
+    const V8 a = V8{} + ca[c], id = V8{} + cid[c], zero = {}, fq8 = V8{} + fq;
+    V8 p8 = {}, r8 = {}, t8 = {};
+    for (int i = 0; i < n8; i += 8) {
+      const V8 xv = load8(x + i);
+      const V8 qi = round_clamp8((xv - a) * id, zero, fq8), wq = load8(w + i) * qi;
+      p8 += wq;
+      r8 += wq * qi;
+      t8 += wq * xv;
+    }
+    for (int j = 0; j < 8; ++j) {
+      sq8[j][c] = p8[j];
+      sqq8[j][c] = r8[j];
+      sxq8[j][c] = t8[j];
+    }
+  }
+  alignas(32) double sqs[kMaxCand] = {}, sqqs[kMaxCand] = {}, sxqs[kMaxCand] = {};
+  for (int j = 0; j < 8; ++j) {
+    for (int c = 0; c < kMaxCand; ++c) {
+      sqs[c] += sq8[j][c];
+      sqqs[c] += sqq8[j][c];
+      sxqs[c] += sxq8[j][c];
+    }
+  }
+  float cd[kMaxCand], cm[kMaxCand];
+  for (int c = 0; c < nc; ++c) {
+    const double sq = sqs[c], sqq = sqqs[c], sxq = sxqs[c];
+    const double det = sw * sqq - sq * sq;
+    float d, m;
+    if (det > 1e-20 * sw * sqq) {
+      d = static_cast<float>((sw * sxq - sq * sx) / det);
+      m = static_cast<float>((sqq * sx - sq * sxq) / det);
+    } else {
+      d = (cb_[c] - ca[c]) / qmax;
+      m = ca[c];
+    }
+    cd[c] = round_f16v(d);
+    cm[c] = round_f16v(m);
+  }
+  alignas(32) float err8[8][kMaxCand] = {};
+  for (int c = 0; c < nc; ++c) {
+    const float d = cd[c], m = cm[c];
+    if (d <= 0) continue;
+    // Re-assign with the rounded parameters and measure.
+    const V8 d8 = V8{} + d, m8 = V8{} + m, zero = {}, fq8 = V8{} + fq;
+    V8 e8 = {};
+    for (int i = 0; i < n8; i += 8) {
+      const V8 xv = load8(x + i);
+      const V8 l = round_clamp8((xv - m8) / d8, zero, fq8);
+      const V8 e = xv - (d8 * l + m8);
+      e8 += load8(w + i) * e * e;
+    }
+    for (int j = 0; j < 8; ++j) err8[j][c] = e8[j];
+  }
+  alignas(32) double errs[kMaxCand] = {};
+  for (int j = 0; j < 8; ++j) {
+    for (int c = 0; c < kMaxCand; ++c) errs[c] += err8[j][c];
+  }
+  double best_err = INFINITY;
+  float best_d = 0, best_m = round_f16v(lo);
+  for (int c = 0; c < nc; ++c) {
+    if (cd[c] <= 0) continue;
+    const double err = errs[c];
+    if (err < best_err) {
+      best_err = err;
+      best_d = cd[c];
+      best_m = cm[c];
+    }
+  }
+  *m_out = best_m;
+  return best_d;
+}
+
+// Every group of a row (as quantize_row splits it: zero-padded to G, zero weight past k).
+inline __attribute__((always_inline)) void fit_scalar_row_body(const RowLayout& L, const float* x, int64_t k,
+                                                              const float* imp, float* d, float* m) {
+  const int G = L.G;
+  float xg[128], wg[128];
+  for (int64_t g = 0; g < L.nb; ++g) {
+    for (int i = 0; i < G; ++i) {
+      const int64_t e = g * G + i;
+      xg[i] = e < k ? x[e] : 0.0f;
+      wg[i] = e < k ? (imp ? imp[e] : 1.0f) : 0.0f;
+    }
+    const int n = static_cast<int>(std::min<int64_t>(G, k - g * G));
+    float dg, mg = 0;
+    if (L.kind == QKind::kSymmetric) {
+      dg = search_sym(L.bits, xg, wg, n);
+    } else {
+      dg = search_asym(L.bits, xg, wg, n, &mg);
+    }
+    d[g] = round_f16v(dg);
+    if (L.kind == QKind::kAsymmetric) m[g] = round_f16v(mg);
+  }
+}
+
+void fit_scalar_row_base(const RowLayout& L, const float* x, int64_t k, const float* imp, float* d, float* m) {
+  fit_scalar_row_body(L, x, k, imp, d, m);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) void fit_scalar_row_avx2(const RowLayout& L, const float* x, int64_t k,
+                                                              const float* imp, float* d, float* m) {
+  fit_scalar_row_body(L, x, k, imp, d, m);
+}
+#endif
+
+using FitScalarFn = void (*)(const RowLayout&, const float*, int64_t, const float*, float*, float*);
+// The AVX2 copy when the runtime's ISA is avx2 or better (MXLM_ISA=ref selects the baseline copy).
+FitScalarFn fit_scalar_row_fn() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const FitScalarFn fn = selected_isa() == Isa::kAvx2 || selected_isa() == Isa::kAvx512 ? &fit_scalar_row_avx2
+                                                                                               : &fit_scalar_row_base;
+  return fn;
+#else
+  return &fit_scalar_row_base;
+#endif
+}
+
+// A row's static group parameters (d, m, codebook): what quantize_row chooses for it.
+void fit_row_params(const RowLayout& L, const float* x, int64_t k, const float* imp, float* d, float* m, int8_t* cb) {
+  if (L.kind == QKind::kCodebook) {
+    fit_codebook_row(L, x, k, imp, d, cb);
+  } else {
+    fit_scalar_row_fn()(L, x, k, imp, d, m);
+  }
+}
+
+// The upper Cholesky factor U of (H' + λI)⁻¹ in processing order (H'[perm][perm]), as floats,
+// transposed: Ut[q][p] = U[p][q] (k×k row-major, zero above the diagonal). Returns false when the
+// factorization fails.
+bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_t>& perm,
+                            const std::vector<char>& dead, double lambda, int nt, std::vector<float>& Ut) {
+  // A = P H'_perm P + λI (lower triangle), column-major for Eigen.
+  Eigen::MatrixXd A(k, k);
+  for (int64_t b = 0; b < k; ++b) {
+    const int64_t cb = perm[k - 1 - b];
+    for (int64_t a = b; a < k; ++a) {
+      const int64_t ca = perm[k - 1 - a];
+      double v = 0.5 * (h[ca * k + cb] + h[cb * k + ca]);
+      if (a == b) v = (dead[ca] ? 1.0 : v) + lambda;
+      else if (dead[ca] || dead[cb]) v = 0;
+      A(a, b) = v;
+    }
+  }
+  Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>, Eigen::Lower> llt(A);
+  if (llt.info() != Eigen::Success) return false;
+  for (int64_t i = 0; i < k; ++i) {
+    if (!(A(i, i) > 0) || !std::isfinite(A(i, i))) return false;
+  }
+  // L̃⁻¹ column chunk [c0, c1): zero above row c0, solve L̃[c0:, c0:] X = I[c0:, c0:c1].
+  // U(p, q) = L̃⁻¹(k-1-p, k-1-q).
+  Ut.assign(static_cast<size_t>(k * k), 0.0f);
+  const int64_t nchunks = (k + kColChunk - 1) / kColChunk;
+  bool ok = true;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(&& : ok)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t c0 = c * kColChunk, c1 = std::min(k, c0 + kColChunk), m = k - c0, wdt = c1 - c0;
+    Eigen::MatrixXd X = Eigen::MatrixXd::Identity(m, wdt);
+    A.bottomRightCorner(m, m).triangularView<Eigen::Lower>().solveInPlace(X);
+    for (int64_t j = 0; j < wdt; ++j) {
+      const int64_t q = k - 1 - (c0 + j);
+      for (int64_t r = j; r < m; ++r) {
+        const double v = X(r, j);
+        if (!std::isfinite(v)) ok = false;
+        Ut[static_cast<size_t>(q * k + (k - 1 - (c0 + r)))] = static_cast<float>(v);
+      }
+    }
+  }
+  return ok;
+}
+
+// Quantizes each row independently with quantize_row (importance may be null).
+std::vector<uint8_t> encode_rtn(QType t, const float* w, int64_t n, int64_t k, size_t rb, const float* imp, int nt) {
+  std::vector<uint8_t> out(static_cast<size_t>(n) * rb);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < n; ++r) quantize_row(t, w + r * k, k, out.data() + static_cast<size_t>(r) * rb, imp);
+  return out;
+}
+
+// The diagonal blocks of U for lazy-update blocks of `block` columns: block b is
+// [block][block] floats, row i − b1 = U[i][b1:b2] (contiguous for the in-block updates).
+std::vector<float> diagonal_blocks(const std::vector<float>& Ut, int64_t k, int block) {
+  const int64_t nblocks = (k + block - 1) / block;
+  std::vector<float> ub(static_cast<size_t>(nblocks * block * block), 0.0f);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t b1 = b * block, b2 = std::min<int64_t>(k, b1 + block);
+    float* Ub = ub.data() + b * block * block;
+    for (int64_t j = b1; j < b2; ++j) {
+      for (int64_t i = b1; i <= j; ++i) Ub[(i - b1) * block + (j - b1)] = Ut[j * k + i];
+    }
+  }
+  return ub;
+}
+
+// GPTQ on rows [r0, r1) given the factor (Ut = Uᵀ, processing order perm; ublocks its diagonal
+// blocks). gemm: the f32 GEMM kernel (kernels/f32_ops.h) for the lazy block update.
+void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size_t rb, const std::vector<int64_t>& perm,
+                const std::vector<char>& dead, const std::vector<float>& imp, const std::vector<float>& Ut,
+                const std::vector<float>& ublocks, bool static_groups, int block, decltype(F32Kernels::gemm) gemm,
+                uint8_t* out) {
+  const RowLayout L = row_layout(t, k);
+  const int64_t R = r1 - r0, G = L.G;
+  ChunkParams P;
+  P.nb = L.nb;
+  P.d.assign(static_cast<size_t>(R * L.nb), 0.0f);
+  P.m.assign(static_cast<size_t>(R * L.nb), 0.0f);
+  P.cb.assign(static_cast<size_t>(R * 16), 0);
+  std::vector<uint8_t> q(static_cast<size_t>(R * k));
+  std::vector<uint8_t> tmp(rb);
+  std::vector<float> row(static_cast<size_t>(k));
+
+  // Working copy in processing order, dead inputs zeroed.
+  std::vector<float> W(static_cast<size_t>(R * k));
+  for (int64_t r = 0; r < R; ++r) {
+    const float* src = w + (r0 + r) * k;
+    float* Wr = W.data() + r * k;
+    for (int64_t p = 0; p < k; ++p) Wr[p] = dead[perm[p]] ? 0.0f : src[perm[p]];
+  }
+  if (static_groups) {
+    for (int64_t r = 0; r < R; ++r) {
+      const float* src = w + (r0 + r) * k;
+      for (int64_t c = 0; c < k; ++c) row[c] = dead[c] ? 0.0f : src[c];
+      fit_row_params(L, row.data(), k, imp.data(), P.d_row(r), P.m_row(r), P.cb_row(r));
+    }
+  }
+
+  // E: the block's scaled errors [R][block]; T: E · U[b1:b2, b2:].
+  std::vector<float> E(static_cast<size_t>(R * block));
+  std::vector<float> T(static_cast<size_t>(R * k));
+  std::vector<float> x(static_cast<size_t>(G));
+  for (int64_t b1 = 0; b1 < k; b1 += block) {
+    const int64_t b2 = std::min<int64_t>(k, b1 + block), bw = b2 - b1;
+    const float* Ub = ublocks.data() + (b1 / block) * block * block;
+    // Column-major over the block: consecutive rows are independent, so their chains
+    // (quantize, divide, update the next column) overlap.
+    for (int64_t i = b1; i < b2; ++i) {
+      const int64_t col = perm[i], g = col / G;
+      const float* Ui = Ub + (i - b1) * block - b1;  // Ui[j] = U[i][j], j in [i, b2)
+      const float uii = Ui[i];
+      for (int64_t r = 0; r < R; ++r) {
+        float* Wr = W.data() + r * k;
+        if (!static_groups && i % G == 0) {
+          // perm is the identity here: the group is columns [i, i + len) of W, all up to date.
+          const int64_t len = std::min<int64_t>(G, k - i);
+          for (int64_t j = 0; j < len; ++j) x[j] = Wr[i + j];
+          quantize_row(t, x.data(), len, tmp.data(), imp.data() + i);
+          const RowLayout Lg = row_layout(t, len);
+          P.d_row(r)[g] = load_f16(tmp.data() + Lg.d_off, 0);
+          if (L.kind == QKind::kAsymmetric) P.m_row(r)[g] = load_f16(tmp.data() + Lg.m_off, 0);
+        }
+        const float xv = Wr[i];
+        const float v = quantize_value(L, xv, P.d_row(r)[g], P.m_row(r)[g], P.cb_row(r), &q[r * k + col]);
+        const float e = (xv - v) / uii;
+        E[r * block + (i - b1)] = e;
+        for (int64_t j = i + 1; j < b2; ++j) Wr[j] -= e * Ui[j];
+      }
+    }
+    if (b2 < k) {
+      // T[r][j] = Σ_i E[r][i - b1] U[i][j] = Σ_i E[r][i - b1] Ut[j][i], j in [b2, k): Ut rows
+      // from column b1 are the GEMM's weight rows.
+      gemm(static_cast<int>(R), static_cast<int>(b2), static_cast<int>(k), static_cast<int>(bw), E.data(),
+           static_cast<size_t>(block), Ut.data() + b1, static_cast<size_t>(k) * sizeof(float), QType::kF32, T.data(),
+           static_cast<size_t>(k));
+      for (int64_t r = 0; r < R; ++r) {
+        float* Wr = W.data() + r * k;
+        const float* Tr = T.data() + r * k;
+        for (int64_t j = b2; j < k; ++j) Wr[j] -= Tr[j];
+      }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    assemble_row(L, k, P.d_row(r), P.m_row(r), P.cb_row(r), q.data() + r * k, out + static_cast<size_t>(r0 + r) * rb);
+  }
+}
+
+decltype(F32Kernels::gemm) f32_gemm() { return f32_kernels(selected_isa()).gemm; }
+
+}  // namespace
+
+const char* encode_method_name(EncodeMethod m) {
+  switch (m) {
+    case EncodeMethod::kRtn: return "rtn";
+    case EncodeMethod::kWeighted: return "weighted";
+    case EncodeMethod::kGptq: return "gptq";
+  }
+  return "unknown";
+}
+
+void quantize_row_params(QType t, const float* x, int64_t k, const float* importance, float* d, float* m,
+                         int8_t* codebook) {
+  if (k <= 0) fail("quantize_row_params: k = " + std::to_string(k) + " must be > 0");
+  if (!qtype_info(static_cast<uint32_t>(t)) || is_float_qtype(t)) {
+    fail("quantize_row_params: qtype id " + std::to_string(static_cast<int>(t)) + " is not a quantized format");
+  }
+  const RowLayout L = row_layout(t, k);
+  std::vector<float> md(static_cast<size_t>(L.nb));
+  int8_t cb[16] = {};
+  fit_row_params(L, x, k, importance, d, m ? m : md.data(), cb);
+  if (codebook && L.L) std::memcpy(codebook, cb, static_cast<size_t>(L.L));
+}
+
+std::shared_ptr<const GptqFactor> gptq_factor(const double* h, int64_t k, const EncodeOptions& o) {
+  const std::string fn = "gptq_factor";
+  if (k <= 0) fail(fn + ": k = " + std::to_string(k) + " must be > 0");
+  if (!h) fail(fn + ": null h");
+  check_h(fn, h, k);
+  check_options(fn, o);
+  const int nt = resolve_threads(o.threads);
+  auto f = std::make_shared<GptqFactor>();
+  f->k_ = k;
+  f->damp_requested_ = o.damp;
+  f->act_order_ = o.act_order;
+  f->imp_.resize(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) f->imp_[i] = static_cast<float>(h[i * k + i]);
+  f->dead_.resize(static_cast<size_t>(k));
+  double mean_diag = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    f->dead_[i] = h[i * k + i] == 0;
+    f->dead_columns_ += f->dead_[i];
+    mean_diag += f->dead_[i] ? 1.0 : h[i * k + i];
+  }
+  mean_diag /= double(k);
+  f->perm_.resize(static_cast<size_t>(k));
+  std::iota(f->perm_.begin(), f->perm_.end(), int64_t{0});
+  if (o.act_order) {
+    std::stable_sort(f->perm_.begin(), f->perm_.end(), [&](int64_t a, int64_t b) { return h[a * k + a] > h[b * k + b]; });
+  }
+  double damp = o.damp;
+  for (int attempt = 0; attempt <= kMaxDampRetries; ++attempt) {
+    if (attempt > 0) damp = damp > 0 ? damp * 10 : 1e-4;
+    if (inverse_cholesky_upper(h, k, f->perm_, f->dead_, damp * mean_diag, nt, f->ut_)) {
+      f->ok_ = true;
+      f->retries_ = attempt;
+      f->damp_used_ = damp;
+      break;
+    }
+  }
+  if (!f->ok_) {
+    f->retries_ = kMaxDampRetries + 1;
+    std::vector<float>().swap(f->ut_);
+  }
+  return f;
+}
+
+std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k, const GptqFactor& f, const EncodeOptions& o,
+                                   EncodeStats* stats) {
+  const std::string fn = "encode_tensor";
+  const size_t rb = check_w(fn, t, w, n, k);
+  check_options(fn, o);
+  if (f.k_ != k) fail(fn + ": factor of k = " + std::to_string(f.k_) + " for a tensor of k = " + std::to_string(k));
+  if (f.act_order_ != o.act_order || f.damp_requested_ != o.damp) {
+    fail(fn + ": factor built with other options (damp " + std::to_string(f.damp_requested_) + ", act_order " +
+         std::to_string(f.act_order_) + ")");
+  }
+  const int nt = resolve_threads(o.threads);
+  EncodeStats st;
+  auto finish = [&](std::vector<uint8_t> bytes) {
+    if (stats) *stats = st;
+    return bytes;
+  };
+  if (is_float_qtype(t) || o.method == EncodeMethod::kRtn) {
+    st.method_used = EncodeMethod::kRtn;
+    return finish(encode_rtn(t, w, n, k, rb, nullptr, nt));
+  }
+  if (o.method == EncodeMethod::kWeighted) {
+    st.method_used = EncodeMethod::kWeighted;
+    return finish(encode_rtn(t, w, n, k, rb, f.imp_.data(), nt));
+  }
+  st.dead_columns = f.dead_columns_;
+  st.damp_retries = f.retries_;
+  if (!f.ok_) {
+    st.method_used = EncodeMethod::kWeighted;
+    return finish(encode_rtn(t, w, n, k, rb, f.imp_.data(), nt));
+  }
+  st.method_used = EncodeMethod::kGptq;
+  st.damp_used = f.damp_used_;
+
+  const QTypeInfo& info = qtype_info(t);
+  const int G = info.block_elems;
+  const int block = static_cast<int>((std::max<int64_t>(o.block, G) + G - 1) / G * G);
+  // Codebook formats always use the row's own (static) fit; act_order needs static groups.
+  const bool static_groups = o.act_order || info.kind == QKind::kCodebook;
+  const auto gemm = f32_gemm();
+  const std::vector<float> ublocks = diagonal_blocks(f.ut_, k, block);
+  std::vector<uint8_t> out(static_cast<size_t>(n) * rb);
+  const int64_t nchunks = (n + kRowChunk - 1) / kRowChunk;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    gptq_chunk(t, w, c * kRowChunk, std::min(n, (c + 1) * kRowChunk), k, rb, f.perm_, f.dead_, f.imp_, f.ut_, ublocks,
+               static_groups, block, gemm, out.data());
+  }
+  return finish(std::move(out));
+}
+
+std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k, const double* h, const EncodeOptions& o,
+                                   EncodeStats* stats) {
+  const size_t rb = check_args("encode_tensor", t, w, n, k, h);
+  check_options("encode_tensor", o);
+  const int nt = resolve_threads(o.threads);
+  EncodeStats st;
+  auto finish = [&](std::vector<uint8_t> bytes) {
+    if (stats) *stats = st;
+    return bytes;
+  };
+  if (is_float_qtype(t) || o.method == EncodeMethod::kRtn || !h) {
+    st.method_used = EncodeMethod::kRtn;
+    return finish(encode_rtn(t, w, n, k, rb, nullptr, nt));
+  }
+  if (o.method == EncodeMethod::kWeighted) {
+    std::vector<float> imp(static_cast<size_t>(k));
+    for (int64_t i = 0; i < k; ++i) imp[i] = static_cast<float>(h[i * k + i]);
+    st.method_used = EncodeMethod::kWeighted;
+    return finish(encode_rtn(t, w, n, k, rb, imp.data(), nt));
+  }
+  return encode_tensor(t, w, n, k, *gptq_factor(h, k, o), o, stats);
+}
+
+std::shared_ptr<const OutputErrorH> prepare_output_error_h(const double* h, int64_t k) {
+  const std::string fn = "prepare_output_error_h";
+  if (k <= 0) fail(fn + ": k = " + std::to_string(k) + " must be > 0");
+  if (!h) fail(fn + ": null h");
+  check_h(fn, h, k);
+  auto p = std::make_shared<OutputErrorH>();
+  p->k_ = k;
+  p->diag_.resize(static_cast<size_t>(k));
+  p->off_.assign(static_cast<size_t>(k * k), 0.0f);
+  for (int64_t i = 0; i < k; ++i) {
+    p->diag_[i] = h[i * k + i];
+    for (int64_t j = 0; j < i; ++j) {
+      const float v = static_cast<float>(h[i * k + j]);  // the lower triangle (h is symmetric)
+      p->off_[i * k + j] = v;
+      p->off_[j * k + i] = v;
+    }
+  }
+  return p;
+}
+
+double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, int64_t k, const OutputErrorH& h,
+                    std::vector<double>* per_row) {
+  const std::string fn = "output_error";
+  const size_t rb = check_w(fn, t, w, n, k);
+  if (!bytes) fail(fn + ": null bytes for " + std::to_string(n) + "x" + std::to_string(k));
+  if (h.k_ != k) fail(fn + ": prepared h of k = " + std::to_string(h.k_) + " for a tensor of k = " + std::to_string(k));
+  const auto gemm = f32_gemm();
+  std::vector<double> rows(static_cast<size_t>(n));
+  const int64_t nchunks = (n + kRowChunk - 1) / kRowChunk;
+  const int nt = resolve_threads(0);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t r0 = c * kRowChunk, R = std::min(n, r0 + kRowChunk) - r0;
+    // d H dᵀ = Σ_i H_ii d_i² (double) + Σ_{i≠j} d_i H_ij d_j. The off-diagonal sum by column
+    // blocks c = [c0, c1) of kOeBlock: pairs inside a block once (In[j] = Σ_{i∈c} H_ji d_i),
+    // pairs with i after the block twice (Out[j] = Σ_{i≥c1} H_ji d_i), by the f32 GEMM (H_off is
+    // symmetric: its rows are its columns): half the flops of D·H_off. Row dots in double.
+    std::vector<float> D(static_cast<size_t>(R * k)), In(static_cast<size_t>(R * k)), Out(static_cast<size_t>(R * k), 0.0f);
+    std::vector<double> diag(static_cast<size_t>(R), 0.0);
+    for (int64_t r = 0; r < R; ++r) {
+      float* Dr = D.data() + r * k;
+      dequantize_row(t, bytes + static_cast<size_t>(r0 + r) * rb, k, Dr);
+      const float* src = w + (r0 + r) * k;
+      double s = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        const double d = double(Dr[i]) - double(src[i]);
+        s += h.diag_[i] * d * d;
+        Dr[i] -= src[i];
+      }
+      diag[r] = s;
+    }
+    const size_t hb = static_cast<size_t>(k) * sizeof(float), ld = static_cast<size_t>(k);
+    for (int64_t c0 = 0; c0 < k; c0 += kOeBlock) {
+      const int64_t c1 = std::min(k, c0 + kOeBlock);
+      gemm(static_cast<int>(R), static_cast<int>(c0), static_cast<int>(c1), static_cast<int>(c1 - c0), D.data() + c0, ld,
+           h.off_.data() + c0, hb, QType::kF32, In.data(), ld);
+      if (c1 < k) {
+        gemm(static_cast<int>(R), static_cast<int>(c0), static_cast<int>(c1), static_cast<int>(k - c1), D.data() + c1, ld,
+             h.off_.data() + c1, hb, QType::kF32, Out.data(), ld);
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const float* Dr = D.data() + r * k;
+      const float* Ir = In.data() + r * k;
+      const float* Or = Out.data() + r * k;
+      double s = 0;
+      for (int64_t i = 0; i < k; ++i) s += double(Dr[i]) * (double(Ir[i]) + 2.0 * double(Or[i]));
+      rows[r0 + r] = diag[r] + s;
+    }
+  }
+  double total = 0;
+  for (double v : rows) total += v;
+  if (per_row) *per_row = std::move(rows);
+  return total;
+}
+
+double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, int64_t k, const double* h,
+                    std::vector<double>* per_row) {
+  const size_t rb = check_args("output_error", t, w, n, k, h);
+  if (!bytes) fail("output_error: null bytes for " + std::to_string(n) + "x" + std::to_string(k));
+  // (h is checked twice: k² comparisons against the n·k² of the product.)
+  if (h) return output_error(t, bytes, w, n, k, *prepare_output_error_h(h, k), per_row);
+  // H = I: the plain squared error, in double.
+  std::vector<double> rows(static_cast<size_t>(n));
+  const int64_t nchunks = (n + kRowChunk - 1) / kRowChunk;
+  const int nt = resolve_threads(0);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t r0 = c * kRowChunk, r1 = std::min(n, r0 + kRowChunk);
+    std::vector<float> deq(static_cast<size_t>(k));
+    for (int64_t r = r0; r < r1; ++r) {
+      dequantize_row(t, bytes + static_cast<size_t>(r) * rb, k, deq.data());
+      const float* src = w + r * k;
+      double s = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        const double d = double(deq[i]) - double(src[i]);
+        s += d * d;
+      }
+      rows[r] = s;
+    }
+  }
+  double total = 0;
+  for (double v : rows) total += v;
+  if (per_row) *per_row = std::move(rows);
+  return total;
+}
+
+}  // namespace mxlm

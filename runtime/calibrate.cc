@@ -1,0 +1,347 @@
+#include "mxlm/calibrate.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "kernels/common.h"
+#include "kernels/f32_ops.h"
+#include "model/checksum.h"
+#include "model/file_util.h"
+#include "mxlm/perplexity.h"
+#include "mxlm/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mxlm {
+
+void InputStats::reset(int64_t k_in) {
+  k = k_in;
+  n_tokens = 0;
+  gram.assign(size_t(k) * size_t(k), 0.0);
+  amax.assign(size_t(k), 0.0f);
+}
+
+std::vector<double> InputStats::second_moment() const {
+  std::vector<double> h(gram.size());
+  const double inv = n_tokens ? 1.0 / double(n_tokens) : 0.0;
+  for (size_t i = 0; i < h.size(); ++i) h[i] = gram[i] * inv;
+  return h;
+}
+
+std::vector<float> InputStats::mean_square() const {
+  std::vector<float> d(static_cast<size_t>(k));
+  const double inv = n_tokens ? 1.0 / double(n_tokens) : 0.0;
+  for (int64_t i = 0; i < k; ++i) d[size_t(i)] = static_cast<float>(gram[size_t(i) * size_t(k) + size_t(i)] * inv);
+  return d;
+}
+
+namespace {
+
+// Adds x [m][k]'s XᵀX into s (and the channel maxima). The float product of one window runs on
+// the f32 gemm kernel over Xᵀ (rows = channels), split by output rows over threads; the sum
+// across windows is double.
+void accumulate(InputStats& s, const float* x, int m, int k, int threads, Isa isa, std::vector<float>* xt,
+                std::vector<float>* prod) {
+  MXLM_ASSERT(s.k == k);
+  xt->resize(size_t(k) * m);
+  prod->resize(size_t(k) * k);
+  for (int t = 0; t < m; ++t) {
+    for (int i = 0; i < k; ++i) {
+      const float v = x[size_t(t) * k + i];
+      (*xt)[size_t(i) * m + t] = v;
+      s.amax[size_t(i)] = std::max(s.amax[size_t(i)], std::abs(v));
+    }
+  }
+  const F32Kernels& kr = f32_kernels(isa);
+  const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
+  const float* a = xt->data();
+  float* y = prod->data();
+  double* g = s.gram.data();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int c = 0; c < n_chunks; ++c) {
+    const int r0 = c * chunk, r1 = std::min(k, r0 + chunk);
+    kr.gemm(r1 - r0, 0, k, m, a + size_t(r0) * m, size_t(m), a, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
+            size_t(k));
+    for (size_t i = size_t(r0) * k; i < size_t(r1) * k; ++i) g[i] += y[i];
+  }
+  s.n_tokens += m;
+}
+
+class StatsObserver : public MatmulObserver {
+ public:
+  StatsObserver(int threads, Isa isa) : threads_(threads), isa_(isa) {}
+  LayerStats* layer = nullptr;
+  InputStats* head = nullptr;
+  void observe(int l, MatmulInput in, const float* x, int m, int k) override {
+    InputStats& s = in == MatmulInput::kHeadIn ? *head : layer->at(in);
+    (void)l;
+    accumulate(s, x, m, k, threads_, isa_, &xt_, &prod_);
+  }
+
+ private:
+  int threads_;
+  Isa isa_;
+  std::vector<float> xt_, prod_;
+};
+
+}  // namespace
+
+std::vector<std::vector<int>> calibration_windows(const Model& model, const std::string& text, int64_t n_tokens, int window) {
+  const ModelConfig& c = model.config();
+  if (window < 1 || window > c.n_ctx) {
+    throw Error(ErrorCode::kInvalidArgument, "calibration window of " + std::to_string(window) + " tokens outside [1, " +
+                                                 std::to_string(c.n_ctx) + "] (the model's context)");
+  }
+  if (n_tokens < window) {
+    throw Error(ErrorCode::kInvalidArgument, "--calib-tokens " + std::to_string(n_tokens) + " is less than one window of " +
+                                                 std::to_string(window) + " tokens");
+  }
+  if (text.find_first_not_of(" \t\r\n\v\f\x1e") == std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "the calibration text is empty");
+  }
+  const std::vector<int> stream = tokenize_documents(model.tokenizer(), text, c.bos_id, c.eos_id);
+  if (int64_t(stream.size()) < window) {
+    throw Error(ErrorCode::kInvalidArgument, "the calibration text has " + std::to_string(stream.size()) +
+                                                 " tokens, fewer than one window of " + std::to_string(window));
+  }
+  std::vector<std::vector<int>> out;
+  int64_t used = 0;
+  for (size_t i = 0; i < stream.size() && used < n_tokens; i += size_t(window)) {
+    const int64_t len = std::min<int64_t>({window, int64_t(stream.size() - i), n_tokens - used});
+    if (len < 64 && !out.empty()) break;
+    out.emplace_back(stream.begin() + int64_t(i), stream.begin() + int64_t(i) + len);
+    used += len;
+  }
+  return out;
+}
+
+std::vector<std::vector<int>> self_generated_windows(const Model& model, int64_t n_tokens, int window, uint64_t seed,
+                                                     int threads) {
+  const ModelConfig& c = model.config();
+  if (window < 2 || window > c.n_ctx) {
+    throw Error(ErrorCode::kInvalidArgument, "calibration window of " + std::to_string(window) + " tokens outside [2, " +
+                                                 std::to_string(c.n_ctx) + "]");
+  }
+  ContextParams cp;
+  cp.n_ctx = window;
+  cp.n_threads = threads;
+  Context ctx(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
+  SamplerParams sp;
+  sp.temperature = 1.0f;
+  sp.top_k = 0;
+  sp.top_p = 1.0f;
+  sp.min_p = 0.0f;
+  sp.seed = seed;
+  Sampler sampler(sp);
+  std::vector<std::vector<int>> out;
+  for (int64_t used = 0; used < n_tokens;) {
+    const int len = static_cast<int>(std::min<int64_t>(window, n_tokens - used));
+    if (len < 2) break;
+    std::vector<int> w{c.bos_id};
+    ctx.reset();
+    const float* logits = ctx.eval(std::span<const int>(w.data(), 1));
+    while (int(w.size()) < len) {
+      int t = sampler.sample(logits, c.n_vocab, w);
+      w.push_back(t);
+      if (int(w.size()) == len) break;
+      if (t == c.eos_id) {  // a new document
+        w.push_back(c.bos_id);
+        if (int(w.size()) == len) break;
+        logits = ctx.eval(std::span<const int>(&w[w.size() - 2], 2));
+        continue;
+      }
+      logits = ctx.eval(std::span<const int>(&w.back(), 1));
+    }
+    used += len;
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+CalibStats calibrate(const Model& model, const std::vector<std::vector<int>>& windows, const CalibParams& params) {
+  const ModelConfig& c = model.config();
+  if (windows.empty()) throw Error(ErrorCode::kInvalidArgument, "calibration needs at least one window of tokens");
+  int longest = 0;
+  for (const auto& w : windows) longest = std::max(longest, int(w.size()));
+  if (longest < 1 || longest > c.n_ctx) {
+    throw Error(ErrorCode::kInvalidArgument, "calibration windows of up to " + std::to_string(longest) +
+                                                 " tokens must fit the model's context of " + std::to_string(c.n_ctx));
+  }
+  ContextParams cp;
+  cp.n_ctx = longest;
+  cp.n_batch = longest;
+  cp.n_threads = params.threads;
+  // The Context shares the caller's model without owning it.
+  Context ctx(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
+  const int threads = ctx.n_threads();
+  StatsObserver obs(threads, model.isa());
+  ctx.set_observer(&obs);
+
+  CalibStats out;
+  out.token_counts.assign(size_t(c.n_vocab), 0);
+  out.layers.resize(size_t(c.n_layers));
+  out.head.reset(c.n_embd);
+  const int E = c.n_embd;
+  std::vector<std::vector<float>> h(windows.size());
+  for (size_t w = 0; w < windows.size(); ++w) {
+    h[w].resize(windows[w].size() * size_t(E));
+    ctx.embed(windows[w], h[w].data());
+    for (int t : windows[w]) ++out.token_counts[size_t(t)];
+    out.n_tokens += int64_t(windows[w].size());
+  }
+  const size_t total = size_t(c.n_layers) + 1;
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerStats ls;
+    ls.at(MatmulInput::kAttnIn).reset(E);
+    ls.at(MatmulInput::kAttnOut).reset(int64_t{c.n_heads} * c.head_dim);
+    ls.at(MatmulInput::kFfnIn).reset(E);
+    ls.at(MatmulInput::kFfnMid).reset(c.n_ff);
+    obs.layer = &ls;
+    for (size_t w = 0; w < windows.size(); ++w) ctx.eval_layer(l, h[w].data(), int(windows[w].size()), 0);
+    if (params.on_layer) params.on_layer(l, std::move(ls));
+    else out.layers[size_t(l)] = std::move(ls);
+    if (params.progress) params.progress(size_t(l) + 1, total);
+  }
+  // The head's input: the final norm of the last hidden states (the logits are not needed).
+  obs.head = &out.head;
+  const F32Kernels& kr = f32_kernels(model.isa());
+  std::vector<float> xn;
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const int m = int(windows[w].size());
+    xn.resize(size_t(m) * E);
+    for (int t = 0; t < m; ++t) kr.rmsnorm(&h[w][size_t(t) * E], model.output_norm(), &xn[size_t(t) * E], E, c.norm_eps);
+    obs.observe(-1, MatmulInput::kHeadIn, xn.data(), m, E);
+  }
+  if (params.progress) params.progress(total, total);
+  return out;
+}
+
+std::string model_fingerprint(const ImportedModel& m) {
+  uint32_t crc = crc32c(m.config.to_json().dump().data(), m.config.to_json().dump().size());
+  for (const SourceTensor& t : m.tensors) {
+    crc = crc32c(t.name.data(), t.name.size(), crc);
+    for (int64_t d : t.shape) crc = crc32c(&d, sizeof(d), crc);
+    const uint8_t type = static_cast<uint8_t>(t.src_type);
+    crc = crc32c(&type, 1, crc);
+    const uint64_t bytes = *qtype_row_bytes(t.src_type, uint64_t(t.shape.back())) * uint64_t(t.shape.size() == 2 ? t.shape[0] : 1);
+    const uint64_t n = std::min<uint64_t>(bytes, 4096);
+    crc = crc32c(t.data, n, crc);
+    crc = crc32c(t.data + bytes - n, n, crc);
+  }
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%08x", crc);
+  return buf;
+}
+
+std::string text_hash(const std::string& text) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "crc32c:%08x:%zu", crc32c(text.data(), text.size()), text.size());
+  return buf;
+}
+
+// ---- statistics files ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr char kStatsMagic[8] = {'M', 'X', 'L', 'M', 'S', 'T', 'A', 'T'};
+
+void write_input(AtomicFile& f, const InputStats& s) {
+  f.write(s.gram.data(), s.gram.size() * sizeof(double));
+  f.write(s.amax.data(), s.amax.size() * sizeof(float));
+}
+
+}  // namespace
+
+void save_stats(const CalibStats& s, const std::string& path) {
+  nlohmann::json h = {{"version", 1},
+                      {"model_fingerprint", s.model_fingerprint},
+                      {"source", s.source},
+                      {"n_tokens", s.n_tokens},
+                      {"n_vocab", s.token_counts.size()},
+                      {"n_layers", s.layers.size()}};
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerStats& l : s.layers) {
+    nlohmann::json ks = nlohmann::json::array();
+    for (const InputStats& in : l.in) {
+      if (in.k == 0) throw Error(ErrorCode::kInvalidArgument, "save_stats: a layer's statistics were handed out during calibration");
+      ks.push_back({{"k", in.k}, {"n_tokens", in.n_tokens}});
+    }
+    layers.push_back(ks);
+  }
+  h["layers"] = layers;
+  h["head"] = {{"k", s.head.k}, {"n_tokens", s.head.n_tokens}};
+  const std::string header = h.dump();
+  AtomicFile f(path);
+  f.write(kStatsMagic, 8);
+  const uint64_t n = header.size();
+  f.write(&n, 8);
+  f.write(header.data(), header.size());
+  f.write(s.token_counts.data(), s.token_counts.size() * sizeof(uint64_t));
+  for (const LayerStats& l : s.layers) {
+    for (const InputStats& in : l.in) write_input(f, in);
+  }
+  write_input(f, s.head);
+  f.commit();
+}
+
+CalibStats load_stats(const std::string& path, const std::string& expected_fingerprint) {
+  const MappedFile map(path);
+  const uint8_t* p = map.data();
+  uint64_t left = map.size(), hn = 0;
+  auto bad = [&](const std::string& why) { return Error(ErrorCode::kFormat, "'" + path + "' is not a usable statistics file: " + why); };
+  if (left < 16 || std::memcmp(p, kStatsMagic, 8) != 0) throw bad("no MXLMSTAT magic");
+  std::memcpy(&hn, p + 8, 8);
+  if (hn > left - 16) throw bad("the header runs past the end of the file");
+  nlohmann::json h;
+  try {
+    h = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(p + 16), hn));
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("header JSON: ") + e.what());
+  }
+  p += 16 + hn;
+  left -= 16 + hn;
+  CalibStats s;
+  try {
+    if (json_int(h.at("version"), "version", 1, 1) != 1) throw bad("version");
+    s.model_fingerprint = json_string(h.at("model_fingerprint"), "model_fingerprint");
+    s.source = json_string(h.at("source"), "source");
+    s.n_tokens = json_int(h.at("n_tokens"), "n_tokens", 1, INT64_MAX);
+    const int64_t n_vocab = json_int(h.at("n_vocab"), "n_vocab", 1, 1 << 24);
+    const int64_t n_layers = json_int(h.at("n_layers"), "n_layers", 0, 4096);
+    if (!expected_fingerprint.empty() && s.model_fingerprint != expected_fingerprint) {
+      throw Error(ErrorCode::kInvalidArgument, "'" + path + "' holds statistics of another model (fingerprint " + s.model_fingerprint +
+                                                   ", this model's is " + expected_fingerprint + ")");
+    }
+    auto take = [&](void* dst, uint64_t bytes) {
+      if (bytes > left) throw bad("truncated (" + std::to_string(map.size()) + " bytes)");
+      std::memcpy(dst, p, bytes);
+      p += bytes;
+      left -= bytes;
+    };
+    auto read_input = [&](const nlohmann::json& j, InputStats& in) {
+      in.reset(json_int(j.at("k"), "k", 1, 1 << 20));
+      in.n_tokens = json_int(j.at("n_tokens"), "n_tokens", 1, INT64_MAX);
+      take(in.gram.data(), in.gram.size() * sizeof(double));
+      take(in.amax.data(), in.amax.size() * sizeof(float));
+    };
+    s.token_counts.resize(size_t(n_vocab));
+    take(s.token_counts.data(), s.token_counts.size() * sizeof(uint64_t));
+    const nlohmann::json& layers = h.at("layers");
+    if (!layers.is_array() || int64_t(layers.size()) != n_layers) throw bad("layer list");
+    s.layers.resize(size_t(n_layers));
+    for (int64_t l = 0; l < n_layers; ++l) {
+      if (!layers[size_t(l)].is_array() || layers[size_t(l)].size() != 4) throw bad("layer " + std::to_string(l));
+      for (size_t i = 0; i < 4; ++i) read_input(layers[size_t(l)][i], s.layers[size_t(l)].in[i]);
+    }
+    read_input(h.at("head"), s.head);
+    if (left != 0) throw bad(std::to_string(left) + " bytes past the statistics");
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("header: ") + e.what());
+  }
+  return s;
+}
+
+}  // namespace mxlm

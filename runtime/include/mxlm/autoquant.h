@@ -1,0 +1,121 @@
+// Mixed-precision quantization: calibrate, measure each tensor's sensitivity, allocate bits
+// under a size budget, encode, write (`mxlm quantize --bpw 3.5`).
+//
+// The loss model. Quantizing tensor t with candidate c (a format and its encoder) changes the
+// tensor's output by ΔW x per token; its mean square is e_tc = tr(ΔW H ΔWᵀ) with H = E[x xᵀ] of
+// the tensor's input (calibrate.h). To second order the end loss, the KL divergence of the
+// model's next-token distribution from the unquantized one, grows linearly in that squared
+// error, with a factor α_t that says how much an error at t's output matters downstream (a
+// head error feeds the logits directly; a v error is mixed by attention and normed away in
+// part). So the predicted KL of candidate c is α_t·e_tc, and α_t is measured: quantize t
+// alone with a reference candidate r_t (the one nearest 3.5 bits per weight), run the
+// calibration's KL windows and set α_t = KL_t / e_t,r. Tensor errors are taken as additive
+// (errors of different tensors are nearly uncorrelated), so the model's predicted KL is
+// Σ_t α_t e_t,c(t), which the allocator (model/allocate.h) minimizes under the byte budget.
+//
+// The embedding has no input matrix: a row is read when its token occurs, so e = Σ_r f_r ‖Δw_r‖²
+// with f_r the token's frequency in the calibration text.
+//
+// Rank check (AutoQuantResult::rank_correlation): with α_t fitted at r_t, the predicted KL at a
+// second candidate (the one nearest 2.5 bits) is compared with the KL measured for it, over all
+// tensors: Spearman's ρ.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/qtype.h"
+#include "model/encode.h"
+#include "model/import.h"
+#include "model/recipe.h"
+#include "mxlm/calibrate.h"
+
+namespace mxlm {
+
+struct AutoQuantOptions {
+  // The budget: bits per weight over all tensors (as `mxlm inspect` counts them) or bytes of the
+  // whole file; exactly one is set unless a recipe fixes every tensor.
+  double bpw = 0;
+  uint64_t size_bytes = 0;
+  std::optional<Recipe> recipe;  // fixed formats for the tensors it matches
+  std::vector<QType> candidates;  // empty: default_candidates()
+  EncodeOptions encode;           // method (GPTQ by default), damping, threads set from `threads`
+  // Calibration: a text (documents split at 0x1E lines) or, when empty, text the model samples.
+  std::string calib_text;
+  int64_t calib_tokens = 16384;
+  int window = 512;               // tokens per calibration window (capped at the context)
+  std::string stats_in, stats_out;  // --stats / --save-stats paths (empty: none)
+  int64_t kl_tokens = 2048;       // tokens of the KL windows that calibrate α_t
+  bool kl_self_generated = false; // KL windows sampled from the model, not the calibration text
+  bool rank_check = false;        // also measure KL at a second candidate (rank_correlation)
+  double rank_check_bpw = 2.5;    // ... the one nearest this many bits per weight
+  bool dry_run = false;           // plan only: nothing is encoded or written
+  int threads = 0;
+  // (stage, done, total): stages "calibrating", "encoding candidates", "measuring KL", "writing".
+  std::function<void(const char*, size_t, size_t)> progress;
+};
+
+// The formats the allocator chooses among by default, from 2.5 to 8.25 bits per weight.
+std::vector<QType> default_candidates();
+
+struct TensorPlan {
+  std::string name;
+  int64_t n = 0, k = 0;
+  QType format = QType::kF32;
+  uint64_t bytes = 0;
+  double alpha = 0;           // measured KL per unit output error
+  double measured_kl = 0;     // KL with this tensor alone at its reference candidate
+  double predicted_kl = 0;    // α · e of the chosen format
+  bool fixed = false;         // set by the recipe
+  // With rank_check: the KL measured and predicted at the low (~2.5-bit) candidate.
+  double check_measured_kl = NAN, check_predicted_kl = NAN;
+  std::vector<double> error;  // e per candidate (AutoQuantResult::candidates order)
+};
+
+struct AutoQuantResult {
+  std::vector<QType> candidates;
+  std::vector<TensorPlan> tensors;  // the 2-D tensors, in file order
+  uint64_t tensor_bytes = 0;        // all tensors (norms included): what inspect counts
+  double bpw = 0;
+  double predicted_kl = 0;          // Σ predicted
+  double rank_correlation = NAN;    // when rank_check
+  std::string calib_source;
+  int64_t calib_tokens = 0;
+  double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0, seconds_write = 0;
+};
+
+// The steps, for callers that plan several budgets on one measurement (mxlm sweep):
+//   AutoQuantizer q(m, o);       // cheap: tensors, recipe check
+//   q.check_budget(4.0, 0);      // throws for a budget outside the reachable range
+//   q.measure();                 // calibration, candidate errors, KL (the expensive part)
+//   AutoQuantResult r = q.plan(4.0, 0);
+//   q.write(r, "out.mxlm");
+class AutoQuantizer {
+ public:
+  AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& options);
+  ~AutoQuantizer();
+  AutoQuantizer(const AutoQuantizer&) = delete;
+  AutoQuantizer& operator=(const AutoQuantizer&) = delete;
+  // Bits per weight (as inspect counts them) of the smallest and largest mix.
+  double min_bpw() const;
+  double max_bpw() const;
+  void check_budget(double bpw, uint64_t size_bytes) const;
+  void measure();
+  AutoQuantResult plan(double bpw, uint64_t size_bytes) const;
+  void write(const AutoQuantResult& plan, const std::string& out_path);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Plans and (unless dry_run) writes `out_path` atomically. Throws Error naming the problem: a
+// budget outside the reachable range (with the range in bits per weight and bytes), a missing,
+// empty or too short calibration text, statistics of another model, a recipe naming an unknown
+// tensor or format.
+AutoQuantResult auto_quantize(const ImportedModel& m, const std::string& out_path, const AutoQuantOptions& options);
+
+}  // namespace mxlm

@@ -1,0 +1,202 @@
+// The mixed-precision quantizer end to end (runtime/autoquant.cc): budgets, determinism, the
+// quantization record, recipes, bad input, and the sensitivity model's rank correlation on
+// tinymix.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include "kernels/common.h"
+#include "model/file_util.h"
+#include "model/import.h"
+#include "model/mxlm_file.h"
+#include "mxlm/autoquant.h"
+#include "mxlm/model.h"
+#include "mxlm/perplexity.h"
+#include "tests/test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mxlm {
+namespace {
+
+const ImportedModel& stories() {
+  static const ImportedModel m = import_model(test::shared_path("models/stories260K/stories260K.gguf"));
+  return m;
+}
+
+std::string calib_text(size_t bytes) {
+  const std::string t = read_file(test::shared_path("text/tinymix-calib.txt"));
+  return t.substr(0, std::min(bytes, t.size()));
+}
+
+AutoQuantOptions small_options() {
+  AutoQuantOptions o;
+  o.calib_text = calib_text(40000);
+  o.calib_tokens = 2048;
+  o.window = 256;
+  o.kl_tokens = 512;
+  o.threads = 2;
+  return o;
+}
+
+// The bits per weight `mxlm inspect` reports: all tensor bytes over all elements.
+double file_bpw(const MxlmFile& f) {
+  double bits = 0, elems = 0;
+  for (const TensorEntry& t : f.tensors()) {
+    bits += 8.0 * double(t.bytes);
+    elems += double(t.rows()) * double(t.cols());
+  }
+  return bits / elems;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(AutoQuant, LandsWithinHalfAPercentBelowTheBudgetAndRuns) {
+  for (double bpw : {3.0, 4.5}) {
+    SCOPED_TRACE(bpw);
+    AutoQuantOptions o = small_options();
+    o.bpw = bpw;
+    const std::string path = test::scratch_dir() + "/aq.mxlm";
+    const AutoQuantResult r = auto_quantize(stories(), path, o);
+    MxlmFile f(path);
+    const double got = file_bpw(f);
+    EXPECT_LE(got, bpw);
+    EXPECT_GE(got, bpw * 0.995);
+    EXPECT_NEAR(got, r.bpw, 1e-9);
+    // The record names every 2-D tensor's format, method and predicted loss.
+    const nlohmann::json& q = f.header().at("quantization");
+    EXPECT_EQ(q.at("method"), "mixed");
+    EXPECT_EQ(q.at("calibration").at("tokens"), 2048);
+    int n2d = 0;
+    for (const TensorEntry& t : f.tensors()) {
+      if (t.shape.size() != 2) continue;
+      ++n2d;
+      const nlohmann::json& rec = q.at("tensors").at(t.name);
+      EXPECT_EQ(rec.at("format").get<std::string>(), std::string(qtype_info(t.qtype()).name)) << t.name;
+      EXPECT_TRUE(rec.contains("predicted_kl"));
+    }
+    EXPECT_EQ(n2d, 2 + 7 * 5);
+    // Mixed: more than one format, and the file runs with a finite perplexity.
+    std::set<QType> formats;
+    for (const TensorPlan& p : r.tensors) formats.insert(p.format);
+    EXPECT_GT(formats.size(), 1u);
+    auto model = Model::load(path);
+    Context ctx(model);
+    const std::vector<int> stream = tokenize_documents(model->tokenizer(), calib_text(20000), 1, 2);
+    PplParams pp;
+    pp.ctx = 128;
+    pp.windows = 4;
+    EXPECT_TRUE(std::isfinite(perplexity(ctx, stream, pp).ppl));
+  }
+}
+
+TEST(AutoQuant, MoreBitsPredictLessLossAndTheSameInputsGiveTheSameBytes) {
+  AutoQuantOptions o = small_options();
+  o.bpw = 3.5;
+  o.threads = 1;
+  const std::string a = test::scratch_dir() + "/t1.mxlm", b = test::scratch_dir() + "/t2.mxlm";
+  const AutoQuantResult r1 = auto_quantize(stories(), a, o);
+  o.threads = 2;
+  auto_quantize(stories(), b, o);
+  EXPECT_EQ(read_file(a), read_file(b));
+  o.bpw = 5.0;
+  o.dry_run = true;
+  const AutoQuantResult r5 = auto_quantize(stories(), "", o);
+  EXPECT_LT(r5.predicted_kl, r1.predicted_kl);
+  EXPECT_GT(r1.predicted_kl, 0);
+}
+
+TEST(AutoQuant, RecipeFixesFormatsAndTheRestIsAllocated) {
+  const std::string dir = test::scratch_dir();
+  {
+    std::ofstream(dir + "/r.json") << R"({"tensors": {"blk.*.ffn_down": "q8_g32", "output": "q6_g32"}})";
+  }
+  AutoQuantOptions o = small_options();
+  o.recipe = parse_recipe(read_file(dir + "/r.json"), dir + "/r.json");
+  o.bpw = 5.0;  // the fixed tensors alone put the floor at 4.33
+  auto_quantize(stories(), dir + "/rec.mxlm", o);
+  MxlmFile f(dir + "/rec.mxlm");
+  EXPECT_EQ(f.find("output")->qtype(), QType::kQ6G32);
+  for (int l = 0; l < 5; ++l) EXPECT_EQ(f.find(tensor_names::layer(l, tensor_names::kFfnDown))->qtype(), QType::kQ8G32);
+  EXPECT_LE(file_bpw(f), 5.0);
+  EXPECT_GE(file_bpw(f), 5.0 * 0.995);
+  // A recipe that fixes everything needs no budget.
+  o.recipe->default_format = QType::kQ4G32;
+  o.bpw = 0;
+  auto_quantize(stories(), dir + "/all.mxlm", o);
+  MxlmFile g(dir + "/all.mxlm");
+  EXPECT_EQ(g.find("tok_embd")->qtype(), QType::kQ4G32);
+  EXPECT_EQ(g.find("output")->qtype(), QType::kQ6G32);
+}
+
+TEST(AutoQuant, BadInputIsAClearErrorAndWritesNothing) {
+  const std::string dir = test::scratch_dir(), out = dir + "/never.mxlm";
+  AutoQuantOptions o = small_options();
+  o.bpw = 1.5;
+  std::string e = error_of([&] { auto_quantize(stories(), out, o); });
+  EXPECT_NE(e.find("outside the range"), std::string::npos) << e;
+  EXPECT_NE(e.find("bits per weight"), std::string::npos) << e;
+  o.bpw = 12;
+  e = error_of([&] { auto_quantize(stories(), out, o); });
+  EXPECT_NE(e.find("outside the range"), std::string::npos) << e;
+  o.bpw = 0;
+  e = error_of([&] { auto_quantize(stories(), out, o); });
+  EXPECT_NE(e.find("give a budget"), std::string::npos) << e;
+  o.bpw = 4;
+  o.calib_text = "Too short.";
+  e = error_of([&] { auto_quantize(stories(), out, o); });
+  EXPECT_NE(e.find("fewer than one window"), std::string::npos) << e;
+  o = small_options();
+  o.bpw = 4;
+  o.recipe = parse_recipe(R"({"tensors": {"blk.9.attn_q": "q4_g32"}})", "r.json");
+  e = error_of([&] { auto_quantize(stories(), out, o); });
+  EXPECT_NE(e.find("blk.9.attn_q"), std::string::npos) << e;
+  EXPECT_THROW(parse_recipe(R"({"tensors": {"output": "q7_g3"}})", "r.json"), Error);
+  // Statistics of another model (tinymix's) are refused.
+  o = small_options();
+  o.bpw = 4;
+  o.stats_out = dir + "/tinymix.stats";
+  o.recipe = Recipe{};
+  o.recipe->default_format = QType::kQ8G32;
+  o.calib_tokens = 512;
+  o.bpw = 0;
+  const ImportedModel tinymix = import_model(test::shared_path("models/tinymix-26m"));
+  auto_quantize(tinymix, dir + "/tm.mxlm", o);
+  o = small_options();
+  o.bpw = 4;
+  o.stats_in = dir + "/tinymix.stats";
+  e = error_of([&] { auto_quantize(stories(), out, o); });
+  EXPECT_NE(e.find("another model"), std::string::npos) << e;
+  EXPECT_FALSE(file_exists(out));
+}
+
+// The sensitivity model: α_t fitted at the ~3.5-bit candidate predicts the KL each tensor alone
+// causes at the ~2.5-bit candidate, in rank order over tinymix's 58 tensors.
+TEST(AutoQuant, PredictedKlRanksTinymixTensorsLikeTheMeasuredKl) {
+  const ImportedModel tinymix = import_model(test::shared_path("models/tinymix-26m"));
+  AutoQuantOptions o;
+  o.calib_text = read_file(test::shared_path("text/tinymix-calib.txt"));
+  o.calib_tokens = 4096;
+  o.kl_tokens = 1024;
+  o.candidates = {QType::kQ2G32, QType::kQ3G32, QType::kQ4G32};
+  o.bpw = 3.5;
+  o.rank_check = true;
+  o.dry_run = true;
+  o.threads = 2;
+  const AutoQuantResult r = auto_quantize(tinymix, "", o);
+  ASSERT_EQ(r.tensors.size(), 58u);
+  EXPECT_GE(r.rank_correlation, 0.8);
+  std::printf("rank correlation over %zu tensors: %.3f\n", r.tensors.size(), r.rank_correlation);
+}
+
+}  // namespace
+}  // namespace mxlm

@@ -1,0 +1,31 @@
+// Pieces the subcommand files of the `mxlm` tool share: each subcommand that has its own file
+// registers its options on the app and returns how to run it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "kernels/qtype.h"
+
+namespace mxlm {
+
+struct Command {
+  CLI::App* app = nullptr;    // the subcommand (true when it was given)
+  std::function<int()> run;   // runs it after parsing; throws Error on bad input
+};
+
+Command add_quantize_command(CLI::App& app);
+Command add_sweep_command(CLI::App& app);
+Command add_inspect_command(CLI::App& app);
+
+// "12.34 MiB"-style sizes.
+std::string human_bytes(uint64_t b);
+// A progress bar with the elapsed time and an ETA on a terminal (one line at the end
+// otherwise). A new `what`, or done == 0, restarts the clock.
+void progress_bar(const char* what, size_t done, size_t total);
+// A format name, or Error naming `option` and the known formats.
+QType parse_qtype(const std::string& name, const char* option);
+
+}  // namespace mxlm
