@@ -24,6 +24,13 @@ void unpack_group(int bits, int group, const uint8_t* src, uint8_t* q);
 // per column by `importance` (k values, null for uniform weights). Codebook formats fit the
 // row's codebook by weighted k-means. Float formats convert.
 void quantize_row(QType t, const float* x, int64_t k, uint8_t* dst, const float* importance = nullptr);
+// The group parameters quantize_row chooses for the same arguments, without the quant indices
+// (the GPTQ encoder fixes a row's groups up front and picks the levels itself): d[nb] and, for
+// asymmetric formats, m[nb] as floats that are exactly f16 (nb = groups in k; m may be null,
+// and is untouched otherwise), and for codebook formats codebook[2^b] (may be null otherwise).
+// t must be a quantized (non-float) format, k > 0.
+void quantize_row_params(QType t, const float* x, int64_t k, const float* importance, float* d, float* m,
+                         int8_t* codebook);
 // Dequantizes one row (the spec of the format).
 void dequantize_row(QType t, const uint8_t* row, int64_t k, float* dst);
 

@@ -39,18 +39,10 @@
 //   codebook formats (nu3/nu4): the row's codebook and group scales are quantize_row's choice
 //     on the original row with importance diag(H) (either order); GPTQ then picks each column's
 //     nearest level d·codebook[l].
-//   The static fits (one per row and format: as much work as RTN, the largest part of a GPTQ
-//   encode at k = 512) do not call quantize_row: quantize_row_params() recomputes only the
-//   parameters, operation for operation as kernels/quant.cc does (bit-identical, tested in both
-//   copies), but faster: the scale searches' 8 float partial sums are 8-lane vectors (GCC vector
-//   extension: one ymm in an AVX2 copy, two xmm in the baseline one; no FMA, so every product and
-//   sum rounds as quant.cc's scalar lanes), all candidates' sums come first and their double
-//   reductions run across candidates; the codebook's Lloyd iterations walk only the non-empty
-//   histogram bins and stop at a fixed point (an iteration is a function of the levels alone),
-//   and its nearest-level search runs level-major in vectors. ns per weight at k = 512,
-//   quantize_row → quantize_row_params (one thread, loaded VM): q4_g128 42 → 9, q4_g32 62 → 19,
-//   q2a_g64 95 → 31, q4a_g32 116 → 43, nu3_g32 180 → 98, nu4_g32 209 → 123; the 15 tinymix
-//   candidates of a 512×512 tensor 0.36 → 0.14 s.
+//   The group fits (static: one per row and format, as much work as RTN, the largest part of a
+//   GPTQ encode at k = 512; and per group with act_order off) call kernels/quant.h's
+//   quantize_row_params: quantize_row's own search (kernels/quant.cc, the one implementation),
+//   parameters only, without the quant indices GPTQ picks itself.
 // Columns past k in the tail group are padding: q = 2^(b-1) (symmetric), 0 (asymmetric), the
 // level nearest 0 (codebook); dequantize_row never reads them.
 //
@@ -213,11 +205,6 @@ RowLayout row_layout(QType t, int64_t k) {
   return r;
 }
 
-float load_f16(const uint8_t* p, int64_t i) {
-  uint16_t v;
-  std::memcpy(&v, p + 2 * i, 2);
-  return f16_to_f32(v);
-}
 void store_f16(uint8_t* p, int64_t i, float f) {
   const uint16_t v = f32_to_f16(f);
   std::memcpy(p + 2 * i, &v, 2);
@@ -296,402 +283,6 @@ void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m,
     if (L.kind == QKind::kAsymmetric) store_f16(dst + L.m_off, g, m[g]);
     for (int i = 0; i < L.G; ++i) grp[i] = g * L.G + i < k ? q[g * L.G + i] : pad;
     pack_group(L.bits, L.G, grp, dst + L.q_off + static_cast<size_t>(g) * L.qbytes);
-  }
-}
-
-// The 32-byte vector helpers are always inlined: their (AVX vs baseline) argument passing ABI
-// never applies (GCC reports it at the end of the file, hence no pop).
-#pragma GCC diagnostic ignored "-Wpsabi"
-// 8 float lanes (GCC vector extension: one ymm in the AVX2 copy, two xmm in the baseline one),
-// lane j holding what quant.cc's 8 partial sums hold at index j; lane-wise IEEE operations, so
-// both copies round exactly as quant.cc's scalar code.
-typedef float V8 __attribute__((vector_size(32)));
-typedef int32_t V8i __attribute__((vector_size(32)));
-
-inline __attribute__((always_inline)) V8 load8(const float* p) {
-  V8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// round_clampf lane-wise: clamp (NaN passes through), then round by the magic constant.
-inline __attribute__((always_inline)) V8 round_clamp8(V8 t, V8 lo, V8 hi) {
-  const V8 magic = V8{} + 12582912.0f;
-  t = t < lo ? lo : t;
-  t = t > hi ? hi : t;
-  return (t + magic) - magic;
-}
-
-// The codebook and group scales quantize_row writes for a codebook format (kernels/quant.cc,
-// quantize_row_codebook), computed the same way operation for operation (bit-identical:
-// EncodeFit.CodebookMatchesQuantizeRow) but faster: the Lloyd iterations walk only the non-empty
-// histogram bins (at most k of 2048), and the nearest-level search runs level-major over the
-// group (a compare-and-select loop the compiler vectorizes) instead of element-major. The
-// quant indices are not produced (GPTQ picks its own).
-void fit_codebook_row(const RowLayout& Lr, const float* x, int64_t k, const float* imp, float* d_out, int8_t* cb_out) {
-  const int G = Lr.G, L = Lr.L;
-  constexpr int kBins = 2048;  // as quant.cc
-  std::vector<double> hist_w(kBins, 0.0), hist_wx(kBins, 0.0);
-  std::vector<float> amax(static_cast<size_t>(Lr.nb), 0.0f);
-  for (int64_t g = 0; g < Lr.nb; ++g) {
-    for (int64_t i = g * G; i < std::min<int64_t>(k, (g + 1) * G); ++i) amax[g] = std::max(amax[g], std::abs(x[i]));
-    if (amax[g] == 0) continue;
-    for (int64_t i = g * G; i < std::min<int64_t>(k, (g + 1) * G); ++i) {
-      const double y = x[i] / amax[g];
-      const int bin = std::clamp(static_cast<int>((y + 1.0) * 0.5 * kBins), 0, kBins - 1);
-      const double wi = (imp ? imp[i] : 1.0) * double(amax[g]) * amax[g];
-      hist_w[bin] += wi;
-      hist_wx[bin] += wi * y;
-    }
-  }
-  // The non-empty bins in order: weight, weighted sum and mean.
-  std::vector<double> bw, bwx, by;
-  for (int b = 0; b < kBins; ++b) {
-    if (hist_w[b] == 0) continue;
-    bw.push_back(hist_w[b]);
-    bwx.push_back(hist_wx[b]);
-    by.push_back(hist_wx[b] / hist_w[b]);
-  }
-  const size_t nbins = bw.size();
-  double c[16], sw[16], swx[16];
-  for (int l = 0; l < L; ++l) c[l] = -1.0 + 2.0 * (l + 0.5) / L;
-  for (int it = 0; it < 30; ++it) {
-    std::fill(sw, sw + L, 0.0);
-    std::fill(swx, swx + L, 0.0);
-    // sw[l], swx[l] of the current level live in registers (aw, awx) while consecutive bins
-    // stay on it: the same additions in the same order, without a store-to-load chain.
-    int l = 0;
-    double aw = 0, awx = 0;
-    for (size_t b = 0; b < nbins; ++b) {
-      const double y = by[b];
-      int nl = l;
-      while (nl + 1 < L && std::abs(y - c[nl + 1]) < std::abs(y - c[nl])) ++nl;
-      while (nl > 0 && std::abs(y - c[nl - 1]) < std::abs(y - c[nl])) --nl;
-      if (nl != l) {
-        sw[l] = aw;
-        swx[l] = awx;
-        l = nl;
-        aw = sw[l];
-        awx = swx[l];
-      }
-      aw += bw[b];
-      awx += bwx[b];
-    }
-    sw[l] = aw;
-    swx[l] = awx;
-    double prev[16];
-    std::copy(c, c + L, prev);
-    for (int j = 0; j < L; ++j) {
-      if (sw[j] > 0) c[j] = swx[j] / sw[j];
-    }
-    std::sort(c, c + L);
-    // An iteration is a function of c alone: at a fixed point the remaining ones change nothing.
-    if (std::equal(c, c + L, prev)) break;
-  }
-  int8_t cb[16] = {};
-  for (int l = 0; l < L; ++l) cb[l] = static_cast<int8_t>(std::clamp(static_cast<int>(std::nearbyint(c[l] * 127.0)), -127, 127));
-  std::memcpy(cb_out, cb, static_cast<size_t>(L));
-  float cbf[16];
-  for (int l = 0; l < L; ++l) cbf[l] = static_cast<float>(cb[l]);
-  // Per group: start from amax / 127, refit d by least squares on the assignment, keep the best.
-  float xg[128], wg[128], be[128];
-  int32_t bi[128];
-  for (int64_t g = 0; g < Lr.nb; ++g) {
-    for (int i = 0; i < G; ++i) {
-      const int64_t e = g * G + i;
-      xg[i] = e < k ? x[e] : 0.0f;
-      wg[i] = e < k ? (imp ? imp[e] : 1.0f) : 0.0f;
-    }
-    float best_d = 0;
-    double best_err = INFINITY;
-    if (amax[g] > 0) {
-      float d = f16_to_f32(f32_to_f16(amax[g] / 127.0f));
-      for (int it = 0; it < 4 && d != 0; ++it) {
-        for (int i0 = 0; i0 < G; i0 += 8) {
-          const V8 xv = load8(xg + i0);
-          V8 bev = V8{} + INFINITY;
-          V8i biv = {};
-          for (int l = 0; l < L; ++l) {
-            V8 e = xv - (d * cbf[l]);
-            e = e < 0 ? -e : e;  // |e| (a -0 stays -0: equal to 0 in the compare and the square)
-            const auto better = e < bev;
-            bev = better ? e : bev;
-            biv = better ? V8i{} + l : biv;
-          }
-          std::memcpy(be + i0, &bev, sizeof(bev));
-          std::memcpy(bi + i0, &biv, sizeof(biv));
-        }
-        double err = 0;
-        for (int i = 0; i < G; ++i) err += double(wg[i]) * be[i] * be[i];
-        if (err < best_err) {
-          best_err = err;
-          best_d = d;
-        }
-        double sxc = 0, scc = 0;
-        for (int i = 0; i < G; ++i) {
-          sxc += double(wg[i]) * xg[i] * cb[bi[i]];
-          scc += double(wg[i]) * cb[bi[i]] * cb[bi[i]];
-        }
-        if (scc <= 0) break;
-        d = f16_to_f32(f32_to_f16(static_cast<float>(sxc / scc)));
-      }
-    }
-    d_out[g] = f16_to_f32(f32_to_f16(best_d));
-  }
-}
-
-// The scale searches of kernels/quant.cc (quantize_group_sym / quantize_group_asym), parameters
-// only, operation for operation (bit-identical: EncodeFit.ParamsMatchQuantizeRow), compiled
-// twice: for baseline x86-64 and, where the CPU has it, for AVX2 (8-lane vectors match the
-// searches' 8 float partial sums exactly; no FMA, so every product and sum rounds as in quant.cc).
-// f16 rounding, f16_to_f32(f32_to_f16(f)) inline: in f16's normal range, rounding the mantissa
-// to 10 bits (to nearest even) is f32_to_f16's own integer arithmetic (kernels/qtype.cc); the
-// rest (subnormals, overflow, NaN) goes through the functions.
-inline __attribute__((always_inline)) float round_f16v(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t a = u & 0x7fffffffu;
-  if (a >= 0x38800000u && a < 0x477ff000u) {
-    u = (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  return f16_to_f32(f32_to_f16(f));
-}
-
-// x, w: a whole group (n8 = n rounded up to 8 values, zero weight past n). Returns d.
-inline __attribute__((always_inline)) float search_sym(int bits, const float* x, const float* w, int n) {
-  const int z = 1 << (bits - 1), qmax = (1 << bits) - 1;
-  float vmax = 0;
-  for (int i = 0; i < n; ++i) {
-    if (std::abs(x[i]) > std::abs(vmax)) vmax = x[i];
-  }
-  if (vmax == 0) return 0;
-  const int n8 = (n + 7) & ~7;
-  const float lo = static_cast<float>(-z), hi = static_cast<float>(qmax - z);
-  float wx[128];
-  double sxx = 0;
-  for (int i = 0; i < n8; ++i) {
-    wx[i] = w[i] * x[i];
-    sxx += double(wx[i]) * x[i];
-  }
-  // All candidates' sums first, then their (scalar, latency-bound) reductions: the candidates'
-  // chains are independent, so the second loop overlaps them (same operations, same order).
-  constexpr int kMaxCand = 34;
-  float ids[kMaxCand];
-  int nc = 0;
-  for (int step = -8; step <= 8; ++step) {
-    for (int side = 0; side < 2; ++side) {
-      // side 0 maps vmax to -z (full negative range), side 1 to +(z-1).
-      const float target = side == 0 ? -(z + 0.0625f * step) : (z - 1 + 0.0625f * step);
-      if (std::abs(target) < 0.5f) continue;
-      ids[nc++] = target / vmax;
-    }
-  }
-  // The lane sums, transposed ([lane][candidate]) so that the reductions run across candidates
-  // in vectors (each candidate's sum still adds its lanes 0..7 in order, in double).
-  alignas(32) float sxq8[8][kMaxCand], sqq8[8][kMaxCand];
-  for (int c = 0; c < nc; ++c) {
-    const V8 id = V8{} + ids[c], lo8 = V8{} + lo, hi8 = V8{} + hi;
-    V8 a8 = {}, b8 = {};
-    for (int i = 0; i < n8; i += 8) {
-      const V8 v = round_clamp8(load8(x + i) * id, lo8, hi8);
-      a8 += load8(wx + i) * v;
-      b8 += load8(w + i) * v * v;
-    }
-    for (int j = 0; j < 8; ++j) {
-      sxq8[j][c] = a8[j];
-      sqq8[j][c] = b8[j];
-    }
-  }
-  alignas(32) double sxqs[kMaxCand] = {}, sqqs[kMaxCand] = {};
-  for (int j = 0; j < 8; ++j) {
-    for (int c = 0; c < kMaxCand; ++c) {
-      sxqs[c] += sxq8[j][c];
-      sqqs[c] += sqq8[j][c];
-    }
-  }
-  double best_err = INFINITY;
-  float best_d = 0;
-  for (int c = 0; c < nc; ++c) {
-    const double sxq = sxqs[c], sqq = sqqs[c];
-    if (sqq <= 0) continue;
-    const float d = round_f16v(static_cast<float>(sxq / sqq));
-    // sum w (x - d v)^2, expanded: no second pass over the group.
-    const double err = sxx - 2.0 * d * sxq + double(d) * d * sqq;
-    if (err < best_err) {
-      best_err = err;
-      best_d = d;
-    }
-  }
-  return best_d;
-}
-
-// Asymmetric: returns d, writes m.
-inline __attribute__((always_inline)) float search_asym(int bits, const float* x, const float* w, int n, float* m_out) {
-  const int qmax = (1 << bits) - 1;
-  float lo = x[0], hi = x[0];
-  for (int i = 1; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
-  if (hi == lo) {
-    *m_out = round_f16v(lo);
-    return 0;
-  }
-  const int n8 = (n + 7) & ~7;
-  const float fq = static_cast<float>(qmax);
-  double sw = 0, sx = 0;
-  for (int i = 0; i < n8; ++i) {
-    sw += w[i];
-    sx += double(w[i]) * x[i];
-  }
-  // In phases, each over all candidates (as search_sym): range and sums, (d, m) by least squares,
-  // the error pass, then the reductions and the choice in candidate order.
-  constexpr int kMaxCand = 39;
-  float ca[kMaxCand], cb_[kMaxCand], cid[kMaxCand];
-  int nc = 0;
-  for (int step = 0; step <= 12; ++step) {
-    const float shrink = 1.0f - 0.02f * step;
-    for (int anchor = 0; anchor < 3; ++anchor) {
-      float a = lo, b = hi;
-      const float span = (hi - lo) * (1 - shrink);
-      if (anchor == 0) b -= span;
-      if (anchor == 1) a += span;
-      if (anchor == 2) { a += span / 2; b -= span / 2; }
-      if (b <= a) continue;
-      ca[nc] = a;
-      cb_[nc] = b;
-      cid[nc] = qmax / (b - a);
-      ++nc;
-    }
-  }
-  // Lane sums transposed ([lane][candidate]): the reductions run across candidates in vectors.
-  alignas(32) float sq8[8][kMaxCand], sqq8[8][kMaxCand], sxq8[8][kMaxCand];
-  for (int c = 0; c < nc; ++c) {
-    const V8 a = V8{} + ca[c], id = V8{} + cid[c], zero = {}, fq8 = V8{} + fq;
-    V8 p8 = {}, r8 = {}, t8 = {};
-    for (int i = 0; i < n8; i += 8) {
-      const V8 xv = load8(x + i);
-      const V8 qi = round_clamp8((xv - a) * id, zero, fq8), wq = load8(w + i) * qi;
-      p8 += wq;
-      r8 += wq * qi;
-      t8 += wq * xv;
-    }
-    for (int j = 0; j < 8; ++j) {
-      sq8[j][c] = p8[j];
-      sqq8[j][c] = r8[j];
-      sxq8[j][c] = t8[j];
-    }
-  }
-  alignas(32) double sqs[kMaxCand] = {}, sqqs[kMaxCand] = {}, sxqs[kMaxCand] = {};
-  for (int j = 0; j < 8; ++j) {
-    for (int c = 0; c < kMaxCand; ++c) {
-      sqs[c] += sq8[j][c];
-      sqqs[c] += sqq8[j][c];
-      sxqs[c] += sxq8[j][c];
-    }
-  }
-  float cd[kMaxCand], cm[kMaxCand];
-  for (int c = 0; c < nc; ++c) {
-    const double sq = sqs[c], sqq = sqqs[c], sxq = sxqs[c];
-    const double det = sw * sqq - sq * sq;
-    float d, m;
-    if (det > 1e-20 * sw * sqq) {
-      d = static_cast<float>((sw * sxq - sq * sx) / det);
-      m = static_cast<float>((sqq * sx - sq * sxq) / det);
-    } else {
-      d = (cb_[c] - ca[c]) / qmax;
-      m = ca[c];
-    }
-    cd[c] = round_f16v(d);
-    cm[c] = round_f16v(m);
-  }
-  alignas(32) float err8[8][kMaxCand] = {};
-  for (int c = 0; c < nc; ++c) {
-    const float d = cd[c], m = cm[c];
-    if (d <= 0) continue;
-    // Re-assign with the rounded parameters and measure.
-    const V8 d8 = V8{} + d, m8 = V8{} + m, zero = {}, fq8 = V8{} + fq;
-    V8 e8 = {};
-    for (int i = 0; i < n8; i += 8) {
-      const V8 xv = load8(x + i);
-      const V8 l = round_clamp8((xv - m8) / d8, zero, fq8);
-      const V8 e = xv - (d8 * l + m8);
-      e8 += load8(w + i) * e * e;
-    }
-    for (int j = 0; j < 8; ++j) err8[j][c] = e8[j];
-  }
-  alignas(32) double errs[kMaxCand] = {};
-  for (int j = 0; j < 8; ++j) {
-    for (int c = 0; c < kMaxCand; ++c) errs[c] += err8[j][c];
-  }
-  double best_err = INFINITY;
-  float best_d = 0, best_m = round_f16v(lo);
-  for (int c = 0; c < nc; ++c) {
-    if (cd[c] <= 0) continue;
-    const double err = errs[c];
-    if (err < best_err) {
-      best_err = err;
-      best_d = cd[c];
-      best_m = cm[c];
-    }
-  }
-  *m_out = best_m;
-  return best_d;
-}
-
-// Every group of a row (as quantize_row splits it: zero-padded to G, zero weight past k).
-inline __attribute__((always_inline)) void fit_scalar_row_body(const RowLayout& L, const float* x, int64_t k,
-                                                              const float* imp, float* d, float* m) {
-  const int G = L.G;
-  float xg[128], wg[128];
-  for (int64_t g = 0; g < L.nb; ++g) {
-    for (int i = 0; i < G; ++i) {
-      const int64_t e = g * G + i;
-      xg[i] = e < k ? x[e] : 0.0f;
-      wg[i] = e < k ? (imp ? imp[e] : 1.0f) : 0.0f;
-    }
-    const int n = static_cast<int>(std::min<int64_t>(G, k - g * G));
-    float dg, mg = 0;
-    if (L.kind == QKind::kSymmetric) {
-      dg = search_sym(L.bits, xg, wg, n);
-    } else {
-      dg = search_asym(L.bits, xg, wg, n, &mg);
-    }
-    d[g] = round_f16v(dg);
-    if (L.kind == QKind::kAsymmetric) m[g] = round_f16v(mg);
-  }
-}
-
-void fit_scalar_row_base(const RowLayout& L, const float* x, int64_t k, const float* imp, float* d, float* m) {
-  fit_scalar_row_body(L, x, k, imp, d, m);
-}
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2"))) void fit_scalar_row_avx2(const RowLayout& L, const float* x, int64_t k,
-                                                              const float* imp, float* d, float* m) {
-  fit_scalar_row_body(L, x, k, imp, d, m);
-}
-#endif
-
-using FitScalarFn = void (*)(const RowLayout&, const float*, int64_t, const float*, float*, float*);
-// The AVX2 copy when the runtime's ISA is avx2 or better (MXLM_ISA=ref selects the baseline copy).
-FitScalarFn fit_scalar_row_fn() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const FitScalarFn fn = selected_isa() == Isa::kAvx2 || selected_isa() == Isa::kAvx512 ? &fit_scalar_row_avx2
-                                                                                               : &fit_scalar_row_base;
-  return fn;
-#else
-  return &fit_scalar_row_base;
-#endif
-}
-
-// A row's static group parameters (d, m, codebook): what quantize_row chooses for it.
-void fit_row_params(const RowLayout& L, const float* x, int64_t k, const float* imp, float* d, float* m, int8_t* cb) {
-  if (L.kind == QKind::kCodebook) {
-    fit_codebook_row(L, x, k, imp, d, cb);
-  } else {
-    fit_scalar_row_fn()(L, x, k, imp, d, m);
   }
 }
 
@@ -776,7 +367,6 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
   P.m.assign(static_cast<size_t>(R * L.nb), 0.0f);
   P.cb.assign(static_cast<size_t>(R * 16), 0);
   std::vector<uint8_t> q(static_cast<size_t>(R * k));
-  std::vector<uint8_t> tmp(rb);
   std::vector<float> row(static_cast<size_t>(k));
 
   // Working copy in processing order, dead inputs zeroed.
@@ -790,7 +380,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
     for (int64_t r = 0; r < R; ++r) {
       const float* src = w + (r0 + r) * k;
       for (int64_t c = 0; c < k; ++c) row[c] = dead[c] ? 0.0f : src[c];
-      fit_row_params(L, row.data(), k, imp.data(), P.d_row(r), P.m_row(r), P.cb_row(r));
+      quantize_row_params(t, row.data(), k, imp.data(), P.d_row(r), P.m_row(r), P.cb_row(r));
     }
   }
 
@@ -813,10 +403,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
           // perm is the identity here: the group is columns [i, i + len) of W, all up to date.
           const int64_t len = std::min<int64_t>(G, k - i);
           for (int64_t j = 0; j < len; ++j) x[j] = Wr[i + j];
-          quantize_row(t, x.data(), len, tmp.data(), imp.data() + i);
-          const RowLayout Lg = row_layout(t, len);
-          P.d_row(r)[g] = load_f16(tmp.data() + Lg.d_off, 0);
-          if (L.kind == QKind::kAsymmetric) P.m_row(r)[g] = load_f16(tmp.data() + Lg.m_off, 0);
+          quantize_row_params(t, x.data(), len, imp.data() + i, P.d_row(r) + g, P.m_row(r) + g, nullptr);
         }
         const float xv = Wr[i];
         const float v = quantize_value(L, xv, P.d_row(r)[g], P.m_row(r)[g], P.cb_row(r), &q[r * k + col]);
@@ -854,19 +441,6 @@ const char* encode_method_name(EncodeMethod m) {
     case EncodeMethod::kGptq: return "gptq";
   }
   return "unknown";
-}
-
-void quantize_row_params(QType t, const float* x, int64_t k, const float* importance, float* d, float* m,
-                         int8_t* codebook) {
-  if (k <= 0) fail("quantize_row_params: k = " + std::to_string(k) + " must be > 0");
-  if (!qtype_info(static_cast<uint32_t>(t)) || is_float_qtype(t)) {
-    fail("quantize_row_params: qtype id " + std::to_string(static_cast<int>(t)) + " is not a quantized format");
-  }
-  const RowLayout L = row_layout(t, k);
-  std::vector<float> md(static_cast<size_t>(L.nb));
-  int8_t cb[16] = {};
-  fit_row_params(L, x, k, importance, d, m ? m : md.data(), cb);
-  if (codebook && L.L) std::memcpy(codebook, cb, static_cast<size_t>(L.L));
 }
 
 std::shared_ptr<const GptqFactor> gptq_factor(const double* h, int64_t k, const EncodeOptions& o) {

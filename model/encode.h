@@ -74,15 +74,6 @@ std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k
 double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, int64_t k, const double* h,
                     std::vector<double>* per_row = nullptr);
 
-// The group parameters quantize_row(t, x, k, …, importance) writes, without its quant indices:
-// d [nb] and for asymmetric formats m [nb] (nb = ceil(k / G), f16-rounded values), for codebook
-// formats codebook [2^bits] (may be null otherwise). Bit-identical to reading them from
-// quantize_row's bytes, and 1.5–4.5× faster (the same operations, vectorized and reordered
-// where the result cannot change; see encode.cc).
-// t must be a quantized (non-float) format, k > 0.
-void quantize_row_params(QType t, const float* x, int64_t k, const float* importance, float* d, float* m,
-                         int8_t* codebook);
-
 // ---- prepared inputs: work that depends only on H, done once per layer input --------------------
 // Tensors that read the same input (q/k/v; gate/up) and every candidate format of a tensor share
 // H, so its factorization and float copy can be built once and reused (the objects are

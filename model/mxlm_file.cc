@@ -320,6 +320,15 @@ void MxlmFile::parse() {
   tokenizer_blob_ = std::string_view(reinterpret_cast<const char*>(map_.data() + tok_off), tok_bytes);
 }
 
+double MxlmFile::bits_per_weight() const {
+  double bits = 0, elems = 0;
+  for (const TensorEntry& t : tensors_) {
+    bits += 8.0 * double(t.bytes);
+    elems += double(t.rows()) * double(t.cols());
+  }
+  return elems > 0 ? bits / elems : 0.0;
+}
+
 const TensorEntry* MxlmFile::find(std::string_view name) const {
   for (const auto& t : tensors_) {
     if (t.name == name) return &t;

@@ -94,6 +94,9 @@ class MxlmFile {
   const nlohmann::json& header() const { return header_; }
   const std::vector<TensorEntry>& tensors() const { return tensors_; }
   const TensorEntry* find(std::string_view name) const;
+  // 8 × (bytes of all tensors) / (elements of all tensors): what `mxlm inspect` and the
+  // quantizer's --bpw budget count (scales, codebooks, outliers and norm vectors included).
+  double bits_per_weight() const;
   std::string_view tokenizer_kind() const { return tokenizer_kind_; }
   std::string_view tokenizer_blob() const { return tokenizer_blob_; }
 

@@ -326,9 +326,12 @@ AutoQuantizer::AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& o) 
     I.max_bytes += hi;
   }
   I.all_fixed = std::all_of(I.base.begin(), I.base.end(), [](const TensorPlan& p) { return p.fixed; });
-  // --size counts the whole file: the tokenizer, the header (about 600 bytes per tensor with its
-  // quantization record) and 64-byte alignment come off first.
-  I.overhead = 64 + m.tokenizer_proto.size() + m.tensors.size() * (64 + 600) + 8192;
+  // --size counts the whole file: the preamble, the tokenizer, the JSON header and the 64-byte
+  // alignment of each tensor come off first. The header holds a directory entry per tensor
+  // (~230 bytes) and a quantization record per 2-D tensor (~190 more), plus the config and
+  // provenance; measured on tinymix-26m's mixed files: 36 KB of 75 tensors, estimated 38 KB.
+  I.overhead = 64 + m.tokenizer_proto.size() + m.provenance.dump().size() + 2048;
+  for (const SourceTensor& t : m.tensors) I.overhead += 32 + (t.shape.size() == 2 ? 440 : 240);
 }
 
 double AutoQuantizer::min_bpw() const { return 8.0 * double(impl_->min_bytes) / impl_->elems; }

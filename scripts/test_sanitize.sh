@@ -30,15 +30,20 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 #  *TinymixRepacked*   three formats each quantizing tinymix-26m and running it through the
 #                      scalar reference kernels; repacking itself is run by the TSan job and
 #                      the repacking kernels by All/QGemmTest.*.
-asan_filter=${MXLM_ASAN_FILTER:-"-*Perplexity*:*TinymixRepacked*"}
+#  *PredictedKlRanks*  the sensitivity model on tinymix-26m (116 KL runs of 1024 tokens); the
+#                      same calibration, encoding and KL code runs in AutoQuant.* on stories260K.
+asan_filter=${MXLM_ASAN_FILTER:-"-*Perplexity*:*TinymixRepacked*:*PredictedKlRanks*"}
 # The TSan run: the tests that run our OpenMP regions with 2 or more threads (contexts with the
 # default thread count, omp_get_num_procs(), or the CLI's -t 2): prefill and decode threads in
 # runtime/model.cc (Tinymix.*, Stories260K, MixedPrecision, Cli.ThreadCount*), the parallel
 # quantizer in model/import.cc (Cli.QuantizeInspectRun, TinymixRepacked) and repacking at bind
-# (TinymixRepacked, one format of three: the same code path). Not here: the kernel tests (one
+# (TinymixRepacked, one format of three: the same code path), and the mixed-precision quantizer's
+# calibration (Gram products over row chunks), GPTQ (row chunks, triangular-inverse chunks) and
+# its whole pipeline at 1 and 2 threads (Calibration.Statistics*, EncodeDeterminism.*,
+# AutoQuant.MoreBits*). Not here: the kernel tests (one
 # thread: they split [n0, n1) by hand), Eval.* and Prefill.* (contexts pinned to one thread),
 # synth and bench (the CLI tests run them with -t 1); all of them run under ASan.
-tsan_filter=${MXLM_TSAN_FILTER:-"Tinymix.LogitsMatchFloat64Reference:Tinymix.Greedy64MatchesReference:MixedPrecision.*:Sources/Stories260K.*:Cli.ThreadCount*:Cli.QuantizeInspectRun:Formats/TinymixRepacked.*/nu3_g32"}
+tsan_filter=${MXLM_TSAN_FILTER:-"Tinymix.LogitsMatchFloat64Reference:Tinymix.Greedy64MatchesReference:MixedPrecision.*:Sources/Stories260K.*:Cli.ThreadCount*:Cli.QuantizeInspectRun:Formats/TinymixRepacked.*/nu3_g32:Calibration.StatisticsEqual*:EncodeDeterminism.*:AutoQuant.MoreBits*"}
 
 configure_build() {  # dir compiler-c compiler-cxx cmake-args...
   local dir=$1 cc=$2 cxx=$3

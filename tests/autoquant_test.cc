@@ -41,16 +41,6 @@ AutoQuantOptions small_options() {
   return o;
 }
 
-// The bits per weight `mxlm inspect` reports: all tensor bytes over all elements.
-double file_bpw(const MxlmFile& f) {
-  double bits = 0, elems = 0;
-  for (const TensorEntry& t : f.tensors()) {
-    bits += 8.0 * double(t.bytes);
-    elems += double(t.rows()) * double(t.cols());
-  }
-  return bits / elems;
-}
-
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -68,7 +58,7 @@ TEST(AutoQuant, LandsWithinHalfAPercentBelowTheBudgetAndRuns) {
     const std::string path = test::scratch_dir() + "/aq.mxlm";
     const AutoQuantResult r = auto_quantize(stories(), path, o);
     MxlmFile f(path);
-    const double got = file_bpw(f);
+    const double got = f.bits_per_weight();
     EXPECT_LE(got, bpw);
     EXPECT_GE(got, bpw * 0.995);
     EXPECT_NEAR(got, r.bpw, 1e-9);
@@ -127,8 +117,8 @@ TEST(AutoQuant, RecipeFixesFormatsAndTheRestIsAllocated) {
   MxlmFile f(dir + "/rec.mxlm");
   EXPECT_EQ(f.find("output")->qtype(), QType::kQ6G32);
   for (int l = 0; l < 5; ++l) EXPECT_EQ(f.find(tensor_names::layer(l, tensor_names::kFfnDown))->qtype(), QType::kQ8G32);
-  EXPECT_LE(file_bpw(f), 5.0);
-  EXPECT_GE(file_bpw(f), 5.0 * 0.995);
+  EXPECT_LE(f.bits_per_weight(), 5.0);
+  EXPECT_GE(f.bits_per_weight(), 5.0 * 0.995);
   // A recipe that fixes everything needs no budget.
   o.recipe->default_format = QType::kQ4G32;
   o.bpw = 0;

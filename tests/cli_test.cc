@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
@@ -472,21 +473,25 @@ TEST(Cli, QuantizeBadBudgetsAndInputsAreClearAndWriteNothing) {
 }
 
 TEST(Cli, InterruptedQuantizeLeavesNoFile) {
-  // SIGINT while tinymix is being calibrated (the mixed run) or its file written (a uniform
-  // nu4_g32 run writes from its first second for ~10 s): no output, no temporary, and an older
-  // file at the output path is kept.
+  // SIGINT while tinymix is being calibrated (half a second into a mixed run, whose calibration
+  // takes seconds) and while its file is being written (as soon as the temporary appears: a
+  // GPTQ-encoded q4_g32 file takes seconds to write): no output, no temporary, and an older file
+  // at the output path is kept.
   const std::string dir = test::scratch_dir() + "/interrupt";
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/out.mxlm") << "an older file";
-  const std::string model = test::shared_path("models/tinymix-26m");
-  const std::string runs[] = {"timeout -s INT 2 " + test::mxlm_binary() + " quantize " + model + " --bpw 4 -t 2 -q --calib " +
-                                  test::shared_path("text/tinymix-calib.txt"),
-                              "timeout -s INT 1 " + test::mxlm_binary() + " quantize " + model + " --qtype nu4_g32 -t 2 -q",
-                              "timeout -s INT 3 " + test::mxlm_binary() + " quantize " + model + " --qtype nu4_g32 -t 2 -q"};
+  const std::string quantize = test::mxlm_binary() + " quantize " + test::shared_path("models/tinymix-26m") + " -t 2 -q -o " + dir +
+                               "/out.mxlm --calib " + test::shared_path("text/tinymix-calib.txt");
+  const std::string wait_tmp = "for i in $(seq 1 3000); do ls " + dir + " | grep -q '[.]tmp[.]' && echo saw-temporary && break; sleep 0.01; done; ";
+  const std::string runs[] = {quantize + " --bpw 4 & p=$!; sleep 0.5; kill -INT $p; wait $p; echo rc=$?",
+                              quantize + " --qtype q4_g32 --calib-tokens 512 & p=$!; " + wait_tmp + "kill -INT $p; wait $p; echo rc=$?"};
   for (const std::string& run : runs) {
     std::string out;
-    const int st = test::run_command(run + " -o " + dir + "/out.mxlm", &out);
-    EXPECT_NE(st, 0) << run << "\n" << out;
+    test::run_command("bash -c '" + std::regex_replace(run, std::regex("'"), "'\\''") + "'", &out);
+    EXPECT_EQ(out.find("rc=0"), std::string::npos) << run << "\n" << out;
+    if (run.find("q4_g32") != std::string::npos) {
+      EXPECT_NE(out.find("saw-temporary"), std::string::npos) << out;
+    }
     int files = 0;
     for (const auto& e : std::filesystem::directory_iterator(dir)) {
       ++files;

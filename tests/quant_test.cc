@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -310,6 +311,57 @@ TEST(QuantError, TailsConstantsAndZeros) {
       for (float v : y) EXPECT_NEAR(v, 0.25f, 0.25f * 0.02f) << info.name;
     }
   }
+}
+
+// quantize_row_params (the group fit without the quant indices: the GPTQ encoder's static
+// groups) returns exactly the parameters quantize_row writes, for every quantized format, with
+// and without importance, tail groups and zero groups included.
+TEST(QuantParams, MatchQuantizeRow) {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::student_t_distribution<float> st(2.0f);
+  std::uniform_real_distribution<float> u(0.0f, 4.0f);
+  int checked = 0;
+  for (const QTypeInfo& info : kQTypes) {
+    if (info.kind == QKind::kFloat) continue;
+    const QType t = info.type;
+    for (int64_t k : {32, 172, 512, 1280}) {
+      for (int rep = 0; rep < 6; ++rep) {
+        std::vector<float> x(static_cast<size_t>(k)), imp(static_cast<size_t>(k));
+        for (int64_t i = 0; i < k; ++i) {
+          x[i] = rep % 3 == 1 ? 0.01f * st(rng) : g(rng);
+          imp[i] = i % 11 == 4 ? 0.0f : u(rng);
+        }
+        if (rep == 2) std::fill(x.begin(), x.begin() + std::min<int64_t>(k, 40), 0.0f);  // zero groups
+        if (rep == 5) {
+          for (auto& v : x) v *= 1e-4f;  // scales in f16's subnormal range
+        }
+        const bool use_imp = rep % 2 == 0;
+        const size_t rb = *qtype_row_bytes(t, static_cast<uint64_t>(k));
+        std::vector<uint8_t> row(rb);
+        quantize_row(t, x.data(), k, row.data(), use_imp ? imp.data() : nullptr);
+        const int64_t nb = (k + info.block_elems - 1) / info.block_elems;
+        std::vector<float> d(static_cast<size_t>(nb)), m(static_cast<size_t>(nb));
+        int8_t cb[16] = {};
+        quantize_row_params(t, x.data(), k, use_imp ? imp.data() : nullptr, d.data(), m.data(), cb);
+        const int L = info.kind == QKind::kCodebook ? 1 << info.bits : 0;
+        for (int l = 0; l < L; ++l) ASSERT_EQ(cb[l], static_cast<int8_t>(row[l])) << info.name << " k " << k << " rep " << rep;
+        const size_t d_off = static_cast<size_t>(info.row_prefix_bytes);
+        for (int64_t b = 0; b < nb; ++b) {
+          uint16_t hd;
+          std::memcpy(&hd, row.data() + d_off + 2 * b, 2);
+          ASSERT_EQ(f32_to_f16(d[b]), hd) << info.name << " k " << k << " rep " << rep << " group " << b;
+          if (info.kind == QKind::kAsymmetric) {
+            uint16_t hm;
+            std::memcpy(&hm, row.data() + d_off + 2 * nb + 2 * b, 2);
+            ASSERT_EQ(f32_to_f16(m[b]), hm) << info.name << " k " << k << " rep " << rep << " group " << b;
+          }
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 15 * 4 * 6 + 2 * 4 * 6);  // 15 scalar formats + 2 codebook formats
 }
 
 TEST(ActQuant, ScalesSumsAndPadding) {

@@ -65,7 +65,6 @@ int run_inspect(const std::string& path, bool verify, bool json, const std::stri
   std::printf("isa:        %s\n", std::string(isa_name(selected_isa())).c_str());
   std::printf("\n%-28s %-8s %-16s %12s\n", "tensor", "format", "shape", "bytes");
   uint64_t total = 0;
-  double bits = 0, elems = 0;
   for (const auto& t : f.tensors()) {
     std::string shape;
     for (size_t i = 0; i < t.shape.size(); ++i) {
@@ -79,12 +78,8 @@ int run_inspect(const std::string& path, bool verify, bool json, const std::stri
     }
     std::printf("%-28s %-8s %-16s %12llu\n", t.name.c_str(), fmt.c_str(), shape.c_str(), static_cast<unsigned long long>(t.bytes));
     total += t.bytes;
-    double n = 1;
-    for (auto d : t.shape) n *= d;
-    elems += n;
-    bits += 8.0 * t.bytes;
   }
-  std::printf("\n%zu tensors, %s of weights, %.2f bits per weight\n", f.tensors().size(), human_bytes(total).c_str(), bits / elems);
+  std::printf("\n%zu tensors, %s of weights, %.2f bits per weight\n", f.tensors().size(), human_bytes(total).c_str(), f.bits_per_weight());
   if (verify) std::printf("checksums:  all %zu tensors and the tokenizer verified\n", f.tensors().size());
   return 0;
 }

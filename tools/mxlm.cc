@@ -84,11 +84,7 @@ int cmd_bench(const BenchArgs& a) {
   bp.act_per_token = a.act_per_token;
   bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(model, bp);
-  const double bits = 8.0 * double(model->weight_bytes()) / [&] {
-    double n = 0;
-    for (const auto& t : model->file().tensors()) n += double(t.rows()) * double(t.cols());
-    return n;
-  }();
+  const double bits = model->file().bits_per_weight();
   const std::string name = model->file().header().value("provenance", nlohmann::json::object()).value("shape", a.model);
   if (a.json) {
     nlohmann::json j = nlohmann::json::array();

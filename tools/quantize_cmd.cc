@@ -184,13 +184,8 @@ Command add_quantize_command(CLI::App& app) {
             const int rc = mixed ? run_mixed(*a, m) : run_uniform(*a, m);
             if (a->dry_run) return rc;
             MxlmFile check(a->output);
-            double elems = 0, bits = 0;
-            for (const auto& t : check.tensors()) {
-              elems += double(t.rows()) * double(t.cols());
-              bits += 8.0 * double(t.bytes);
-            }
             std::fprintf(stderr, "mxlm: wrote %s (%s, %.3f bits per weight) in %.1f s\n", a->output.c_str(),
-                         human_bytes(check.file_bytes()).c_str(), bits / elems,
+                         human_bytes(check.file_bytes()).c_str(), check.bits_per_weight(),
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
             return rc;
           }};

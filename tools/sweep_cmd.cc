@@ -40,15 +40,6 @@ struct Row {
   uint64_t bytes = 0;
 };
 
-double file_bpw(const MxlmFile& f) {
-  double bits = 0, elems = 0;
-  for (const TensorEntry& t : f.tensors()) {
-    bits += 8.0 * double(t.bytes);
-    elems += double(t.rows()) * double(t.cols());
-  }
-  return bits / elems;
-}
-
 int run_sweep(const SweepArgs& a) {
   if (a.bpw.empty()) throw Error(ErrorCode::kInvalidArgument, "give the budgets to sweep, e.g. --bpw 2.5,3,3.5,4,4.5,5");
   ImportOptions io;
@@ -99,7 +90,7 @@ int run_sweep(const SweepArgs& a) {
     r.mixed = mixed;
     r.ppl = perplexity(ctx, stream, pp).ppl;
     r.dppl = 100.0 * (r.ppl / base_ppl - 1.0);
-    r.bpw = file_bpw(model->file());
+    r.bpw = model->file().bits_per_weight();
     r.bytes = model->file().file_bytes();
     r.predicted_kl = predicted;
     rows.push_back(r);
