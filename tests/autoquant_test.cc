@@ -89,6 +89,19 @@ TEST(AutoQuant, LandsWithinHalfAPercentBelowTheBudgetAndRuns) {
   }
 }
 
+TEST(AutoQuant, SizeBudgetCountsTheWholeFile) {
+  // --size is bytes of the file (header, tokenizer and alignment included): never exceeded.
+  for (uint64_t size : {uint64_t{240} << 10, uint64_t{300} << 10}) {
+    AutoQuantOptions o = small_options();
+    o.size_bytes = size;
+    const std::string path = test::scratch_dir() + "/size.mxlm";
+    auto_quantize(stories(), path, o);
+    const uint64_t got = MxlmFile(path).file_bytes();
+    EXPECT_LE(got, size);
+    EXPECT_GE(double(got), 0.9 * double(size));  // 260K parameters: few, coarse choices
+  }
+}
+
 TEST(AutoQuant, MoreBitsPredictLessLossAndTheSameInputsGiveTheSameBytes) {
   AutoQuantOptions o = small_options();
   o.bpw = 3.5;
