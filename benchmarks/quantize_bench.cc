@@ -1,6 +1,6 @@
 // The mixed-precision quantizer on tinymix-26m (issue 9's time target: calibrate + allocate +
 // encode in under 60 s on 2 threads): one whole `--bpw 4.08` run per iteration, with each
-// stage's seconds as counters. Run it alone (`--benchmark_filter=AutoQuant`): it takes about a
+// stage's seconds and the memory read bandwidth measured right after as counters. Run it alone (`--benchmark_filter=AutoQuant`): it takes about a
 // minute on this 2-core machine.
 #include <benchmark/benchmark.h>
 
@@ -11,6 +11,7 @@
 #include "model/file_util.h"
 #include "model/import.h"
 #include "mxlm/autoquant.h"
+#include "mxlm/bench.h"
 
 namespace mxlm {
 namespace {
@@ -35,6 +36,8 @@ void BM_AutoQuantTinymix(benchmark::State& state) {
   state.counters["kl_s"] = r.seconds_kl;
   state.counters["write_s"] = r.seconds_write;
   state.counters["bpw"] = r.bpw;
+  // This machine's read bandwidth swings by 2x from hour to hour: measured in the same run.
+  state.counters["read_bw_GBps"] = measure_read_bandwidth(o.threads) / 1e9;
 }
 BENCHMARK(BM_AutoQuantTinymix)->Arg(2)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 

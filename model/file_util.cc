@@ -1,14 +1,14 @@
 #include "model/file_util.h"
 
-#include <atomic>
-#include <csignal>
 
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <new>
@@ -185,6 +185,12 @@ void AtomicFile::commit() {
     ::unlink(tmp_path_.c_str());
     throw Error(ErrorCode::kIo, "cannot rename '" + tmp_path_ + "' to '" + path_ + "': " + std::strerror(e));
   }
+}
+
+void write_file(const std::string& path, std::string_view data) {
+  AtomicFile f(path);
+  f.write(data.data(), data.size());
+  f.commit();
 }
 
 std::string read_file(const std::string& path) {

@@ -72,6 +72,8 @@ void remove_temporaries_on_signal();
 
 // Reads a whole (small) file into a string. Throws Error (kIo) naming the path.
 std::string read_file(const std::string& path);
+// Writes a whole file atomically (an AtomicFile written and committed).
+void write_file(const std::string& path, std::string_view data);
 bool file_exists(const std::string& path);
 
 }  // namespace mxlm

@@ -502,25 +502,27 @@ void Context::eval_layer(int l, float* x, int n, int p0, const LayerWeights* wei
 
 void Context::eval_head(const float* x, int n, float* logits, const Weight* output) {
   check_span(n, 0, "eval_head");
+  head_forward(output ? *output : model_->output(), x, n, logits);
+}
+
+// The final norm of x [n][E] and the output head: logits [n][n_vocab].
+void Context::head_forward(const Weight& output, const float* x, int n, float* logits) {
   const ModelConfig& c = model_->config();
   const F32Kernels& kr = f32_kernels(model_->isa());
   for (int b = 0; b < n; ++b) kr.rmsnorm(x + size_t(b) * c.n_embd, model_->output_norm(), &xb_[size_t(b) * c.n_embd], c.n_embd, c.norm_eps);
   Acts out{xb_.data(), n, c.n_embd};
-  matmul(out, output ? *output : model_->output(), logits);
+  matmul(out, output, logits);
 }
 
 void Context::forward_batch(const int* tokens, int n, bool all_logits, float* logits_out) {
   const ModelConfig& c = model_->config();
-  const F32Kernels& kr = f32_kernels(model_->isa());
   const int E = c.n_embd;
   for (int b = 0; b < n; ++b) model_->embedding_row(tokens[b], &x_[size_t(b) * E]);
   for (int l = 0; l < c.n_layers; ++l) layer_forward(model_->layers()[l], l, x_.data(), n, n_past_);
   n_past_ += n;
   if (!logits_out) return;
-  const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
-  for (int b = first; b < n; ++b) kr.rmsnorm(&x_[size_t(b) * E], model_->output_norm(), &xb_[size_t(b - first) * E], E, c.norm_eps);
-  Acts out{xb_.data(), rows, E};
-  matmul(out, model_->output(), logits_out);
+  const int first = all_logits ? 0 : n - 1;
+  head_forward(model_->output(), &x_[size_t(first) * E], n - first, logits_out);
 }
 
 // One transformer block on x [n][E] in place: tokens at positions p0 .. p0 + n - 1, layer l's

@@ -38,10 +38,7 @@ void write_report(const MxlmFile& f, const std::string& path) {
     c.predicted_loss = rec.contains(t.name) ? rec[t.name].value("predicted_kl", 0.0) : 0.0;
     cells.push_back(c);
   }
-  const std::string html = heatmap_html("mxlm inspect: " + f.path(), cells);
-  AtomicFile out(path);
-  out.write(html.data(), html.size());
-  out.commit();
+  write_file(path, heatmap_html("mxlm inspect: " + f.path(), cells));
   std::fprintf(stderr, "mxlm: wrote %s\n", path.c_str());
 }
 

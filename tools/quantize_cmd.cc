@@ -127,10 +127,7 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
   if (!a.write_recipe.empty()) {
     std::vector<std::pair<std::string, QType>> per;
     for (const TensorPlan& p : r.tensors) per.emplace_back(p.name, p.format);
-    AtomicFile f(a.write_recipe);
-    const std::string text = recipe_to_json(per);
-    f.write(text.data(), text.size());
-    f.commit();
+    write_file(a.write_recipe, recipe_to_json(per));
   }
   if (!a.quiet) {
     std::fprintf(stderr, "mxlm: calibration %.1f s (%lld tokens), candidates %.1f s, KL %.1f s, write %.1f s\n", r.seconds_calibrate,

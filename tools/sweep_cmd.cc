@@ -135,10 +135,7 @@ int run_sweep(const SweepArgs& a) {
   }
   std::printf("%s", table.c_str());
   if (!a.html.empty()) {
-    const std::string html = pareto_html("mxlm sweep: " + a.input + " on " + a.text, pts, table);
-    AtomicFile f(a.html);
-    f.write(html.data(), html.size());
-    f.commit();
+    write_file(a.html, pareto_html("mxlm sweep: " + a.input + " on " + a.text, pts, table));
     if (!a.quiet) std::fprintf(stderr, "mxlm: wrote %s\n", a.html.c_str());
   }
   return 0;

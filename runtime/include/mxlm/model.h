@@ -171,6 +171,7 @@ class Context {
   };
   void forward_batch(const int* tokens, int n, bool all_logits, float* logits_out);
   void layer_forward(const LayerWeights& w, int l, float* x, int n, int p0);
+  void head_forward(const Weight& output, const float* x, int n, float* logits);
   void check_span(int n, int p0, const char* what) const;
   void matmul(Acts& a, const Weight& w, float* y);
   void matmul_dense(Acts& a, const Weight& w, float* out, bool onednn);
