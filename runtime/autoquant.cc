@@ -1,10 +1,11 @@
 // The mixed-precision pipeline of autoquant.h: tensors and budget (AutoQuantizer), calibration
 // and per-candidate errors and KL (measure), knapsack (plan), encoding and the record (write).
 //
-// Measured on tinymix-26m (58 tensors, 15 candidates, 2 threads on the 2-core build machine):
-// calibration of 16384 tokens 9.9 s, encoding every candidate with GPTQ plus its output error
-// 17.3 s (one factorization per distinct input, shared by its tensors and candidates), the 58
-// KL runs of 2048 tokens 28.3 s, writing 0.7 s. α fitted at the 3.5-bit candidate predicts each
+// Measured on tinymix-26m (58 tensors, 15 candidates, 2 threads on the 2-core build machine,
+// benchmarks/quantize_bench.cc, read bandwidth 35.1 GB/s in the same run): calibration of 16384
+// tokens 9.5 s, encoding every candidate with GPTQ plus its output error 14.6 s (one
+// factorization per distinct input, shared by its tensors and candidates), the 58 KL runs of
+// 2048 tokens 27.6 s, writing 0.6 s. α fitted at the 3.5-bit candidate predicts each
 // tensor's KL at 2.5 and 5.5 bits with Spearman ρ = 0.997 over the tensors. The README has the
 // perplexities and what the KL objective does and does not transfer to held-out text.
 #include "mxlm/autoquant.h"
