@@ -106,7 +106,7 @@ uint8_t* weight_pool() {
 }
 
 // Views `rows` consecutive rows of format t in the pool as valid weights: f16 scales/offsets of
-// about 0.01 and a sorted codebook.
+// about 0.01 and a sorted codebook (two-level formats: f32 row scales, random codes).
 void make_rows_valid(QType t, int64_t K, uint8_t* base, size_t row_bytes, size_t rows) {
   const QTypeInfo& info = qtype_info(t);
   const int64_t nb = (K + info.block_elems - 1) / info.block_elems;
@@ -117,6 +117,12 @@ void make_rows_valid(QType t, int64_t K, uint8_t* base, size_t row_bytes, size_t
   for (int i = 0; i < 16; ++i) cb[i] = static_cast<int8_t>(-120 + 16 * i);
   for (size_t r = 0; r < rows; ++r) {
     uint8_t* row = base + r * row_bytes;
+    if (info.two_level) {
+      // f32 row scales D (and M); the codes stay random (any byte is a valid code).
+      const float dm[2] = {0.01f / 64, 0.01f / 64};
+      std::memcpy(row, dm, static_cast<size_t>(info.row_prefix_bytes));
+      continue;
+    }
     if (info.kind == QKind::kCodebook) std::memcpy(row, cb, static_cast<size_t>(codebook_size(info)));
     std::memcpy(row + info.row_prefix_bytes, scales.data(), scales.size() * 2);
   }

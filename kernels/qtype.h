@@ -28,6 +28,21 @@
 //   symmetric (qN_gG):       w = d * (q - 2^(b-1))
 //   asymmetric (qNa_gG):     w = d * q + m
 //   codebook (nuN_gG):       w = d * codebook[q]
+//
+// Two-level formats (qNk_g32, qNak_g32; "k" as in llama.cpp's K-quants, whose sub-block scales
+// under one scale per super-block they follow) store a group's scale and offset as 8-bit codes
+// under one f32 scale per row, which costs 8 bits per group instead of 16:
+//
+//   [D:      f32        row scale (>= 0)                                ]
+//   [M:      f32        row offset scale (>= 0), asymmetric only        ]
+//   [s:      i8[nb]     group scale codes:  d = D * s (asymmetric: u8)  ]
+//   [o:      i8[nb]     group offset codes: m = M * o, asymmetric only  ]
+//   [quants: nb groups of G*b/8 bytes, bit planes as above            ]
+//
+// and dequantize as their one-level kind with d = D * s and m = M * o, each one float multiply
+// (rounded once). D is f32, not f16: a row of small weights at 6 bits has D ~ 1e-5, where f16
+// is subnormal. Rows have no alignment beyond 1 byte (nb may be odd): D and M are read with
+// unaligned loads.
 #pragma once
 
 #include <cstddef>
@@ -61,6 +76,16 @@ enum class QType : uint8_t {
   // Non-uniform: w = d * codebook[q], an int8 codebook of 2^b entries per row, f16 d per group.
   kNU4G32 = 29,  // 4.50 bpw + 128 bits per row
   kNU3G32 = 30,  // 3.50 bpw + 64 bits per row
+  // Two-level symmetric: d = D * s, an f32 D per row, an i8 s per group of 32.
+  kQ2KG32 = 40,  // 2.25 bpw + 32 bits per row
+  kQ3KG32 = 41,  // 3.25 bpw + 32 bits per row
+  kQ4KG32 = 42,  // 4.25 bpw + 32 bits per row
+  kQ5KG32 = 43,  // 5.25 bpw + 32 bits per row
+  kQ6KG32 = 44,  // 6.25 bpw + 32 bits per row
+  // Two-level asymmetric: d = D * s, m = M * o, f32 D and M per row, u8 s and i8 o per group.
+  kQ2AKG32 = 45,  // 2.50 bpw + 64 bits per row
+  kQ3AKG32 = 46,  // 3.50 bpw + 64 bits per row
+  kQ4AKG32 = 47,  // 4.50 bpw + 64 bits per row
 };
 
 enum class QKind : uint8_t { kFloat, kSymmetric, kAsymmetric, kCodebook };
@@ -72,12 +97,15 @@ struct QTypeInfo {
   int bits;               // bits per quant (float formats: bits per element)
   int block_elems;        // G: elements per group (1 for float formats)
   int block_bytes;        // bytes per group: scale (+ offset) + quants
-  int row_prefix_bytes;   // bytes before the groups of a row (the codebook)
-  double bits_per_weight; // including scales, offsets and (at K = 4096) codebooks
+  int row_prefix_bytes;   // bytes before the groups of a row (codebook; two-level: D, M)
+  double bits_per_weight; // including scales, offsets and (at K = 4096) codebooks, D and M
+  bool two_level = false; // scales and offsets as 8-bit codes under an f32 per row
 };
 
 // The quantized group sizes and their bytes.
 inline constexpr int quant_block_bytes(int bits, int group, bool asym) { return 2 + (asym ? 2 : 0) + group * bits / 8; }
+// Two-level: a u8 scale code (and an i8 offset code) per group.
+inline constexpr int quant2_block_bytes(int bits, int group, bool asym) { return 1 + (asym ? 1 : 0) + group * bits / 8; }
 
 inline constexpr QTypeInfo kQTypes[] = {
     {QType::kF32, "f32", QKind::kFloat, 32, 1, 4, 0, 32.0},
@@ -100,6 +128,14 @@ inline constexpr QTypeInfo kQTypes[] = {
     {QType::kQ2AG64, "q2a_g64", QKind::kAsymmetric, 2, 64, quant_block_bytes(2, 64, true), 0, 2.5},
     {QType::kNU4G32, "nu4_g32", QKind::kCodebook, 4, 32, quant_block_bytes(4, 32, false), 16, 4.53},
     {QType::kNU3G32, "nu3_g32", QKind::kCodebook, 3, 32, quant_block_bytes(3, 32, false), 8, 3.52},
+    {QType::kQ2KG32, "q2k_g32", QKind::kSymmetric, 2, 32, quant2_block_bytes(2, 32, false), 4, 2.258, true},
+    {QType::kQ3KG32, "q3k_g32", QKind::kSymmetric, 3, 32, quant2_block_bytes(3, 32, false), 4, 3.258, true},
+    {QType::kQ4KG32, "q4k_g32", QKind::kSymmetric, 4, 32, quant2_block_bytes(4, 32, false), 4, 4.258, true},
+    {QType::kQ5KG32, "q5k_g32", QKind::kSymmetric, 5, 32, quant2_block_bytes(5, 32, false), 4, 5.258, true},
+    {QType::kQ6KG32, "q6k_g32", QKind::kSymmetric, 6, 32, quant2_block_bytes(6, 32, false), 4, 6.258, true},
+    {QType::kQ2AKG32, "q2ak_g32", QKind::kAsymmetric, 2, 32, quant2_block_bytes(2, 32, true), 8, 2.516, true},
+    {QType::kQ3AKG32, "q3ak_g32", QKind::kAsymmetric, 3, 32, quant2_block_bytes(3, 32, true), 8, 3.516, true},
+    {QType::kQ4AKG32, "q4ak_g32", QKind::kAsymmetric, 4, 32, quant2_block_bytes(4, 32, true), 8, 4.516, true},
 };
 
 // Null for ids that are not (or no longer) formats.

@@ -108,27 +108,33 @@ struct RowView {
   const QTypeInfo* info;
   int64_t nb;
   uint8_t* codebook;  // int8[2^b] or null
-  uint8_t* d;         // f16[nb]
-  uint8_t* m;         // f16[nb] or null
+  uint8_t* d;         // f16[nb]; two-level: u8[nb] codes
+  uint8_t* m;         // f16[nb] or null; two-level: i8[nb] codes
   uint8_t* quants;    // nb * qbytes
   int qbytes;
+  uint8_t* rs;        // two-level: the f32 row scales D (and M); else null
 };
 
 RowView row_view(QType t, int64_t k, const uint8_t* row) {
   const QTypeInfo& info = qtype_info(t);
+  const QRowLayout L = qrow_layout(t, k);
+  auto* p = const_cast<uint8_t*>(row);
   RowView v{};
   v.info = &info;
-  v.nb = (k + info.block_elems - 1) / info.block_elems;
-  auto* p = const_cast<uint8_t*>(row);
+  v.nb = L.nb;
   v.codebook = info.kind == QKind::kCodebook ? p : nullptr;
-  p += info.row_prefix_bytes;
-  v.d = p;
-  p += 2 * v.nb;
-  v.m = info.kind == QKind::kAsymmetric ? p : nullptr;
-  if (v.m) p += 2 * v.nb;
-  v.quants = p;
-  v.qbytes = info.block_elems * info.bits / 8;
+  v.rs = info.two_level ? p : nullptr;
+  v.d = p + L.d_off;
+  v.m = info.kind == QKind::kAsymmetric ? p + L.m_off : nullptr;
+  v.quants = p + L.q_off;
+  v.qbytes = L.qbytes;
   return v;
+}
+
+float load_f32(const uint8_t* p, int64_t i) {
+  float f;
+  std::memcpy(&f, p + 4 * i, 4);
+  return f;
 }
 
 float load_f16(const uint8_t* p, int64_t i) {
@@ -139,6 +145,18 @@ float load_f16(const uint8_t* p, int64_t i) {
 void store_f16(uint8_t* p, int64_t i, float f) {
   const uint16_t h = f32_to_f16(f);
   std::memcpy(p + 2 * i, &h, 2);
+}
+
+// A group's scale and offset as dequantization computes them.
+float group_d(const RowView& v, int64_t g) {
+  if (!v.rs) return load_f16(v.d, g);
+  // Symmetric: i8 codes; asymmetric: u8.
+  const int s = v.m ? int(v.d[g]) : int(static_cast<int8_t>(v.d[g]));
+  return load_f32(v.rs, 0) * static_cast<float>(s);
+}
+float group_m(const RowView& v, int64_t g) {
+  if (!v.m) return 0.0f;
+  return v.rs ? load_f32(v.rs, 1) * static_cast<float>(static_cast<int8_t>(v.m[g])) : load_f16(v.m, g);
 }
 
 // f16 rounding, f16_to_f32(f32_to_f16(f)), inline where it is plain mantissa rounding: in f16's
@@ -588,17 +606,132 @@ FitRowFn fit_row_fn() {
 #endif
 }
 
+// Two-level formats: the group scales (offsets) become codes under a row scale. From the
+// one-level fit of the same kind (d*, m* per group: the searches above), D = max |d*| / 127
+// (asymmetric: max d* / 255) and M = max |m*| / 127 (f32), then each group searches its codes
+// around the nearest ones, s ∈ s0 ± 3 (asymmetric: s0 ± 2 × o0 ± 2), with round-to-nearest levels and the weighted
+// squared error over the group (the first of equal errors, in candidate order), and d, m are
+// replaced by D * s, M * o. rs receives D and M.
+void fit_two_level(const QTypeInfo& info, const float* x, int64_t k, const float* imp, float* d, float* m, float* rs) {
+  const int G = info.block_elems, bits = info.bits, z = 1 << (bits - 1), qmax = (1 << bits) - 1;
+  const bool asym = info.kind == QKind::kAsymmetric;
+  const int64_t nb = (k + G - 1) / G;
+  // Symmetric scales keep their sign (the searches map a group's largest magnitude to -z or
+  // z - 1): i8 codes; asymmetric ones are positive: u8.
+  const int smin = asym ? 0 : -127, smax = asym ? 255 : 127;
+  float dmax = 0, mmax = 0;
+  for (int64_t g = 0; g < nb; ++g) {
+    dmax = std::max(dmax, std::abs(d[g]));
+    if (asym) mmax = std::max(mmax, std::abs(m[g]));
+  }
+  const float D = dmax / static_cast<float>(smax), M = asym ? mmax / 127.0f : 0.0f;
+  rs[0] = D;
+  rs[1] = M;
+  for (int64_t g = 0; g < nb; ++g) {
+    const int n = static_cast<int>(std::min<int64_t>(G, k - g * G));
+    const float* xg = x + g * G;
+    auto err_of = [&](float dg, float mg) {
+      double e = 0;
+      for (int i = 0; i < n; ++i) {
+        float w;
+        if (asym) {
+          w = dg > 0 ? dg * round_clampf((xg[i] - mg) / dg, 0.0f, float(qmax)) + mg : mg;
+        } else {
+          w = dg != 0 ? dg * round_clampf(xg[i] / dg, float(-z), float(qmax - z)) : 0.0f;
+        }
+        const double r = double(xg[i]) - w;
+        e += (imp ? double(imp[g * G + i]) : 1.0) * r * r;
+      }
+      return e;
+    };
+    const int s0 = D > 0 ? round_clamp(d[g] / D, smin, smax) : 0;
+    const int o0 = M > 0 ? round_clamp(m[g] / M, -127, 127) : 0;
+    const int sr = asym ? 2 : 3, orr = asym ? 2 : 0;
+    double best = INFINITY;
+    int bs = s0, bo = o0;
+    for (int s = std::max(smin, s0 - sr); s <= std::min(smax, s0 + sr); ++s) {
+      if (D == 0 && s != 0) continue;
+      for (int o = std::max(-127, o0 - orr); o <= std::min(127, o0 + orr); ++o) {
+        if (M == 0 && o != 0) continue;
+        const double e = err_of(D * static_cast<float>(s), M * static_cast<float>(o));
+        if (e < best) {
+          best = e;
+          bs = s;
+          bo = o;
+        }
+      }
+    }
+    d[g] = D * static_cast<float>(bs);
+    if (asym) m[g] = M * static_cast<float>(bo);
+  }
+}
+
+// The levels of one group under its final d, m (quantize_row's rounding): symmetric and
+// asymmetric formats (codebook levels come with their fit).
+void assign_levels(const QTypeInfo& info, const float* xg, int n, float dg, float mg, uint8_t* qg) {
+  const int G = info.block_elems, z = 1 << (info.bits - 1), qmax = (1 << info.bits) - 1;
+  if (info.kind == QKind::kSymmetric) {
+    const float id = dg != 0 ? 1.0f / dg : 0.0f;
+    for (int i = 0; i < G; ++i) qg[i] = static_cast<uint8_t>(i < n && dg != 0 ? round_clamp(xg[i] * id, -z, qmax - z) + z : z);
+  } else {
+    for (int i = 0; i < G; ++i) qg[i] = static_cast<uint8_t>(i < n && dg > 0 ? round_clamp((xg[i] - mg) / dg, 0, qmax) : 0);
+  }
+}
+
 }  // namespace
 
+QRowLayout qrow_layout(QType t, int64_t k) {
+  const QTypeInfo& info = qtype_info(t);
+  MXLM_DASSERT(info.kind != QKind::kFloat && k > 0);
+  QRowLayout L{};
+  L.nb = (k + info.block_elems - 1) / info.block_elems;
+  L.qbytes = info.block_elems * info.bits / 8;
+  const size_t code = info.two_level ? 1 : 2;  // bytes per group scale (offset)
+  L.d_off = static_cast<size_t>(info.row_prefix_bytes);
+  L.m_off = L.d_off + code * static_cast<size_t>(L.nb);
+  L.q_off = L.m_off + (info.kind == QKind::kAsymmetric ? code * static_cast<size_t>(L.nb) : 0);
+  return L;
+}
+
 void quantize_row_params(QType t, const float* x, int64_t k, const float* importance, float* d, float* m,
-                         int8_t* codebook) {
+                         int8_t* codebook, float* row_scales) {
   const QTypeInfo& info = qtype_info(t);
   MXLM_DASSERT(info.kind != QKind::kFloat && k > 0);
   const int64_t nb = (k + info.block_elems - 1) / info.block_elems;
   std::vector<float> m_tmp(info.kind == QKind::kAsymmetric && !m ? static_cast<size_t>(nb) : 0);
   int8_t cb[16] = {};
-  fit_row_fn()(info, x, k, importance, d, m ? m : m_tmp.data(), cb, nullptr);
+  float* mm = m ? m : m_tmp.data();
+  fit_row_fn()(info, x, k, importance, d, mm, cb, nullptr);
+  float rs[2] = {0, 0};
+  if (info.two_level) fit_two_level(info, x, k, importance, d, mm, rs);
+  if (row_scales) {
+    row_scales[0] = rs[0];
+    row_scales[1] = rs[1];
+  }
   if (codebook && info.kind == QKind::kCodebook) std::memcpy(codebook, cb, static_cast<size_t>(1) << info.bits);
+}
+
+void store_row_params(QType t, int64_t k, const float* d, const float* m, const int8_t* codebook,
+                      const float* row_scales, uint8_t* dst) {
+  const QTypeInfo& info = qtype_info(t);
+  const RowView v = row_view(t, k, dst);
+  if (v.codebook) std::memcpy(v.codebook, codebook, static_cast<size_t>(1) << info.bits);
+  if (v.rs) {
+    const float D = row_scales[0], M = row_scales[1];
+    std::memcpy(v.rs, &D, 4);
+    if (v.m) std::memcpy(v.rs + 4, &M, 4);
+    const bool asym = v.m != nullptr;
+    for (int64_t g = 0; g < v.nb; ++g) {
+      const int s = D > 0 ? round_clamp(d[g] / D, asym ? 0 : -127, asym ? 255 : 127) : 0;
+      v.d[g] = static_cast<uint8_t>(asym ? s : static_cast<int>(static_cast<uint8_t>(static_cast<int8_t>(s))));
+      if (v.m) v.m[g] = static_cast<uint8_t>(static_cast<int8_t>(M > 0 ? round_clamp(m[g] / M, -127, 127) : 0));
+    }
+    return;
+  }
+  for (int64_t g = 0; g < v.nb; ++g) {
+    store_f16(v.d, g, d[g]);
+    if (v.m) store_f16(v.m, g, m[g]);
+  }
 }
 
 void quantize_row(QType t, const float* x, int64_t k, uint8_t* dst, const float* importance) {
@@ -612,13 +745,20 @@ void quantize_row(QType t, const float* x, int64_t k, uint8_t* dst, const float*
   std::vector<float> d(static_cast<size_t>(v.nb)), m(static_cast<size_t>(v.nb));
   std::vector<uint8_t> q(static_cast<size_t>(v.nb * G));
   int8_t cb[16] = {};
+  float rs[2] = {0, 0};
   fit_row_fn()(info, x, k, importance, d.data(), m.data(), cb, q.data());
-  if (v.codebook) std::memcpy(v.codebook, cb, static_cast<size_t>(1) << info.bits);
-  for (int64_t g = 0; g < v.nb; ++g) {
-    store_f16(v.d, g, d[g]);
-    if (v.m) store_f16(v.m, g, m[g]);
-    pack_group(info.bits, G, q.data() + g * G, v.quants + g * v.qbytes);
+  if (info.two_level) {
+    // The codes moved d and m: the levels follow them.
+    fit_two_level(info, x, k, importance, d.data(), m.data(), rs);
+    float xg[128];
+    for (int64_t g = 0; g < v.nb; ++g) {
+      const int n = static_cast<int>(std::min<int64_t>(G, k - g * G));
+      for (int i = 0; i < G; ++i) xg[i] = i < n ? x[g * G + i] : 0.0f;
+      assign_levels(info, xg, n, d[g], m[g], q.data() + g * G);
+    }
   }
+  store_row_params(t, k, d.data(), m.data(), cb, rs, dst);
+  for (int64_t g = 0; g < v.nb; ++g) pack_group(info.bits, G, q.data() + g * G, v.quants + g * v.qbytes);
 }
 
 void dequantize_row(QType t, const uint8_t* row, int64_t k, float* dst) {
@@ -632,8 +772,8 @@ void dequantize_row(QType t, const uint8_t* row, int64_t k, float* dst) {
   uint8_t q[128];
   for (int64_t g = 0; g < v.nb; ++g) {
     unpack_group(info.bits, G, v.quants + g * v.qbytes, q);
-    const float d = load_f16(v.d, g);
-    const float m = v.m ? load_f16(v.m, g) : 0.0f;
+    const float d = group_d(v, g);
+    const float m = group_m(v, g);
     for (int i = 0; i < G && g * G + i < k; ++i) {
       float w;
       switch (info.kind) {
@@ -696,8 +836,8 @@ void qgemm_ref(QType t, int M, int n0, int n1, int64_t K, const ActQ8& a, const 
         for (int i = 0; i < G; ++i) {
           lv[i] = info.kind == QKind::kCodebook ? static_cast<int8_t>(v.codebook[q[i]]) : q[i];
         }
-        const float dw = load_f16(v.d, g);
-        const float mw = v.m ? load_f16(v.m, g) : 0.0f;
+        const float dw = group_d(v, g);
+        const float mw = group_m(v, g);
         float gacc = 0;
         for (int s = 0; s < sub; ++s) {
           const int64_t b = g * sub + s;

@@ -29,8 +29,22 @@ void quantize_row(QType t, const float* x, int64_t k, uint8_t* dst, const float*
 // asymmetric formats, m[nb] as floats that are exactly f16 (nb = groups in k; m may be null,
 // and is untouched otherwise), and for codebook formats codebook[2^b] (may be null otherwise).
 // t must be a quantized (non-float) format, k > 0.
+// Two-level formats (qtype.h): row_scales (2 floats, may be null) receives D and M (0 when
+// symmetric), and d[g] = D * s, m[g] = M * o exactly as dequantization computes them.
 void quantize_row_params(QType t, const float* x, int64_t k, const float* importance, float* d, float* m,
-                         int8_t* codebook);
+                         int8_t* codebook, float* row_scales = nullptr);
+// Writes the parameter part of a row (codebook, row scales, group scales and offsets) from
+// quantize_row_params' outputs (or d, m of the same form); the quants are left untouched.
+void store_row_params(QType t, int64_t k, const float* d, const float* m, const int8_t* codebook,
+                      const float* row_scales, uint8_t* dst);
+// Byte offsets of the parts of a quantized row of k elements (qtype.h): group scales at d_off,
+// offsets at m_off (asymmetric), quants at q_off (nb groups of qbytes).
+struct QRowLayout {
+  int64_t nb;
+  size_t d_off, m_off, q_off;
+  int qbytes;
+};
+QRowLayout qrow_layout(QType t, int64_t k);
 // Dequantizes one row (the spec of the format).
 void dequantize_row(QType t, const uint8_t* row, int64_t k, float* dst);
 

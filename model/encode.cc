@@ -181,33 +181,29 @@ void check_options(const std::string& f, const EncodeOptions& o) {
   if (o.threads < 0) fail(f + ": threads = " + std::to_string(o.threads) + " must be >= 0 (0: all cores)");
 }
 
-// Byte offsets of the parts of one quantized row (qtype.h).
+// The parts of one quantized row (qtype.h; offsets from kernels/quant.h's qrow_layout).
 struct RowLayout {
+  QType t;
   int G, bits, L;  // group, bits, codebook entries (0: none)
   QKind kind;
   int64_t nb;
-  size_t d_off, m_off, q_off;  // m_off only for asymmetric formats
+  size_t q_off;
   int qbytes;
 };
 
 RowLayout row_layout(QType t, int64_t k) {
   const QTypeInfo& info = qtype_info(t);
+  const QRowLayout q = qrow_layout(t, k);
   RowLayout r{};
+  r.t = t;
   r.G = info.block_elems;
   r.bits = info.bits;
   r.L = codebook_size(info);
   r.kind = info.kind;
-  r.nb = (k + r.G - 1) / r.G;
-  r.d_off = static_cast<size_t>(info.row_prefix_bytes);
-  r.m_off = r.d_off + 2 * static_cast<size_t>(r.nb);
-  r.q_off = r.m_off + (info.kind == QKind::kAsymmetric ? 2 * static_cast<size_t>(r.nb) : 0);
-  r.qbytes = r.G * r.bits / 8;
+  r.nb = q.nb;
+  r.q_off = q.q_off;
+  r.qbytes = q.qbytes;
   return r;
-}
-
-void store_f16(uint8_t* p, int64_t i, float f) {
-  const uint16_t v = f32_to_f16(f);
-  std::memcpy(p + 2 * i, &v, 2);
 }
 
 // round(clamp(t, lo, hi)) as kernels/quant.cc's round_clampf (t + 1.5·2^23 rounds to an integer,
@@ -224,14 +220,17 @@ inline int round_clamp(float t, int lo, int hi) {
   return t == t ? static_cast<int>(round_clampf(t, static_cast<float>(lo), static_cast<float>(hi))) : lo;
 }
 
-// Per-row parameters of one chunk of rows: d, m per group (f16-rounded floats) and codebook.
+// Per-row parameters of one chunk of rows: d, m per group (as dequantization computes them),
+// the codebook and the two-level formats' row scales.
 struct ChunkParams {
   int64_t nb;
   std::vector<float> d, m;  // [rows][nb]
   std::vector<int8_t> cb;   // [rows][16]
+  std::vector<float> rs;    // [rows][2]
   float* d_row(int64_t r) { return d.data() + r * nb; }
   float* m_row(int64_t r) { return m.data() + r * nb; }
   int8_t* cb_row(int64_t r) { return cb.data() + r * 16; }
+  float* rs_row(int64_t r) { return rs.data() + r * 2; }
 };
 
 // The level of value x given a group's params: writes q, returns the decoded value (computed as
@@ -267,9 +266,9 @@ inline float quantize_value(const RowLayout& L, float x, float d, float m, const
 }
 
 // Writes one row's bytes from its params and quant indices (k values, original column order).
-void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m, const int8_t* cb, const uint8_t* q,
-                  uint8_t* dst) {
-  if (L.L) std::memcpy(dst, cb, static_cast<size_t>(L.L));
+void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m, const int8_t* cb, const float* rs,
+                  const uint8_t* q, uint8_t* dst) {
+  store_row_params(L.t, k, d, m, cb, rs, dst);
   uint8_t pad = 0;
   if (L.kind == QKind::kSymmetric) pad = static_cast<uint8_t>(1 << (L.bits - 1));
   if (L.kind == QKind::kCodebook) {
@@ -279,8 +278,6 @@ void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m,
   }
   uint8_t grp[128];
   for (int64_t g = 0; g < L.nb; ++g) {
-    store_f16(dst + L.d_off, g, d[g]);
-    if (L.kind == QKind::kAsymmetric) store_f16(dst + L.m_off, g, m[g]);
     for (int i = 0; i < L.G; ++i) grp[i] = g * L.G + i < k ? q[g * L.G + i] : pad;
     pack_group(L.bits, L.G, grp, dst + L.q_off + static_cast<size_t>(g) * L.qbytes);
   }
@@ -366,6 +363,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
   P.d.assign(static_cast<size_t>(R * L.nb), 0.0f);
   P.m.assign(static_cast<size_t>(R * L.nb), 0.0f);
   P.cb.assign(static_cast<size_t>(R * 16), 0);
+  P.rs.assign(static_cast<size_t>(R * 2), 0.0f);
   std::vector<uint8_t> q(static_cast<size_t>(R * k));
   std::vector<float> row(static_cast<size_t>(k));
 
@@ -380,7 +378,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
     for (int64_t r = 0; r < R; ++r) {
       const float* src = w + (r0 + r) * k;
       for (int64_t c = 0; c < k; ++c) row[c] = dead[c] ? 0.0f : src[c];
-      quantize_row_params(t, row.data(), k, imp.data(), P.d_row(r), P.m_row(r), P.cb_row(r));
+      quantize_row_params(t, row.data(), k, imp.data(), P.d_row(r), P.m_row(r), P.cb_row(r), P.rs_row(r));
     }
   }
 
@@ -426,7 +424,8 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
     }
   }
   for (int64_t r = 0; r < R; ++r) {
-    assemble_row(L, k, P.d_row(r), P.m_row(r), P.cb_row(r), q.data() + r * k, out + static_cast<size_t>(r0 + r) * rb);
+    assemble_row(L, k, P.d_row(r), P.m_row(r), P.cb_row(r), P.rs_row(r), q.data() + r * k,
+                 out + static_cast<size_t>(r0 + r) * rb);
   }
 }
 
@@ -523,7 +522,8 @@ std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k
   const int G = info.block_elems;
   const int block = static_cast<int>((std::max<int64_t>(o.block, G) + G - 1) / G * G);
   // Codebook formats always use the row's own (static) fit; act_order needs static groups.
-  const bool static_groups = o.act_order || info.kind == QKind::kCodebook;
+  // Codebooks and two-level row scales depend on every group of the row: fixed up front.
+  const bool static_groups = o.act_order || info.kind == QKind::kCodebook || info.two_level;
   const auto gemm = f32_gemm();
   const std::vector<float> ublocks = diagonal_blocks(f.ut_, k, block);
   std::vector<uint8_t> out(static_cast<size_t>(n) * rb);

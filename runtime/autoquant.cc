@@ -1,13 +1,14 @@
 // The mixed-precision pipeline of autoquant.h: tensors and budget (AutoQuantizer), calibration
 // and per-candidate errors and KL (measure), knapsack (plan), encoding and the record (write).
 //
-// Measured on tinymix-26m (58 tensors, 15 candidates, 2 threads on the 2-core build machine,
-// benchmarks/quantize_bench.cc, read bandwidth 35.1 GB/s in the same run): calibration of 16384
-// tokens 9.5 s, encoding every candidate with GPTQ plus its output error 14.6 s (one
-// factorization per distinct input, shared by its tensors and candidates), the 58 KL runs of
-// 2048 tokens 27.6 s, writing 0.6 s. α fitted at the 3.5-bit candidate predicts each
-// tensor's KL at 2.5 and 5.5 bits with Spearman ρ = 0.997 over the tensors. The README has the
-// perplexities and what the KL objective does and does not transfer to held-out text.
+// Measured on tinymix-26m (58 tensors, the 11 default candidates, 2 threads on the 2-core build
+// machine, benchmarks/quantize_bench.cc, read bandwidth 34.0 GB/s in the same run): calibration
+// of 16384 tokens 9.9 s, encoding every candidate with GPTQ plus its output error 14.6 s (one
+// factorization per distinct input, shared by its tensors and candidates), the 2 × 58 KL runs
+// of 1024 tokens 28.1 s, writing 0.9 s: 53.5 s in all. The two-point fit (candidates nearest
+// 3.5 and 2.5 bits) predicts each tensor's KL at the ~4.5-bit candidate with Spearman ρ = 0.983
+// over the tensors. The README has the perplexities and what the KL objective does and does
+// not transfer to held-out text.
 #include "mxlm/autoquant.h"
 
 #include <omp.h>
@@ -25,10 +26,17 @@
 
 namespace mxlm {
 
+// The two-level formats (8-bit group scales under a row scale) cost 0.25 bits per weight less
+// than their f16-scaled twins at the same group size, and the allocator takes them almost
+// everywhere: with the 15 one-level formats alone the predicted KL of tinymix's mixes (GPTQ,
+// calibrated on tinymix-calib) was 1.30 / 0.705 / 0.238 / 0.0744 / 0.0213 at 2.6 / 3.0 / 3.65 /
+// 4.5 / 5.4 bpw; adding the 8 two-level formats gave 1.04 / 0.529 / 0.204 / 0.0608 / 0.0170
+// (-12 to -25 %), and the plans then used, besides them, only q2a_g64 and q4_g128 of the
+// one-level formats (`mxlm sweep --dry-run` prints the formats of each plan). Those plus
+// q8_g64 for the top are the default.
 std::vector<QType> default_candidates() {
-  return {QType::kQ2AG64, QType::kQ2G32,  QType::kQ2AG32, QType::kQ3G32,  QType::kNU3G32,
-          QType::kQ3AG32, QType::kQ4G128, QType::kQ4G64,  QType::kQ4G32,  QType::kQ4AG64,
-          QType::kNU4G32, QType::kQ4AG32, QType::kQ5G32,  QType::kQ6G32,  QType::kQ8G64};
+  return {QType::kQ2KG32, QType::kQ2AG64,  QType::kQ2AKG32, QType::kQ3KG32,  QType::kQ3AKG32, QType::kQ4G128,
+          QType::kQ4KG32, QType::kQ4AKG32, QType::kQ5KG32,  QType::kQ6KG32,  QType::kQ8G64};
 }
 
 namespace {
@@ -234,6 +242,7 @@ struct AutoQuantizer::Impl {
   uint64_t min_bytes = 0, max_bytes = 0, overhead = 0;
   bool all_fixed = false, measured = false;
   CalibStats stats;
+  std::vector<std::vector<int>> windows;  // the calibration windows (sequential encoding reruns them)
   // Per distinct input (layer, MatmulInput): E[x xᵀ], and what the encoders prepare from it
   // once for all its tensors and candidates (GPTQ's factorization, the float H of output_error).
   struct Prepared {
@@ -244,6 +253,14 @@ struct AutoQuantizer::Impl {
   std::map<std::pair<int, int>, Prepared> prepared;
   double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0;
   double rank_correlation = NAN;
+  size_t ref = 0;  // the reference candidate (nearest 3.5 bits per weight)
+
+  // The predicted KL of tensor p at candidate j: the power law through the measured point(s).
+  double predict(const TensorPlan& p, size_t j) const {
+    const double e = p.error[j], er = p.error[ref];
+    if (er <= 0 || e <= 0 || p.gamma == 1.0) return p.alpha * e;
+    return p.measured_kl * std::pow(e / er, p.gamma);
+  }
 
   Impl(const ImportedModel& model, const AutoQuantOptions& options) : m(model), o(options) {}
 
@@ -288,6 +305,53 @@ struct AutoQuantizer::Impl {
     double e = 0;
     for (int64_t r = 0; r < n; ++r) e += rows[size_t(r)] * double(stats.token_counts[size_t(r)]);
     return e / double(std::max<int64_t>(1, stats.n_tokens));
+  }
+  // GPTQ's sequential order: calibrates again, and encodes each layer (in its planned formats)
+  // as soon as its inputs' statistics are complete; the layer's outputs are then recomputed
+  // with the quantized weights, so the next layer sees the quantized model's activations. The
+  // head follows the last layer. Returns the bytes of every layer tensor and the head.
+  std::map<std::string, std::vector<uint8_t>> encode_sequentially(const AutoQuantResult& res,
+                                                                 const std::map<std::string, size_t>& plan_of) {
+    const ModelConfig& c = m.config;
+    auto source = std::shared_ptr<const ImportedModel>(std::shared_ptr<const ImportedModel>{}, &m);
+    std::shared_ptr<const Model> model = Model::from_imported(source);
+    if (windows.empty()) {
+      const int window = std::min(o.window, c.n_ctx);
+      windows = !o.calib_text.empty() ? calibration_windows(*model, o.calib_text, o.calib_tokens, window)
+                                      : self_generated_windows(*model, o.calib_tokens, window, 0x5eed, threads);
+    }
+    EncodeOptions e = o.encode;
+    e.threads = threads;
+    std::map<std::string, std::vector<uint8_t>> out;
+    auto encode_with = [&](const Slot& s, const InputStats& in) {
+      const size_t i = plan_of.at(s.src->name);
+      const QType q = res.tensors[i].format;
+      const std::vector<double> h = in.second_moment();
+      const std::vector<float> w = read_tensor(*s.src);
+      return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], h.data(), e);
+    };
+    LayerWeights lw;
+    CalibParams cp;
+    cp.threads = threads;
+    cp.progress = [&](size_t d, size_t t) { report("encoding sequentially", d, t); };
+    cp.quantize_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
+      lw = model->layers()[size_t(l)];
+      Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
+      const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
+                             tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
+      for (int j = 0; j < 7; ++j) {
+        const Slot& s = slots[plan_of.at(tensor_names::layer(l, names[j]))];
+        std::vector<uint8_t>& b = out[s.src->name] = encode_with(s, ls.at(s.in));
+        *dst[j] = make_weight(res.tensors[plan_of.at(s.src->name)].format, b.data(), s.src->shape[0], s.src->shape[1],
+                              model->isa());
+      }
+      return &lw;
+    };
+    const CalibStats st = calibrate(*model, windows, cp);
+    for (const Slot& s : slots) {
+      if (s.layer < 0 && !s.embedding) out[s.src->name] = encode_with(s, st.head);  // the head (untied)
+    }
+    return out;
   }
 };
 
@@ -405,12 +469,16 @@ void AutoQuantizer::measure() {
     I.stats.model_fingerprint = fingerprint;
   }
   if (!o.stats_out.empty()) save_stats(I.stats, o.stats_out);
+  I.windows = windows;
   I.seconds_calibrate = since(t0);
   if (I.all_fixed) return;
 
   // Every candidate of every tensor: its error, and the KL of the reference candidate.
   t0 = Clock::now();
-  const size_t ref = nearest_candidate(I.candidates, 3.5), low = nearest_candidate(I.candidates, o.rank_check_bpw);
+  const size_t ref = nearest_candidate(I.candidates, 3.5), low = nearest_candidate(I.candidates, 2.5),
+               check = nearest_candidate(I.candidates, o.rank_check_bpw);
+  I.ref = ref;
+  const bool two_point = o.kl_two_point && low != ref;
   std::vector<std::vector<int>> kl_windows;
   if (o.kl_self_generated) {
     kl_windows = self_generated_windows(*model, o.kl_tokens, window, 0x6b6c, I.threads);
@@ -420,7 +488,7 @@ void AutoQuantizer::measure() {
       used += int64_t(kl_windows.back().size());
     }
   }
-  std::vector<std::vector<uint8_t>> ref_bytes(I.slots.size()), low_bytes(I.slots.size());
+  std::vector<std::vector<uint8_t>> ref_bytes(I.slots.size()), low_bytes(I.slots.size()), check_bytes(I.slots.size());
   size_t done = 0;
   for (size_t i = 0; i < I.slots.size(); ++i) {
     TensorPlan& p = I.base[i];
@@ -430,8 +498,9 @@ void AutoQuantizer::measure() {
     for (size_t j = 0; j < I.candidates.size(); ++j) {
       std::vector<uint8_t> bytes = I.encode(I.slots[i], I.candidates[j], w);
       p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w);
+      if (j == check && o.rank_check) check_bytes[i] = bytes;
       if (j == ref) ref_bytes[i] = std::move(bytes);
-      else if (j == low && o.rank_check) low_bytes[i] = std::move(bytes);
+      else if (j == low && two_point) low_bytes[i] = std::move(bytes);
     }
     I.report("encoding candidates", ++done, I.slots.size());
   }
@@ -447,10 +516,18 @@ void AutoQuantizer::measure() {
     const Weight wr = make_weight(I.candidates[ref], ref_bytes[i].data(), p.n, p.k, model->isa());
     p.measured_kl = probe.kl(I.slots[i], wr);
     p.alpha = p.error[ref] > 0 ? p.measured_kl / p.error[ref] : 0.0;
-    if (o.rank_check) {
+    if (two_point) {
       const Weight wl = make_weight(I.candidates[low], low_bytes[i].data(), p.n, p.k, model->isa());
+      p.low_kl = probe.kl(I.slots[i], wl);
+      const double er = p.error[ref], el = p.error[low];
+      if (p.measured_kl > 0 && p.low_kl > 0 && er > 0 && el > 1.05 * er) {
+        p.gamma = std::clamp(std::log(p.low_kl / p.measured_kl) / std::log(el / er), 0.8, 2.0);
+      }
+    }
+    if (o.rank_check) {
+      const Weight wl = make_weight(I.candidates[check], check_bytes[i].data(), p.n, p.k, model->isa());
       p.check_measured_kl = probe.kl(I.slots[i], wl);
-      p.check_predicted_kl = p.alpha * p.error[low];
+      p.check_predicted_kl = I.predict(p, check);
       measured_low.push_back(p.check_measured_kl);
       predicted_low.push_back(p.check_predicted_kl);
     }
@@ -487,7 +564,7 @@ AutoQuantResult AutoQuantizer::plan(double bpw, uint64_t size_bytes) const {
       }
       AllocItem it;
       it.name = p.name;
-      for (size_t j = 0; j < I.candidates.size(); ++j) it.choices.push_back({tensor_bytes(I.candidates[j], p.n, p.k), p.alpha * p.error[j]});
+      for (size_t j = 0; j < I.candidates.size(); ++j) it.choices.push_back({tensor_bytes(I.candidates[j], p.n, p.k), I.predict(p, j)});
       items.push_back(std::move(it));
       item_of.push_back(i);
     }
@@ -529,13 +606,27 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
                        {"method", I.slots[plan_of[p.name]].embedding ? "rtn" : encode_method_name(method)},
                        {"chosen_by", p.fixed ? "recipe" : "allocation"},
                        {"predicted_kl", p.predicted_kl},
-                       {"alpha", p.alpha}};
+                       {"alpha", p.alpha},
+                       {"gamma", p.gamma}};
   }
   record["tensors"] = tensors;
+  // Sequential: every layer's tensors and the head encoded with the statistics of the model
+  // whose earlier layers are quantized (kept until written).
+  std::map<std::string, std::vector<uint8_t>> sequential;
+  if (o.sequential && method != EncodeMethod::kRtn) {
+    record["sequential"] = true;
+    sequential = I.encode_sequentially(res, plan_of);
+  }
   size_t written = 0;
   const TensorEncoder enc = [&](const SourceTensor& t, QType q, uint8_t* dst, size_t bytes) {
-    const std::vector<float> w = read_tensor(t);
-    const std::vector<uint8_t> b = I.encode(I.slots[plan_of.at(t.name)], q, w);
+    auto it = sequential.find(t.name);
+    std::vector<uint8_t> b;
+    if (it != sequential.end()) {
+      b = std::move(it->second);
+      sequential.erase(it);
+    } else {
+      b = I.encode(I.slots[plan_of.at(t.name)], q, read_tensor(t));
+    }
     MXLM_ASSERT(b.size() == bytes);
     std::memcpy(dst, b.data(), bytes);
     I.report("writing", ++written, I.slots.size());

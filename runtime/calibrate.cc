@@ -200,7 +200,17 @@ CalibStats calibrate(const Model& model, const std::vector<std::vector<int>>& wi
     ls.at(MatmulInput::kFfnIn).reset(E);
     ls.at(MatmulInput::kFfnMid).reset(c.n_ff);
     obs.layer = &ls;
+    std::vector<std::vector<float>> before;
+    if (params.quantize_layer) before = h;  // the layer's inputs, to recompute its outputs
     for (size_t w = 0; w < windows.size(); ++w) ctx.eval_layer(l, h[w].data(), int(windows[w].size()), 0);
+    if (params.quantize_layer) {
+      if (const LayerWeights* q = params.quantize_layer(l, ls)) {
+        ctx.set_observer(nullptr);
+        h = std::move(before);
+        for (size_t w = 0; w < windows.size(); ++w) ctx.eval_layer(l, h[w].data(), int(windows[w].size()), 0, q);
+        ctx.set_observer(&obs);
+      }
+    }
     if (params.on_layer) params.on_layer(l, std::move(ls));
     else out.layers[size_t(l)] = std::move(ls);
     if (params.progress) params.progress(size_t(l) + 1, total);

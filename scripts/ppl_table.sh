@@ -10,7 +10,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 formats=("$@")
 if [ ${#formats[@]} -eq 0 ]; then
-  formats=(bf16 q8_g32 q8_g64 q8_g128 q6_g32 q5_g32 q4a_g32 nu4_g32 q4_g32 q4a_g64 q4_g64 q4_g128 q3a_g32 nu3_g32 q3_g32 q2a_g32 q2_g32 q2a_g64)
+  formats=(bf16 q8_g32 q8_g64 q8_g128 q6_g32 q6k_g32 q5_g32 q5k_g32 q4a_g32 nu4_g32 q4_g32 q4a_g64 q4ak_g32 q4k_g32 q4_g64 q4_g128 q3a_g32 nu3_g32 q3_g32 q3ak_g32 q3k_g32 q2a_g32 q2_g32 q2a_g64 q2ak_g32 q2k_g32)
 fi
 ref=$(python3 -c "import json;print(json.load(open('$shared/ref/tinymix-26m/reference.json'))['val_ppl_fp32']['ppl'])" 2>/dev/null || echo 9.9919)
 echo "| format | bits per weight | file size | ppl | vs f32 ($ref) |"

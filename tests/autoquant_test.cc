@@ -3,6 +3,7 @@
 // tinymix.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -182,8 +183,9 @@ TEST(AutoQuant, BadInputIsAClearErrorAndWritesNothing) {
   EXPECT_FALSE(file_exists(out));
 }
 
-// The sensitivity model: α_t fitted at the ~3.5-bit candidate predicts the KL each tensor alone
-// causes at the ~2.5-bit candidate, in rank order over tinymix's 58 tensors.
+// The sensitivity model: the power law through each tensor's KL at the ~3.5- and ~2.5-bit
+// candidates (q3_g32, q2_g32) predicts the KL each tensor alone causes at the rank check's
+// ~4.5-bit candidate (q4_g32), in rank order over tinymix's 58 tensors.
 TEST(AutoQuant, PredictedKlRanksTinymixTensorsLikeTheMeasuredKl) {
   const ImportedModel tinymix = import_model(test::shared_path("models/tinymix-26m"));
   AutoQuantOptions o;
@@ -198,6 +200,23 @@ TEST(AutoQuant, PredictedKlRanksTinymixTensorsLikeTheMeasuredKl) {
   const AutoQuantResult r = auto_quantize(tinymix, "", o);
   ASSERT_EQ(r.tensors.size(), 58u);
   EXPECT_GE(r.rank_correlation, 0.8);
+  // The curve passes through both measured points (where γ is not clamped), and the plan's
+  // predicted KL of every tensor is that curve at its chosen format.
+  ASSERT_EQ(r.candidates, o.candidates);
+  const size_t ref = 1, low = 0;  // q3_g32 (nearest 3.5 bits), q2_g32 (nearest 2.5)
+  int bent = 0, off_ref = 0;
+  for (const TensorPlan& p : r.tensors) {
+    ASSERT_EQ(p.error.size(), 3u);
+    const auto curve = [&](size_t j) { return p.measured_kl * std::pow(p.error[j] / p.error[ref], p.gamma); };
+    if (p.gamma > 0.8 && p.gamma < 2.0) EXPECT_NEAR(curve(low), p.low_kl, 1e-9 * p.low_kl) << p.name;
+    const size_t j = size_t(std::find(r.candidates.begin(), r.candidates.end(), p.format) - r.candidates.begin());
+    ASSERT_LT(j, 3u);
+    EXPECT_NEAR(p.predicted_kl, curve(j), 1e-9 * curve(j)) << p.name;
+    bent += std::abs(p.gamma - 1) > 0.02;
+    off_ref += j != ref && std::abs(p.gamma - 1) > 0.02;
+  }
+  EXPECT_GT(bent, 0);
+  EXPECT_GT(off_ref, 0);  // the check above has tensors where the line and the curve differ
   std::printf("rank correlation over %zu tensors: %.3f\n", r.tensors.size(), r.rank_correlation);
 }
 

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "kernels/common.h"
+#include "kernels/quant.h"
 #include "model/file_util.h"
 #include "model/import.h"
 #include "mxlm/calibrate.h"
@@ -177,6 +178,89 @@ TEST(Calibration, StatisticsEqualABruteForceSumOverTheObservedInputs) {
   EXPECT_EQ(order, std::vector<int>({0, 1, 2, 3, 4}));
   EXPECT_EQ(streamed.layers[0].at(MatmulInput::kAttnIn).k, 0);
   EXPECT_EQ(streamed.head.gram, s.head.gram);
+}
+
+// Sequential calibration (CalibParams::quantize_layer): layer l + 1's statistics are those of
+// the model whose layers 0..l run the returned (here q2_g32, a large change) weights. Layer 0
+// sees the embeddings either way; layer 1's inputs equal a brute-force run of the embeddings
+// through the quantized layer 0.
+TEST(Calibration, SequentialSeesTheQuantizedPrefix) {
+  auto src = imported("models/stories260K/stories260K.gguf");
+  auto model = Model::from_imported(src);
+  const ModelConfig& c = model->config();
+  const auto windows = calibration_windows(*model, calib_excerpt(20000), 500, 256);
+  ASSERT_EQ(windows.size(), 2u);
+  // Every layer's weights in q2_g32 (round to nearest), kept alive for the whole run.
+  std::vector<std::vector<std::vector<uint8_t>>> bytes(size_t(c.n_layers));
+  std::vector<LayerWeights> quantized(size_t(c.n_layers));
+  const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
+                         tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights& lw = quantized[size_t(l)];
+    lw = model->layers()[size_t(l)];
+    Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
+    for (int j = 0; j < 7; ++j) {
+      const SourceTensor* t = nullptr;
+      for (const SourceTensor& st : src->tensors) {
+        if (st.name == tensor_names::layer(l, names[j])) t = &st;
+      }
+      ASSERT_NE(t, nullptr);
+      const int64_t n = t->shape[0], k = t->shape[1];
+      const size_t rb = *qtype_row_bytes(QType::kQ2G32, uint64_t(k));
+      std::vector<uint8_t>& b = bytes[size_t(l)].emplace_back(rb * size_t(n));
+      std::vector<float> row(static_cast<size_t>(k), 0.0f);
+      for (int64_t r = 0; r < n; ++r) {
+        read_source_row(*t, r, row.data());
+        quantize_row(QType::kQ2G32, row.data(), k, b.data() + rb * size_t(r));
+      }
+      *dst[j] = make_weight(QType::kQ2G32, b.data(), n, k, model->isa());
+    }
+  }
+  const CalibStats plain = calibrate(*model, windows, CalibParams{});
+  std::vector<int> asked;
+  CalibParams cp;
+  cp.quantize_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
+    asked.push_back(l);
+    EXPECT_GT(ls.at(MatmulInput::kFfnMid).n_tokens, 0);
+    return &quantized[size_t(l)];
+  };
+  const CalibStats seq = calibrate(*model, windows, cp);
+  EXPECT_EQ(asked, std::vector<int>({0, 1, 2, 3, 4}));
+  EXPECT_EQ(seq.layers[0].at(MatmulInput::kAttnIn).gram, plain.layers[0].at(MatmulInput::kAttnIn).gram);
+  for (int l = 1; l < c.n_layers; ++l) {
+    EXPECT_NE(seq.layers[size_t(l)].at(MatmulInput::kAttnIn).gram, plain.layers[size_t(l)].at(MatmulInput::kAttnIn).gram) << l;
+  }
+  EXPECT_NE(seq.head.gram, plain.head.gram);
+  // Brute force for layer 1's attention input.
+  Recorder rec;
+  {
+    ContextParams p;
+    p.n_ctx = 256;
+    p.n_batch = 256;
+    Context ctx(model, p);
+    for (const auto& w : windows) {
+      std::vector<float> x(w.size() * size_t(c.n_embd));
+      ctx.embed(w, x.data());
+      ctx.eval_layer(0, x.data(), int(w.size()), 0, &quantized[0]);
+      ctx.set_observer(&rec);
+      ctx.eval_layer(1, x.data(), int(w.size()), 0);
+      ctx.set_observer(nullptr);
+    }
+  }
+  std::vector<double> gram;
+  for (const auto& r : rec.seen) {
+    if (r.in != MatmulInput::kAttnIn) continue;
+    if (gram.empty()) gram.assign(r.gram.size(), 0.0);
+    for (size_t i = 0; i < gram.size(); ++i) gram[i] += r.gram[i];
+  }
+  const std::vector<double>& got = seq.layers[1].at(MatmulInput::kAttnIn).gram;
+  ASSERT_EQ(got.size(), gram.size());
+  double scale = 0, err = 0;
+  for (size_t i = 0; i < gram.size(); ++i) {
+    scale = std::max(scale, std::abs(gram[i]));
+    err = std::max(err, std::abs(gram[i] - got[i]));
+  }
+  EXPECT_LT(err, 1e-5 * scale);
 }
 
 TEST(Calibration, StatisticsFilesRoundTripAndRejectAnotherModel) {

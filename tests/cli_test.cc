@@ -519,6 +519,17 @@ TEST(Cli, SweepPrintsATableAndWritesAParetoPage) {
   const std::string page((std::istreambuf_iterator<char>(html)), {});
   EXPECT_NE(page.find("<svg"), std::string::npos);
   EXPECT_NE(page.find("mix 3.50"), std::string::npos);
+
+  // --dry-run: the plans alone, on the candidates given (no evaluation text needed).
+  out.clear();
+  st = test::run_command(test::mxlm_binary() + " sweep " + gguf + " --bpw 3,4 --candidates q2k_g32,q3k_g32,q4k_g32,q5k_g32 --calib " +
+                             calib_excerpt() + " --calib-tokens 1024 --kl-tokens 256 -t 2 -q --dry-run",
+                         &out, false);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("| 3.000 | "), std::string::npos) << out;
+  EXPECT_NE(out.find("| 4.000 | "), std::string::npos) << out;
+  EXPECT_NE(out.find("q3k_g32 "), std::string::npos) << out;
+  EXPECT_EQ(out.find("q4_g32"), std::string::npos) << out;  // only the candidates given
 }
 }  // namespace
 }  // namespace mxlm

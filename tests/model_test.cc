@@ -315,7 +315,7 @@ TEST(TinymixQuantizedTable, EveryFormatHasARow) {
   const auto table = readme_ppl_table();
   int rows = 0;
   for (QType t : quantized_formats()) rows += table.count(std::string(qtype_info(t).name));
-  EXPECT_EQ(rows, 17);
+  EXPECT_EQ(rows, 25);
   EXPECT_EQ(table.count("bf16"), 1u);
 }
 

@@ -134,13 +134,19 @@ struct RowLayout {
   size_t bytes;
 };
 RowLayout row_layout(const QTypeInfo& info, int64_t k) {
+  const QRowLayout q = qrow_layout(info.type, k);
   RowLayout l;
-  l.nb = (k + info.block_elems - 1) / info.block_elems;
-  l.d = static_cast<size_t>(info.row_prefix_bytes);
-  l.m = l.d + 2 * static_cast<size_t>(l.nb);
-  l.quants = info.kind == QKind::kAsymmetric ? l.m + 2 * static_cast<size_t>(l.nb) : l.m;
-  l.bytes = l.quants + static_cast<size_t>(l.nb) * static_cast<size_t>(info.block_elems * info.bits / 8);
+  l.nb = q.nb;
+  l.d = q.d_off;
+  l.m = q.m_off;
+  l.quants = q.q_off;
+  l.bytes = l.quants + static_cast<size_t>(l.nb) * static_cast<size_t>(q.qbytes);
   return l;
+}
+float f32_at(const uint8_t* p, int64_t i) {
+  float f;
+  std::memcpy(&f, p + 4 * i, 4);
+  return f;
 }
 
 float f16_at(const uint8_t* p, int64_t i) {
@@ -181,6 +187,12 @@ QWeights make_weights(QType t, int N, int64_t K, Source src, std::mt19937& rng) 
       }
       case Source::kRandomBytes: {
         for (size_t i = 0; i < l.bytes; ++i) row[i] = static_cast<uint8_t>(byte(rng));
+        if (info.two_level) {
+          const float D = std::fabs(scale(rng)) / 64, M = std::fabs(scale(rng)) / 8;
+          std::memcpy(row, &D, 4);
+          if (info.kind == QKind::kAsymmetric) std::memcpy(row + 4, &M, 4);
+          break;
+        }
         for (int64_t g = 0; g < l.nb; ++g) {
           const uint16_t d = f32_to_f16(scale(rng));
           std::memcpy(row + l.d + 2 * g, &d, 2);
@@ -242,8 +254,16 @@ void exact_dot(QType t, const uint8_t* row, int64_t K, const ActQ8& a, int m, do
   double v = 0, s = 0;
   for (int64_t g = 0; g < l.nb; ++g) {
     unpack_group(info.bits, G, row + l.quants + g * (G * info.bits / 8), q);
-    const double dw = f16_at(row + l.d, g);
-    const double mw = info.kind == QKind::kAsymmetric ? f16_at(row + l.m, g) : 0.0;
+    double dw, mw;
+    if (info.two_level) {
+      const bool asym = info.kind == QKind::kAsymmetric;
+      const int s = asym ? int(row[l.d + g]) : int(int8_t(row[l.d + g]));
+      dw = f32_at(row, 0) * float(s);
+      mw = asym ? f32_at(row, 1) * float(int8_t(row[l.m + g])) : 0.0;
+    } else {
+      dw = f16_at(row + l.d, g);
+      mw = info.kind == QKind::kAsymmetric ? f16_at(row + l.m, g) : 0.0;
+    }
     for (int sb = 0; sb < sub; ++sb) {
       const int64_t b = g * sub + sb;
       const double ad = a.d[m * nbs + b], ads = a.ds[m * nbs + b];

@@ -75,23 +75,29 @@ const QuantRows& quantized_rows(QType t, int64_t K, int rows) {
   return cache.emplace(key, std::move(q)).first->second;
 }
 
-// The parts of one quantized row (kernels/qtype.h).
+// The parts of one quantized row (kernels/qtype.h): per group its scale and offset as the
+// reference computes them (f16, or two-level codes under the row's f32 D and M).
 struct RowParts {
   const int8_t* cb = nullptr;
+  const uint8_t* row = nullptr;
   const uint8_t* d = nullptr;
   const uint8_t* m = nullptr;
   const uint8_t* quants = nullptr;
   int64_t nb = 0;
+  const QTypeInfo* info = nullptr;
 };
 
 RowParts row_parts(QType t, int64_t K, const uint8_t* row) {
   const QTypeInfo& info = qtype_info(t);
+  const QRowLayout L = qrow_layout(t, K);
   RowParts p;
-  p.nb = (K + info.block_elems - 1) / info.block_elems;
+  p.info = &info;
+  p.row = row;
+  p.nb = L.nb;
   if (info.kind == QKind::kCodebook) p.cb = reinterpret_cast<const int8_t*>(row);
-  p.d = row + info.row_prefix_bytes;
-  p.m = info.kind == QKind::kAsymmetric ? p.d + 2 * p.nb : nullptr;
-  p.quants = p.d + 2 * p.nb * (info.kind == QKind::kAsymmetric ? 2 : 1);
+  p.d = row + L.d_off;
+  p.m = info.kind == QKind::kAsymmetric ? row + L.m_off : nullptr;
+  p.quants = row + L.q_off;
   return p;
 }
 
@@ -99,6 +105,24 @@ float f16_at(const uint8_t* p, int64_t i) {
   uint16_t h;
   std::memcpy(&h, p + 2 * i, 2);
   return f16_to_f32(h);
+}
+
+float f32_at(const uint8_t* p, int64_t i) {
+  float f;
+  std::memcpy(&f, p + 4 * i, 4);
+  return f;
+}
+
+double group_scale(const RowParts& p, int64_t g) {
+  if (!p.info->two_level) return f16_at(p.d, g);
+  const int s = p.m ? int(p.d[g]) : int(static_cast<int8_t>(p.d[g]));
+  return f32_at(p.row, 0) * static_cast<float>(s);
+}
+
+double group_offset(const RowParts& p, int64_t g) {
+  if (!p.m) return 0;
+  if (!p.info->two_level) return f16_at(p.m, g);
+  return f32_at(p.row, 1) * static_cast<float>(static_cast<int8_t>(p.m[g]));
 }
 
 // ---- the error bound ------------------------------------------------------------------------
@@ -113,8 +137,8 @@ double error_bound(QType t, int64_t K, const uint8_t* row, const ActQ8& a, int m
   double sum = 0;
   for (int64_t g = 0; g < rp.nb; ++g) {
     unpack_group(info.bits, G, rp.quants + g * qbytes, q.data());
-    const double dw = std::fabs(f16_at(rp.d, g));
-    const double c = info.kind == QKind::kAsymmetric ? std::fabs(f16_at(rp.m, g)) : z * dw;
+    const double dw = std::fabs(group_scale(rp, g));
+    const double c = info.kind == QKind::kAsymmetric ? std::fabs(group_offset(rp, g)) : z * dw;
     for (int s = 0; s < sub; ++s) {
       const int64_t b = g * sub + s;
       double dot = 0;

@@ -199,6 +199,22 @@ double codebook_optimum(const float* x, int n, const int8_t* cb, int levels) {
   return best;
 }
 
+// Two-level formats: the best codes of one group under the row's stored D (and M), by brute
+// force over every code (round-to-nearest levels are optimal for a fixed d, m).
+double two_level_optimum(const float* x, int n, const QTypeInfo& info, float D, float M) {
+  double best = INFINITY;
+  if (info.kind == QKind::kSymmetric) {
+    for (int s = -127; s <= 127; ++s) best = std::min(best, sym_error(x, n, info.bits, D * static_cast<float>(s)));
+  } else {
+    for (int s = 0; s <= 255; ++s) {
+      for (int o = -127; o <= 127; ++o) {
+        best = std::min(best, asym_error(x, n, info.bits, D * static_cast<float>(s), M * static_cast<float>(o)));
+      }
+    }
+  }
+  return best;
+}
+
 struct Reach {
   double quantizer, optimum;
 };
@@ -216,8 +232,17 @@ Reach reach(QType t, const std::vector<float>& x, int64_t k) {
     quantize_row(t, xr, k, q.data());
     dequantize_row(t, q.data(), k, y.data());
     for (int64_t i = 0; i < k; ++i) r.quantizer += double(xr[i] - y[i]) * (xr[i] - y[i]);
+    float D = 0, M = 0;
+    if (info.two_level) {
+      std::memcpy(&D, q.data(), 4);
+      if (info.kind == QKind::kAsymmetric) std::memcpy(&M, q.data() + 4, 4);
+    }
     for (int64_t g = 0; g < k / G; ++g) {
       const float* xg = xr + g * G;
+      if (info.two_level) {
+        r.optimum += two_level_optimum(xg, G, info, D, M);
+        continue;
+      }
       switch (info.kind) {
         case QKind::kSymmetric: r.optimum += sym_optimum(xg, G, info.bits); break;
         case QKind::kAsymmetric: r.optimum += asym_optimum(xg, G, info.bits); break;
@@ -257,6 +282,10 @@ TEST(QuantError, NearBruteForceOptimum) {
       {QType::kQ2G32, 1.0185, 1.0146},  {QType::kQ4AG32, 1.0067, 1.0037}, {QType::kQ3AG32, 1.0046, 1.0010},
       {QType::kQ2AG32, 1.0215, 1.0062}, {QType::kQ4AG64, 1.0101, 1.0069}, {QType::kQ2AG64, 1.0826, 1.0261},
       {QType::kNU4G32, 1.0228, 1.0085}, {QType::kNU3G32, 1.0316, 1.0219},
+      // Two-level: the optimum over every code under the row's stored D (and M).
+      {QType::kQ2KG32, 1.0171, 1.0077}, {QType::kQ3KG32, 1.0034, 1.0028}, {QType::kQ4KG32, 1.0011, 1.0000},
+      {QType::kQ5KG32, 1.0075, 1.0001}, {QType::kQ6KG32, 1.0053, 1.0103}, {QType::kQ2AKG32, 1.0166, 1.0039},
+      {QType::kQ3AKG32, 1.0048, 1.0011}, {QType::kQ4AKG32, 1.0143, 1.0188},
   };
   auto ceiling = [](double m) { return m + std::max(0.25 * (m - 1), 0.002); };
   int checked = 0;
@@ -343,25 +372,37 @@ TEST(QuantParams, MatchQuantizeRow) {
         const int64_t nb = (k + info.block_elems - 1) / info.block_elems;
         std::vector<float> d(static_cast<size_t>(nb)), m(static_cast<size_t>(nb));
         int8_t cb[16] = {};
-        quantize_row_params(t, x.data(), k, use_imp ? imp.data() : nullptr, d.data(), m.data(), cb);
+        float rs[2] = {-1, -1};
+        quantize_row_params(t, x.data(), k, use_imp ? imp.data() : nullptr, d.data(), m.data(), cb, rs);
         const int L = info.kind == QKind::kCodebook ? 1 << info.bits : 0;
         for (int l = 0; l < L; ++l) ASSERT_EQ(cb[l], static_cast<int8_t>(row[l])) << info.name << " k " << k << " rep " << rep;
-        const size_t d_off = static_cast<size_t>(info.row_prefix_bytes);
-        for (int64_t b = 0; b < nb; ++b) {
-          uint16_t hd;
-          std::memcpy(&hd, row.data() + d_off + 2 * b, 2);
-          ASSERT_EQ(f32_to_f16(d[b]), hd) << info.name << " k " << k << " rep " << rep << " group " << b;
-          if (info.kind == QKind::kAsymmetric) {
-            uint16_t hm;
-            std::memcpy(&hm, row.data() + d_off + 2 * nb + 2 * b, 2);
-            ASSERT_EQ(f32_to_f16(m[b]), hm) << info.name << " k " << k << " rep " << rep << " group " << b;
+        // The parameter bytes (codebook, row scales, group scales and offsets) written from the
+        // returned parameters equal quantize_row's.
+        const QRowLayout lay = qrow_layout(t, k);
+        std::vector<uint8_t> params(rb, 0);
+        store_row_params(t, k, d.data(), m.data(), cb, rs, params.data());
+        for (size_t i = 0; i < lay.q_off; ++i) {
+          ASSERT_EQ(params[i], row[i]) << info.name << " k " << k << " rep " << rep << " byte " << i;
+        }
+        // d and m are what dequantization computes: a row with every quant at level 1 (or, for
+        // symmetric formats, at z + 1) dequantizes to d + m (d) in every group.
+        if (info.kind != QKind::kCodebook) {
+          for (int64_t b = 0; b < nb; ++b) {
+            std::vector<uint8_t> qs(static_cast<size_t>(info.block_elems), static_cast<uint8_t>(info.kind == QKind::kSymmetric ? (1 << (info.bits - 1)) + 1 : 1));
+            pack_group(info.bits, info.block_elems, qs.data(), params.data() + lay.q_off + static_cast<size_t>(b) * lay.qbytes);
+          }
+          std::vector<float> y(static_cast<size_t>(k));
+          dequantize_row(t, params.data(), k, y.data());
+          for (int64_t b = 0; b < nb; ++b) {
+            const float want = info.kind == QKind::kSymmetric ? d[b] : d[b] + m[b];
+            ASSERT_EQ(y[b * info.block_elems], want) << info.name << " k " << k << " rep " << rep << " group " << b;
           }
         }
         ++checked;
       }
     }
   }
-  EXPECT_EQ(checked, 15 * 4 * 6 + 2 * 4 * 6);  // 15 scalar formats + 2 codebook formats
+  EXPECT_EQ(checked, 23 * 4 * 6 + 2 * 4 * 6);  // 23 scalar formats (8 two-level) + 2 codebook formats
 }
 
 TEST(ActQuant, ScalesSumsAndPadding) {

@@ -30,9 +30,11 @@ struct QuantizeArgs {
   double bpw = 0;
   std::string size, calib, stats_in, stats_out, recipe, encoder = "gptq", write_recipe;
   std::vector<std::string> candidates;
-  int64_t calib_tokens = 16384, kl_tokens = 2048;
+  int64_t calib_tokens = 16384, kl_tokens = 1024;
   double rank_check_bpw = 0;
   std::string kl_text = "calib";
+  bool sequential = false;
+  int kl_points = 2;
   bool dry_run = false, json = false, rank_check = false;
 };
 
@@ -73,9 +75,16 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
                  {"format", qtype_info(p.format).name},
                  {"bytes", p.bytes},
                  {"alpha", p.alpha},
+                 {"gamma", p.gamma},
                  {"measured_kl", p.measured_kl},
                  {"predicted_kl", p.predicted_kl},
                  {"fixed", p.fixed}});
+    if (!p.error.empty()) {
+      // Each candidate's output error e (predicted KL = alpha * e).
+      nlohmann::json e = nlohmann::json::object();
+      for (size_t j = 0; j < p.error.size() && j < r.candidates.size(); ++j) e[std::string(qtype_info(r.candidates[j]).name)] = p.error[j];
+      t.back()["errors"] = e;
+    }
     if (std::isfinite(p.check_measured_kl)) {
       t.back()["check_measured_kl"] = p.check_measured_kl;
       t.back()["check_predicted_kl"] = p.check_predicted_kl;
@@ -114,6 +123,8 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
   o.calib_tokens = a.calib_tokens;
   o.kl_tokens = a.kl_tokens;
   o.kl_self_generated = a.kl_text == "self";
+  o.sequential = a.sequential;
+  o.kl_two_point = a.kl_points == 2;
   o.stats_in = a.stats_in;
   o.stats_out = a.stats_out;
   o.dry_run = a.dry_run;
@@ -151,19 +162,22 @@ Command add_quantize_command(CLI::App& app) {
   q->add_option("--recipe", a->recipe, "JSON file of formats per tensor name or glob pattern (fixed; the rest is allocated)");
   q->add_option("--calib", a->calib, "calibration text (documents split at lines holding only 0x1E); default: text the model samples itself");
   q->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
-  q->add_option("--kl-tokens", a->kl_tokens, "tokens of the KL runs that calibrate each tensor's sensitivity")->check(CLI::PositiveNumber);
+  q->add_option("--kl-tokens", a->kl_tokens, "tokens of each KL run (per fit point) that calibrates a tensor's sensitivity")->check(CLI::PositiveNumber);
+  q->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (a power law through the ~3.5- and ~2.5-bit candidates) or 1 (a line)")
+      ->check(CLI::IsMember({1, 2}));
+  q->add_flag("--sequential", a->sequential, "encode each layer with the statistics of the model whose earlier layers are quantized (GPTQ's order)");
   q->add_option("--kl-text", a->kl_text, "text of the per-tensor KL runs: calib (the calibration text) or self (sampled by the model)")
       ->check(CLI::IsMember({"calib", "self"}));
   q->add_option("--save-stats", a->stats_out, "write the calibration statistics to this file");
   q->add_option("--stats", a->stats_in, "read calibration statistics written by --save-stats");
   q->add_option("--encoder", a->encoder, "encoder with calibration: gptq, weighted (importance-weighted RTN) or rtn")
       ->check(CLI::IsMember({"gptq", "weighted", "rtn"}));
-  q->add_option("--candidates", a->candidates, "formats the allocation chooses among (default: q2a_g64 .. q8_g64)")->delimiter(',');
+  q->add_option("--candidates", a->candidates, "formats the allocation chooses among (default: q2k_g32 .. q8_g64)")->delimiter(',');
   q->add_flag("--dry-run", a->dry_run, "print the allocation and its predicted loss; write nothing");
   q->add_option("--write-recipe", a->write_recipe, "write the chosen formats as a recipe (reusable with --recipe)");
   q->add_flag("--json", a->json, "print the plan as JSON");
-  q->add_flag("--rank-check", a->rank_check, "also measure each tensor's KL at 2.5 bits and report the rank correlation with the prediction");
-  q->add_option("--rank-check-bpw", a->rank_check_bpw, "the rank check's candidate: the one nearest this many bits per weight (default 2.5)");
+  q->add_flag("--rank-check", a->rank_check, "also measure each tensor's KL at 4.5 bits and report the rank correlation with the prediction");
+  q->add_option("--rank-check-bpw", a->rank_check_bpw, "the rank check's candidate: the one nearest this many bits per weight (default 4.5)");
   q->add_option("--tokenizer", a->tokenizer, "tokenizer for llama2.c checkpoints");
   q->add_option("-t,--threads", a->threads, "threads (default: all cores)");
   q->add_flag("-q,--quiet", a->quiet, "no progress bar");

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 
 #include "kernels/common.h"
@@ -28,7 +29,10 @@ struct SweepArgs {
   std::string input, text, calib, stats_in, html, out_dir, encoder = "gptq", tokenizer;
   std::vector<double> bpw;
   std::vector<std::string> uniform = {"q2a_g32", "q3_g32", "q3a_g32", "q4_g128", "q4_g32", "q5_g32"};
-  int64_t calib_tokens = 16384, kl_tokens = 2048;
+  std::vector<std::string> candidates;  // empty: the allocator's default
+  bool dry_run = false, sequential = false;
+  int kl_points = 2;
+  int64_t calib_tokens = 16384, kl_tokens = 1024;
   int ctx = 512, windows = 64, threads = 0;
   bool quiet = false;
 };
@@ -42,20 +46,21 @@ struct Row {
 
 int run_sweep(const SweepArgs& a) {
   if (a.bpw.empty()) throw Error(ErrorCode::kInvalidArgument, "give the budgets to sweep, e.g. --bpw 2.5,3,3.5,4,4.5,5");
+  if (a.text.empty() && !a.dry_run) throw Error(ErrorCode::kInvalidArgument, "give the evaluation text (-f TEXT), or --dry-run to plan only");
   ImportOptions io;
   io.tokenizer_path = a.tokenizer;
   const ImportedModel m = import_model(a.input, io);
   auto source = std::shared_ptr<const ImportedModel>(std::shared_ptr<const ImportedModel>{}, &m);
   auto base_model = Model::from_imported(source);
-  const std::string text = read_file(a.text);
+  const std::string text = a.dry_run ? std::string() : read_file(a.text);
   const std::vector<int> stream = tokenize_documents(base_model->tokenizer(), text, m.config.bos_id, m.config.eos_id);
   PplParams pp;
   pp.ctx = a.ctx;
   pp.windows = a.windows;
   ContextParams cp;
   cp.n_threads = a.threads;
-  double base_ppl;
-  {
+  double base_ppl = NAN;
+  if (!a.dry_run) {
     Context ctx(base_model, cp);
     base_ppl = perplexity(ctx, stream, pp).ppl;
   }
@@ -64,8 +69,11 @@ int run_sweep(const SweepArgs& a) {
   if (!a.calib.empty()) o.calib_text = read_file(a.calib);
   o.calib_tokens = a.calib_tokens;
   o.kl_tokens = a.kl_tokens;
+  o.sequential = a.sequential;
+  o.kl_two_point = a.kl_points == 2;
   o.stats_in = a.stats_in;
   o.threads = a.threads;
+  for (const std::string& c : a.candidates) o.candidates.push_back(parse_qtype(c, "--candidates"));
   o.encode.method = a.encoder == "rtn" ? EncodeMethod::kRtn : a.encoder == "weighted" ? EncodeMethod::kWeighted : EncodeMethod::kGptq;
   if (!a.quiet) o.progress = [](const char* stage, size_t d, size_t t) { progress_bar(stage, d, t); };
   namespace fs = std::filesystem;
@@ -79,6 +87,21 @@ int run_sweep(const SweepArgs& a) {
   std::vector<QType> uniform;
   for (const std::string& u : a.uniform) uniform.push_back(parse_qtype(u, "--uniform"));
   q.measure();
+  if (a.dry_run) {
+    // The plans alone: bits per weight and the predicted KL of each budget.
+    std::printf("| budget bpw | bits per weight | size | predicted KL | formats (tensors) |\n|---|---|---|---|---|\n");
+    for (double b : a.bpw) {
+      const AutoQuantResult r = q.plan(b, 0);
+      std::map<std::string, int> count;
+      for (const TensorPlan& t : r.tensors) ++count[std::string(qtype_info(t.format).name)];
+      std::string formats;
+      for (const auto& [name, n] : count) formats += (formats.empty() ? "" : ", ") + name + " " + std::to_string(n);
+      std::printf("| %.3f | %.3f | %s | %.6f | %s |\n", b, r.bpw, human_bytes(r.tensor_bytes).c_str(), r.predicted_kl,
+                  formats.c_str());
+    }
+    if (a.out_dir.empty()) fs::remove_all(dir);
+    return 0;
+  }
 
   std::vector<Row> rows;
   const size_t total = a.bpw.size() + uniform.size();
@@ -148,12 +171,16 @@ Command add_sweep_command(CLI::App& app) {
   CLI::App* s = app.add_subcommand("sweep", "Quantize at several budgets (and uniform formats) and plot bits per weight against perplexity");
   s->add_option("input", a->input, "model to quantize (HF dir, GGUF, llama2.c)")->required();
   s->add_option("--bpw", a->bpw, "budgets in bits per weight, e.g. 2.5,3,3.5,4,4.5,5")->delimiter(',')->required();
-  s->add_option("-f,--file", a->text, "evaluation text (documents split at lines holding only 0x1E)")->required();
+  s->add_option("-f,--file", a->text, "evaluation text (documents split at lines holding only 0x1E); required unless --dry-run");
   s->add_option("--calib", a->calib, "calibration text (default: text the model samples itself)");
   s->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
   s->add_option("--kl-tokens", a->kl_tokens, "tokens of the per-tensor KL runs")->check(CLI::PositiveNumber);
+  s->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (power law) or 1 (line)")->check(CLI::IsMember({1, 2}));
+  s->add_flag("--sequential", a->sequential, "encode layer by layer on the partly quantized model (GPTQ's order)");
   s->add_option("--stats", a->stats_in, "calibration statistics from quantize --save-stats");
   s->add_option("--uniform", a->uniform, "uniform formats to compare, encoded the same way")->delimiter(',');
+  s->add_option("--candidates", a->candidates, "formats the allocation chooses among (default: quantize's)")->delimiter(',');
+  s->add_flag("--dry-run", a->dry_run, "plan each budget and print its predicted KL; nothing is encoded or evaluated");
   s->add_option("--encoder", a->encoder, "gptq, weighted or rtn")->check(CLI::IsMember({"gptq", "weighted", "rtn"}));
   s->add_option("--ctx", a->ctx, "predictions per perplexity window")->check(CLI::PositiveNumber);
   s->add_option("--windows", a->windows, "perplexity windows (0: all)")->check(CLI::NonNegativeNumber);

@@ -27,6 +27,9 @@
 // d_w * (d_a * dot - z * ds_a) up to float rounding (without the cancellation). Up to four
 // activation rows share each unpacked chunk. The last chunk of a row may hold fewer groups than
 // 128 / G: the missing groups read as zeros (activations are padded to 128, qtype.h / quant.h).
+// Two-level formats (G = 32) unpack like their one-level kind; only the chunk's scales differ:
+// d_w = D * float(s) per lane (m_w = M * float(o)), the single rounded product the reference
+// computes, read from the row's 8-bit codes under its f32 D (M).
 
 #if defined(MXLM_TARGET_NEON)
 
@@ -438,15 +441,23 @@ struct Fmt {
   static constexpr int kQBytes = kG * kBits / 8;      // quant bytes per group
   static constexpr int kGroupsPerChunk = 128 / kG;    // groups per 128-element chunk
   static constexpr int kPrefix = info.row_prefix_bytes;
+  static constexpr bool kTwoLevel = info.two_level;
+  static constexpr int kCodeBytes = kTwoLevel ? 1 : 2;  // bytes per group scale (offset)
   static_assert(kKind != QKind::kFloat && 128 % kG == 0 && kG % 32 == 0, "unsupported group size");
+  static_assert(!kTwoLevel || (kG == 32 && kKind != QKind::kCodebook &&
+                               kPrefix == (kKind == QKind::kAsymmetric ? 8 : 4)),
+                "two-level formats: groups of 32, f32 D (and M) before the codes");
 };
 
-// Pointers into one weight row (qtype.h): [codebook][d f16 x nb][m f16 x nb][quants].
+// Pointers into one weight row (qtype.h): [codebook][d f16 x nb][m f16 x nb][quants], or for
+// two-level formats [D f32][M f32][s u8/i8 x nb][o i8 x nb][quants] (no alignment: D and M are
+// copied out bytewise).
 struct RowPtrs {
-  const uint8_t* d;
-  const uint8_t* m;
+  const uint8_t* d;  // group scales (two-level: codes s)
+  const uint8_t* m;  // group offsets (two-level: codes o), asymmetric formats
   const uint8_t* q;
   int8x16_t cb;  // codebook formats: the row's table (entries past 2^b are 0)
+  float D, M;    // two-level formats: the row scales (M = 0 when symmetric)
 };
 
 template <QType T>
@@ -462,9 +473,15 @@ MXLM_AI RowPtrs row_ptrs(const uint8_t* row, int64_t nb) {
       r.cb = vcombine_s8(vld1_s8(reinterpret_cast<const int8_t*>(row)), vdup_n_s8(0));
     }
   }
+  r.D = 0.0f;
+  r.M = 0.0f;
+  if constexpr (F::kTwoLevel) {
+    __builtin_memcpy(&r.D, row, 4);
+    if constexpr (F::kKind == QKind::kAsymmetric) __builtin_memcpy(&r.M, row + 4, 4);
+  }
   r.d = row + F::kPrefix;
-  r.m = r.d + 2 * nb;
-  r.q = F::kKind == QKind::kAsymmetric ? r.m + 2 * nb : r.m;
+  r.m = r.d + F::kCodeBytes * nb;
+  r.q = F::kKind == QKind::kAsymmetric ? r.m + F::kCodeBytes * nb : r.m;
   return r;
 }
 
@@ -598,6 +615,35 @@ MXLM_AI float32x4_t chunk_scales_partial(const uint8_t* p, int64_t c, int ng) {
   return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
 }
 
+// Two-level formats (G = 32: one group per block): the codes p[4c..4c+4) of chunk c as
+// D * float(code) in lane j, one float multiply each (the code converts exactly), so the same
+// single rounding as the reference's D * s. kSigned: i8 codes (symmetric scales, offsets), else
+// u8 (asymmetric scales).
+template <bool kSigned>
+MXLM_AI float32x4_t chunk_codes(const uint8_t* p, int64_t c, float D) {
+  uint32_t u;
+  __builtin_memcpy(&u, p + 4 * c, 4);
+  const uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(u));
+  float32x4_t v;
+  if constexpr (kSigned) {
+    v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u8(b)))));
+  } else {
+    v = vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(b))));
+  }
+  return vmulq_n_f32(v, D);
+}
+// The same for the last chunk, which holds only ng < 4 groups: the other lanes are exactly 0
+// (not D * 0, which a non-finite D would make NaN).
+template <bool kSigned>
+MXLM_AI float32x4_t chunk_codes_partial(const uint8_t* p, int64_t c, int ng, float D) {
+  float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int j = 0; j < ng; ++j) {
+    const uint8_t code = p[4 * c + j];
+    f[j] = D * static_cast<float>(kSigned ? static_cast<int>(static_cast<int8_t>(code)) : static_cast<int>(code));
+  }
+  return vld1q_f32(f);
+}
+
 // Chunk c of a row (groups [c * 128/G, c * 128/G + ng)), ng = 128/G except maybe in the last.
 template <QType T, bool kFull>
 MXLM_AI void load_chunk(const RowPtrs& r, int64_t c, int ng, Chunk* out) {
@@ -607,13 +653,24 @@ MXLM_AI void load_chunk(const RowPtrs& r, int64_t c, int ng, Chunk* out) {
   if constexpr (kFull) {
 #pragma GCC unroll 4
     for (int g = 0; g < gpc; ++g) unpack_group_s8<T>(qs + g * F::kQBytes, r.cb, out->w + g * (G / 16));
-    out->d = chunk_scales<G>(r.d, c);
-    if constexpr (F::kKind == QKind::kAsymmetric) out->m = chunk_scales<G>(r.m, c);
+    if constexpr (F::kTwoLevel) {
+      // d = D * s (s: i8 symmetric, u8 asymmetric), m = M * o (o: i8).
+      out->d = chunk_codes<F::kKind == QKind::kSymmetric>(r.d, c, r.D);
+      if constexpr (F::kKind == QKind::kAsymmetric) out->m = chunk_codes<true>(r.m, c, r.M);
+    } else {
+      out->d = chunk_scales<G>(r.d, c);
+      if constexpr (F::kKind == QKind::kAsymmetric) out->m = chunk_scales<G>(r.m, c);
+    }
   } else {
     for (int i = 0; i < 8; ++i) out->w[i] = vdupq_n_s8(0);
     for (int g = 0; g < ng; ++g) unpack_group_s8<T>(qs + g * F::kQBytes, r.cb, out->w + g * (G / 16));
-    out->d = chunk_scales_partial<G>(r.d, c, ng);
-    if constexpr (F::kKind == QKind::kAsymmetric) out->m = chunk_scales_partial<G>(r.m, c, ng);
+    if constexpr (F::kTwoLevel) {
+      out->d = chunk_codes_partial<F::kKind == QKind::kSymmetric>(r.d, c, ng, r.D);
+      if constexpr (F::kKind == QKind::kAsymmetric) out->m = chunk_codes_partial<true>(r.m, c, ng, r.M);
+    } else {
+      out->d = chunk_scales_partial<G>(r.d, c, ng);
+      if constexpr (F::kKind == QKind::kAsymmetric) out->m = chunk_scales_partial<G>(r.m, c, ng);
+    }
   }
   if constexpr (F::kKind != QKind::kAsymmetric) out->m = vdupq_n_f32(0.0f);
 }

@@ -9,16 +9,24 @@
 // head error feeds the logits directly; a v error is mixed by attention and normed away in
 // part). So the predicted KL of candidate c is α_t·e_tc, and α_t is measured: quantize t
 // alone with a reference candidate r_t (the one nearest 3.5 bits per weight), run the
-// calibration's KL windows and set α_t = KL_t / e_t,r. Tensor errors are taken as additive
-// (errors of different tensors are nearly uncorrelated), so the model's predicted KL is
-// Σ_t α_t e_t,c(t), which the allocator (model/allocate.h) minimizes under the byte budget.
+// calibration's KL windows and set α_t = KL_t / e_t,r.
+//
+// Far from r_t the line bends for some tensors: the KL each tensor alone causes at the ~2.5-bit
+// candidate, against α_t·e, was 2.1x the line for the embedding and 1.4-1.6x for layer 0's q,
+// gate and up on tinymix (γ below 1.25-1.46), 1.00 ± 0.05 for most others; a mix built on the
+// line put exactly those tensors at 2 bits and measured a higher KL than uniform q3k_g32 at the
+// same size. So by default a second point is measured (the candidate nearest 2.5 bits) and
+// each tensor gets the power law through both, KL_t(e) = KL_t,r·(e / e_t,r)^γ_t (γ_t clamped
+// to [0.8, 2]). Tensor errors are taken as additive (errors of different tensors are nearly
+// uncorrelated), so the model's predicted KL is Σ_t KL_t(e_t,c(t)), which the allocator
+// (model/allocate.h) minimizes under the byte budget.
 //
 // The embedding has no input matrix: a row is read when its token occurs, so e = Σ_r f_r ‖Δw_r‖²
 // with f_r the token's frequency in the calibration text.
 //
-// Rank check (AutoQuantResult::rank_correlation): with α_t fitted at r_t, the predicted KL at a
-// second candidate (the one nearest 2.5 bits) is compared with the KL measured for it, over all
-// tensors: Spearman's ρ.
+// Rank check (AutoQuantResult::rank_correlation): the predicted KL at one more candidate (the
+// one nearest rank_check_bpw, 4.5 by default) is compared with the KL measured for it, over
+// all tensors: Spearman's ρ.
 #pragma once
 
 #include <functional>
@@ -48,17 +56,28 @@ struct AutoQuantOptions {
   int64_t calib_tokens = 16384;
   int window = 512;               // tokens per calibration window (capped at the context)
   std::string stats_in, stats_out;  // --stats / --save-stats paths (empty: none)
-  int64_t kl_tokens = 2048;       // tokens of the KL windows that calibrate α_t
+  // Tokens of the KL windows that calibrate α_t (per point of the two-point fit: 2048 KL
+  // tokens in all by default, which keeps tinymix under a minute; 2048 per point measured a
+  // little better at 4.5-5.4 bits, README).
+  int64_t kl_tokens = 1024;
   bool kl_self_generated = false; // KL windows sampled from the model, not the calibration text
-  bool rank_check = false;        // also measure KL at a second candidate (rank_correlation)
-  double rank_check_bpw = 2.5;    // ... the one nearest this many bits per weight
+  // Sequential encoding (GPTQ's order): when the file is written, each layer is encoded with
+  // the statistics of its inputs in the model whose earlier layers are already quantized (one
+  // more pass over the calibration windows); the plan's errors and α stay those of the
+  // unquantized model.
+  bool sequential = false;
+  // The KL-vs-error curve per tensor from two points (the candidates nearest 3.5 and 2.5 bits
+  // per weight): KL_t(e) = KL_t,ref · (e / e_ref)^γ_t. Off: one point, γ = 1.
+  bool kl_two_point = true;
+  bool rank_check = false;        // also measure KL at one more candidate (rank_correlation)
+  double rank_check_bpw = 4.5;    // ... the one nearest this many bits per weight
   bool dry_run = false;           // plan only: nothing is encoded or written
   int threads = 0;
   // (stage, done, total): stages "calibrating", "encoding candidates", "measuring KL", "writing".
   std::function<void(const char*, size_t, size_t)> progress;
 };
 
-// The formats the allocator chooses among by default, from 2.5 to 8.25 bits per weight.
+// The formats the allocator chooses among by default, from 2.26 to 8.25 bits per weight.
 std::vector<QType> default_candidates();
 
 struct TensorPlan {
@@ -66,11 +85,13 @@ struct TensorPlan {
   int64_t n = 0, k = 0;
   QType format = QType::kF32;
   uint64_t bytes = 0;
-  double alpha = 0;           // measured KL per unit output error
+  double alpha = 0;           // measured KL per unit output error at the reference candidate
   double measured_kl = 0;     // KL with this tensor alone at its reference candidate
+  double low_kl = NAN;        // two-point fit: KL with this tensor alone at the ~2.5-bit candidate
+  double gamma = 1;           // exponent of the KL-vs-error curve (two-point fit; else 1)
   double predicted_kl = 0;    // α · e of the chosen format
   bool fixed = false;         // set by the recipe
-  // With rank_check: the KL measured and predicted at the low (~2.5-bit) candidate.
+  // With rank_check: the KL measured and predicted at the rank check's candidate.
   double check_measured_kl = NAN, check_predicted_kl = NAN;
   std::vector<double> error;  // e per candidate (AutoQuantResult::candidates order)
 };

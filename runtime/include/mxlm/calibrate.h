@@ -79,6 +79,11 @@ struct CalibParams {
   // (CalibStats::layers[l] stays empty). Null: keep them all in the result.
   std::function<void(int, LayerStats&&)> on_layer;
   std::function<void(size_t, size_t)> progress;  // (done, total) over layers + head
+  // Sequential calibration (GPTQ's order): called when layer l's statistics are complete (before
+  // on_layer) with those statistics; returns the weights layer l's outputs are then recomputed
+  // with (its quantized version; it must stay valid until the next call), or null to keep the model's. Layer l + 1's statistics are then those of the
+  // model whose layers 0..l are quantized, and so are the head's.
+  std::function<const LayerWeights*(int, const LayerStats&)> quantize_layer;
 };
 
 // Runs the windows through the model layer by layer, every window's layer l before any window's
