@@ -58,14 +58,15 @@ int run_uniform(const QuantizeArgs& a, const ImportedModel& m) {
 }
 
 void print_plan(const AutoQuantResult& r) {
-  std::printf("%-22s %-9s %7s %12s %12s %12s\n", "tensor", "format", "bits", "alpha", "kl@ref", "predicted");
+  std::printf("%-22s %-9s %7s %12s %6s %12s %12s\n", "tensor", "format", "bits", "alpha", "gamma", "kl@ref", "predicted");
   for (const TensorPlan& p : r.tensors) {
-    std::printf("%-22s %-9s %7.3f %12.4g %12.4g %12.4g%s\n", p.name.c_str(), std::string(qtype_info(p.format).name).c_str(),
-                8.0 * double(p.bytes) / (double(p.n) * double(p.k)), p.alpha, p.measured_kl, p.predicted_kl, p.fixed ? "  (recipe)" : "");
+    std::printf("%-22s %-9s %7.3f %12.4g %6.3f %12.4g %12.4g%s\n", p.name.c_str(), std::string(qtype_info(p.format).name).c_str(),
+                8.0 * double(p.bytes) / (double(p.n) * double(p.k)), p.alpha, p.gamma, p.measured_kl, p.predicted_kl,
+                p.fixed ? "  (recipe)" : "");
   }
   std::printf("\n%.4f bits per weight, %s of tensors, predicted KL %.4g nats/token (sum over tensors)\n", r.bpw,
               human_bytes(r.tensor_bytes).c_str(), r.predicted_kl);
-  if (std::isfinite(r.rank_correlation)) std::printf("rank correlation of predicted and measured KL at the low candidate: %.3f\n", r.rank_correlation);
+  if (std::isfinite(r.rank_correlation)) std::printf("rank correlation of predicted and measured KL at the rank check's candidate: %.3f\n", r.rank_correlation);
 }
 
 nlohmann::json plan_json(const AutoQuantResult& r) {
