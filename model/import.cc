@@ -159,6 +159,21 @@ void write_model(const ImportedModel& m, const std::string& out_path, const std:
 void write_model(const ImportedModel& m, const std::string& out_path, const std::function<QType(const SourceTensor&)>& choose,
                  const nlohmann::json& quantization, const TensorEncoder& encode,
                  const std::function<void(size_t, size_t)>& progress) {
+  write_model(
+      m, out_path,
+      [&choose](const SourceTensor& t) {
+        TensorLayout l;
+        l.qtype = choose(t);
+        return l;
+      },
+      quantization,
+      [&encode](const SourceTensor& t, const TensorLayout& l, uint8_t* dst, size_t bytes) { encode(t, l.qtype, dst, bytes); },
+      progress);
+}
+
+void write_model(const ImportedModel& m, const std::string& out_path, const std::function<TensorLayout(const SourceTensor&)>& layout,
+                 const nlohmann::json& quantization, const LayoutEncoder& encode,
+                 const std::function<void(size_t, size_t)>& progress) {
   MxlmWriteInput in;
   in.config = m.config;
   in.tokenizer_blob = m.tokenizer_proto;
@@ -170,12 +185,19 @@ void write_model(const ImportedModel& m, const std::string& out_path, const std:
     w.name = t.name;
     w.shape = t.shape;
     const bool vec = t.shape.size() == 1;
-    w.qtype = vec ? QType::kF32 : choose(t);
-    const QType dst_type = w.qtype;
+    auto lay = std::make_shared<TensorLayout>();
+    if (!vec) *lay = layout(t);
+    w.qtype = vec ? QType::kF32 : lay->qtype;
+    if (!lay->segment_qtypes.empty()) {
+      MXLM_ASSERT(lay->segment_qtypes.size() == lay->segment_rows.size());
+      for (size_t i = 0; i < lay->segment_qtypes.size(); ++i) w.segments.push_back({lay->segment_rows[i], lay->segment_qtypes[i]});
+      w.qtype = lay->segment_qtypes[0];
+    }
+    w.row_map = lay->row_map;
     const SourceTensor* src = &t;
-    w.fill = [src, dst_type, vec, &encode](uint8_t* dst, size_t bytes) {
+    w.fill = [src, lay, vec, &encode](uint8_t* dst, size_t bytes) {
       if (!vec) {
-        encode(*src, dst_type, dst, bytes);
+        encode(*src, *lay, dst, bytes);
         return;
       }
       MXLM_ASSERT(bytes == sizeof(float) * static_cast<size_t>(src->shape[0]));

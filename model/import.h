@@ -107,4 +107,19 @@ void write_model(const ImportedModel& m, const std::string& out_path, const std:
                  const nlohmann::json& quantization, const TensorEncoder& encode,
                  const std::function<void(size_t, size_t)>& progress = {});
 
+// The general form: each 2-D tensor in one format, or split into row segments of their own
+// formats (segment_rows[i] rows of segment_qtypes[i], in stored order) with a row map (stored
+// row i is output row row_map[i]; empty: the identity). `encode(tensor, layout, dst, bytes)`
+// writes the stored rows, segment after segment.
+struct TensorLayout {
+  QType qtype = QType::kF32;                // one format (segment_qtypes empty)
+  std::vector<QType> segment_qtypes;
+  std::vector<int64_t> segment_rows;
+  std::vector<int32_t> row_map;
+};
+using LayoutEncoder = std::function<void(const SourceTensor&, const TensorLayout&, uint8_t* dst, size_t bytes)>;
+void write_model(const ImportedModel& m, const std::string& out_path, const std::function<TensorLayout(const SourceTensor&)>& layout,
+                 const nlohmann::json& quantization, const LayoutEncoder& encode,
+                 const std::function<void(size_t, size_t)>& progress = {});
+
 }  // namespace mxlm

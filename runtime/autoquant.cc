@@ -228,6 +228,15 @@ std::string fmt_bpw(double b) {
   return buf;
 }
 
+// Bytes of a model's calibration statistics (the Gram matrices in double): tinymix-26m 67 MB,
+// TinyLlama-1.1B 7.7 GB, Llama-7B 44 GB. Above AutoQuantOptions::keep_stats_bytes the quantizer
+// streams them (measure() takes each layer's as it completes and drops it; write() calibrates
+// again).
+uint64_t stats_bytes(const ModelConfig& c) {
+  const uint64_t e = uint64_t(c.n_embd), q = uint64_t(c.n_heads) * uint64_t(c.head_dim), f = uint64_t(c.n_ff);
+  return 8 * (uint64_t(c.n_layers) * (2 * e * e + q * q + f * f) + e * e);
+}
+
 }  // namespace
 
 struct AutoQuantizer::Impl {
@@ -251,15 +260,148 @@ struct AutoQuantizer::Impl {
     std::shared_ptr<const OutputErrorH> error_h;
   };
   std::map<std::pair<int, int>, Prepared> prepared;
+  void drop_prepared(int layer) {
+    for (auto it = prepared.begin(); it != prepared.end();) it = it->first.first == layer ? prepared.erase(it) : std::next(it);
+  }
+  // Streaming (measure): the statistics of the layer being measured, handed out by calibrate()
+  // and dropped after it; `streamed` then tells write() to calibrate again.
+  bool streamed = false;
+  const LayerStats* live = nullptr;
+  int live_layer = -1;
   double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0;
   double rank_correlation = NAN;
   size_t ref = 0;  // the reference candidate (nearest 3.5 bits per weight)
 
-  // The predicted KL of tensor p at candidate j: the power law through the measured point(s).
-  double predict(const TensorPlan& p, size_t j) const {
-    const double e = p.error[j], er = p.error[ref];
-    if (er <= 0 || e <= 0 || p.gamma == 1.0) return p.alpha * e;
-    return p.measured_kl * std::pow(e / er, p.gamma);
+  // Per tensor and candidate, each output row's error (its part of e), for row splits.
+  std::vector<std::vector<std::vector<float>>> row_error;
+
+  // kl_layers: each unmeasured layer tensor takes log α, γ and γ_high interpolated linearly in
+  // depth between the nearest measured layers' tensors of the same kind (one side: copied).
+  void interpolate_kl() {
+    auto kind = [](const std::string& name) { return name.substr(name.find('.', 4) + 1); };  // "blk.<l>.<kind>"
+    for (size_t i = 0; i < base.size(); ++i) {
+      TensorPlan& p = base[i];
+      if (!p.kl_interpolated) continue;
+      const int l = slots[i].layer;
+      const TensorPlan *a = nullptr, *b = nullptr;
+      int la = -1, lb = -1;
+      for (size_t j = 0; j < base.size(); ++j) {
+        const TensorPlan& q = base[j];
+        const int lq = slots[j].layer;
+        if (j == i || q.kl_interpolated || q.fixed || lq < 0 || slots[j].embedding || kind(q.name) != kind(p.name)) continue;
+        if (lq < l && lq > la) la = lq, a = &q;
+        if (lq > l && (lb < 0 || lq < lb)) lb = lq, b = &q;
+      }
+      if (!a && !b) throw Error(ErrorCode::kInvalidArgument, "kl_layers: no measured layer holds a tensor like '" + p.name + "'");
+      if (!a) a = b, la = lb;
+      if (!b) b = a, lb = la;
+      const double t = lb == la ? 0.0 : double(l - la) / double(lb - la);
+      const double floor = 1e-30;
+      p.alpha = std::exp((1 - t) * std::log(std::max(a->alpha, floor)) + t * std::log(std::max(b->alpha, floor)));
+      p.gamma = (1 - t) * a->gamma + t * b->gamma;
+      p.gamma_high = (1 - t) * a->gamma_high + t * b->gamma_high;
+      p.measured_kl = p.alpha * p.error[ref];
+    }
+  }
+
+  // The predicted KL of tensor p at output error e: the power law through the measured points.
+  double predict_error(const TensorPlan& p, double e) const {
+    const double er = p.error[ref];
+    const double g = e < er ? p.gamma_high : p.gamma;
+    if (er <= 0 || e <= 0 || g == 1.0) return p.alpha * e;
+    return p.measured_kl * std::pow(e / er, g);
+  }
+  double predict(const TensorPlan& p, size_t j) const { return predict_error(p, p.error[j]); }
+
+  // Row splits of tensor i: rows ranked by how much their error falls from candidate lo to hi
+  // (a higher-bit candidate, one of the two next above lo in bits per weight), the first m of
+  // them in hi. The error of a split is the sum of its rows' errors, its predicted KL the
+  // tensor's curve at that error; the row map costs 4 bytes per row.
+  struct Split {
+    size_t lo = 0, hi = 0;
+    int64_t m = 0;  // rows in hi
+    uint64_t bytes = 0;
+    double loss = 0;
+  };
+  std::vector<size_t> split_order(size_t i, size_t lo, size_t hi) const {
+    const std::vector<float>&a = row_error[i][lo], &b = row_error[i][hi];
+    std::vector<size_t> order(a.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return a[x] - b[x] > a[y] - b[y]; });
+    return order;
+  }
+  std::vector<Split> row_splits(size_t i) const {
+    std::vector<Split> out;
+    const TensorPlan& p = base[i];
+    if (row_error.size() <= i || row_error[i].size() != candidates.size() || p.n < 64) return out;
+    std::vector<size_t> by_bits(candidates.size());
+    std::iota(by_bits.begin(), by_bits.end(), 0);
+    std::sort(by_bits.begin(), by_bits.end(),
+              [&](size_t x, size_t y) { return tensor_bytes(candidates[x], p.n, p.k) < tensor_bytes(candidates[y], p.n, p.k); });
+    for (size_t a = 0; a < by_bits.size(); ++a) {
+      for (size_t b = a + 1; b < by_bits.size() && b <= a + 2; ++b) {
+        const size_t lo = by_bits[a], hi = by_bits[b];
+        const uint64_t rb_lo = tensor_bytes(candidates[lo], 1, p.k), rb_hi = tensor_bytes(candidates[hi], 1, p.k);
+        if (rb_hi <= rb_lo) continue;
+        const std::vector<size_t> order = split_order(i, lo, hi);
+        double e_lo = 0;
+        for (float v : row_error[i][lo]) e_lo += v;
+        for (int eighths : {1, 2, 4, 6}) {
+          const int64_t m = (p.n * eighths / 8) / 32 * 32;
+          if (m <= 0 || m >= p.n) continue;
+          double e = e_lo;
+          for (int64_t r = 0; r < m; ++r) e -= double(row_error[i][lo][order[size_t(r)]]) - double(row_error[i][hi][order[size_t(r)]]);
+          Split sp;
+          sp.lo = lo;
+          sp.hi = hi;
+          sp.m = m;
+          const uint64_t dense = rb_lo * uint64_t(p.n - m) + rb_hi * uint64_t(m);
+          sp.bytes = (dense + 3) / 4 * 4 + 4 * uint64_t(p.n);  // the row map is 4-byte aligned
+          sp.loss = predict_error(p, std::max(e, 0.0));
+          out.push_back(sp);
+        }
+      }
+    }
+    return out;
+  }
+  // The stored layout of a planned tensor: one format, or its rows outside split_rows in
+  // `format` then split_rows in `split_format`, behind a row map.
+  static TensorLayout layout_of(const TensorPlan& p) {
+    TensorLayout l;
+    l.qtype = p.format;
+    if (p.split_rows.empty()) return l;
+    const int64_t m = int64_t(p.split_rows.size());
+    l.segment_qtypes = {p.format, p.split_format};
+    l.segment_rows = {p.n - m, m};
+    std::vector<char> hi(size_t(p.n), 0);
+    for (int32_t r : p.split_rows) hi[size_t(r)] = 1;
+    for (int64_t r = 0; r < p.n; ++r)
+      if (!hi[size_t(r)]) l.row_map.push_back(int32_t(r));
+    l.row_map.insert(l.row_map.end(), p.split_rows.begin(), p.split_rows.end());
+    return l;
+  }
+  // Encodes a planned tensor into its stored layout: a split tensor is encoded whole in both
+  // formats (every encoder treats rows independently given H), and each stored row copied from
+  // the encoding of its format.
+  std::vector<uint8_t> encode_planned(const TensorPlan& p, const std::function<std::vector<uint8_t>(QType)>& enc) {
+    if (p.split_rows.empty()) return enc(p.format);
+    const TensorLayout l = layout_of(p);
+    const std::vector<uint8_t> lo = enc(p.format), hi = enc(p.split_format);
+    const size_t rb_lo = tensor_bytes(p.format, 1, p.k), rb_hi = tensor_bytes(p.split_format, 1, p.k);
+    const int64_t n_lo = l.segment_rows[0];
+    std::vector<uint8_t> out(rb_lo * size_t(n_lo) + rb_hi * size_t(p.n - n_lo));
+    for (int64_t i = 0; i < p.n; ++i) {
+      const size_t r = size_t(l.row_map[size_t(i)]);
+      if (i < n_lo) std::memcpy(out.data() + size_t(i) * rb_lo, lo.data() + r * rb_lo, rb_lo);
+      else std::memcpy(out.data() + size_t(n_lo) * rb_lo + size_t(i - n_lo) * rb_hi, hi.data() + r * rb_hi, rb_hi);
+    }
+    return out;
+  }
+  std::vector<int32_t> split_rows(size_t i, const Split& sp) const {
+    const std::vector<size_t> order = split_order(i, sp.lo, sp.hi);
+    std::vector<int32_t> rows(order.begin(), order.begin() + sp.m);
+    std::sort(rows.begin(), rows.end());
+    return rows;
   }
 
   Impl(const ImportedModel& model, const AutoQuantOptions& options) : m(model), o(options) {}
@@ -268,11 +410,14 @@ struct AutoQuantizer::Impl {
     if (o.progress) o.progress(stage, done, total);
   }
   const Prepared* prepared_of(const Slot& s) {
-    if (s.embedding || stats.layers.empty()) return nullptr;
+    if (s.embedding || (stats.layers.empty() && !live)) return nullptr;
     const auto key = std::make_pair(s.layer, int(s.in));
     auto it = prepared.find(key);
     if (it == prepared.end()) {
-      const InputStats& in = s.layer < 0 ? stats.head : stats.layers[size_t(s.layer)].at(s.in);
+      const InputStats& in = s.layer < 0                                  ? stats.head
+                             : live && s.layer == live_layer              ? live->at(s.in)
+                                                                          : stats.layers[size_t(s.layer)].at(s.in);
+      MXLM_ASSERT(in.k == s.src->shape[1]);
       Prepared p;
       p.h = in.second_moment();
       EncodeOptions e = o.encode;
@@ -293,25 +438,38 @@ struct AutoQuantizer::Impl {
     }
     return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], *p->factor, e);
   }
-  // The output error of an encoding: tr(ΔW H ΔWᵀ), or for the embedding Σ_r f_r ‖Δw_r‖².
-  double error_of(const Slot& s, QType q, const std::vector<uint8_t>& bytes, const std::vector<float>& w) {
+  // The output error of an encoding: tr(ΔW H ΔWᵀ), or for the embedding Σ_r f_r ‖Δw_r‖²
+  // (f_r: token r's frequency); `rows` (if set) receives each output row's part.
+  double error_of(const Slot& s, QType q, const std::vector<uint8_t>& bytes, const std::vector<float>& w,
+                  std::vector<float>* rows = nullptr) {
     const int64_t n = s.src->shape[0], k = s.src->shape[1];
+    std::vector<double> r;
     if (!s.embedding) {
       const Prepared* p = prepared_of(s);
-      return p ? output_error(q, bytes.data(), w.data(), n, k, *p->error_h) : output_error(q, bytes.data(), w.data(), n, k, nullptr);
+      const double e = p ? output_error(q, bytes.data(), w.data(), n, k, *p->error_h, rows ? &r : nullptr)
+                         : output_error(q, bytes.data(), w.data(), n, k, nullptr, rows ? &r : nullptr);
+      if (rows) rows->assign(r.begin(), r.end());
+      return e;
     }
-    std::vector<double> rows;
-    output_error(q, bytes.data(), w.data(), n, k, nullptr, &rows);
+    output_error(q, bytes.data(), w.data(), n, k, nullptr, &r);
+    const double scale = 1.0 / double(std::max<int64_t>(1, stats.n_tokens));
     double e = 0;
-    for (int64_t r = 0; r < n; ++r) e += rows[size_t(r)] * double(stats.token_counts[size_t(r)]);
-    return e / double(std::max<int64_t>(1, stats.n_tokens));
+    for (int64_t i = 0; i < n; ++i) {
+      r[size_t(i)] *= double(stats.token_counts[size_t(i)]) * scale;
+      e += r[size_t(i)];
+    }
+    if (rows) rows->assign(r.begin(), r.end());
+    return e;
   }
-  // GPTQ's sequential order: calibrates again, and encodes each layer (in its planned formats)
-  // as soon as its inputs' statistics are complete; the layer's outputs are then recomputed
-  // with the quantized weights, so the next layer sees the quantized model's activations. The
-  // head follows the last layer. Returns the bytes of every layer tensor and the head.
-  std::map<std::string, std::vector<uint8_t>> encode_sequentially(const AutoQuantResult& res,
-                                                                 const std::map<std::string, size_t>& plan_of) {
+  // Encoding with statistics taken again, layer by layer (one layer's Gram matrices held at a
+  // time): calibrates, and encodes each layer (in its planned formats) as soon as its inputs'
+  // statistics are complete, one factorization per input. Sequential (GPTQ's order): the
+  // layer's outputs are then recomputed with the quantized weights, so the next layer sees the
+  // quantized model's activations; otherwise the statistics are the unquantized model's, as in
+  // measure() (the streamed path of large models). The head follows the last layer. Returns the
+  // bytes of every layer tensor and the head.
+  std::map<std::string, std::vector<uint8_t>> encode_streaming(const AutoQuantResult& res,
+                                                              const std::map<std::string, size_t>& plan_of, bool sequential) {
     const ModelConfig& c = m.config;
     auto source = std::shared_ptr<const ImportedModel>(std::shared_ptr<const ImportedModel>{}, &m);
     std::shared_ptr<const Model> model = Model::from_imported(source);
@@ -323,18 +481,24 @@ struct AutoQuantizer::Impl {
     EncodeOptions e = o.encode;
     e.threads = threads;
     std::map<std::string, std::vector<uint8_t>> out;
+    std::map<int, std::shared_ptr<const GptqFactor>> factors;  // the current layer's, by input
     auto encode_with = [&](const Slot& s, const InputStats& in) {
       const size_t i = plan_of.at(s.src->name);
-      const QType q = res.tensors[i].format;
-      const std::vector<double> h = in.second_moment();
       const std::vector<float> w = read_tensor(*s.src);
-      return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], h.data(), e);
+      std::shared_ptr<const GptqFactor>& f = factors[int(s.in)];
+      if (!f) f = gptq_factor(in.second_moment().data(), in.k, e);
+      return encode_planned(res.tensors[i], [&](QType q) {
+        return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], *f, e);
+      });
     };
     LayerWeights lw;
+    std::vector<std::vector<int32_t>> row_maps(7);
     CalibParams cp;
     cp.threads = threads;
-    cp.progress = [&](size_t d, size_t t) { report("encoding sequentially", d, t); };
+    cp.progress = [&](size_t d, size_t t) { report(sequential ? "encoding sequentially" : "encoding", d, t); };
+    cp.on_layer = [](int, LayerStats&&) {};  // dropped: encoded in quantize_layer
     cp.quantize_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
+      factors.clear();
       lw = model->layers()[size_t(l)];
       Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
       const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
@@ -342,12 +506,32 @@ struct AutoQuantizer::Impl {
       for (int j = 0; j < 7; ++j) {
         const Slot& s = slots[plan_of.at(tensor_names::layer(l, names[j]))];
         std::vector<uint8_t>& b = out[s.src->name] = encode_with(s, ls.at(s.in));
-        *dst[j] = make_weight(res.tensors[plan_of.at(s.src->name)].format, b.data(), s.src->shape[0], s.src->shape[1],
-                              model->isa());
+        if (!sequential) continue;
+        const TensorPlan& p = res.tensors[plan_of.at(s.src->name)];
+        const TensorLayout lay = layout_of(p);
+        if (lay.segment_qtypes.empty()) {
+          *dst[j] = make_weight(p.format, b.data(), p.n, p.k, model->isa());
+          continue;
+        }
+        // A split: one segment per format over the stored rows, and the row map.
+        const int64_t n_lo = lay.segment_rows[0];
+        Weight wl = make_weight(p.format, b.data(), n_lo, p.k, model->isa());
+        Weight wh = make_weight(p.split_format, b.data() + size_t(n_lo) * tensor_bytes(p.format, 1, p.k), p.n - n_lo, p.k,
+                                model->isa());
+        for (WeightSegment& sg : wh.segments) {
+          sg.row_begin += n_lo;
+          sg.row_end += n_lo;
+          wl.segments.push_back(sg);
+        }
+        wl.n = p.n;
+        row_maps[size_t(j)] = lay.row_map;
+        wl.row_map = reinterpret_cast<const uint8_t*>(row_maps[size_t(j)].data());
+        *dst[j] = wl;
       }
-      return &lw;
+      return sequential ? &lw : nullptr;
     };
     const CalibStats st = calibrate(*model, windows, cp);
+    factors.clear();
     for (const Slot& s : slots) {
       if (s.layer < 0 && !s.embedding) out[s.src->name] = encode_with(s, st.head);  // the head (untied)
     }
@@ -455,86 +639,150 @@ void AutoQuantizer::measure() {
       calib_source = "self-generated:seed=0x5eed";
     }
   }
-  if (!o.stats_in.empty()) {
-    I.stats = load_stats(o.stats_in, fingerprint);
-    if (I.stats.layers.size() != size_t(c.n_layers) || I.stats.head.k != c.n_embd || I.stats.token_counts.size() != size_t(c.n_vocab)) {
-      throw Error(ErrorCode::kInvalidArgument, "'" + o.stats_in + "' holds statistics of a model of another shape");
-    }
-  } else if (calibrate_now) {
-    CalibParams cp;
-    cp.threads = I.threads;
-    cp.progress = [&](size_t d, size_t t) { I.report("calibrating", d, t); };
-    I.stats = calibrate(*model, windows, cp);
-    I.stats.source = calib_source;
-    I.stats.model_fingerprint = fingerprint;
-  }
-  if (!o.stats_out.empty()) save_stats(I.stats, o.stats_out);
-  I.windows = windows;
-  I.seconds_calibrate = since(t0);
-  if (I.all_fixed) return;
-
-  // Every candidate of every tensor: its error, and the KL of the reference candidate.
-  t0 = Clock::now();
+  // Every candidate of every tensor: its error, and the KL of the reference candidate(s).
   const size_t ref = nearest_candidate(I.candidates, 3.5), low = nearest_candidate(I.candidates, 2.5),
-               check = nearest_candidate(I.candidates, o.rank_check_bpw);
+               check = nearest_candidate(I.candidates, o.rank_check_bpw), high = nearest_candidate(I.candidates, 5.0);
   I.ref = ref;
-  const bool two_point = o.kl_two_point && low != ref;
-  std::vector<std::vector<int>> kl_windows;
-  if (o.kl_self_generated) {
-    kl_windows = self_generated_windows(*model, o.kl_tokens, window, 0x6b6c, I.threads);
-  } else {
-    for (int64_t used = 0; used < o.kl_tokens && kl_windows.size() < windows.size();) {
+  const bool two_point = o.kl_points >= 2 && low != ref, three_point = o.kl_points >= 3 && high != ref;
+  std::unique_ptr<KlProbe> probe;
+  if (!I.all_fixed) {
+    const auto tk = Clock::now();
+    std::vector<std::vector<int>> kl_windows;
+    const int64_t self_tokens = o.kl_text == AutoQuantOptions::KlText::kSelf   ? o.kl_tokens
+                                : o.kl_text == AutoQuantOptions::KlText::kBoth ? o.kl_tokens / 2
+                                                                               : 0;
+    for (int64_t used = 0; used < o.kl_tokens - self_tokens && kl_windows.size() < windows.size();) {
       kl_windows.push_back(windows[kl_windows.size()]);
       used += int64_t(kl_windows.back().size());
     }
+    if (self_tokens > 0) {
+      for (auto& w : self_generated_windows(*model, self_tokens, window, 0x6b6c, I.threads)) kl_windows.push_back(std::move(w));
+    }
+    probe = std::make_unique<KlProbe>(*model, kl_windows, I.threads);
+    I.seconds_kl += since(tk);
   }
-  std::vector<std::vector<uint8_t>> ref_bytes(I.slots.size()), low_bytes(I.slots.size()), check_bytes(I.slots.size());
+  std::vector<double> predicted_check, measured_check;
   size_t done = 0;
-  for (size_t i = 0; i < I.slots.size(); ++i) {
+  I.row_error.assign(I.slots.size(), {});
+  // One tensor: every candidate encoded and scored, then the KL of the fit points (the encodings
+  // are dropped as soon as they are measured).
+  // The layers whose tensors get KL runs (kl_layers), spread over the depth.
+  std::vector<char> kl_layer(size_t(c.n_layers), 1);
+  if (o.kl_layers > 0 && o.kl_layers < c.n_layers) {
+    if (o.kl_layers < 2) throw Error(ErrorCode::kInvalidArgument, "--kl-layers must be 0 (all) or at least 2");
+    std::fill(kl_layer.begin(), kl_layer.end(), 0);
+    for (int j = 0; j < o.kl_layers; ++j) kl_layer[size_t(std::lround(double(j) * (c.n_layers - 1) / (o.kl_layers - 1)))] = 1;
+  }
+  auto measure_tensor = [&](size_t i) {
     TensorPlan& p = I.base[i];
-    if (p.fixed) continue;
+    if (p.fixed) return;
+    const bool kl_here = I.slots[i].layer < 0 || kl_layer[size_t(I.slots[i].layer)];
+    auto tc = Clock::now();
     const std::vector<float> w = read_tensor(*I.slots[i].src);
     p.error.resize(I.candidates.size());
+    if (o.row_splits) I.row_error[i].resize(I.candidates.size());
+    std::vector<uint8_t> ref_bytes, low_bytes, high_bytes, check_bytes;
     for (size_t j = 0; j < I.candidates.size(); ++j) {
       std::vector<uint8_t> bytes = I.encode(I.slots[i], I.candidates[j], w);
-      p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w);
-      if (j == check && o.rank_check) check_bytes[i] = bytes;
-      if (j == ref) ref_bytes[i] = std::move(bytes);
-      else if (j == low && two_point) low_bytes[i] = std::move(bytes);
+      p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w, o.row_splits ? &I.row_error[i][j] : nullptr);
+      if (j == check && o.rank_check) check_bytes = bytes;
+      if (j == high && three_point) high_bytes = bytes;
+      if (j == ref) ref_bytes = std::move(bytes);
+      else if (j == low && two_point) low_bytes = std::move(bytes);
     }
-    I.report("encoding candidates", ++done, I.slots.size());
-  }
-  I.seconds_candidates = since(t0);
-
-  t0 = Clock::now();
-  KlProbe probe(*model, kl_windows, I.threads);
-  std::vector<double> predicted_low, measured_low;
-  done = 0;
-  for (size_t i = 0; i < I.slots.size(); ++i) {
-    TensorPlan& p = I.base[i];
-    if (p.fixed) continue;
-    const Weight wr = make_weight(I.candidates[ref], ref_bytes[i].data(), p.n, p.k, model->isa());
-    p.measured_kl = probe.kl(I.slots[i], wr);
+    I.seconds_candidates += since(tc);
+    if (!kl_here) {
+      p.kl_interpolated = true;  // α and γ come after every measured layer is done
+      I.report("measuring tensors", ++done, I.slots.size());
+      return;
+    }
+    tc = Clock::now();
+    auto kl_of = [&](size_t j, const std::vector<uint8_t>& b) {
+      return probe->kl(I.slots[i], make_weight(I.candidates[j], b.data(), p.n, p.k, model->isa()));
+    };
+    p.measured_kl = kl_of(ref, ref_bytes);
     p.alpha = p.error[ref] > 0 ? p.measured_kl / p.error[ref] : 0.0;
     if (two_point) {
-      const Weight wl = make_weight(I.candidates[low], low_bytes[i].data(), p.n, p.k, model->isa());
-      p.low_kl = probe.kl(I.slots[i], wl);
+      p.low_kl = kl_of(low, low_bytes);
       const double er = p.error[ref], el = p.error[low];
       if (p.measured_kl > 0 && p.low_kl > 0 && er > 0 && el > 1.05 * er) {
         p.gamma = std::clamp(std::log(p.low_kl / p.measured_kl) / std::log(el / er), 0.8, 2.0);
       }
     }
-    if (o.rank_check) {
-      const Weight wl = make_weight(I.candidates[check], check_bytes[i].data(), p.n, p.k, model->isa());
-      p.check_measured_kl = probe.kl(I.slots[i], wl);
-      p.check_predicted_kl = I.predict(p, check);
-      measured_low.push_back(p.check_measured_kl);
-      predicted_low.push_back(p.check_predicted_kl);
+    p.gamma_high = p.gamma;
+    if (three_point) {
+      p.high_kl = kl_of(high, high_bytes);
+      const double er = p.error[ref], eh = p.error[high];
+      if (p.measured_kl > 0 && p.high_kl > 0 && eh > 0 && er > 1.05 * eh) {
+        p.gamma_high = std::clamp(std::log(p.measured_kl / p.high_kl) / std::log(er / eh), 0.5, 2.0);
+      }
     }
-    I.report("measuring KL", ++done, I.slots.size());
+    if (o.rank_check) {
+      p.check_measured_kl = kl_of(check, check_bytes);
+      p.check_predicted_kl = I.predict(p, check);
+      measured_check.push_back(p.check_measured_kl);
+      predicted_check.push_back(p.check_predicted_kl);
+    }
+    I.seconds_kl += since(tc);
+    I.report("measuring tensors", ++done, I.slots.size());
+  };
+  auto measure_layer = [&](int l) {
+    for (size_t i = 0; i < I.slots.size(); ++i) {
+      if (I.slots[i].layer == l && !I.slots[i].embedding) measure_tensor(i);
+    }
+  };
+  auto measure_rest = [&]() {  // the head and the embedding
+    for (size_t i = 0; i < I.slots.size(); ++i) {
+      if (I.slots[i].layer < 0) measure_tensor(i);
+    }
+  };
+
+  if (!o.stats_in.empty()) {
+    I.stats = load_stats(o.stats_in, fingerprint);
+    if (I.stats.layers.size() != size_t(c.n_layers) || I.stats.head.k != c.n_embd || I.stats.token_counts.size() != size_t(c.n_vocab)) {
+      throw Error(ErrorCode::kInvalidArgument, "'" + o.stats_in + "' holds statistics of a model of another shape");
+    }
+    I.seconds_calibrate = since(t0);
+  } else if (calibrate_now) {
+    CalibParams cp;
+    cp.threads = I.threads;
+    cp.progress = [&](size_t d, size_t t) { I.report("calibrating", d, t); };
+    // Streaming: each layer's tensors are measured as soon as its statistics are complete, and
+    // the statistics dropped (write() calibrates again), so one layer's Gram matrices are held
+    // at a time. Kept whole when they are small or are to be saved.
+    I.streamed = !I.all_fixed && o.stats_out.empty() && stats_bytes(c) > o.keep_stats_bytes;
+    if (I.streamed) {
+      cp.on_layer = [&](int l, LayerStats&& ls) {
+        const auto tl = Clock::now();
+        I.live = &ls;
+        I.live_layer = l;
+        measure_layer(l);
+        I.live = nullptr;
+        I.live_layer = -1;
+        I.drop_prepared(l);
+        t0 += Clock::now() - tl;  // not calibration time
+      };
+    }
+    I.stats = calibrate(*model, windows, cp);
+    I.stats.source = calib_source;
+    I.stats.model_fingerprint = fingerprint;
+    I.seconds_calibrate = since(t0);
+  } else {
+    I.seconds_calibrate = since(t0);
   }
-  if (o.rank_check) I.rank_correlation = spearman(predicted_low, measured_low);
-  I.seconds_kl = since(t0);
+  if (!o.stats_out.empty()) save_stats(I.stats, o.stats_out);
+  I.windows = windows;
+  if (I.all_fixed) return;
+  if (!I.streamed) {
+    for (int l = 0; l < c.n_layers; ++l) {
+      measure_layer(l);
+      I.drop_prepared(l);
+    }
+  }
+  measure_rest();
+  I.drop_prepared(-1);
+  I.interpolate_kl();
+  if (o.rank_check) I.rank_correlation = spearman(predicted_check, measured_check);
 }
 
 AutoQuantResult AutoQuantizer::plan(double bpw, uint64_t size_bytes) const {
@@ -555,6 +803,7 @@ AutoQuantResult AutoQuantizer::plan(double bpw, uint64_t size_bytes) const {
     // Allocation over the tensors the recipe leaves free.
     std::vector<AllocItem> items;
     std::vector<size_t> item_of;
+    std::vector<std::vector<Impl::Split>> splits;  // per item: what each choice after the candidates is
     uint64_t free_budget = std::min(budget, I.max_bytes) - I.fixed_bytes;
     for (size_t i = 0; i < res.tensors.size(); ++i) {
       const TensorPlan& p = res.tensors[i];
@@ -565,16 +814,25 @@ AutoQuantResult AutoQuantizer::plan(double bpw, uint64_t size_bytes) const {
       AllocItem it;
       it.name = p.name;
       for (size_t j = 0; j < I.candidates.size(); ++j) it.choices.push_back({tensor_bytes(I.candidates[j], p.n, p.k), I.predict(p, j)});
+      splits.push_back(I.o.row_splits ? I.row_splits(i) : std::vector<Impl::Split>{});
+      for (const Impl::Split& sp : splits.back()) it.choices.push_back({sp.bytes, sp.loss});
       items.push_back(std::move(it));
       item_of.push_back(i);
     }
     const Allocation a = allocate(items, free_budget);
     for (size_t j = 0; j < items.size(); ++j) {
       TensorPlan& p = res.tensors[item_of[j]];
-      const int ch = a.choice[j];
-      p.format = I.candidates[size_t(ch)];
-      p.bytes = items[j].choices[size_t(ch)].bytes;
-      p.predicted_kl = items[j].choices[size_t(ch)].loss;
+      const size_t ch = size_t(a.choice[j]);
+      p.bytes = items[j].choices[ch].bytes;
+      p.predicted_kl = items[j].choices[ch].loss;
+      if (ch < I.candidates.size()) {
+        p.format = I.candidates[ch];
+        continue;
+      }
+      const Impl::Split& sp = splits[j][ch - I.candidates.size()];
+      p.format = I.candidates[sp.lo];
+      p.split_format = I.candidates[sp.hi];
+      p.split_rows = I.split_rows(item_of[j], sp);
     }
   }
   res.tensor_bytes = I.fixed_bytes;
@@ -608,6 +866,11 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
                        {"predicted_kl", p.predicted_kl},
                        {"alpha", p.alpha},
                        {"gamma", p.gamma}};
+    if (o.kl_points >= 3) tensors[p.name]["gamma_high"] = p.gamma_high;
+    if (p.kl_interpolated) tensors[p.name]["kl"] = "interpolated";
+    if (!p.split_rows.empty()) {
+      tensors[p.name]["split"] = {{"format", qtype_info(p.split_format).name}, {"rows", p.split_rows.size()}};
+    }
   }
   record["tensors"] = tensors;
   // Sequential: every layer's tensors and the head encoded with the statistics of the model
@@ -615,24 +878,32 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
   std::map<std::string, std::vector<uint8_t>> sequential;
   if (o.sequential && method != EncodeMethod::kRtn) {
     record["sequential"] = true;
-    sequential = I.encode_sequentially(res, plan_of);
+    sequential = I.encode_streaming(res, plan_of, true);
+  } else if (I.streamed && method != EncodeMethod::kRtn) {
+    sequential = I.encode_streaming(res, plan_of, false);
   }
   size_t written = 0;
-  const TensorEncoder enc = [&](const SourceTensor& t, QType q, uint8_t* dst, size_t bytes) {
+  int last_layer = -2;
+  const LayoutEncoder enc = [&](const SourceTensor& t, const TensorLayout&, uint8_t* dst, size_t bytes) {
     auto it = sequential.find(t.name);
     std::vector<uint8_t> b;
     if (it != sequential.end()) {
       b = std::move(it->second);
       sequential.erase(it);
     } else {
-      b = I.encode(I.slots[plan_of.at(t.name)], q, read_tensor(t));
+      const size_t i = plan_of.at(t.name);
+      if (I.slots[i].layer != last_layer) I.drop_prepared(last_layer);  // one input's factorization at a time
+      last_layer = I.slots[i].layer;
+      const std::vector<float> w = read_tensor(t);
+      b = I.encode_planned(res.tensors[i], [&](QType q) { return I.encode(I.slots[i], q, w); });
     }
     MXLM_ASSERT(b.size() == bytes);
     std::memcpy(dst, b.data(), bytes);
     I.report("writing", ++written, I.slots.size());
   };
   write_model(
-      I.m, out_path, [&](const SourceTensor& t) { return res.tensors[plan_of.at(t.name)].format; }, record, enc);
+      I.m, out_path, [&](const SourceTensor& t) { return Impl::layout_of(res.tensors[plan_of.at(t.name)]); }, record, enc);
+  I.prepared.clear();
 }
 
 AutoQuantResult auto_quantize(const ImportedModel& m, const std::string& out_path, const AutoQuantOptions& o) {

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "kernels/common.h"
+#include "kernels/quant.h"
 #include "model/file_util.h"
 #include "model/import.h"
 #include "model/mxlm_file.h"
@@ -42,6 +43,17 @@ AutoQuantOptions small_options() {
   return o;
 }
 
+// Perplexity of a written file on `windows` windows of 128 calibration tokens.
+double short_ppl(const std::string& path, int windows) {
+  auto model = Model::load(path);
+  Context ctx(model);
+  const std::vector<int> stream = tokenize_documents(model->tokenizer(), calib_text(20000), 1, 2);
+  PplParams pp;
+  pp.ctx = 128;
+  pp.windows = windows;
+  return perplexity(ctx, stream, pp).ppl;
+}
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -72,7 +84,13 @@ TEST(AutoQuant, LandsWithinHalfAPercentBelowTheBudgetAndRuns) {
       if (t.shape.size() != 2) continue;
       ++n2d;
       const nlohmann::json& rec = q.at("tensors").at(t.name);
-      EXPECT_EQ(rec.at("format").get<std::string>(), std::string(qtype_info(t.qtype()).name)) << t.name;
+      ASSERT_FALSE(t.segments.empty());
+      EXPECT_EQ(rec.at("format").get<std::string>(), std::string(qtype_info(t.segments[0].qtype).name)) << t.name;
+      if (t.segments.size() > 1) {  // a row split
+        ASSERT_EQ(t.segments.size(), 2u);
+        EXPECT_EQ(rec.at("split").at("format").get<std::string>(), std::string(qtype_info(t.segments[1].qtype).name));
+        EXPECT_EQ(rec.at("split").at("rows").get<int64_t>(), t.segments[1].row_end - t.segments[1].row_begin);
+      }
       EXPECT_TRUE(rec.contains("predicted_kl"));
     }
     EXPECT_EQ(n2d, 2 + 7 * 5);
@@ -80,13 +98,7 @@ TEST(AutoQuant, LandsWithinHalfAPercentBelowTheBudgetAndRuns) {
     std::set<QType> formats;
     for (const TensorPlan& p : r.tensors) formats.insert(p.format);
     EXPECT_GT(formats.size(), 1u);
-    auto model = Model::load(path);
-    Context ctx(model);
-    const std::vector<int> stream = tokenize_documents(model->tokenizer(), calib_text(20000), 1, 2);
-    PplParams pp;
-    pp.ctx = 128;
-    pp.windows = 4;
-    EXPECT_TRUE(std::isfinite(perplexity(ctx, stream, pp).ppl));
+    EXPECT_TRUE(std::isfinite(short_ppl(path, 4)));
   }
 }
 
@@ -111,7 +123,17 @@ TEST(AutoQuant, MoreBitsPredictLessLossAndTheSameInputsGiveTheSameBytes) {
   const AutoQuantResult r1 = auto_quantize(stories(), a, o);
   o.threads = 2;
   auto_quantize(stories(), b, o);
-  EXPECT_EQ(read_file(a), read_file(b));
+  EXPECT_TRUE(read_file(a) == read_file(b));
+  // Streaming the statistics (as for models whose Gram matrices would not fit) changes nothing.
+  o.keep_stats_bytes = 0;
+  const std::string c = test::scratch_dir() + "/t3.mxlm";
+  auto_quantize(stories(), c, o);
+  EXPECT_TRUE(read_file(a) == read_file(c));
+  o.sequential = true;  // and the sequential encoding streams as well: it runs
+  auto_quantize(stories(), b, o);
+  EXPECT_EQ(MxlmFile(b).bits_per_weight(), MxlmFile(a).bits_per_weight());
+  o.sequential = false;
+  o.keep_stats_bytes = AutoQuantOptions().keep_stats_bytes;
   o.bpw = 5.0;
   o.dry_run = true;
   const AutoQuantResult r5 = auto_quantize(stories(), "", o);
@@ -208,7 +230,9 @@ TEST(AutoQuant, PredictedKlRanksTinymixTensorsLikeTheMeasuredKl) {
   for (const TensorPlan& p : r.tensors) {
     ASSERT_EQ(p.error.size(), 3u);
     const auto curve = [&](size_t j) { return p.measured_kl * std::pow(p.error[j] / p.error[ref], p.gamma); };
-    if (p.gamma > 0.8 && p.gamma < 2.0) EXPECT_NEAR(curve(low), p.low_kl, 1e-9 * p.low_kl) << p.name;
+    if (p.gamma > 0.8 && p.gamma < 2.0) {
+      EXPECT_NEAR(curve(low), p.low_kl, 1e-9 * p.low_kl) << p.name;
+    }
     const size_t j = size_t(std::find(r.candidates.begin(), r.candidates.end(), p.format) - r.candidates.begin());
     ASSERT_LT(j, 3u);
     EXPECT_NEAR(p.predicted_kl, curve(j), 1e-9 * curve(j)) << p.name;
@@ -218,6 +242,150 @@ TEST(AutoQuant, PredictedKlRanksTinymixTensorsLikeTheMeasuredKl) {
   EXPECT_GT(bent, 0);
   EXPECT_GT(off_ref, 0);  // the check above has tensors where the line and the curve differ
   std::printf("rank correlation over %zu tensors: %.3f\n", r.tensors.size(), r.rank_correlation);
+}
+
+// Row splits: the allocator may give a tensor two formats, the rows whose error falls most in
+// the higher one. The file then holds two segments and a row map; each stored row must be an
+// encoding of the source row the map names (a wrong permutation puts rows of other outputs
+// there: their error is the size of the row itself), and the split predicts no more loss than
+// the tensor's own candidates at no more bytes.
+TEST(AutoQuant, RowSplitsStoreEachRowUnderItsOutputAndPredictLessLoss) {
+  AutoQuantOptions o = small_options();
+  o.bpw = 3.2;
+  o.row_splits = true;
+  const std::string path = test::scratch_dir() + "/split.mxlm";
+  const AutoQuantResult r = auto_quantize(stories(), path, o);
+  MxlmFile f(path);
+  int split = 0;
+  for (const TensorPlan& p : r.tensors) {
+    if (p.split_rows.empty()) continue;
+    ++split;
+    SCOPED_TRACE(p.name);
+    const TensorEntry* t = nullptr;
+    for (const TensorEntry& e : f.tensors())
+      if (e.name == p.name) t = &e;
+    ASSERT_NE(t, nullptr);
+    ASSERT_EQ(t->segments.size(), 2u);
+    ASSERT_NE(t->row_map, nullptr);
+    EXPECT_EQ(t->segments[0].qtype, p.format);
+    EXPECT_EQ(t->segments[1].qtype, p.split_format);
+    EXPECT_EQ(t->segments[1].row_end - t->segments[1].row_begin, int64_t(p.split_rows.size()));
+    EXPECT_EQ(p.split_rows.size() % 32, 0u);
+    EXPECT_GT(qtype_info(p.split_format).bits_per_weight, qtype_info(p.format).bits_per_weight);
+    const SourceTensor* src = nullptr;
+    for (const SourceTensor& s : stories().tensors)
+      if (s.name == p.name) src = &s;
+    ASSERT_NE(src, nullptr);
+    std::vector<float> w(size_t(p.k)), d(size_t(p.k));
+    std::set<int32_t> seen, hi(p.split_rows.begin(), p.split_rows.end());
+    double err = 0, norm = 0;
+    for (int64_t i = 0; i < p.n; ++i) {
+      int32_t row;
+      std::memcpy(&row, t->row_map + 4 * size_t(i), 4);
+      ASSERT_TRUE(row >= 0 && row < p.n);
+      seen.insert(row);
+      const TensorSegment& sg = t->segments[i < t->segments[0].row_end ? 0 : 1];
+      EXPECT_EQ(sg.qtype == p.split_format, hi.count(row) == 1) << "stored row " << i;
+      const size_t rb = *qtype_row_bytes(sg.qtype, uint64_t(p.k));
+      dequantize_row(sg.qtype, sg.data + size_t(i - sg.row_begin) * rb, p.k, d.data());
+      read_source_row(*src, row, w.data());
+      for (int64_t j = 0; j < p.k; ++j) {
+        err += double(d[size_t(j)] - w[size_t(j)]) * double(d[size_t(j)] - w[size_t(j)]);
+        norm += double(w[size_t(j)]) * double(w[size_t(j)]);
+      }
+    }
+    EXPECT_EQ(int64_t(seen.size()), p.n);  // a permutation
+    EXPECT_LT(err, 0.3 * norm);
+    // The split's bytes lie between its two formats' (plus the row map), and it predicts less
+    // loss than its lower format alone.
+    const size_t lo = size_t(std::find(r.candidates.begin(), r.candidates.end(), p.format) - r.candidates.begin());
+    ASSERT_LT(lo, r.candidates.size());
+    EXPECT_GT(p.bytes, *qtype_row_bytes(p.format, uint64_t(p.k)) * uint64_t(p.n));
+    EXPECT_LT(p.bytes, *qtype_row_bytes(p.split_format, uint64_t(p.k)) * uint64_t(p.n) + 4 * uint64_t(p.n) + 8);
+    size_t ref = 0;  // the reference candidate: nearest 3.5 bits per weight
+    for (size_t j = 1; j < r.candidates.size(); ++j) {
+      if (std::abs(qtype_info(r.candidates[j]).bits_per_weight - 3.5) < std::abs(qtype_info(r.candidates[ref]).bits_per_weight - 3.5)) ref = j;
+    }
+    const double g = p.error[lo] < p.error[ref] ? p.gamma_high : p.gamma;
+    const double lo_kl = p.measured_kl * std::pow(p.error[lo] / p.error[ref], g);
+    EXPECT_GT(p.predicted_kl, 0);
+    EXPECT_LT(p.predicted_kl, lo_kl);
+  }
+  EXPECT_GT(split, 0);
+  // The file runs.
+  EXPECT_TRUE(std::isfinite(short_ppl(path, 2)));
+  // Without splits every tensor has one segment.
+  o.row_splits = false;
+  o.dry_run = true;
+  for (const TensorPlan& p : auto_quantize(stories(), "", o).tensors) EXPECT_TRUE(p.split_rows.empty()) << p.name;
+}
+
+// Three points: below the reference error the curve bends to the exponent through the ~5-bit
+// candidate's measured KL, and passes through it.
+TEST(AutoQuant, ThreePointCurvePassesThroughTheHighPoint) {
+  AutoQuantOptions o = small_options();
+  o.bpw = 4.0;
+  o.kl_points = 3;
+  o.dry_run = true;
+  const AutoQuantResult r = auto_quantize(stories(), "", o);
+  auto nearest = [&](double bpw) {
+    size_t best = 0;
+    for (size_t i = 1; i < r.candidates.size(); ++i) {
+      if (std::abs(qtype_info(r.candidates[i]).bits_per_weight - bpw) < std::abs(qtype_info(r.candidates[best]).bits_per_weight - bpw)) best = i;
+    }
+    return best;
+  };
+  const size_t ref = nearest(3.5), high = nearest(5.0);
+  ASSERT_NE(ref, high);
+  int checked = 0, bent = 0;
+  for (const TensorPlan& p : r.tensors) {
+    ASSERT_TRUE(std::isfinite(p.high_kl)) << p.name;
+    if (p.gamma_high <= 0.5 || p.gamma_high >= 2.0) continue;
+    const double curve = p.measured_kl * std::pow(p.error[high] / p.error[ref], p.gamma_high);
+    EXPECT_NEAR(curve, p.high_kl, 1e-9 * p.high_kl) << p.name;
+    ++checked;
+    bent += std::abs(p.gamma_high - p.gamma) > 0.02;
+  }
+  EXPECT_GT(checked, 0);
+  EXPECT_GT(bent, 0);  // the third point changes the curve somewhere
+}
+
+// kl_layers: KL runs on layers 0, 2 and 4 of stories260K's five; layers 1 and 3 take log α and
+// γ halfway between their neighbours' tensors of the same kind, and their own errors.
+TEST(AutoQuant, KlLayersInterpolateBetweenMeasuredLayers) {
+  AutoQuantOptions o = small_options();
+  o.bpw = 3.5;
+  o.dry_run = true;
+  const AutoQuantResult all = auto_quantize(stories(), "", o);
+  o.kl_layers = 3;
+  const AutoQuantResult r = auto_quantize(stories(), "", o);
+  auto find = [&](const AutoQuantResult& res, const std::string& name) -> const TensorPlan& {
+    for (const TensorPlan& p : res.tensors)
+      if (p.name == name) return p;
+    throw std::runtime_error("no " + name);
+  };
+  using namespace tensor_names;
+  int interpolated = 0;
+  for (const char* kind : {kAttnQ, kAttnV, kFfnDown}) {
+    for (int l = 0; l < 5; ++l) {
+      const TensorPlan& p = find(r, layer(l, kind));
+      const TensorPlan& q = find(all, layer(l, kind));
+      EXPECT_EQ(p.error, q.error) << p.name;  // the errors are each tensor's own
+      EXPECT_EQ(p.kl_interpolated, l % 2 == 1) << p.name;
+      if (l % 2 == 0) {
+        EXPECT_EQ(p.measured_kl, q.measured_kl) << p.name;  // measured as without kl_layers
+        continue;
+      }
+      ++interpolated;
+      const TensorPlan &a = find(r, layer(l - 1, kind)), &b = find(r, layer(l + 1, kind));
+      EXPECT_NEAR(p.alpha, std::sqrt(a.alpha * b.alpha), 1e-9 * p.alpha) << p.name;
+      EXPECT_NEAR(p.gamma, 0.5 * (a.gamma + b.gamma), 1e-12) << p.name;
+      EXPECT_GT(p.predicted_kl, 0);
+    }
+  }
+  EXPECT_EQ(interpolated, 6);
+  o.kl_layers = 1;
+  EXPECT_NE(error_of([&] { auto_quantize(stories(), "", o); }).find("--kl-layers"), std::string::npos);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "model/mxlm_file.h"
 #include "model/quantize.h"
 #include "model/recipe.h"
+#include "model/rotate.h"
 #include "mxlm/autoquant.h"
 #include "tokenizer/tokenizer.h"
 #include "tools/commands.h"
@@ -34,8 +35,8 @@ struct QuantizeArgs {
   double rank_check_bpw = 0;
   std::string kl_text = "calib";
   bool sequential = false;
-  int kl_points = 2;
-  bool dry_run = false, json = false, rank_check = false;
+  int kl_points = 2, kl_layers = 0;
+  bool dry_run = false, json = false, rank_check = false, rotate = false, row_splits = false;
 };
 
 EncodeMethod parse_encoder(const std::string& s) {
@@ -60,9 +61,13 @@ int run_uniform(const QuantizeArgs& a, const ImportedModel& m) {
 void print_plan(const AutoQuantResult& r) {
   std::printf("%-22s %-9s %7s %12s %6s %12s %12s\n", "tensor", "format", "bits", "alpha", "gamma", "kl@ref", "predicted");
   for (const TensorPlan& p : r.tensors) {
-    std::printf("%-22s %-9s %7.3f %12.4g %6.3f %12.4g %12.4g%s\n", p.name.c_str(), std::string(qtype_info(p.format).name).c_str(),
+    std::string split;
+    if (!p.split_rows.empty()) {
+      split = "  + " + std::to_string(p.split_rows.size()) + " rows " + std::string(qtype_info(p.split_format).name);
+    }
+    std::printf("%-22s %-9s %7.3f %12.4g %6.3f %12.4g %12.4g%s%s\n", p.name.c_str(), std::string(qtype_info(p.format).name).c_str(),
                 8.0 * double(p.bytes) / (double(p.n) * double(p.k)), p.alpha, p.gamma, p.measured_kl, p.predicted_kl,
-                p.fixed ? "  (recipe)" : "");
+                p.fixed ? "  (recipe)" : "", split.c_str());
   }
   std::printf("\n%.4f bits per weight, %s of tensors, predicted KL %.4g nats/token (sum over tensors)\n", r.bpw,
               human_bytes(r.tensor_bytes).c_str(), r.predicted_kl);
@@ -80,11 +85,17 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
                  {"measured_kl", p.measured_kl},
                  {"predicted_kl", p.predicted_kl},
                  {"fixed", p.fixed}});
+    if (!p.split_rows.empty()) t.back()["split"] = {{"format", qtype_info(p.split_format).name}, {"rows", p.split_rows.size()}};
     if (!p.error.empty()) {
       // Each candidate's output error e (predicted KL = alpha * e).
       nlohmann::json e = nlohmann::json::object();
       for (size_t j = 0; j < p.error.size() && j < r.candidates.size(); ++j) e[std::string(qtype_info(r.candidates[j]).name)] = p.error[j];
       t.back()["errors"] = e;
+    }
+    if (std::isfinite(p.low_kl)) t.back()["low_kl"] = p.low_kl;
+    if (std::isfinite(p.high_kl)) {
+      t.back()["high_kl"] = p.high_kl;
+      t.back()["gamma_high"] = p.gamma_high;
     }
     if (std::isfinite(p.check_measured_kl)) {
       t.back()["check_measured_kl"] = p.check_measured_kl;
@@ -123,9 +134,11 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
   }
   o.calib_tokens = a.calib_tokens;
   o.kl_tokens = a.kl_tokens;
-  o.kl_self_generated = a.kl_text == "self";
+  o.kl_text = a.kl_text == "self" ? AutoQuantOptions::KlText::kSelf : a.kl_text == "both" ? AutoQuantOptions::KlText::kBoth : AutoQuantOptions::KlText::kCalib;
   o.sequential = a.sequential;
-  o.kl_two_point = a.kl_points == 2;
+  o.kl_points = a.kl_points;
+  o.kl_layers = a.kl_layers;
+  o.row_splits = a.row_splits;
   o.stats_in = a.stats_in;
   o.stats_out = a.stats_out;
   o.dry_run = a.dry_run;
@@ -138,8 +151,16 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
   else if (a.dry_run) print_plan(r);
   if (!a.write_recipe.empty()) {
     std::vector<std::pair<std::string, QType>> per;
-    for (const TensorPlan& p : r.tensors) per.emplace_back(p.name, p.format);
+    int split = 0;
+    for (const TensorPlan& p : r.tensors) {
+      per.emplace_back(p.name, p.format);
+      split += !p.split_rows.empty();
+    }
     write_file(a.write_recipe, recipe_to_json(per));
+    if (split > 0) {
+      std::fprintf(stderr, "mxlm: note: a recipe holds one format per tensor: the %d row-split tensors are recorded in their lower format\n",
+                   split);
+    }
   }
   if (!a.quiet) {
     std::fprintf(stderr, "mxlm: calibration %.1f s (%lld tokens), candidates %.1f s, KL %.1f s, write %.1f s\n", r.seconds_calibrate,
@@ -165,10 +186,12 @@ Command add_quantize_command(CLI::App& app) {
   q->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
   q->add_option("--kl-tokens", a->kl_tokens, "tokens of each KL run (per fit point) that calibrates a tensor's sensitivity")->check(CLI::PositiveNumber);
   q->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (a power law through the ~3.5- and ~2.5-bit candidates) or 1 (a line)")
-      ->check(CLI::IsMember({1, 2}));
+      ->check(CLI::IsMember({1, 2, 3}));
+  q->add_option("--kl-layers", a->kl_layers, "KL runs on this many layers spread over the depth, the others interpolated (0: every layer; saves time on deep models)")
+      ->check(CLI::NonNegativeNumber);
   q->add_flag("--sequential", a->sequential, "encode each layer with the statistics of the model whose earlier layers are quantized (GPTQ's order)");
   q->add_option("--kl-text", a->kl_text, "text of the per-tensor KL runs: calib (the calibration text) or self (sampled by the model)")
-      ->check(CLI::IsMember({"calib", "self"}));
+      ->check(CLI::IsMember({"calib", "self", "both"}));
   q->add_option("--save-stats", a->stats_out, "write the calibration statistics to this file");
   q->add_option("--stats", a->stats_in, "read calibration statistics written by --save-stats");
   q->add_option("--encoder", a->encoder, "encoder with calibration: gptq, weighted (importance-weighted RTN) or rtn")
@@ -179,6 +202,8 @@ Command add_quantize_command(CLI::App& app) {
   q->add_flag("--json", a->json, "print the plan as JSON");
   q->add_flag("--rank-check", a->rank_check, "also measure each tensor's KL at 4.5 bits and report the rank correlation with the prediction");
   q->add_option("--rank-check-bpw", a->rank_check_bpw, "the rank check's candidate: the one nearest this many bits per weight (default 4.5)");
+  q->add_flag("--row-splits", a->row_splits, "also offer each tensor a split of its rows into two formats (the rows whose error falls most in the higher one)");
+  q->add_flag("--rotate", a->rotate, "rotate the residual stream and value heads (random Hadamard, folded exactly into the weights) before quantizing");
   q->add_option("--tokenizer", a->tokenizer, "tokenizer for llama2.c checkpoints");
   q->add_option("-t,--threads", a->threads, "threads (default: all cores)");
   q->add_flag("-q,--quiet", a->quiet, "no progress bar");
@@ -191,7 +216,8 @@ Command add_quantize_command(CLI::App& app) {
             ImportOptions io;
             io.tokenizer_path = a->tokenizer;
             auto t0 = std::chrono::steady_clock::now();
-            const ImportedModel m = import_model(a->input, io);
+            const ImportedModel imported = import_model(a->input, io);
+            const ImportedModel m = a->rotate ? rotate_model(imported) : imported;
             Tokenizer::from_spm_proto(m.tokenizer_proto);  // fails before anything is written
             const int rc = mixed ? run_mixed(*a, m) : run_uniform(*a, m);
             if (a->dry_run) return rc;

@@ -15,6 +15,7 @@
 #include "model/import.h"
 #include "model/mxlm_file.h"
 #include "model/report.h"
+#include "model/rotate.h"
 #include "mxlm/autoquant.h"
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
@@ -30,8 +31,9 @@ struct SweepArgs {
   std::vector<double> bpw;
   std::vector<std::string> uniform = {"q2a_g32", "q3_g32", "q3a_g32", "q4_g128", "q4_g32", "q5_g32"};
   std::vector<std::string> candidates;  // empty: the allocator's default
-  bool dry_run = false, sequential = false;
-  int kl_points = 2;
+  bool dry_run = false, sequential = false, rotate = false, row_splits = false;
+  std::string kl_text = "calib";
+  int kl_points = 2, kl_layers = 0;
   int64_t calib_tokens = 16384, kl_tokens = 1024;
   int ctx = 512, windows = 64, threads = 0;
   bool quiet = false;
@@ -49,7 +51,8 @@ int run_sweep(const SweepArgs& a) {
   if (a.text.empty() && !a.dry_run) throw Error(ErrorCode::kInvalidArgument, "give the evaluation text (-f TEXT), or --dry-run to plan only");
   ImportOptions io;
   io.tokenizer_path = a.tokenizer;
-  const ImportedModel m = import_model(a.input, io);
+  const ImportedModel imported = import_model(a.input, io);
+  const ImportedModel m = a.rotate ? rotate_model(imported) : imported;
   auto source = std::shared_ptr<const ImportedModel>(std::shared_ptr<const ImportedModel>{}, &m);
   auto base_model = Model::from_imported(source);
   const std::string text = a.dry_run ? std::string() : read_file(a.text);
@@ -70,7 +73,10 @@ int run_sweep(const SweepArgs& a) {
   o.calib_tokens = a.calib_tokens;
   o.kl_tokens = a.kl_tokens;
   o.sequential = a.sequential;
-  o.kl_two_point = a.kl_points == 2;
+  o.kl_points = a.kl_points;
+  o.kl_layers = a.kl_layers;
+  o.row_splits = a.row_splits;
+  o.kl_text = a.kl_text == "self" ? AutoQuantOptions::KlText::kSelf : a.kl_text == "both" ? AutoQuantOptions::KlText::kBoth : AutoQuantOptions::KlText::kCalib;
   o.stats_in = a.stats_in;
   o.threads = a.threads;
   for (const std::string& c : a.candidates) o.candidates.push_back(parse_qtype(c, "--candidates"));
@@ -175,8 +181,14 @@ Command add_sweep_command(CLI::App& app) {
   s->add_option("--calib", a->calib, "calibration text (default: text the model samples itself)");
   s->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
   s->add_option("--kl-tokens", a->kl_tokens, "tokens of the per-tensor KL runs")->check(CLI::PositiveNumber);
-  s->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (power law) or 1 (line)")->check(CLI::IsMember({1, 2}));
+  s->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (power law) or 1 (line)")->check(CLI::IsMember({1, 2, 3}));
+  s->add_option("--kl-layers", a->kl_layers, "KL runs on this many layers, the others interpolated (as quantize --kl-layers)")
+      ->check(CLI::NonNegativeNumber);
   s->add_flag("--sequential", a->sequential, "encode layer by layer on the partly quantized model (GPTQ's order)");
+  s->add_option("--kl-text", a->kl_text, "text of the per-tensor KL runs: calib or self (as quantize --kl-text)")
+      ->check(CLI::IsMember({"calib", "self", "both"}));
+  s->add_flag("--row-splits", a->row_splits, "offer row splits (as quantize --row-splits)");
+  s->add_flag("--rotate", a->rotate, "rotate the residual stream and value heads before quantizing (as quantize --rotate)");
   s->add_option("--stats", a->stats_in, "calibration statistics from quantize --save-stats");
   s->add_option("--uniform", a->uniform, "uniform formats to compare, encoded the same way")->delimiter(',');
   s->add_option("--candidates", a->candidates, "formats the allocation chooses among (default: quantize's)")->delimiter(',');
