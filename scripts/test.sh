@@ -3,7 +3,7 @@
 # runs the whole suite (GoogleTest through ctest), then the same suite's other builds: the NEON
 # kernels under qemu, ASan+UBSan and TSan builds (scripts/test_sanitize.sh) and a bounded run
 # of every parser fuzzer (scripts/fuzz.sh). Data comes from ${MXLM_SHARED:-../shared}.
-#   MXLM_FUZZ_SECONDS  seconds per fuzz target (default 15; 0 skips the fuzzers)
+#   MXLM_FUZZ_SECONDS  seconds per fuzz target (default 10; 0 skips the fuzzers)
 #   MXLM_SANITIZE=0    skips the sanitizer builds
 # Arguments are passed to ctest (e.g. -R Tinymix).
 set -euo pipefail
@@ -26,7 +26,7 @@ if [ "${MXLM_SANITIZE:-1}" != 0 ]; then
   stage "sanitizer builds"
   bash scripts/test_sanitize.sh
 fi
-fuzz_seconds=${MXLM_FUZZ_SECONDS:-15}
+fuzz_seconds=${MXLM_FUZZ_SECONDS:-10}
 if [ "$fuzz_seconds" != 0 ]; then
   stage "fuzzers, ${fuzz_seconds} s each"
   bash scripts/fuzz.sh "$fuzz_seconds"

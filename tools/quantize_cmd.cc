@@ -67,7 +67,7 @@ void print_plan(const AutoQuantResult& r) {
     }
     std::printf("%-22s %-9s %7.3f %12.4g %6.3f %12.4g %12.4g%s%s\n", p.name.c_str(), std::string(qtype_info(p.format).name).c_str(),
                 8.0 * double(p.bytes) / (double(p.n) * double(p.k)), p.alpha, p.gamma, p.measured_kl, p.predicted_kl,
-                p.fixed ? "  (recipe)" : "", split.c_str());
+                p.fixed ? "  (recipe)" : p.kl_interpolated ? "  (kl interpolated)" : "", split.c_str());
   }
   std::printf("\n%.4f bits per weight, %s of tensors, predicted KL %.4g nats/token (sum over tensors)\n", r.bpw,
               human_bytes(r.tensor_bytes).c_str(), r.predicted_kl);
@@ -84,7 +84,8 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
                  {"gamma", p.gamma},
                  {"measured_kl", p.measured_kl},
                  {"predicted_kl", p.predicted_kl},
-                 {"fixed", p.fixed}});
+                 {"fixed", p.fixed},
+                 {"kl_interpolated", p.kl_interpolated}});
     if (!p.split_rows.empty()) t.back()["split"] = {{"format", qtype_info(p.split_format).name}, {"rows", p.split_rows.size()}};
     if (!p.error.empty()) {
       // Each candidate's output error e (predicted KL = alpha * e).
