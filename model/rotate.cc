@@ -14,6 +14,7 @@
 #include <string>
 
 #include "kernels/common.h"
+#include "kernels/splitmix.h"
 
 #define EIGEN_DONT_PARALLELIZE  // determinism, and the ODR note in encode.cc
 #include <Eigen/Core>
@@ -25,15 +26,10 @@ namespace {
 
 [[noreturn]] void fail(const std::string& msg) { throw Error(ErrorCode::kInvalidArgument, msg); }
 
-// splitmix64: a fixed generator, so the rotation is the same on every platform and library.
+// A fixed generator (kernels/splitmix.h), so the rotation is the same on every platform.
 struct Rng {
   uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
+  uint64_t next() { return splitmix64_next(s); }
   double uniform() { return double((next() >> 11) + 1) * 0x1.0p-53; }  // (0, 1]
   double gaussian() {
     const double u = uniform(), v = uniform();

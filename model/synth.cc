@@ -7,6 +7,7 @@
 
 #include "kernels/common.h"
 #include "kernels/quant.h"
+#include "kernels/splitmix.h"
 #include "model/mxlm_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -31,15 +32,8 @@ ModelConfig llama(int vocab, int embd, int layers, int heads, int kv_heads, int 
 
 // A counter-based Gaussian: the same value for (seed, tensor, index) on every platform and
 // thread split (splitmix64 + Box-Muller).
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 float gaussian(uint64_t seed, uint64_t i) {
-  const uint64_t a = mix(seed ^ (2 * i)), b = mix(seed ^ (2 * i + 1));
+  const uint64_t a = splitmix64_at(seed ^ (2 * i)), b = splitmix64_at(seed ^ (2 * i + 1));
   const double u1 = (static_cast<double>(a >> 11) + 1.0) * (1.0 / 9007199254740992.0);
   const double u2 = static_cast<double>(b >> 11) * (1.0 / 9007199254740992.0);
   return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
@@ -96,7 +90,7 @@ void synth_model(const std::string& out_path, const SynthOptions& options, const
     t.name = name;
     t.shape = {n, k};
     t.qtype = options.qtype;
-    const uint64_t seed = mix(options.seed * 1000003 + ++tensor_id);
+    const uint64_t seed = splitmix64_at(options.seed * 1000003 + ++tensor_id);
     const QType q = options.qtype;
     t.fill = [seed, n, k, q, threads](uint8_t* dst, size_t) {
       const size_t rb = *qtype_row_bytes(q, static_cast<uint64_t>(k));

@@ -4,21 +4,17 @@
 #include <cmath>
 #include <numeric>
 
+#include "kernels/splitmix.h"
+
 namespace mxlm {
 
 namespace {
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 }  // namespace
 
 Sampler::Sampler(const SamplerParams& params) : params_(params) {
   uint64_t x = params.seed;
-  for (auto& s : s_) s = splitmix64(x);
+  for (auto& s : s_) s = splitmix64_next(x);
 }
 
 float Sampler::next_uniform() {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/common.h"
+#include "model/file_util.h"
 #include "tools/commands.h"
 
 namespace mxlm {
@@ -49,6 +50,49 @@ QType parse_qtype(const std::string& name, const char* option) {
     throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a format; known: " + all);
   }
   return *q;
+}
+
+void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
+  app->add_option("--calib", a.calib, "calibration text (documents split at lines holding only 0x1E); default: text the model samples itself");
+  app->add_option("--calib-tokens", a.calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
+  app->add_option("--kl-tokens", a.kl_tokens, "tokens of each KL run (per fit point) that calibrates a tensor's sensitivity")->check(CLI::PositiveNumber);
+  app->add_option("--kl-points", a.kl_points,
+                  "KL measurements per tensor: 2 (a power law through the ~3.5- and ~2.5-bit candidates), 1 (a line) or 3 (also ~5 bits)")
+      ->check(CLI::IsMember({1, 2, 3}));
+  app->add_option("--kl-layers", a.kl_layers, "KL runs on this many layers spread over the depth, the others interpolated (0: every layer; saves time on deep models)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_flag("--sequential", a.sequential, "encode each layer with the statistics of the model whose earlier layers are quantized (GPTQ's order)");
+  app->add_option("--kl-text", a.kl_text, "text of the per-tensor KL runs: calib (the calibration text), self (sampled by the model) or both")
+      ->check(CLI::IsMember({"calib", "self", "both"}));
+  app->add_option("--stats", a.stats_in, "read calibration statistics written by quantize --save-stats");
+  app->add_option("--encoder", a.encoder, "encoder with calibration: gptq, weighted (importance-weighted RTN) or rtn")
+      ->check(CLI::IsMember({"gptq", "weighted", "rtn"}));
+  app->add_option("--candidates", a.candidates, "formats the allocation chooses among (default: q2k_g32 .. q8_g64)")->delimiter(',');
+  app->add_flag("--row-splits", a.row_splits, "also offer each tensor a split of its rows into two formats (the rows whose error falls most in the higher one)");
+  app->add_flag("--rotate", a.rotate, "rotate the residual stream and value heads (random Hadamard, folded exactly into the weights) before quantizing");
+}
+
+AutoQuantOptions autoquant_options(const AutoQuantArgs& a) {
+  AutoQuantOptions o;
+  for (const std::string& c : a.candidates) o.candidates.push_back(parse_qtype(c, "--candidates"));
+  o.encode.method = a.encoder == "rtn" ? EncodeMethod::kRtn : a.encoder == "weighted" ? EncodeMethod::kWeighted : EncodeMethod::kGptq;
+  if (!a.calib.empty()) {
+    o.calib_text = read_file(a.calib);
+    if (o.calib_text.find_first_not_of(" \t\r\n\v\f\x1e") == std::string::npos) {
+      throw Error(ErrorCode::kInvalidArgument, "the calibration text '" + a.calib + "' is empty");
+    }
+  }
+  o.calib_tokens = a.calib_tokens;
+  o.kl_tokens = a.kl_tokens;
+  o.kl_text = a.kl_text == "self"   ? AutoQuantOptions::KlText::kSelf
+              : a.kl_text == "both" ? AutoQuantOptions::KlText::kBoth
+                                    : AutoQuantOptions::KlText::kCalib;
+  o.sequential = a.sequential;
+  o.kl_points = a.kl_points;
+  o.kl_layers = a.kl_layers;
+  o.row_splits = a.row_splits;
+  o.stats_in = a.stats_in;
+  return o;
 }
 
 }  // namespace mxlm

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "kernels/qtype.h"
+#include "mxlm/autoquant.h"
 
 namespace mxlm {
 
@@ -27,5 +29,19 @@ std::string human_bytes(uint64_t b);
 void progress_bar(const char* what, size_t done, size_t total);
 // A format name, or Error naming `option` and the known formats.
 QType parse_qtype(const std::string& name, const char* option);
+
+// The method options `quantize` and `sweep` share: calibration, sensitivity, allocation and
+// encoder (the budget, statistics output and reporting stay each command's own).
+struct AutoQuantArgs {
+  std::string calib, stats_in, encoder = "gptq", kl_text = "calib";
+  std::vector<std::string> candidates;
+  int64_t calib_tokens = 16384, kl_tokens = 1024;
+  int kl_points = 2, kl_layers = 0;
+  bool sequential = false, row_splits = false, rotate = false;
+};
+void add_autoquant_options(CLI::App* app, AutoQuantArgs& a);
+// The options they ask for (the calibration text read, and refused when empty); `rotate` is
+// the caller's (it changes the model, not the options).
+AutoQuantOptions autoquant_options(const AutoQuantArgs& a);
 
 }  // namespace mxlm

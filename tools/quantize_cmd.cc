@@ -28,23 +28,12 @@ struct QuantizeArgs {
   int threads = 0;
   bool quiet = false;
   // Mixed precision.
+  AutoQuantArgs aq;
   double bpw = 0;
-  std::string size, calib, stats_in, stats_out, recipe, encoder = "gptq", write_recipe;
-  std::vector<std::string> candidates;
-  int64_t calib_tokens = 16384, kl_tokens = 1024;
+  std::string size, stats_out, recipe, write_recipe;
   double rank_check_bpw = 0;
-  std::string kl_text = "calib";
-  bool sequential = false;
-  int kl_points = 2, kl_layers = 0;
-  bool dry_run = false, json = false, rank_check = false, rotate = false, row_splits = false;
+  bool dry_run = false, json = false, rank_check = false;
 };
-
-EncodeMethod parse_encoder(const std::string& s) {
-  if (s == "gptq") return EncodeMethod::kGptq;
-  if (s == "weighted") return EncodeMethod::kWeighted;
-  if (s == "rtn") return EncodeMethod::kRtn;
-  throw Error(ErrorCode::kInvalidArgument, "--encoder " + s + " is not one of gptq, weighted, rtn");
-}
 
 int run_uniform(const QuantizeArgs& a, const ImportedModel& m) {
   QuantizeOptions opt;
@@ -114,7 +103,7 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
 }
 
 int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
-  AutoQuantOptions o;
+  AutoQuantOptions o = autoquant_options(a.aq);
   o.bpw = a.bpw;
   if (!a.size.empty()) o.size_bytes = parse_size_arg(a.size);
   if (!a.recipe.empty()) o.recipe = parse_recipe(read_file(a.recipe), a.recipe);
@@ -125,22 +114,6 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
     if (!a.embd_qtype.empty()) o.recipe->rules.insert(o.recipe->rules.begin(), {tensor_names::kTokEmbd, parse_qtype(a.embd_qtype, "--embd-qtype")});
     if (!a.output_qtype.empty()) o.recipe->rules.insert(o.recipe->rules.begin(), {tensor_names::kOutput, parse_qtype(a.output_qtype, "--output-qtype")});
   }
-  for (const std::string& c : a.candidates) o.candidates.push_back(parse_qtype(c, "--candidates"));
-  o.encode.method = parse_encoder(a.encoder);
-  if (!a.calib.empty()) {
-    o.calib_text = read_file(a.calib);
-    if (o.calib_text.find_first_not_of(" \t\r\n\v\f\x1e") == std::string::npos) {
-      throw Error(ErrorCode::kInvalidArgument, "the calibration text '" + a.calib + "' is empty");
-    }
-  }
-  o.calib_tokens = a.calib_tokens;
-  o.kl_tokens = a.kl_tokens;
-  o.kl_text = a.kl_text == "self" ? AutoQuantOptions::KlText::kSelf : a.kl_text == "both" ? AutoQuantOptions::KlText::kBoth : AutoQuantOptions::KlText::kCalib;
-  o.sequential = a.sequential;
-  o.kl_points = a.kl_points;
-  o.kl_layers = a.kl_layers;
-  o.row_splits = a.row_splits;
-  o.stats_in = a.stats_in;
   o.stats_out = a.stats_out;
   o.dry_run = a.dry_run;
   o.rank_check = a.rank_check || a.rank_check_bpw > 0;
@@ -183,33 +156,18 @@ Command add_quantize_command(CLI::App& app) {
   q->add_option("--bpw", a->bpw, "mixed precision: bits per weight of the whole file's tensors (e.g. 3.5)")->check(CLI::PositiveNumber);
   q->add_option("--size", a->size, "mixed precision: bytes of the whole file (e.g. 300M, 1.5G; K/M/G are powers of 1024)");
   q->add_option("--recipe", a->recipe, "JSON file of formats per tensor name or glob pattern (fixed; the rest is allocated)");
-  q->add_option("--calib", a->calib, "calibration text (documents split at lines holding only 0x1E); default: text the model samples itself");
-  q->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
-  q->add_option("--kl-tokens", a->kl_tokens, "tokens of each KL run (per fit point) that calibrates a tensor's sensitivity")->check(CLI::PositiveNumber);
-  q->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (a power law through the ~3.5- and ~2.5-bit candidates) or 1 (a line)")
-      ->check(CLI::IsMember({1, 2, 3}));
-  q->add_option("--kl-layers", a->kl_layers, "KL runs on this many layers spread over the depth, the others interpolated (0: every layer; saves time on deep models)")
-      ->check(CLI::NonNegativeNumber);
-  q->add_flag("--sequential", a->sequential, "encode each layer with the statistics of the model whose earlier layers are quantized (GPTQ's order)");
-  q->add_option("--kl-text", a->kl_text, "text of the per-tensor KL runs: calib (the calibration text) or self (sampled by the model)")
-      ->check(CLI::IsMember({"calib", "self", "both"}));
+  add_autoquant_options(q, a->aq);
   q->add_option("--save-stats", a->stats_out, "write the calibration statistics to this file");
-  q->add_option("--stats", a->stats_in, "read calibration statistics written by --save-stats");
-  q->add_option("--encoder", a->encoder, "encoder with calibration: gptq, weighted (importance-weighted RTN) or rtn")
-      ->check(CLI::IsMember({"gptq", "weighted", "rtn"}));
-  q->add_option("--candidates", a->candidates, "formats the allocation chooses among (default: q2k_g32 .. q8_g64)")->delimiter(',');
   q->add_flag("--dry-run", a->dry_run, "print the allocation and its predicted loss; write nothing");
   q->add_option("--write-recipe", a->write_recipe, "write the chosen formats as a recipe (reusable with --recipe)");
   q->add_flag("--json", a->json, "print the plan as JSON");
   q->add_flag("--rank-check", a->rank_check, "also measure each tensor's KL at 4.5 bits and report the rank correlation with the prediction");
   q->add_option("--rank-check-bpw", a->rank_check_bpw, "the rank check's candidate: the one nearest this many bits per weight (default 4.5)");
-  q->add_flag("--row-splits", a->row_splits, "also offer each tensor a split of its rows into two formats (the rows whose error falls most in the higher one)");
-  q->add_flag("--rotate", a->rotate, "rotate the residual stream and value heads (random Hadamard, folded exactly into the weights) before quantizing");
   q->add_option("--tokenizer", a->tokenizer, "tokenizer for llama2.c checkpoints");
   q->add_option("-t,--threads", a->threads, "threads (default: all cores)");
   q->add_flag("-q,--quiet", a->quiet, "no progress bar");
   return {q, [a]() {
-            const bool mixed = a->bpw > 0 || !a->size.empty() || !a->recipe.empty() || !a->calib.empty() || !a->stats_in.empty();
+            const bool mixed = a->bpw > 0 || !a->size.empty() || !a->recipe.empty() || !a->aq.calib.empty() || !a->aq.stats_in.empty();
             if (!mixed && a->qtype.empty()) {
               throw Error(ErrorCode::kInvalidArgument, "give --qtype (one format everywhere) or a budget --bpw / --size (mixed precision)");
             }
@@ -218,7 +176,7 @@ Command add_quantize_command(CLI::App& app) {
             io.tokenizer_path = a->tokenizer;
             auto t0 = std::chrono::steady_clock::now();
             const ImportedModel imported = import_model(a->input, io);
-            const ImportedModel m = a->rotate ? rotate_model(imported) : imported;
+            const ImportedModel m = a->aq.rotate ? rotate_model(imported) : imported;
             Tokenizer::from_spm_proto(m.tokenizer_proto);  // fails before anything is written
             const int rc = mixed ? run_mixed(*a, m) : run_uniform(*a, m);
             if (a->dry_run) return rc;

@@ -27,14 +27,11 @@ namespace mxlm {
 namespace {
 
 struct SweepArgs {
-  std::string input, text, calib, stats_in, html, out_dir, encoder = "gptq", tokenizer;
+  std::string input, text, html, out_dir, tokenizer;
+  AutoQuantArgs aq;
   std::vector<double> bpw;
   std::vector<std::string> uniform = {"q2a_g32", "q3_g32", "q3a_g32", "q4_g128", "q4_g32", "q5_g32"};
-  std::vector<std::string> candidates;  // empty: the allocator's default
-  bool dry_run = false, sequential = false, rotate = false, row_splits = false;
-  std::string kl_text = "calib";
-  int kl_points = 2, kl_layers = 0;
-  int64_t calib_tokens = 16384, kl_tokens = 1024;
+  bool dry_run = false;
   int ctx = 512, windows = 64, threads = 0;
   bool quiet = false;
 };
@@ -52,7 +49,7 @@ int run_sweep(const SweepArgs& a) {
   ImportOptions io;
   io.tokenizer_path = a.tokenizer;
   const ImportedModel imported = import_model(a.input, io);
-  const ImportedModel m = a.rotate ? rotate_model(imported) : imported;
+  const ImportedModel m = a.aq.rotate ? rotate_model(imported) : imported;
   auto source = std::shared_ptr<const ImportedModel>(std::shared_ptr<const ImportedModel>{}, &m);
   auto base_model = Model::from_imported(source);
   const std::string text = a.dry_run ? std::string() : read_file(a.text);
@@ -68,26 +65,15 @@ int run_sweep(const SweepArgs& a) {
     base_ppl = perplexity(ctx, stream, pp).ppl;
   }
 
-  AutoQuantOptions o;
-  if (!a.calib.empty()) o.calib_text = read_file(a.calib);
-  o.calib_tokens = a.calib_tokens;
-  o.kl_tokens = a.kl_tokens;
-  o.sequential = a.sequential;
-  o.kl_points = a.kl_points;
-  o.kl_layers = a.kl_layers;
-  o.row_splits = a.row_splits;
-  o.kl_text = a.kl_text == "self" ? AutoQuantOptions::KlText::kSelf : a.kl_text == "both" ? AutoQuantOptions::KlText::kBoth : AutoQuantOptions::KlText::kCalib;
-  o.stats_in = a.stats_in;
+  AutoQuantOptions o = autoquant_options(a.aq);
   o.threads = a.threads;
-  for (const std::string& c : a.candidates) o.candidates.push_back(parse_qtype(c, "--candidates"));
-  o.encode.method = a.encoder == "rtn" ? EncodeMethod::kRtn : a.encoder == "weighted" ? EncodeMethod::kWeighted : EncodeMethod::kGptq;
   if (!a.quiet) o.progress = [](const char* stage, size_t d, size_t t) { progress_bar(stage, d, t); };
   namespace fs = std::filesystem;
   const std::string dir = a.out_dir.empty() ? fs::temp_directory_path().string() + "/mxlm-sweep-" + std::to_string(::getpid()) : a.out_dir;
   fs::create_directories(dir);
   // The uniform files reuse the mixes' statistics rather than calibrating again.
-  const std::string stats_path = a.stats_in.empty() ? dir + "/calibration.stats" : a.stats_in;
-  if (a.stats_in.empty()) o.stats_out = stats_path;
+  const std::string stats_path = a.aq.stats_in.empty() ? dir + "/calibration.stats" : a.aq.stats_in;
+  if (a.aq.stats_in.empty()) o.stats_out = stats_path;
   AutoQuantizer q(m, o);
   for (double b : a.bpw) q.check_budget(b, 0);  // every budget is checked before the long part
   std::vector<QType> uniform;
@@ -178,22 +164,9 @@ Command add_sweep_command(CLI::App& app) {
   s->add_option("input", a->input, "model to quantize (HF dir, GGUF, llama2.c)")->required();
   s->add_option("--bpw", a->bpw, "budgets in bits per weight, e.g. 2.5,3,3.5,4,4.5,5")->delimiter(',')->required();
   s->add_option("-f,--file", a->text, "evaluation text (documents split at lines holding only 0x1E); required unless --dry-run");
-  s->add_option("--calib", a->calib, "calibration text (default: text the model samples itself)");
-  s->add_option("--calib-tokens", a->calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);
-  s->add_option("--kl-tokens", a->kl_tokens, "tokens of the per-tensor KL runs")->check(CLI::PositiveNumber);
-  s->add_option("--kl-points", a->kl_points, "KL measurements per tensor: 2 (power law) or 1 (line)")->check(CLI::IsMember({1, 2, 3}));
-  s->add_option("--kl-layers", a->kl_layers, "KL runs on this many layers, the others interpolated (as quantize --kl-layers)")
-      ->check(CLI::NonNegativeNumber);
-  s->add_flag("--sequential", a->sequential, "encode layer by layer on the partly quantized model (GPTQ's order)");
-  s->add_option("--kl-text", a->kl_text, "text of the per-tensor KL runs: calib or self (as quantize --kl-text)")
-      ->check(CLI::IsMember({"calib", "self", "both"}));
-  s->add_flag("--row-splits", a->row_splits, "offer row splits (as quantize --row-splits)");
-  s->add_flag("--rotate", a->rotate, "rotate the residual stream and value heads before quantizing (as quantize --rotate)");
-  s->add_option("--stats", a->stats_in, "calibration statistics from quantize --save-stats");
+  add_autoquant_options(s, a->aq);
   s->add_option("--uniform", a->uniform, "uniform formats to compare, encoded the same way")->delimiter(',');
-  s->add_option("--candidates", a->candidates, "formats the allocation chooses among (default: quantize's)")->delimiter(',');
   s->add_flag("--dry-run", a->dry_run, "plan each budget and print its predicted KL; nothing is encoded or evaluated");
-  s->add_option("--encoder", a->encoder, "gptq, weighted or rtn")->check(CLI::IsMember({"gptq", "weighted", "rtn"}));
   s->add_option("--ctx", a->ctx, "predictions per perplexity window")->check(CLI::PositiveNumber);
   s->add_option("--windows", a->windows, "perplexity windows (0: all)")->check(CLI::NonNegativeNumber);
   s->add_option("--html", a->html, "write the table and the Pareto plot as a self-contained HTML page");
