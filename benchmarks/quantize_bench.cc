@@ -34,6 +34,7 @@ void BM_AutoQuantTinymix(benchmark::State& state) {
   state.counters["calibrate_s"] = r.seconds_calibrate;
   state.counters["candidates_s"] = r.seconds_candidates;
   state.counters["kl_s"] = r.seconds_kl;
+  state.counters["select_s"] = r.seconds_select;
   state.counters["write_s"] = r.seconds_write;
   state.counters["bpw"] = r.bpw;
   // This machine's read bandwidth swings by 2x from hour to hour: measured in the same run.

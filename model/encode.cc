@@ -178,6 +178,7 @@ size_t check_args(const char* fn, QType t, const float* w, int64_t n, int64_t k,
 void check_options(const std::string& f, const EncodeOptions& o) {
   if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(f + ": damp = " + std::to_string(o.damp) + " must be finite and >= 0");
   if (o.block <= 0) fail(f + ": block = " + std::to_string(o.block) + " must be > 0");
+  if (o.refine < 0) fail(f + ": refine = " + std::to_string(o.refine) + " must be >= 0");
   if (o.threads < 0) fail(f + ": threads = " + std::to_string(o.threads) + " must be >= 0 (0: all cores)");
 }
 
@@ -350,12 +351,73 @@ std::vector<float> diagonal_blocks(const std::vector<float>& Ut, int64_t k, int 
   return ub;
 }
 
+// Coordinate descent after GPTQ (the idea of QuantEase, Behdin et al. 2023): with every group's
+// params fixed, the objective e H eᵀ of one row (e = w − v, v the decoded values) as a function
+// of one weight's error e_i alone is H_ii e_i² + 2 e_i c_i, c_i = (H e)_i − H_ii e_i, minimized at
+// e_i = −c_i / H_ii, i.e. at the decoded value w_i + c_i / H_ii: rounding that to the group's
+// nearest level is the exact minimum over the weight's levels, so no step raises the objective.
+// GPTQ visits each column once and only pushes its error forward; these passes let every weight
+// answer the errors of the columns after it too. g = H e per row is computed once by the f32
+// GEMM kernel and kept current by one axpy per changed weight (the kernel's axpy; recomputing it
+// every pass changed no decision measurably and cost a GEMM each); the passes stop early when
+// one changes nothing. Rows run alone (their objectives are independent), columns in GPTQ's
+// processing order; dead inputs (H_ii = 0) are left alone.
+void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int64_t k, const std::vector<int64_t>& perm,
+                  const std::vector<char>& dead, const std::vector<float>& hp, int passes, const F32Kernels& fk,
+                  ChunkParams& P, std::vector<float>& V, std::vector<uint8_t>& q) {
+  std::vector<float> W0(static_cast<size_t>(R * k)), E(static_cast<size_t>(R * k)), g(static_cast<size_t>(R * k));
+  for (int64_t r = 0; r < R; ++r) {
+    const float* src = w + (r0 + r) * k;
+    for (int64_t p = 0; p < k; ++p) {
+      W0[r * k + p] = dead[perm[p]] ? 0.0f : src[perm[p]];
+      E[r * k + p] = W0[r * k + p] - V[r * k + p];
+    }
+  }
+  fk.gemm(static_cast<int>(R), 0, static_cast<int>(k), static_cast<int>(k), E.data(), static_cast<size_t>(k), hp.data(),
+          static_cast<size_t>(k) * sizeof(float), QType::kF32, g.data(), static_cast<size_t>(k));
+  // Per column: its group, 1 / H_ii (0: left alone).
+  std::vector<int64_t> grp(static_cast<size_t>(k));
+  std::vector<float> inv_h(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const float hii = hp[static_cast<size_t>(i * k + i)];
+    grp[i] = perm[i] / L.G;
+    inv_h[i] = dead[perm[i]] || !(hii > 0) ? 0.0f : 1.0f / hii;
+  }
+  const bool uniform = L.kind != QKind::kCodebook;  // levels d apart: the nearest is within d/2
+  // Rows are independent (g_r = H e_r): each runs its passes alone, its arrays in cache.
+  for (int64_t r = 0; r < R; ++r) {
+    float *Er = E.data() + r * k, *gr = g.data() + r * k, *Vr = V.data() + r * k;
+    const float* W0r = W0.data() + r * k;
+    const float *d = P.d_row(r), *m = P.m_row(r);
+    for (int pass = 0; pass < passes; ++pass) {
+      int64_t changed = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        if (inv_h[i] == 0) continue;
+        const float hii = hp[static_cast<size_t>(i * k + i)];
+        const float t = W0r[i] + (gr[i] - hii * Er[i]) * inv_h[i];
+        const float dg = d[grp[i]];
+        if (uniform && std::abs(t - Vr[i]) < 0.49f * std::abs(dg)) continue;  // still the nearest level
+        uint8_t qn;
+        const float v = quantize_value(L, t, dg, m[grp[i]], P.cb_row(r), &qn);
+        if (v == Vr[i]) continue;
+        const float e = W0r[i] - v, delta = e - Er[i];
+        Er[i] = e;
+        Vr[i] = v;
+        q[r * k + perm[i]] = qn;
+        fk.axpy(delta, hp.data() + i * k, gr, static_cast<int>(k));
+        ++changed;
+      }
+      if (changed == 0) break;
+    }
+  }
+}
+
 // GPTQ on rows [r0, r1) given the factor (Ut = Uᵀ, processing order perm; ublocks its diagonal
 // blocks). gemm: the f32 GEMM kernel (kernels/f32_ops.h) for the lazy block update.
 void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size_t rb, const std::vector<int64_t>& perm,
                 const std::vector<char>& dead, const std::vector<float>& imp, const std::vector<float>& Ut,
                 const std::vector<float>& ublocks, bool static_groups, int block, decltype(F32Kernels::gemm) gemm,
-                uint8_t* out) {
+                const std::vector<float>& hp, int refine, uint8_t* out) {
   const RowLayout L = row_layout(t, k);
   const int64_t R = r1 - r0, G = L.G;
   ChunkParams P;
@@ -369,6 +431,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
 
   // Working copy in processing order, dead inputs zeroed.
   std::vector<float> W(static_cast<size_t>(R * k));
+  std::vector<float> V(refine > 0 ? static_cast<size_t>(R * k) : 0);  // decoded values (refine)
   for (int64_t r = 0; r < R; ++r) {
     const float* src = w + (r0 + r) * k;
     float* Wr = W.data() + r * k;
@@ -405,6 +468,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
         }
         const float xv = Wr[i];
         const float v = quantize_value(L, xv, P.d_row(r)[g], P.m_row(r)[g], P.cb_row(r), &q[r * k + col]);
+        if (refine > 0) V[r * k + i] = v;
         const float e = (xv - v) / uii;
         E[r * block + (i - b1)] = e;
         for (int64_t j = i + 1; j < b2; ++j) Wr[j] -= e * Ui[j];
@@ -423,6 +487,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
       }
     }
   }
+  if (refine > 0) refine_chunk(L, w, r0, R, k, perm, dead, hp, refine, f32_kernels(selected_isa()), P, V, q);
   for (int64_t r = 0; r < R; ++r) {
     assemble_row(L, k, P.d_row(r), P.m_row(r), P.cb_row(r), P.rs_row(r), q.data() + r * k,
                  out + static_cast<size_t>(r0 + r) * rb);
@@ -478,6 +543,14 @@ std::shared_ptr<const GptqFactor> gptq_factor(const double* h, int64_t k, const 
       break;
     }
   }
+  f->hp_.resize(static_cast<size_t>(k * k));
+  for (int64_t a = 0; a < k; ++a) {
+    for (int64_t b = 0; b < k; ++b) {
+      const int64_t ca = f->perm_[a], cb = f->perm_[b];
+      f->hp_[static_cast<size_t>(a * k + b)] =
+          f->dead_[ca] || f->dead_[cb] ? 0.0f : static_cast<float>(0.5 * (h[ca * k + cb] + h[cb * k + ca]));
+    }
+  }
   if (!f->ok_) {
     f->retries_ = kMaxDampRetries + 1;
     std::vector<float>().swap(f->ut_);
@@ -531,7 +604,7 @@ std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t c = 0; c < nchunks; ++c) {
     gptq_chunk(t, w, c * kRowChunk, std::min(n, (c + 1) * kRowChunk), k, rb, f.perm_, f.dead_, f.imp_, f.ut_, ublocks,
-               static_groups, block, gemm, out.data());
+               static_groups, block, gemm, f.hp_, o.refine, out.data());
   }
   return finish(std::move(out));
 }

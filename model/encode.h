@@ -15,6 +15,9 @@
 //              its error over the not yet quantized columns through the upper Cholesky factor of
 //              H⁻¹, which minimizes the full quadratic form greedily. See encode.cc for the
 //              details (damping, act_order, group scales, codebooks) and measurements.
+//              Then EncodeOptions::refine passes of coordinate descent (default 4): each weight
+//              re-rounded, group params fixed, to the level that minimizes its row's error
+//              given all the others' (-19 to -22 % output error on the test layer).
 //
 // Thread safety: the functions are reentrant; they use OpenMP internally (EncodeOptions::threads)
 // and their results do not depend on the thread count (bit-identical bytes). GPTQ's block update
@@ -39,6 +42,8 @@ struct EncodeOptions {
   double damp = 0.01;      // GPTQ: fraction of mean(diag H) added to the diagonal (≥ 0)
   bool act_order = true;   // GPTQ: columns in descending diag(H), group scales kept consistent
   int block = 128;         // GPTQ: lazy-update block width (rounded up to a multiple of the group)
+  int refine = 4;          // GPTQ: coordinate-descent passes after it (encode.cc: exact
+                           // minimization of tr(ΔW H ΔWᵀ) over one weight's levels at a time)
   int threads = 0;         // 0: all cores (OpenMP); the result does not depend on it
 };
 
@@ -105,6 +110,7 @@ class GptqFactor {
   std::vector<char> dead_;     // [k] H_ii == 0
   std::vector<float> imp_;     // [k] diag(H)
   std::vector<float> ut_;      // [k][k] Uᵀ in processing order: row j = column j of U
+  std::vector<float> hp_;      // [k][k] H in processing order (symmetric, dead inputs zero): refine
 };
 
 // Factorizes h (k × k, the same requirements as encode_tensor's h, which must not be null) with

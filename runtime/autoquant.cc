@@ -1,24 +1,29 @@
 // The mixed-precision pipeline of autoquant.h: tensors and budget (AutoQuantizer), calibration
-// and per-candidate errors and KL (measure), knapsack (plan), encoding and the record (write).
+// and per-candidate errors and KL (measure), knapsack (plan), the measured selection among the
+// plan and its variants (choose), encoding and the record (write).
 //
 // Measured on tinymix-26m (58 tensors, the 11 default candidates, 2 threads on the 2-core build
-// machine, benchmarks/quantize_bench.cc, read bandwidth 34.0 GB/s in the same run): calibration
-// of 16384 tokens 9.9 s, encoding every candidate with GPTQ plus its output error 14.6 s (one
-// factorization per distinct input, shared by its tensors and candidates), the 2 × 58 KL runs
-// of 1024 tokens 28.1 s, writing 0.9 s: 53.5 s in all. The two-point fit (candidates nearest
-// 3.5 and 2.5 bits) predicts each tensor's KL at the ~4.5-bit candidate with Spearman ρ = 0.983
-// over the tensors. The README has the perplexities and what the KL objective does and does
-// not transfer to held-out text.
+// machine, benchmarks/quantize_bench.cc with the f32 GEMM at 94 % of its peak and a read
+// bandwidth of 35.1 GB/s in the same run): calibration of 16384 tokens ~10 s, encoding every
+// candidate with GPTQ and 4 refine passes plus its output error 18.7 s (one factorization per
+// distinct input, shared by its tensors and candidates), KL 20.6 s (the q8 base, 1024 tokens the
+// model samples for the selection, the 2 × 58 per-tensor runs of 1024 tokens), selection 0.6 s
+// (the candidates' encodings kept), writing 0.02 s: 49.5 s in all. The two-point fit
+// (candidates nearest 3.5 and 2.5 bits) predicts each tensor's KL at the ~4.5-bit candidate
+// with Spearman ρ = 0.983 over the tensors. The README has the perplexities and what the KL
+// objective does and does not transfer to held-out text.
 //
 // Memory: each tensor's candidates are encoded, scored and (at the fit points) KL-measured one
-// tensor at a time, and each layer input's factorization is dropped once its layer is done.
-// Statistics above keep_stats_bytes are streamed (measure() runs on each layer's as calibrate()
+// tensor at a time (their encodings kept only when all fit keep_encodings_bytes), and each layer
+// input's factorization is dropped once its layer is done. Statistics above the keep limit (40 %
+// of the physical memory by default) are streamed (measure() runs on each layer's as calibrate()
 // completes it; write() calibrates again and encodes layer by layer): a 4-layer TinyLlama-1.1B
-// shape peaked at 2.3 GB RSS, where holding the 22-layer model's statistics and factorizations
-// would take ~23 GB.
+// shape peaked at 2.3 GB RSS streamed, where holding the 22-layer model's statistics and
+// factorizations would take ~23 GB (the statistics alone 7.7 GB: held on this 23 GiB machine).
 #include "mxlm/autoquant.h"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +34,7 @@
 
 #include "kernels/common.h"
 #include "model/allocate.h"
+#include "runtime/kl_probe.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {
@@ -121,105 +127,6 @@ double spearman(const std::vector<double>& a, const std::vector<double>& b) {
   return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : NAN;
 }
 
-// Measures the KL divergence of the model with one tensor swapped from the unquantized model, on
-// a few calibration windows. The unquantized hidden state at every layer's input and the
-// unquantized log-probabilities are kept, so a tensor of layer l costs layers l .. L-1 and the
-// head.
-class KlProbe {
- public:
-  KlProbe(const Model& model, std::vector<std::vector<int>> windows, int threads) : model_(model), windows_(std::move(windows)) {
-    const ModelConfig& c = model.config();
-    int longest = 1;
-    for (const auto& w : windows_) longest = std::max(longest, int(w.size()));
-    ContextParams cp;
-    cp.n_ctx = longest;
-    cp.n_batch = longest;
-    cp.n_threads = threads;
-    ctx_ = std::make_unique<Context>(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
-    const size_t L = size_t(c.n_layers), E = size_t(c.n_embd);
-    hidden_.resize(windows_.size());
-    base_lp_.resize(windows_.size());
-    for (size_t w = 0; w < windows_.size(); ++w) {
-      const size_t n = windows_[w].size();
-      hidden_[w].resize(L + 1);
-      hidden_[w][0].resize(n * E);
-      ctx_->embed(windows_[w], hidden_[w][0].data());
-      for (size_t l = 0; l < L; ++l) {
-        hidden_[w][l + 1] = hidden_[w][l];
-        ctx_->eval_layer(int(l), hidden_[w][l + 1].data(), int(n), 0);
-      }
-      logits_.resize(n * size_t(c.n_vocab));
-      ctx_->eval_head(hidden_[w][L].data(), int(n), logits_.data());
-      base_lp_[w].resize(n * size_t(c.n_vocab));
-      for (size_t t = 0; t < n; ++t) log_softmax(&logits_[t * c.n_vocab], &base_lp_[w][t * c.n_vocab]);
-    }
-  }
-
-  // Mean KL(P_base || P_swapped) per token, in nats.
-  double kl(const Slot& s, const Weight& swapped) {
-    const ModelConfig& c = model_.config();
-    const size_t E = size_t(c.n_embd), V = size_t(c.n_vocab);
-    double sum = 0;
-    int64_t count = 0;
-    std::vector<float> x, lq(V);
-    for (size_t w = 0; w < windows_.size(); ++w) {
-      const int n = int(windows_[w].size());
-      const float* final_x = nullptr;
-      if (s.layer < 0 && !s.embedding && s.src->name != tensor_names::kTokEmbd) {
-        ctx_->eval_head(hidden_[w][size_t(c.n_layers)].data(), n, logits_.data(), &swapped);  // the head
-      } else {
-        int first = 0;
-        if (s.layer >= 0) {
-          x = hidden_[w][size_t(s.layer)];
-          LayerWeights lw = model_.layers()[size_t(s.layer)];
-          Weight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
-          const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
-                                 tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
-          for (int i = 0; i < 7; ++i) {
-            if (s.src->name == tensor_names::layer(s.layer, names[i])) *slots[i] = swapped;
-          }
-          ctx_->eval_layer(s.layer, x.data(), n, 0, &lw);
-          first = s.layer + 1;
-        } else {  // the embedding (tied: also the head)
-          x.resize(size_t(n) * E);
-          ctx_->embed(windows_[w], x.data(), &swapped);
-        }
-        for (int l = first; l < c.n_layers; ++l) ctx_->eval_layer(l, x.data(), n, 0);
-        final_x = x.data();
-        const bool tied_head = c.tied_embeddings && s.src->name == tensor_names::kTokEmbd;
-        ctx_->eval_head(final_x, n, logits_.data(), tied_head ? &swapped : nullptr);
-      }
-      for (int t = 0; t < n; ++t) {
-        log_softmax(&logits_[size_t(t) * V], lq.data());
-        const float* lp = &base_lp_[w][size_t(t) * V];
-        double d = 0;
-        for (size_t v = 0; v < V; ++v) d += std::exp(double(lp[v])) * (double(lp[v]) - lq[v]);
-        sum += std::max(d, 0.0);
-        ++count;
-      }
-    }
-    return sum / double(count);
-  }
-
- private:
-  void log_softmax(const float* l, float* out) const {
-    const int V = model_.config().n_vocab;
-    float mx = l[0];
-    for (int v = 1; v < V; ++v) mx = std::max(mx, l[v]);
-    double s = 0;
-    for (int v = 0; v < V; ++v) s += std::exp(double(l[v]) - mx);
-    const double lse = std::log(s) + mx;
-    for (int v = 0; v < V; ++v) out[v] = static_cast<float>(double(l[v]) - lse);
-  }
-
-  const Model& model_;
-  std::vector<std::vector<int>> windows_;
-  std::unique_ptr<Context> ctx_;
-  std::vector<std::vector<std::vector<float>>> hidden_;  // [window][layer 0..L][n × E]
-  std::vector<std::vector<float>> base_lp_;             // [window][n × V]
-  std::vector<float> logits_;
-};
-
 // The candidate whose bits per weight lie nearest `bpw`.
 size_t nearest_candidate(const std::vector<QType>& cands, double bpw) {
   size_t best = 0;
@@ -235,10 +142,17 @@ std::string fmt_bpw(double b) {
   return buf;
 }
 
+// keep_stats_bytes, 0 resolved to 40 % of the physical memory (this 23 GiB machine: 9.2 GiB,
+// which holds TinyLlama-1.1B's statistics).
+uint64_t keep_stats_limit(uint64_t keep) {
+  if (keep > 0) return keep;
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) / 5 * 2 : uint64_t(1) << 30;
+}
+
 // Bytes of a model's calibration statistics (the Gram matrices in double): tinymix-26m 67 MB,
-// TinyLlama-1.1B 7.7 GB, Llama-7B 44 GB. Above AutoQuantOptions::keep_stats_bytes the quantizer
-// streams them (measure() takes each layer's as it completes and drops it; write() calibrates
-// again).
+// TinyLlama-1.1B 7.7 GB, Llama-7B 44 GB. Above the keep limit the quantizer streams them
+// (measure() takes each layer's as it completes and drops it; write() calibrates again).
 uint64_t stats_bytes(const ModelConfig& c) {
   const uint64_t e = uint64_t(c.n_embd), q = uint64_t(c.n_heads) * uint64_t(c.head_dim), f = uint64_t(c.n_ff);
   return 8 * (uint64_t(c.n_layers) * (2 * e * e + q * q + f * f) + e * e);
@@ -277,6 +191,16 @@ struct AutoQuantizer::Impl {
   int live_layer = -1;
   double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0;
   double rank_correlation = NAN;
+  // Measured selection (choose): the KL probe and its model, kept from measure(), and the
+  // encodings of the plans last measured, by (tensor, format), which write() reuses.
+  std::shared_ptr<const Model> probe_model;
+  std::unique_ptr<KlProbe> probe, select_probe;
+  ProbeBase probe_base;  // kl_base_q8: the per-tensor probe's other tensors
+  std::map<std::pair<std::string, int>, std::vector<uint8_t>> encoded;
+  // Every candidate's encoding kept from measure() (when they fit keep_encodings_bytes): the
+  // selection and writing then encode nothing but row splits, and `encoded` outlives write().
+  bool keep_candidates = false;
+  std::string select_source;  // the text of select_probe's windows
   size_t ref = 0;  // the reference candidate (nearest 3.5 bits per weight)
 
   // Per tensor and candidate, each output row's error (its part of e), for row splits.
@@ -386,6 +310,25 @@ struct AutoQuantizer::Impl {
       if (!hi[size_t(r)]) l.row_map.push_back(int32_t(r));
     l.row_map.insert(l.row_map.end(), p.split_rows.begin(), p.split_rows.end());
     return l;
+  }
+  // The runtime weight of a planned tensor's stored bytes (layout_of's layout): one format, or
+  // one segment per format over the stored rows and the row map (kept in `row_map`, which must
+  // outlive the weight).
+  static Weight weight_of(const TensorPlan& p, const uint8_t* b, std::vector<int32_t>& row_map, Isa isa) {
+    const TensorLayout lay = layout_of(p);
+    if (lay.segment_qtypes.empty()) return make_weight(p.format, b, p.n, p.k, isa);
+    const int64_t n_lo = lay.segment_rows[0];
+    Weight wl = make_weight(p.format, b, n_lo, p.k, isa);
+    Weight wh = make_weight(p.split_format, b + size_t(n_lo) * tensor_bytes(p.format, 1, p.k), p.n - n_lo, p.k, isa);
+    for (WeightSegment& sg : wh.segments) {
+      sg.row_begin += n_lo;
+      sg.row_end += n_lo;
+      wl.segments.push_back(sg);
+    }
+    wl.n = p.n;
+    row_map = lay.row_map;
+    wl.row_map = reinterpret_cast<const uint8_t*>(row_map.data());
+    return wl;
   }
   // Encodes a planned tensor into its stored layout: a split tensor is encoded whole in both
   // formats (every encoder treats rows independently given H), and each stored row copied from
@@ -514,26 +457,7 @@ struct AutoQuantizer::Impl {
         const Slot& s = slots[plan_of.at(tensor_names::layer(l, names[j]))];
         std::vector<uint8_t>& b = out[s.src->name] = encode_with(s, ls.at(s.in));
         if (!sequential) continue;
-        const TensorPlan& p = res.tensors[plan_of.at(s.src->name)];
-        const TensorLayout lay = layout_of(p);
-        if (lay.segment_qtypes.empty()) {
-          *dst[j] = make_weight(p.format, b.data(), p.n, p.k, model->isa());
-          continue;
-        }
-        // A split: one segment per format over the stored rows, and the row map.
-        const int64_t n_lo = lay.segment_rows[0];
-        Weight wl = make_weight(p.format, b.data(), n_lo, p.k, model->isa());
-        Weight wh = make_weight(p.split_format, b.data() + size_t(n_lo) * tensor_bytes(p.format, 1, p.k), p.n - n_lo, p.k,
-                                model->isa());
-        for (WeightSegment& sg : wh.segments) {
-          sg.row_begin += n_lo;
-          sg.row_end += n_lo;
-          wl.segments.push_back(sg);
-        }
-        wl.n = p.n;
-        row_maps[size_t(j)] = lay.row_map;
-        wl.row_map = reinterpret_cast<const uint8_t*>(row_maps[size_t(j)].data());
-        *dst[j] = wl;
+        *dst[j] = weight_of(res.tensors[plan_of.at(s.src->name)], b.data(), row_maps[size_t(j)], model->isa());
       }
       return sequential ? &lw : nullptr;
     };
@@ -544,6 +468,128 @@ struct AutoQuantizer::Impl {
     }
     return out;
   }
+  // The allocation under the budget; floor >= 0: no tensor below candidate `floor`'s bytes
+  // (choices under it dropped); linear: every tensor's KL taken as α·e (the line through its
+  // reference point) instead of its fitted curve. Empty tensors: the floor does not fit.
+  AutoQuantResult allocate_plan(double bpw, uint64_t size_bytes, int floor, bool linear = false) const {
+    const Impl& I = *this;
+    AutoQuantResult res;
+    res.candidates = I.candidates;
+    res.tensors = I.base;
+    res.calib_source = I.stats.source;
+    res.calib_tokens = I.stats.n_tokens;
+    res.rank_correlation = I.rank_correlation;
+    res.seconds_calibrate = I.seconds_calibrate;
+    res.seconds_candidates = I.seconds_candidates;
+    res.seconds_kl = I.seconds_kl;
+    if (!I.all_fixed) {
+      const uint64_t budget = bpw > 0 ? static_cast<uint64_t>(std::floor(bpw * I.elems / 8.0)) : size_bytes - I.overhead;
+      // Allocation over the tensors the recipe leaves free.
+      std::vector<AllocItem> items;
+      std::vector<size_t> item_of;
+      std::vector<std::vector<Impl::Split>> splits;  // per item: what each choice after the candidates is
+      std::vector<std::vector<size_t>> choice_of;    // per item: its choices' candidate (or split) indices
+      uint64_t free_budget = std::min(budget, I.max_bytes) - I.fixed_bytes;
+      for (size_t i = 0; i < res.tensors.size(); ++i) {
+        const TensorPlan& p = res.tensors[i];
+        if (p.fixed) {
+          free_budget -= p.bytes;
+          continue;
+        }
+        AllocItem it;
+        it.name = p.name;
+        const uint64_t min_bytes = floor >= 0 ? tensor_bytes(I.candidates[size_t(floor)], p.n, p.k) : 0;
+        std::vector<size_t> kept;  // choice -> candidate j, or candidates + split index
+        for (size_t j = 0; j < I.candidates.size(); ++j) {
+          const uint64_t b = tensor_bytes(I.candidates[j], p.n, p.k);
+          if (b < min_bytes) continue;
+          it.choices.push_back({b, linear ? p.alpha * p.error[j] : I.predict(p, j)});
+          kept.push_back(j);
+        }
+        splits.push_back(I.o.row_splits ? I.row_splits(i) : std::vector<Impl::Split>{});
+        for (size_t q = 0; q < splits.back().size(); ++q) {
+          if (splits.back()[q].bytes < min_bytes) continue;
+          it.choices.push_back({splits.back()[q].bytes, splits.back()[q].loss});
+          kept.push_back(I.candidates.size() + q);
+        }
+        if (it.choices.empty()) return AutoQuantResult{};  // nothing at or above the floor
+        choice_of.push_back(std::move(kept));
+        items.push_back(std::move(it));
+        item_of.push_back(i);
+      }
+      uint64_t least = 0;
+      for (const AllocItem& it : items) {
+        uint64_t b = UINT64_MAX;
+        for (const AllocChoice& ch : it.choices) b = std::min(b, ch.bytes);
+        least += b;
+      }
+      if (floor >= 0 && least > free_budget) return AutoQuantResult{};  // the floor does not fit
+      const Allocation a = allocate(items, free_budget);
+      for (size_t j = 0; j < items.size(); ++j) {
+        TensorPlan& p = res.tensors[item_of[j]];
+        const size_t c = size_t(a.choice[j]), ch = choice_of[j][c];
+        p.bytes = items[j].choices[c].bytes;
+        p.predicted_kl = items[j].choices[c].loss;
+        if (ch < I.candidates.size()) {
+          p.format = I.candidates[ch];
+          continue;
+        }
+        const Impl::Split& sp = splits[j][ch - I.candidates.size()];
+        p.format = I.candidates[sp.lo];
+        p.split_format = I.candidates[sp.hi];
+        p.split_rows = I.split_rows(item_of[j], sp);
+      }
+    }
+    res.tensor_bytes = I.fixed_bytes;
+    for (const TensorPlan& p : res.tensors) {
+      res.tensor_bytes += p.bytes;
+      res.predicted_kl += p.predicted_kl;
+    }
+    res.bpw = 8.0 * double(res.tensor_bytes) / I.elems;
+    return res;
+  }
+
+  // Whether two plans store every tensor alike.
+  static bool same_formats(const AutoQuantResult& a, const AutoQuantResult& b) {
+    if (a.tensors.size() != b.tensors.size()) return false;
+    for (size_t i = 0; i < a.tensors.size(); ++i) {
+      const TensorPlan &p = a.tensors[i], &q = b.tensors[i];
+      if (p.format != q.format || p.split_format != q.split_format || p.split_rows != q.split_rows) return false;
+    }
+    return true;
+  }
+  // Encodes what the plans need into `encoded` (cleared first, unless it keeps every candidate):
+  // per tensor each format any plan gives it, under (name, format); a split's stored bytes under
+  // (name, -1 - split format).
+  // Tensor by tensor in file order, each layer input's factorization dropped after its layer.
+  void encode_plans(const std::vector<std::pair<std::string, AutoQuantResult>>& plans) {
+    if (!keep_candidates) encoded.clear();
+    int last_layer = -2;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const Slot& s = slots[i];
+      if (s.layer != last_layer) drop_prepared(last_layer);
+      last_layer = s.layer;
+      std::vector<float> w;
+      auto enc = [&](QType q) -> const std::vector<uint8_t>& {
+        auto it = encoded.find({s.src->name, int(q)});
+        if (it != encoded.end()) return it->second;
+        if (w.empty()) w = read_tensor(*s.src);
+        return encoded[{s.src->name, int(q)}] = is_float_qtype(q) ? std::vector<uint8_t>{} : encode(s, q, w);
+      };
+      for (const auto& pl : plans) {
+        const TensorPlan& p = pl.second.tensors[i];
+        if (p.fixed && is_float_qtype(p.format)) continue;
+        if (p.split_rows.empty()) {
+          enc(p.format);
+          continue;
+        }
+        std::vector<uint8_t> b = encode_planned(p, [&](QType q) { return enc(q); });
+        encoded[{p.name, -1 - int(p.split_format)}] = std::move(b);
+      }
+    }
+    drop_prepared(last_layer);
+  }
+
 };
 
 AutoQuantizer::~AutoQuantizer() = default;
@@ -653,8 +699,17 @@ void AutoQuantizer::measure() {
   const size_t ref = nearest_candidate(I.candidates, 3.5), low = nearest_candidate(I.candidates, 2.5),
                check = nearest_candidate(I.candidates, o.rank_check_bpw), high = nearest_candidate(I.candidates, 5.0);
   I.ref = ref;
+  {
+    uint64_t all = 0;
+    for (const TensorPlan& p : I.base) {
+      if (p.fixed) continue;
+      for (QType q : I.candidates) all += tensor_bytes(q, p.n, p.k);
+    }
+    I.keep_candidates = !I.all_fixed && all <= o.keep_encodings_bytes;
+  }
   const bool two_point = o.kl_points >= 2 && low != ref, three_point = o.kl_points >= 3 && high != ref;
-  std::unique_ptr<KlProbe> probe;
+  std::unique_ptr<KlProbe>& probe = I.probe;
+  I.probe_model = model;
   if (!I.all_fixed) {
     const auto tk = Clock::now();
     std::vector<std::vector<int>> kl_windows;
@@ -668,14 +723,67 @@ void AutoQuantizer::measure() {
     if (self_tokens > 0) {
       for (auto& w : self_generated_windows(*model, self_tokens, window, 0x6b6c, I.threads)) kl_windows.push_back(std::move(w));
     }
-    probe = std::make_unique<KlProbe>(*model, kl_windows, I.threads);
+    if (o.kl_base_q8) {
+      // The other tensors in q8_g32 (round to nearest): the int8 kernels run the KL windows'
+      // many forward passes ~1.85x faster than bf16/f32 weights (tinymix, pp512 on 2 threads).
+      ProbeBase& b = I.probe_base;
+      b.layers = model->layers();
+      b.bytes.clear();
+      EncodeOptions rtn;
+      rtn.method = EncodeMethod::kRtn;
+      rtn.threads = I.threads;
+      const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
+                             tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
+      for (const Slot& s : I.slots) {
+        if (s.embedding) continue;
+        const int64_t n = s.src->shape[0], k = s.src->shape[1];
+        const std::vector<float> w = read_tensor(*s.src);
+        b.bytes.push_back(encode_tensor(QType::kQ8G32, w.data(), n, k, nullptr, rtn));
+        const Weight q = make_weight(QType::kQ8G32, b.bytes.back().data(), n, k, model->isa());
+        if (s.layer < 0) {
+          b.head = q;
+          b.has_head = true;
+          continue;
+        }
+        LayerWeights& lw = b.layers[size_t(s.layer)];
+        Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
+        for (int j = 0; j < 7; ++j) {
+          if (s.src->name == tensor_names::layer(s.layer, names[j])) *dst[j] = q;
+        }
+      }
+    }
+    probe = std::make_unique<KlProbe>(*model, kl_windows, I.threads, true, o.kl_base_q8 ? &I.probe_base : nullptr);
+    if (o.select && o.select_tokens > 0) {
+      // Held out from calibration: text the model samples with a seed of its own, and/or the
+      // calibration text's windows after those calibration used (too short a text: sampled).
+      std::vector<std::vector<int>> held;
+      const int64_t from_text = o.calib_text.empty()                                 ? 0
+                                : o.select_text == AutoQuantOptions::KlText::kCalib ? o.select_tokens
+                                : o.select_text == AutoQuantOptions::KlText::kBoth  ? o.select_tokens / 2
+                                                                                     : 0;
+      int64_t got = 0;
+      if (from_text > 0) {
+        std::vector<std::vector<int>> all = calibration_windows(*model, o.calib_text, o.calib_tokens + from_text, window);
+        for (size_t i = windows.size(); i < all.size(); ++i) {
+          got += int64_t(all[i].size());
+          held.push_back(std::move(all[i]));
+        }
+        if (got > 0) I.select_source = "calibration text after its first " + std::to_string(o.calib_tokens) + " tokens";
+      }
+      if (got < o.select_tokens) {
+        for (auto& w : self_generated_windows(*model, o.select_tokens - got, window, 0x5e1ec7, I.threads)) held.push_back(std::move(w));
+        I.select_source += std::string(I.select_source.empty() ? "" : " and ") + "self-generated:seed=0x5e1ec7";
+      }
+      I.select_probe = std::make_unique<KlProbe>(*model, std::move(held), I.threads, false);
+    }
     I.seconds_kl += since(tk);
+    t0 += Clock::now() - tk;  // not calibration time
   }
   std::vector<double> predicted_check, measured_check;
   size_t done = 0;
   I.row_error.assign(I.slots.size(), {});
   // One tensor: every candidate encoded and scored, then the KL of the fit points (the encodings
-  // are dropped as soon as they are measured).
+  // are dropped as soon as they are measured, unless all of them are kept).
   // The layers whose tensors get KL runs (kl_layers), spread over the depth.
   std::vector<char> kl_layer(size_t(c.n_layers), 1);
   if (o.kl_layers > 0 && o.kl_layers < c.n_layers) {
@@ -694,6 +802,7 @@ void AutoQuantizer::measure() {
     for (size_t j = 0; j < I.candidates.size(); ++j) {
       std::vector<uint8_t> bytes = I.encode(I.slots[i], I.candidates[j], w);
       p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w, o.row_splits ? &I.row_error[i][j] : nullptr);
+      if (I.keep_candidates) I.encoded[{p.name, int(I.candidates[j])}] = bytes;
       if (j == check && o.rank_check) check_bytes = bytes;
       if (j == high && three_point) high_bytes = bytes;
       if (j == ref) ref_bytes = std::move(bytes);
@@ -707,7 +816,7 @@ void AutoQuantizer::measure() {
     }
     tc = Clock::now();
     auto kl_of = [&](size_t j, const std::vector<uint8_t>& b) {
-      return probe->kl(I.slots[i], make_weight(I.candidates[j], b.data(), p.n, p.k, model->isa()));
+      return probe->kl(p.name, I.slots[i].layer, make_weight(I.candidates[j], b.data(), p.n, p.k, model->isa()));
     };
     p.measured_kl = kl_of(ref, ref_bytes);
     p.alpha = p.error[ref] > 0 ? p.measured_kl / p.error[ref] : 0.0;
@@ -759,7 +868,7 @@ void AutoQuantizer::measure() {
     // Streaming: each layer's tensors are measured as soon as its statistics are complete, and
     // the statistics dropped (write() calibrates again), so one layer's Gram matrices are held
     // at a time. Kept whole when they are small or are to be saved.
-    I.streamed = !I.all_fixed && o.stats_out.empty() && stats_bytes(c) > o.keep_stats_bytes;
+    I.streamed = !I.all_fixed && o.stats_out.empty() && stats_bytes(c) > keep_stats_limit(o.keep_stats_bytes);
     if (I.streamed) {
       cp.on_layer = [&](int l, LayerStats&& ls) {
         const auto tl = Clock::now();
@@ -795,62 +904,65 @@ void AutoQuantizer::measure() {
 }
 
 AutoQuantResult AutoQuantizer::plan(double bpw, uint64_t size_bytes) const {
-  const Impl& I = *impl_;
   check_budget(bpw, size_bytes);
-  if (!I.measured) throw Error(ErrorCode::kInvalidArgument, "AutoQuantizer::plan before measure()");
-  AutoQuantResult res;
-  res.candidates = I.candidates;
-  res.tensors = I.base;
-  res.calib_source = I.stats.source;
-  res.calib_tokens = I.stats.n_tokens;
-  res.rank_correlation = I.rank_correlation;
-  res.seconds_calibrate = I.seconds_calibrate;
-  res.seconds_candidates = I.seconds_candidates;
-  res.seconds_kl = I.seconds_kl;
-  if (!I.all_fixed) {
-    const uint64_t budget = bpw > 0 ? static_cast<uint64_t>(std::floor(bpw * I.elems / 8.0)) : size_bytes - I.overhead;
-    // Allocation over the tensors the recipe leaves free.
-    std::vector<AllocItem> items;
-    std::vector<size_t> item_of;
-    std::vector<std::vector<Impl::Split>> splits;  // per item: what each choice after the candidates is
-    uint64_t free_budget = std::min(budget, I.max_bytes) - I.fixed_bytes;
-    for (size_t i = 0; i < res.tensors.size(); ++i) {
-      const TensorPlan& p = res.tensors[i];
-      if (p.fixed) {
-        free_budget -= p.bytes;
-        continue;
-      }
-      AllocItem it;
-      it.name = p.name;
-      for (size_t j = 0; j < I.candidates.size(); ++j) it.choices.push_back({tensor_bytes(I.candidates[j], p.n, p.k), I.predict(p, j)});
-      splits.push_back(I.o.row_splits ? I.row_splits(i) : std::vector<Impl::Split>{});
-      for (const Impl::Split& sp : splits.back()) it.choices.push_back({sp.bytes, sp.loss});
-      items.push_back(std::move(it));
-      item_of.push_back(i);
+  if (!impl_->measured) throw Error(ErrorCode::kInvalidArgument, "AutoQuantizer::plan before measure()");
+  return impl_->allocate_plan(bpw, size_bytes, -1);
+}
+
+AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
+  Impl& I = *impl_;
+  AutoQuantResult best = plan(bpw, size_bytes);
+  if (!I.o.select || I.all_fixed || !I.select_probe || I.streamed) return best;
+  const auto t0 = Clock::now();
+  // The plans: the allocation's own, and the allocation with every tensor at or above each of
+  // the two largest candidates that fit the budget on average (a uniform floor topped up).
+  const double target = best.bpw;
+  std::vector<size_t> floors(I.candidates.size());
+  std::iota(floors.begin(), floors.end(), 0);
+  std::sort(floors.begin(), floors.end(), [&](size_t a, size_t b) {
+    return qtype_info(I.candidates[a]).bits_per_weight > qtype_info(I.candidates[b]).bits_per_weight;
+  });
+  std::vector<std::pair<std::string, AutoQuantResult>> plans = {{"allocation", best}};
+  auto add = [&](std::string label, AutoQuantResult r) {
+    if (r.tensors.empty()) return;
+    for (const auto& q : plans) {
+      if (I.same_formats(q.second, r)) return;
     }
-    const Allocation a = allocate(items, free_budget);
-    for (size_t j = 0; j < items.size(); ++j) {
-      TensorPlan& p = res.tensors[item_of[j]];
-      const size_t ch = size_t(a.choice[j]);
-      p.bytes = items[j].choices[ch].bytes;
-      p.predicted_kl = items[j].choices[ch].loss;
-      if (ch < I.candidates.size()) {
-        p.format = I.candidates[ch];
-        continue;
+    plans.emplace_back(std::move(label), std::move(r));
+  };
+  if (I.o.kl_points >= 2) add("linear", I.allocate_plan(bpw, size_bytes, -1, true));
+  int n_floors = 0;
+  for (size_t f : floors) {
+    if (n_floors == 2) break;
+    if (qtype_info(I.candidates[f]).bits_per_weight > target) continue;
+    ++n_floors;
+    add("floor " + std::string(qtype_info(I.candidates[f]).name), I.allocate_plan(bpw, size_bytes, int(f)));
+  }
+  I.encode_plans(plans);
+  size_t chosen = 0;
+  std::vector<PlanMeasurement> measured;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    std::map<std::string, Weight> swapped;
+    std::vector<std::vector<int32_t>> row_maps(plans[i].second.tensors.size());
+    for (size_t t = 0; t < plans[i].second.tensors.size(); ++t) {
+      const TensorPlan& p = plans[i].second.tensors[t];
+      if (is_float_qtype(p.format) && p.split_rows.empty()) continue;
+      swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, int(p.format)}).data(), row_maps[t], I.probe_model->isa());
+      if (!p.split_rows.empty()) {  // the stored bytes of a split (encode_plans keeps them under its split key)
+        swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, -1 - int(p.split_format)}).data(), row_maps[t],
+                                          I.probe_model->isa());
       }
-      const Impl::Split& sp = splits[j][ch - I.candidates.size()];
-      p.format = I.candidates[sp.lo];
-      p.split_format = I.candidates[sp.hi];
-      p.split_rows = I.split_rows(item_of[j], sp);
     }
+    PlanMeasurement m{plans[i].first, plans[i].second.bpw, plans[i].second.predicted_kl, I.select_probe->kl_model(swapped)};
+    measured.push_back(m);
+    if (m.measured_kl < measured[chosen].measured_kl) chosen = i;
+    I.report("measuring plans", i + 1, plans.size());
   }
-  res.tensor_bytes = I.fixed_bytes;
-  for (const TensorPlan& p : res.tensors) {
-    res.tensor_bytes += p.bytes;
-    res.predicted_kl += p.predicted_kl;
-  }
-  res.bpw = 8.0 * double(res.tensor_bytes) / I.elems;
-  return res;
+  best = std::move(plans[chosen].second);
+  best.measured_plans = std::move(measured);
+  best.chosen_plan = best.measured_plans[chosen].label;
+  best.seconds_select = since(t0);
+  return best;
 }
 
 void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_path) {
@@ -882,6 +994,13 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
     }
   }
   record["tensors"] = tensors;
+  if (!res.measured_plans.empty()) {
+    nlohmann::json sel = nlohmann::json::array();
+    for (const PlanMeasurement& m : res.measured_plans) {
+      sel.push_back({{"plan", m.label}, {"bits_per_weight", m.bpw}, {"predicted_kl", m.predicted_kl}, {"measured_kl", m.measured_kl}});
+    }
+    record["selection"] = {{"chosen", res.chosen_plan}, {"text", I.select_source}, {"plans", sel}};
+  }
   // Sequential: every layer's tensors and the head encoded with the statistics of the model
   // whose earlier layers are quantized (kept until written).
   std::map<std::string, std::vector<uint8_t>> sequential;
@@ -903,8 +1022,15 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
       const size_t i = plan_of.at(t.name);
       if (I.slots[i].layer != last_layer) I.drop_prepared(last_layer);  // one input's factorization at a time
       last_layer = I.slots[i].layer;
-      const std::vector<float> w = read_tensor(t);
-      b = I.encode_planned(res.tensors[i], [&](QType q) { return I.encode(I.slots[i], q, w); });
+      const TensorPlan& p = res.tensors[i];
+      auto cached = I.encoded.find({p.name, p.split_rows.empty() ? int(p.format) : -1 - int(p.split_format)});
+      if (cached != I.encoded.end()) {  // measure() or choose() encoded it
+        if (I.keep_candidates && p.split_rows.empty()) b = cached->second;
+        else b = std::move(cached->second);
+      } else {
+        const std::vector<float> w = read_tensor(t);
+        b = I.encode_planned(p, [&](QType q) { return I.encode(I.slots[i], q, w); });
+      }
     }
     MXLM_ASSERT(b.size() == bytes);
     std::memcpy(dst, b.data(), bytes);
@@ -913,13 +1039,14 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
   write_model(
       I.m, out_path, [&](const SourceTensor& t) { return Impl::layout_of(res.tensors[plan_of.at(t.name)]); }, record, enc);
   I.prepared.clear();
+  if (!I.keep_candidates) I.encoded.clear();
 }
 
 AutoQuantResult auto_quantize(const ImportedModel& m, const std::string& out_path, const AutoQuantOptions& o) {
   AutoQuantizer q(m, o);
   q.check_budget(o.bpw, o.size_bytes);
   q.measure();
-  AutoQuantResult r = q.plan(o.bpw, o.size_bytes);
+  AutoQuantResult r = o.dry_run ? q.plan(o.bpw, o.size_bytes) : q.choose(o.bpw, o.size_bytes);
   if (o.dry_run) return r;
   const auto t0 = Clock::now();
   q.write(r, out_path);
@@ -931,7 +1058,7 @@ AutoQuantResult auto_quantize(const ImportedModel& m, const std::string& out_pat
     if (actual <= o.size_bytes) break;
     const uint64_t over = actual - o.size_bytes + 1024 * uint64_t(attempt + 1);
     if (over >= o.size_bytes) break;
-    r = q.plan(0, o.size_bytes - over);
+    r = q.choose(0, o.size_bytes - over);
     q.write(r, out_path);
   }
   r.seconds_write = since(t0);

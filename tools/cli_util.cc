@@ -67,7 +67,13 @@ void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
   app->add_option("--stats", a.stats_in, "read calibration statistics written by quantize --save-stats");
   app->add_option("--encoder", a.encoder, "encoder with calibration: gptq, weighted (importance-weighted RTN) or rtn")
       ->check(CLI::IsMember({"gptq", "weighted", "rtn"}));
+  app->add_option("--refine", a.refine, "coordinate-descent passes after GPTQ (each weight re-rounded against the others' errors)")
+      ->check(CLI::NonNegativeNumber);
   app->add_option("--candidates", a.candidates, "formats the allocation chooses among (default: q2k_g32 .. q8_g64)")->delimiter(',');
+  app->add_flag("--no-select", a.no_select, "keep the allocation's plan without measuring it against its variants (linear fit, uniform floors)");
+  app->add_option("--select-tokens", a.select_tokens, "tokens of the held-out text the selection measures each plan's KL on")->check(CLI::PositiveNumber);
+  app->add_option("--select-text", a.select_text, "held-out text of the selection's KL: self (sampled by the model), calib (the calibration text after the tokens it used) or both")
+      ->check(CLI::IsMember({"calib", "self", "both"}));
   app->add_flag("--row-splits", a.row_splits, "also offer each tensor a split of its rows into two formats (the rows whose error falls most in the higher one)");
   app->add_flag("--rotate", a.rotate, "rotate the residual stream and value heads (random Hadamard, folded exactly into the weights) before quantizing");
 }
@@ -76,6 +82,7 @@ AutoQuantOptions autoquant_options(const AutoQuantArgs& a) {
   AutoQuantOptions o;
   for (const std::string& c : a.candidates) o.candidates.push_back(parse_qtype(c, "--candidates"));
   o.encode.method = a.encoder == "rtn" ? EncodeMethod::kRtn : a.encoder == "weighted" ? EncodeMethod::kWeighted : EncodeMethod::kGptq;
+  if (a.refine >= 0) o.encode.refine = a.refine;
   if (!a.calib.empty()) {
     o.calib_text = read_file(a.calib);
     if (o.calib_text.find_first_not_of(" \t\r\n\v\f\x1e") == std::string::npos) {
@@ -91,6 +98,11 @@ AutoQuantOptions autoquant_options(const AutoQuantArgs& a) {
   o.kl_points = a.kl_points;
   o.kl_layers = a.kl_layers;
   o.row_splits = a.row_splits;
+  o.select = !a.no_select;
+  o.select_tokens = a.select_tokens;
+  o.select_text = a.select_text == "calib"  ? AutoQuantOptions::KlText::kCalib
+                  : a.select_text == "both" ? AutoQuantOptions::KlText::kBoth
+                                            : AutoQuantOptions::KlText::kSelf;
   o.stats_in = a.stats_in;
   return o;
 }

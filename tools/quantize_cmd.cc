@@ -99,6 +99,14 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
                       {"seconds", {{"calibrate", r.seconds_calibrate}, {"candidates", r.seconds_candidates}, {"kl", r.seconds_kl}, {"write", r.seconds_write}}},
                       {"tensors", t}};
   if (std::isfinite(r.rank_correlation)) j["rank_correlation"] = r.rank_correlation;
+  if (!r.measured_plans.empty()) {
+    nlohmann::json sel = nlohmann::json::array();
+    for (const PlanMeasurement& m : r.measured_plans) {
+      sel.push_back({{"plan", m.label}, {"bits_per_weight", m.bpw}, {"predicted_kl", m.predicted_kl}, {"measured_kl", m.measured_kl}});
+    }
+    j["selection"] = {{"chosen", r.chosen_plan}, {"plans", sel}};
+    j["seconds"]["select"] = r.seconds_select;
+  }
   return j;
 }
 
@@ -137,8 +145,13 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
     }
   }
   if (!a.quiet) {
-    std::fprintf(stderr, "mxlm: calibration %.1f s (%lld tokens), candidates %.1f s, KL %.1f s, write %.1f s\n", r.seconds_calibrate,
-                 static_cast<long long>(r.calib_tokens), r.seconds_candidates, r.seconds_kl, r.seconds_write);
+    for (const PlanMeasurement& m : r.measured_plans) {
+      std::fprintf(stderr, "mxlm: plan %-18s %.3f bpw, predicted KL %.6f, measured %.6f%s\n", m.label.c_str(), m.bpw, m.predicted_kl,
+                   m.measured_kl, m.label == r.chosen_plan ? "  (chosen)" : "");
+    }
+    std::fprintf(stderr, "mxlm: calibration %.1f s (%lld tokens), candidates %.1f s, KL %.1f s, selection %.1f s, write %.1f s\n",
+                 r.seconds_calibrate, static_cast<long long>(r.calib_tokens), r.seconds_candidates, r.seconds_kl, r.seconds_select,
+                 r.seconds_write);
   }
   return 0;
 }

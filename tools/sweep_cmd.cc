@@ -112,7 +112,7 @@ int run_sweep(const SweepArgs& a) {
     if (!a.quiet) progress_bar("sweep", rows.size(), total);
   };
   for (double b : a.bpw) {
-    const AutoQuantResult r = q.plan(b, 0);
+    const AutoQuantResult r = q.choose(b, 0);
     char label[32];
     std::snprintf(label, sizeof(label), "mix %.2f", b);
     const std::string path = dir + "/mix-" + std::to_string(b) + ".mxlm";

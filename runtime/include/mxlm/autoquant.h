@@ -55,15 +55,24 @@ struct AutoQuantOptions {
   std::string calib_text;
   int64_t calib_tokens = 16384;
   int window = 512;               // tokens per calibration window (capped at the context)
-  // Statistics larger than this (the Gram matrices in double: TinyLlama-1.1B 7.7 GB) are
-  // streamed: each layer's are measured as they complete and dropped, and writing calibrates
-  // again (one more pass) instead of holding them all. The same bytes either way.
-  uint64_t keep_stats_bytes = uint64_t(1) << 30;
+  // Statistics larger than this (the Gram matrices in double: TinyLlama-1.1B 7.7 GB, Llama-7B
+  // 44 GB) are streamed: each layer's are measured as they complete and dropped, and writing
+  // calibrates again (one more pass) instead of holding them all. The same bytes either way,
+  // except that streaming skips the measured selection. 0: 40 % of the physical memory.
+  uint64_t keep_stats_bytes = 0;
+  // Every candidate's encoding is kept from the measurement for the selection and the file when
+  // all of them take at most this many bytes (tinymix: ~170 MB); else they are encoded again.
+  uint64_t keep_encodings_bytes = uint64_t(1) << 30;
   std::string stats_in, stats_out;  // --stats / --save-stats paths (empty: none)
   // Tokens of the KL windows that calibrate α_t (per point of the two-point fit: 2048 KL
   // tokens in all by default, which keeps tinymix under a minute; 2048 per point measured a
   // little better at 4.5-5.4 bits, README).
   int64_t kl_tokens = 1024;
+  // The per-tensor KL runs take every other tensor in q8_g32 (the base they are measured from
+  // too), whose int8 kernels run the windows ~1.85x faster than the bf16/f32 weights (tinymix,
+  // pp512, 2 threads): the swapped tensor's KL is measured next to the unquantized model, not at
+  // it, and with the int8 activations the runtime gives every quantized tensor (README).
+  bool kl_base_q8 = true;
   // Layers whose tensors get KL runs (0: all). A KL run for a tensor of layer l runs layers
   // l..L-1 and the head, so their cost grows with the square of the depth (TinyLlama-1.1B:
   // ~35 of ~70 minutes on 2 threads; README). With N < L, N layers spread over the depth (the
@@ -91,6 +100,19 @@ struct AutoQuantOptions {
   // default: on tinymix the predicted KL fell 6-18 % but Δppl on held-out text moved -1.5 to
   // +0.4 points (the same sum over the eight budgets of the README; README).
   bool row_splits = false;
+  // Measured selection (AutoQuantizer::choose): besides the allocation's plan, the plans with
+  // every tensor at or above each of the two largest candidates within the budget (a uniform
+  // floor, topped up by the allocation) are encoded, the KL of each whole quantized model is
+  // measured on windows held out from calibration (the calibration text's tokens after those
+  // calibration used, else text the model samples), and the lowest wins. The predicted KL is a sum of per-tensor
+  // curves; the measured one sees the tensors' interactions (tinymix: README). Skipped when
+  // the statistics are streamed (large models: they are gone by then).
+  bool select = true;
+  int64_t select_tokens = 1024;  // tokens of the selection's KL windows, held out from calibration
+  // Their text: sampled by the model (default), the calibration text after the tokens
+  // calibration used (too short: the rest sampled), or half of each. On tinymix, whose
+  // calibration text is memorized training data, sampled text chose better (README).
+  KlText select_text = KlText::kSelf;
   bool rank_check = false;        // also measure KL at one more candidate (rank_correlation)
   double rank_check_bpw = 4.5;    // ... the one nearest this many bits per weight
   bool dry_run = false;           // plan only: nothing is encoded or written
@@ -126,6 +148,14 @@ struct TensorPlan {
   std::vector<double> error;  // e per candidate (AutoQuantResult::candidates order)
 };
 
+// One plan measured by AutoQuantizer::choose.
+struct PlanMeasurement {
+  std::string label;       // "allocation" or "floor <format>"
+  double bpw = 0;
+  double predicted_kl = 0;
+  double measured_kl = 0;  // mean KL per token of the whole quantized model on the held-out windows
+};
+
 struct AutoQuantResult {
   std::vector<QType> candidates;
   std::vector<TensorPlan> tensors;  // the 2-D tensors, in file order
@@ -135,14 +165,16 @@ struct AutoQuantResult {
   double rank_correlation = NAN;    // when rank_check
   std::string calib_source;
   int64_t calib_tokens = 0;
-  double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0, seconds_write = 0;
+  std::vector<PlanMeasurement> measured_plans;  // choose(): every plan measured (empty: plan())
+  std::string chosen_plan;                       // ... the label of this one
+  double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0, seconds_write = 0, seconds_select = 0;
 };
 
 // The steps, for callers that plan several budgets on one measurement (mxlm sweep):
 //   AutoQuantizer q(m, o);       // cheap: tensors, recipe check
 //   q.check_budget(4.0, 0);      // throws for a budget outside the reachable range
 //   q.measure();                 // calibration, candidate errors, KL (the expensive part)
-//   AutoQuantResult r = q.plan(4.0, 0);
+//   AutoQuantResult r = q.choose(4.0, 0);  // or plan(): the allocation alone, not measured
 //   q.write(r, "out.mxlm");
 class AutoQuantizer {
  public:
@@ -156,6 +188,9 @@ class AutoQuantizer {
   void check_budget(double bpw, uint64_t size_bytes) const;
   void measure();
   AutoQuantResult plan(double bpw, uint64_t size_bytes) const;
+  // plan(), then (options.select) the measured selection among it and its floored variants
+  // (AutoQuantOptions::select); the encodings are kept for write().
+  AutoQuantResult choose(double bpw, uint64_t size_bytes);
   void write(const AutoQuantResult& plan, const std::string& out_path);
 
  private:

@@ -1,0 +1,136 @@
+#include "runtime/kl_probe.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "model/config.h"
+
+namespace mxlm {
+
+KlProbe::KlProbe(const Model& model, std::vector<std::vector<int>> windows, int threads, bool keep_hidden,
+                 const ProbeBase* base)
+    : model_(model), windows_(std::move(windows)), base_(base) {
+  const ModelConfig& c = model.config();
+  int longest = 1;
+  for (const auto& w : windows_) longest = std::max(longest, int(w.size()));
+  ContextParams cp;
+  cp.n_ctx = longest;
+  cp.n_batch = longest;
+  cp.n_threads = threads;
+  ctx_ = std::make_unique<Context>(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
+  const size_t L = size_t(c.n_layers), E = size_t(c.n_embd);
+  hidden_.resize(windows_.size());
+  base_lp_.resize(windows_.size());
+  base_p_.resize(windows_.size());
+  for (size_t w = 0; w < windows_.size(); ++w) {
+    const size_t n = windows_[w].size();
+    hidden_[w].resize(L + 1);
+    hidden_[w][0].resize(n * E);
+    ctx_->embed(windows_[w], hidden_[w][0].data());
+    for (size_t l = 0; l < L; ++l) {
+      hidden_[w][l + 1] = hidden_[w][l];
+      ctx_->eval_layer(int(l), hidden_[w][l + 1].data(), int(n), 0, base_layer(int(l)));
+      if (!keep_hidden) std::vector<float>().swap(hidden_[w][l]);
+    }
+    logits_.resize(n * size_t(c.n_vocab));
+    ctx_->eval_head(hidden_[w][L].data(), int(n), logits_.data(), base_head());
+    if (!keep_hidden) hidden_[w].clear();
+    base_lp_[w].resize(n * size_t(c.n_vocab));
+    base_p_[w].resize(n * size_t(c.n_vocab));
+    for (size_t t = 0; t < n; ++t) log_softmax(&logits_[t * c.n_vocab], &base_lp_[w][t * c.n_vocab]);
+    for (size_t i = 0; i < base_p_[w].size(); ++i) base_p_[w][i] = std::exp(double(base_lp_[w][i]));
+  }
+}
+
+double KlProbe::kl(const std::string& name, int layer, const Weight& swapped) {
+  const ModelConfig& c = model_.config();
+  const size_t E = size_t(c.n_embd), V = size_t(c.n_vocab);
+  double sum = 0;
+  int64_t count = 0;
+  std::vector<float> x, lq(V);
+  for (size_t w = 0; w < windows_.size(); ++w) {
+    const int n = int(windows_[w].size());
+    const float* final_x = nullptr;
+    if (layer < 0 && name != tensor_names::kTokEmbd) {
+      ctx_->eval_head(hidden_[w][size_t(c.n_layers)].data(), n, logits_.data(), &swapped);  // the head
+    } else {
+      int first = 0;
+      if (layer >= 0) {
+        x = hidden_[w][size_t(layer)];
+        LayerWeights lw = *base_layer(layer);
+        Weight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
+        const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
+                               tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
+        for (int i = 0; i < 7; ++i) {
+          if (name == tensor_names::layer(layer, names[i])) *slots[i] = swapped;
+        }
+        ctx_->eval_layer(layer, x.data(), n, 0, &lw);
+        first = layer + 1;
+      } else {  // the embedding (tied: also the head)
+        x.resize(size_t(n) * E);
+        ctx_->embed(windows_[w], x.data(), &swapped);
+      }
+      for (int l = first; l < c.n_layers; ++l) ctx_->eval_layer(l, x.data(), n, 0, base_layer(l));
+      final_x = x.data();
+      const bool tied_head = c.tied_embeddings && name == tensor_names::kTokEmbd;
+      ctx_->eval_head(final_x, n, logits_.data(), tied_head ? &swapped : base_head());
+    }
+    accumulate(w, n, lq, sum, count);
+  }
+  return sum / double(count);
+}
+
+double KlProbe::kl_model(const std::map<std::string, Weight>& swapped) {
+  const ModelConfig& c = model_.config();
+  auto find = [&](const std::string& name) -> const Weight* {
+    auto it = swapped.find(name);
+    return it == swapped.end() ? nullptr : &it->second;
+  };
+  const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
+                         tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
+  const Weight* emb = find(tensor_names::kTokEmbd);
+  const Weight* head = c.tied_embeddings ? emb : find(tensor_names::kOutput);
+  double sum = 0;
+  int64_t count = 0;
+  std::vector<float> x, lq(size_t(c.n_vocab));
+  for (size_t w = 0; w < windows_.size(); ++w) {
+    const int n = int(windows_[w].size());
+    x.resize(size_t(n) * size_t(c.n_embd));
+    ctx_->embed(windows_[w], x.data(), emb);
+    for (int l = 0; l < c.n_layers; ++l) {
+      LayerWeights lw = model_.layers()[size_t(l)];
+      Weight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
+      for (int i = 0; i < 7; ++i) {
+        if (const Weight* q = find(tensor_names::layer(l, names[i]))) *slots[i] = *q;
+      }
+      ctx_->eval_layer(l, x.data(), n, 0, &lw);
+    }
+    ctx_->eval_head(x.data(), n, logits_.data(), head);
+    accumulate(w, n, lq, sum, count);
+  }
+  return sum / double(count);
+}
+
+void KlProbe::accumulate(size_t w, int n, std::vector<float>& lq, double& sum, int64_t& count) const {
+  const size_t V = size_t(model_.config().n_vocab);
+  for (int t = 0; t < n; ++t) {
+    log_softmax(&logits_[size_t(t) * V], lq.data());
+    const float *lp = &base_lp_[w][size_t(t) * V], *p = &base_p_[w][size_t(t) * V];
+    double d = 0;
+    for (size_t v = 0; v < V; ++v) d += double(p[v]) * (double(lp[v]) - lq[v]);
+    sum += std::max(d, 0.0);
+    ++count;
+  }
+}
+
+void KlProbe::log_softmax(const float* l, float* out) const {
+  const int V = model_.config().n_vocab;
+  float mx = l[0];
+  for (int v = 1; v < V; ++v) mx = std::max(mx, l[v]);
+  double s = 0;
+  for (int v = 0; v < V; ++v) s += std::exp(double(l[v]) - mx);
+  const double lse = std::log(s) + mx;
+  for (int v = 0; v < V; ++v) out[v] = static_cast<float>(double(l[v]) - lse);
+}
+
+}  // namespace mxlm
