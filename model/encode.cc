@@ -377,10 +377,11 @@ void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int
           static_cast<size_t>(k) * sizeof(float), QType::kF32, g.data(), static_cast<size_t>(k));
   // Per column: its group, 1 / H_ii (0: left alone).
   std::vector<int64_t> grp(static_cast<size_t>(k));
-  std::vector<float> inv_h(static_cast<size_t>(k));
+  std::vector<float> h_diag(static_cast<size_t>(k)), inv_h(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) {
     const float hii = hp[static_cast<size_t>(i * k + i)];
     grp[i] = perm[i] / L.G;
+    h_diag[i] = hii;
     inv_h[i] = dead[perm[i]] || !(hii > 0) ? 0.0f : 1.0f / hii;
   }
   const bool uniform = L.kind != QKind::kCodebook;  // levels d apart: the nearest is within d/2
@@ -393,8 +394,7 @@ void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int
       int64_t changed = 0;
       for (int64_t i = 0; i < k; ++i) {
         if (inv_h[i] == 0) continue;
-        const float hii = hp[static_cast<size_t>(i * k + i)];
-        const float t = W0r[i] + (gr[i] - hii * Er[i]) * inv_h[i];
+        const float t = W0r[i] + (gr[i] - h_diag[i] * Er[i]) * inv_h[i];
         const float dg = d[grp[i]];
         if (uniform && std::abs(t - Vr[i]) < 0.49f * std::abs(dg)) continue;  // still the nearest level
         uint8_t qn;

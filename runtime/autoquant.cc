@@ -15,11 +15,11 @@
 //
 // Memory: each tensor's candidates are encoded, scored and (at the fit points) KL-measured one
 // tensor at a time (their encodings kept only when all fit keep_encodings_bytes), and each layer
-// input's factorization is dropped once its layer is done. Statistics above the keep limit (40 %
-// of the physical memory by default) are streamed (measure() runs on each layer's as calibrate()
+// input's factorization is dropped once its layer is done. Statistics above the keep limit (1 GiB
+// by default) are streamed (measure() runs on each layer's as calibrate()
 // completes it; write() calibrates again and encodes layer by layer): a 4-layer TinyLlama-1.1B
 // shape peaked at 2.3 GB RSS streamed, where holding the 22-layer model's statistics and
-// factorizations would take ~23 GB (the statistics alone 7.7 GB: held on this 23 GiB machine).
+// factorizations would take ~23 GB (the statistics alone 7.7 GB).
 #include "mxlm/autoquant.h"
 
 #include <omp.h>
