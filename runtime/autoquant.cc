@@ -201,6 +201,9 @@ struct AutoQuantizer::Impl {
   // selection and writing then encode nothing but row splits, and `encoded` outlives write().
   bool keep_candidates = false;
   std::string select_source;  // the text of select_probe's windows
+  // The row-split tensors of the plan choose() picked: their plan (formats and rows) and stored
+  // bytes, used by write() for a tensor planned exactly alike.
+  std::map<std::string, std::pair<TensorPlan, std::vector<uint8_t>>> split_encoded;
   size_t ref = 0;  // the reference candidate (nearest 3.5 bits per weight)
 
   // Per tensor and candidate, each output row's error (its part of e), for row splits.
@@ -559,11 +562,13 @@ struct AutoQuantizer::Impl {
     return true;
   }
   // Encodes what the plans need into `encoded` (cleared first, unless it keeps every candidate):
-  // per tensor each format any plan gives it, under (name, format); a split's stored bytes under
-  // (name, -1 - split format).
-  // Tensor by tensor in file order, each layer input's factorization dropped after its layer.
-  void encode_plans(const std::vector<std::pair<std::string, AutoQuantResult>>& plans) {
+  // per tensor each format any plan gives it, under (name, format). Returns, per plan, its row
+  // splits' stored bytes by tensor name. Tensor by tensor in file order, each layer input's
+  // factorization dropped after its layer.
+  std::vector<std::map<std::string, std::vector<uint8_t>>> encode_plans(
+      const std::vector<std::pair<std::string, AutoQuantResult>>& plans) {
     if (!keep_candidates) encoded.clear();
+    std::vector<std::map<std::string, std::vector<uint8_t>>> split(plans.size());
     int last_layer = -2;
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& s = slots[i];
@@ -576,18 +581,18 @@ struct AutoQuantizer::Impl {
         if (w.empty()) w = read_tensor(*s.src);
         return encoded[{s.src->name, int(q)}] = is_float_qtype(q) ? std::vector<uint8_t>{} : encode(s, q, w);
       };
-      for (const auto& pl : plans) {
-        const TensorPlan& p = pl.second.tensors[i];
+      for (size_t j = 0; j < plans.size(); ++j) {
+        const TensorPlan& p = plans[j].second.tensors[i];
         if (p.fixed && is_float_qtype(p.format)) continue;
         if (p.split_rows.empty()) {
           enc(p.format);
           continue;
         }
-        std::vector<uint8_t> b = encode_planned(p, [&](QType q) { return enc(q); });
-        encoded[{p.name, -1 - int(p.split_format)}] = std::move(b);
+        split[j][p.name] = encode_planned(p, [&](QType q) { return enc(q); });
       }
     }
     drop_prepared(last_layer);
+    return split;
   }
 
 };
@@ -938,7 +943,7 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     ++n_floors;
     add("floor " + std::string(qtype_info(I.candidates[f]).name), I.allocate_plan(bpw, size_bytes, int(f)));
   }
-  I.encode_plans(plans);
+  std::vector<std::map<std::string, std::vector<uint8_t>>> split = I.encode_plans(plans);
   size_t chosen = 0;
   std::vector<PlanMeasurement> measured;
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -946,17 +951,20 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     std::vector<std::vector<int32_t>> row_maps(plans[i].second.tensors.size());
     for (size_t t = 0; t < plans[i].second.tensors.size(); ++t) {
       const TensorPlan& p = plans[i].second.tensors[t];
-      if (is_float_qtype(p.format) && p.split_rows.empty()) continue;
-      swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, int(p.format)}).data(), row_maps[t], I.probe_model->isa());
-      if (!p.split_rows.empty()) {  // the stored bytes of a split (encode_plans keeps them under its split key)
-        swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, -1 - int(p.split_format)}).data(), row_maps[t],
-                                          I.probe_model->isa());
+      if (!p.split_rows.empty()) {  // the stored rows of both formats, behind the row map
+        swapped[p.name] = Impl::weight_of(p, split[i].at(p.name).data(), row_maps[t], I.probe_model->isa());
+      } else if (!is_float_qtype(p.format)) {
+        swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, int(p.format)}).data(), row_maps[t], I.probe_model->isa());
       }
     }
     PlanMeasurement m{plans[i].first, plans[i].second.bpw, plans[i].second.predicted_kl, I.select_probe->kl_model(swapped)};
     measured.push_back(m);
     if (m.measured_kl < measured[chosen].measured_kl) chosen = i;
     I.report("measuring plans", i + 1, plans.size());
+  }
+  I.split_encoded.clear();  // write() finds the chosen plan's splits here
+  for (const TensorPlan& p : plans[chosen].second.tensors) {
+    if (!p.split_rows.empty()) I.split_encoded[p.name] = {p, std::move(split[chosen].at(p.name))};
   }
   best = std::move(plans[chosen].second);
   best.measured_plans = std::move(measured);
@@ -1023,9 +1031,16 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
       if (I.slots[i].layer != last_layer) I.drop_prepared(last_layer);  // one input's factorization at a time
       last_layer = I.slots[i].layer;
       const TensorPlan& p = res.tensors[i];
-      auto cached = I.encoded.find({p.name, p.split_rows.empty() ? int(p.format) : -1 - int(p.split_format)});
-      if (cached != I.encoded.end()) {  // measure() or choose() encoded it
-        if (I.keep_candidates && p.split_rows.empty()) b = cached->second;
+      auto cached = p.split_rows.empty() ? I.encoded.find({p.name, int(p.format)}) : I.encoded.end();
+      auto split = I.split_encoded.find(p.name);
+      const bool split_cached = !p.split_rows.empty() && split != I.split_encoded.end() &&
+                                split->second.first.format == p.format && split->second.first.split_format == p.split_format &&
+                                split->second.first.split_rows == p.split_rows;
+      if (split_cached) {  // choose() encoded it
+        b = std::move(split->second.second);
+        I.split_encoded.erase(split);
+      } else if (cached != I.encoded.end()) {  // measure() or choose() encoded it
+        if (I.keep_candidates) b = cached->second;
         else b = std::move(cached->second);
       } else {
         const std::vector<float> w = read_tensor(t);
@@ -1039,6 +1054,7 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
   write_model(
       I.m, out_path, [&](const SourceTensor& t) { return Impl::layout_of(res.tensors[plan_of.at(t.name)]); }, record, enc);
   I.prepared.clear();
+  I.split_encoded.clear();
   if (!I.keep_candidates) I.encoded.clear();
 }
 
