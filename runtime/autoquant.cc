@@ -579,7 +579,7 @@ struct AutoQuantizer::Impl {
         auto it = encoded.find({s.src->name, int(q)});
         if (it != encoded.end()) return it->second;
         if (w.empty()) w = read_tensor(*s.src);
-        return encoded[{s.src->name, int(q)}] = is_float_qtype(q) ? std::vector<uint8_t>{} : encode(s, q, w);
+        return encoded[{s.src->name, int(q)}] = encode(s, q, w);
       };
       for (size_t j = 0; j < plans.size(); ++j) {
         const TensorPlan& p = plans[j].second.tensors[i];
@@ -737,8 +737,6 @@ void AutoQuantizer::measure() {
       EncodeOptions rtn;
       rtn.method = EncodeMethod::kRtn;
       rtn.threads = I.threads;
-      const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
-                             tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
       for (const Slot& s : I.slots) {
         if (s.embedding) continue;
         const int64_t n = s.src->shape[0], k = s.src->shape[1];
@@ -750,11 +748,7 @@ void AutoQuantizer::measure() {
           b.has_head = true;
           continue;
         }
-        LayerWeights& lw = b.layers[size_t(s.layer)];
-        Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
-        for (int j = 0; j < 7; ++j) {
-          if (s.src->name == tensor_names::layer(s.layer, names[j])) *dst[j] = q;
-        }
+        *layer_matmul(b.layers[size_t(s.layer)], s.layer, s.src->name) = q;
       }
     }
     probe = std::make_unique<KlProbe>(*model, kl_windows, I.threads, true, o.kl_base_q8 ? &I.probe_base : nullptr);

@@ -7,6 +7,16 @@
 
 namespace mxlm {
 
+Weight* layer_matmul(LayerWeights& lw, int layer, const std::string& name) {
+  Weight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
+  const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
+                         tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
+  for (int i = 0; i < 7; ++i) {
+    if (name == tensor_names::layer(layer, names[i])) return slots[i];
+  }
+  return nullptr;
+}
+
 KlProbe::KlProbe(const Model& model, std::vector<std::vector<int>> windows, int threads, bool keep_hidden,
                  const ProbeBase* base)
     : model_(model), windows_(std::move(windows)), base_(base) {
@@ -58,12 +68,7 @@ double KlProbe::kl(const std::string& name, int layer, const Weight& swapped) {
       if (layer >= 0) {
         x = hidden_[w][size_t(layer)];
         LayerWeights lw = *base_layer(layer);
-        Weight* slots[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
-        const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
-                               tensor_names::kFfnGate, tensor_names::kFfnUp, tensor_names::kFfnDown};
-        for (int i = 0; i < 7; ++i) {
-          if (name == tensor_names::layer(layer, names[i])) *slots[i] = swapped;
-        }
+        if (Weight* dst = layer_matmul(lw, layer, name)) *dst = swapped;
         ctx_->eval_layer(layer, x.data(), n, 0, &lw);
         first = layer + 1;
       } else {  // the embedding (tied: also the head)

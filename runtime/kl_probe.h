@@ -15,6 +15,10 @@
 
 namespace mxlm {
 
+// The member of layer `layer`'s weights `lw` that holds tensor `name` (blk.<layer>.attn_q ..
+// ffn_down), or null when `name` is not one of that layer's matmuls.
+Weight* layer_matmul(LayerWeights& lw, int layer, const std::string& name);
+
 // The weights a KlProbe runs the other tensors with (instead of the model's own): the layers'
 // matmuls and, if has_head, the head; `bytes` holds what they point into.
 struct ProbeBase {
