@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kernels/common.h"
+#include "kernels/round.h"
 
 namespace mxlm {
 
@@ -173,22 +174,6 @@ inline __attribute__((always_inline)) float round_f16(float f) {
     return f;
   }
   return f16_to_f32(f32_to_f16(f));
-}
-
-// round(clamp(t, lo, hi)) for small integer lo, hi under the default rounding mode (ties to
-// even, like std::nearbyint), NaN stays NaN; branch-free, so loops over it vectorize. Without
-// SSE4.1 x86-64 compiles std::nearbyint to a libm call, and the scale searches below round ~60
-// times per weight.
-inline __attribute__((always_inline)) float round_clampf(float t, float lo, float hi) {
-  t = t < lo ? lo : t;
-  t = t > hi ? hi : t;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: t + kMagic rounds t to an integer
-  return (t + kMagic) - kMagic;
-}
-
-// The same as an int, NaN -> lo.
-inline __attribute__((always_inline)) int round_clamp(float v, int lo, int hi) {
-  return v == v ? static_cast<int>(round_clampf(v, static_cast<float>(lo), static_cast<float>(hi))) : lo;
 }
 
 // The searches' sums run in 8 independent float lanes (V8, GCC vector extension: one ymm in the

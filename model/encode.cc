@@ -121,6 +121,7 @@
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"
+#include "kernels/round.h"
 
 namespace mxlm {
 
@@ -205,20 +206,6 @@ RowLayout row_layout(QType t, int64_t k) {
   r.q_off = q.q_off;
   r.qbytes = q.qbytes;
   return r;
-}
-
-// round(clamp(t, lo, hi)) as kernels/quant.cc's round_clampf (t + 1.5·2^23 rounds to an integer,
-// ties to even, as std::nearbyint; without SSE4.1 that is a libm call): branch-free, vectorizes.
-inline __attribute__((always_inline)) float round_clampf(float t, float lo, float hi) {
-  t = t < lo ? lo : t;
-  t = t > hi ? hi : t;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  return (t + kMagic) - kMagic;
-}
-
-// The same as an int; NaN -> lo.
-inline int round_clamp(float t, int lo, int hi) {
-  return t == t ? static_cast<int>(round_clampf(t, static_cast<float>(lo), static_cast<float>(hi))) : lo;
 }
 
 // Per-row parameters of one chunk of rows: d, m per group (as dequantization computes them),
