@@ -615,16 +615,24 @@ void fit_two_level(const QTypeInfo& info, const float* x, int64_t k, const float
   for (int64_t g = 0; g < nb; ++g) {
     const int n = static_cast<int>(std::min<int64_t>(G, k - g * G));
     const float* xg = x + g * G;
+    // The levels in one branch-free float loop (it vectorizes), then the weighted sum in double
+    // in element order: the same values as one loop, ~2x faster.
+    float wq[128];
     auto err_of = [&](float dg, float mg) {
+      if (asym) {
+        if (dg > 0) {
+          for (int i = 0; i < n; ++i) wq[i] = dg * round_clampf((xg[i] - mg) / dg, 0.0f, float(qmax)) + mg;
+        } else {
+          for (int i = 0; i < n; ++i) wq[i] = mg;
+        }
+      } else if (dg != 0) {
+        for (int i = 0; i < n; ++i) wq[i] = dg * round_clampf(xg[i] / dg, float(-z), float(qmax - z));
+      } else {
+        for (int i = 0; i < n; ++i) wq[i] = 0.0f;
+      }
       double e = 0;
       for (int i = 0; i < n; ++i) {
-        float w;
-        if (asym) {
-          w = dg > 0 ? dg * round_clampf((xg[i] - mg) / dg, 0.0f, float(qmax)) + mg : mg;
-        } else {
-          w = dg != 0 ? dg * round_clampf(xg[i] / dg, float(-z), float(qmax - z)) : 0.0f;
-        }
-        const double r = double(xg[i]) - w;
+        const double r = double(xg[i]) - wq[i];
         e += (imp ? double(imp[g * G + i]) : 1.0) * r * r;
       }
       return e;

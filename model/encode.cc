@@ -726,4 +726,76 @@ double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, in
   return total;
 }
 
+class AsymmetricInput {
+ public:
+  int64_t k = 0;
+  Eigen::LLT<Eigen::MatrixXf> llt;  // of H̃ + λI (floats: the correction is small against W)
+  std::vector<float> ct;            // Cᵀ [k][k] as floats: row j = column j of C
+};
+
+std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const double* c, int64_t k, double damp) {
+  const std::string f = "prepare_asymmetric";
+  if (k <= 0 || !h || !c) fail(f + ": k = " + std::to_string(k) + " with a null h or c");
+  check_h(f, h, k);
+  for (int64_t i = 0; i < k * k; ++i) {
+    if (!std::isfinite(c[i])) fail(f + ": c[" + std::to_string(i / k) + "][" + std::to_string(i % k) + "] is not finite");
+  }
+  if (!(damp >= 0) || !std::isfinite(damp)) fail(f + ": damp = " + std::to_string(damp) + " must be finite and >= 0");
+  double mean_diag = 0;
+  for (int64_t i = 0; i < k; ++i) mean_diag += h[i * k + i];
+  mean_diag /= double(k);
+  bool any = false;
+  for (int64_t i = 0; i < k * k && !any; ++i) any = c[i] != 0;
+  if (!any || !(mean_diag > 0)) return nullptr;  // no upstream error (or no input): W' = W
+  auto a = std::make_shared<AsymmetricInput>();
+  a->k = k;
+  const double lambda = std::max(damp, 1e-6) * mean_diag;  // H̃ + λI is SPD for λ > 0
+  Eigen::MatrixXf A(k, k);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) A(i, j) = static_cast<float>(0.5 * (h[i * k + j] + h[j * k + i]) + (i == j ? lambda : 0.0));
+  }
+  a->llt.compute(A);
+  if (a->llt.info() != Eigen::Success) fail(f + ": the damped h (k = " + std::to_string(k) + ") does not factorize");
+  a->ct.resize(size_t(k * k));
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) a->ct[size_t(j * k + i)] = static_cast<float>(c[i * k + j]);
+  }
+  return a;
+}
+
+// W' = W + Z with Zᵀ = (H̃ + λI)⁻¹ (W C)ᵀ: W C on the f32 GEMM kernel, then the two triangular
+// solves (float: Z is a small correction to W, 1e-5 of it against double in the test) over
+// fixed chunks of rows (the same bytes for any thread count).
+std::vector<float> asymmetric_target(const float* w, int64_t n, int64_t k, const AsymmetricInput& a) {
+  const std::string f = "asymmetric_target";
+  check_w(f, QType::kF32, w, n, k);
+  if (a.k != k) fail(f + ": prepared for k = " + std::to_string(a.k) + ", not " + std::to_string(k));
+  std::vector<float> out(w, w + n * k);
+  const F32Kernels& kr = f32_kernels(selected_isa());
+  const int64_t nchunks = (n + kRowChunk - 1) / kRowChunk;
+#pragma omp parallel for num_threads(resolve_threads(0)) schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t r0 = ch * kRowChunk, r1 = std::min(n, r0 + kRowChunk), m = r1 - r0;
+    std::vector<float> y(size_t(m * k));
+    kr.gemm(int(m), 0, int(k), int(k), w + r0 * k, size_t(k), a.ct.data(), sizeof(float) * size_t(k), QType::kF32, y.data(),
+            size_t(k));
+    Eigen::MatrixXf zt(k, m);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < k; ++j) zt(j, r) = y[size_t(r * k + j)];
+    }
+    a.llt.solveInPlace(zt);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < k; ++j) out[size_t((r0 + r) * k + j)] = static_cast<float>(double(w[(r0 + r) * k + j]) + zt(j, r));
+    }
+  }
+  return out;
+}
+
+std::vector<float> asymmetric_target(const float* w, int64_t n, int64_t k, const double* h, const double* c,
+                                     double damp) {
+  check_w("asymmetric_target", QType::kF32, w, n, k);
+  const auto a = prepare_asymmetric(h, c, k, damp);
+  return a ? asymmetric_target(w, n, k, *a) : std::vector<float>(w, w + n * k);
+}
+
 }  // namespace mxlm

@@ -79,6 +79,27 @@ std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k
 double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, int64_t k, const double* h,
                     std::vector<double>* per_row = nullptr);
 
+// Asymmetric calibration (the idea of GPTAQ, Li et al. 2025): a layer of the quantized model
+// sees inputs x̃ that differ from the unquantized model's x by the upstream error δ = x − x̃.
+// The encoders minimize tr((W' − Q) H̃ (W' − Q)ᵀ) with H̃ = E[x̃ x̃ᵀ]; taking
+//
+//   W' = W + W C (H̃ + λI)⁻¹,     C = E[δ x̃ᵀ],   λ = damp · mean(diag H̃),
+//
+// makes that (up to a constant, and λ) the error against the unquantized model's output,
+// E ||W x − Q x̃||²: W' adds to W the part of W δ that is linear in x̃ (a ridge regression of the
+// upstream error on the layer's own input), which the quantized layer then cancels. C = 0 gives
+// W' = W exactly. w: W [n][k]; h: H̃, c: C (k × k row-major double; C need not be symmetric).
+// Throws Error(kInvalidArgument) for bad shapes, non-finite inputs or a damped H̃ that does not
+// factorize.
+std::vector<float> asymmetric_target(const float* w, int64_t n, int64_t k, const double* h, const double* c,
+                                     double damp = 0.01);
+
+// The same with the per-input work done once (the tensors reading one input share it): the
+// Cholesky factor of H̃ + λI and C as floats. Null when C is zero (W' = W).
+class AsymmetricInput;
+std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const double* c, int64_t k, double damp = 0.01);
+std::vector<float> asymmetric_target(const float* w, int64_t n, int64_t k, const AsymmetricInput& a);
+
 // ---- prepared inputs: work that depends only on H, done once per layer input --------------------
 // Tensors that read the same input (q/k/v; gate/up) and every candidate format of a tensor share
 // H, so its factorization and float copy can be built once and reused (the objects are

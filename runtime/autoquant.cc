@@ -173,6 +173,8 @@ struct AutoQuantizer::Impl {
   bool all_fixed = false, measured = false;
   CalibStats stats;
   std::vector<std::vector<int>> windows;  // the calibration windows (sequential encoding reruns them)
+  std::string written_source;             // encode_streaming's calibration: its text and tokens
+  int64_t written_tokens = 0;
   // Per distinct input (layer, MatmulInput): E[x xᵀ], and what the encoders prepare from it
   // once for all its tensors and candidates (GPTQ's factorization, the float H of output_error).
   struct Prepared {
@@ -381,9 +383,13 @@ struct AutoQuantizer::Impl {
     }
     return &it->second;
   }
+  // The measured encodings (candidates, the selection's plans; written only with plain
+  // targets). Sequential targets encode the written ones again, refined: these skip the
+  // refinement (its ~20 % lower error is about the same for every candidate).
   std::vector<uint8_t> encode(const Slot& s, QType q, const std::vector<float>& w) {
     EncodeOptions e = o.encode;
     e.threads = threads;
+    if (o.sequential) e.refine = 0;
     const Prepared* p = prepared_of(s);
     if (!p || !p->factor) {
       e.method = EncodeMethod::kRtn;
@@ -431,15 +437,24 @@ struct AutoQuantizer::Impl {
       windows = !o.calib_text.empty() ? calibration_windows(*model, o.calib_text, o.calib_tokens, window)
                                       : self_generated_windows(*model, o.calib_tokens, window, 0x5eed, threads);
     }
+    written_source = !o.calib_text.empty() ? text_hash(o.calib_text) : "self-generated:seed=0x5eed";
+    written_tokens = 0;
+    for (const auto& w : windows) written_tokens += int64_t(w.size());
     EncodeOptions e = o.encode;
     e.threads = threads;
     std::map<std::string, std::vector<uint8_t>> out;
     std::map<int, std::shared_ptr<const GptqFactor>> factors;  // the current layer's, by input
+    std::map<int, std::pair<bool, std::shared_ptr<const AsymmetricInput>>> asym;  // (prepared, null: C = 0)
     auto encode_with = [&](const Slot& s, const InputStats& in) {
       const size_t i = plan_of.at(s.src->name);
-      const std::vector<float> w = read_tensor(*s.src);
+      std::vector<float> w = read_tensor(*s.src);
       std::shared_ptr<const GptqFactor>& f = factors[int(s.in)];
       if (!f) f = gptq_factor(in.second_moment().data(), in.k, e);
+      if (!in.cross.empty()) {  // asymmetric: the target that also cancels the upstream error
+        auto& a = asym[int(s.in)];
+        if (!a.first) a = {true, prepare_asymmetric(in.second_moment().data(), in.mean_cross().data(), in.k, e.damp)};
+        if (a.second) w = asymmetric_target(w.data(), s.src->shape[0], s.src->shape[1], *a.second);
+      }
       return encode_planned(res.tensors[i], [&](QType q) {
         return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], *f, e);
       });
@@ -450,8 +465,10 @@ struct AutoQuantizer::Impl {
     cp.threads = threads;
     cp.progress = [&](size_t d, size_t t) { report(sequential ? "encoding sequentially" : "encoding", d, t); };
     cp.on_layer = [](int, LayerStats&&) {};  // dropped: encoded in quantize_layer
+    cp.asymmetric = sequential && o.asymmetric;
     cp.quantize_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
       factors.clear();
+      asym.clear();
       lw = model->layers()[size_t(l)];
       Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
       const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
@@ -466,6 +483,7 @@ struct AutoQuantizer::Impl {
     };
     const CalibStats st = calibrate(*model, windows, cp);
     factors.clear();
+    asym.clear();
     for (const Slot& s : slots) {
       if (s.layer < 0 && !s.embedding) out[s.src->name] = encode_with(s, st.head);  // the head (untied)
     }
@@ -688,7 +706,9 @@ void AutoQuantizer::measure() {
   const int window = std::min(o.window, c.n_ctx);
   auto t0 = Clock::now();
   // Calibrate when the allocation needs statistics or the fixed formats can use them (GPTQ).
-  const bool calibrate_now = o.stats_in.empty() && (!I.all_fixed || !o.stats_out.empty() || !o.calib_text.empty());
+  // (Fixed formats with sequential targets calibrate when writing.)
+  const bool calibrate_now =
+      o.stats_in.empty() && (!I.all_fixed || !o.stats_out.empty() || (!o.calib_text.empty() && !o.sequential));
   std::vector<std::vector<int>> windows;
   std::string calib_source;
   if (calibrate_now || !I.all_fixed) {  // the KL windows come from the same text
@@ -880,7 +900,16 @@ void AutoQuantizer::measure() {
         t0 += Clock::now() - tl;  // not calibration time
       };
     }
-    I.stats = calibrate(*model, windows, cp);
+    // Sequential targets encode again when writing, over all the windows: the statistics the
+    // candidates are measured with need fewer (measure_tokens).
+    std::vector<std::vector<int>> measured = windows;
+    if (o.sequential && o.measure_tokens > 0 && !I.all_fixed) {
+      int64_t used = 0;
+      size_t nw = 0;
+      while (nw < measured.size() && used < o.measure_tokens) used += int64_t(measured[nw++].size());
+      measured.resize(nw);
+    }
+    I.stats = calibrate(*model, measured, cp);
     I.stats.source = calib_source;
     I.stats.model_fingerprint = fingerprint;
     I.seconds_calibrate = since(t0);
@@ -972,7 +1001,9 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
   const AutoQuantOptions& o = I.o;
   std::map<std::string, size_t> plan_of;
   for (size_t i = 0; i < res.tensors.size(); ++i) plan_of[res.tensors[i].name] = i;
-  const EncodeMethod method = I.stats.layers.empty() ? EncodeMethod::kRtn : o.encode.method;
+  // Statistics were taken, or (fixed formats, sequential targets) are taken as the file is written.
+  const bool calibrated = !I.stats.layers.empty() || (I.all_fixed && o.sequential && !o.calib_text.empty());
+  const EncodeMethod method = calibrated ? o.encode.method : EncodeMethod::kRtn;
   nlohmann::json record = {{"method", "mixed"},
                            {"encoder", encode_method_name(method)},
                            {"bits_per_weight", res.bpw},
@@ -1008,7 +1039,10 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
   std::map<std::string, std::vector<uint8_t>> sequential;
   if (o.sequential && method != EncodeMethod::kRtn) {
     record["sequential"] = true;
+    if (o.asymmetric) record["asymmetric"] = true;
     sequential = I.encode_streaming(res, plan_of, true);
+    // The written encodings' statistics (the candidates' may have been fewer: measure_tokens).
+    record["calibration"] = {{"source", I.written_source}, {"tokens", I.written_tokens}, {"measured_tokens", res.calib_tokens}};
   } else if (I.streamed && method != EncodeMethod::kRtn) {
     sequential = I.encode_streaming(res, plan_of, false);
   }

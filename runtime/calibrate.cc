@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "kernels/common.h"
@@ -31,6 +33,13 @@ std::vector<double> InputStats::second_moment() const {
   return h;
 }
 
+std::vector<double> InputStats::mean_cross() const {
+  std::vector<double> c(cross.size());
+  const double inv = n_tokens ? 1.0 / double(n_tokens) : 0.0;
+  for (size_t i = 0; i < c.size(); ++i) c[i] = cross[i] * inv;
+  return c;
+}
+
 std::vector<float> InputStats::mean_square() const {
   std::vector<float> d(static_cast<size_t>(k));
   const double inv = n_tokens ? 1.0 / double(n_tokens) : 0.0;
@@ -39,6 +48,21 @@ std::vector<float> InputStats::mean_square() const {
 }
 
 namespace {
+
+// xt [k][m] = x [m][k]ᵀ, in 32 × 32 tiles (a plain loop's strided stores cost as much as a
+// third of the Gram products).
+void transpose(const float* x, int m, int k, float* xt) {
+  constexpr int B = 32;
+  for (int t0 = 0; t0 < m; t0 += B) {
+    const int t1 = std::min(m, t0 + B);
+    for (int i0 = 0; i0 < k; i0 += B) {
+      const int i1 = std::min(k, i0 + B);
+      for (int t = t0; t < t1; ++t) {
+        for (int i = i0; i < i1; ++i) xt[size_t(i) * m + t] = x[size_t(t) * k + i];
+      }
+    }
+  }
+}
 
 // Adds x [m][k]'s XᵀX into s (and the channel maxima). The float product of one window runs on
 // the f32 gemm kernel over Xᵀ (rows = channels), split by output rows over threads; the sum
@@ -49,42 +73,100 @@ void accumulate(InputStats& s, const float* x, int m, int k, int threads, Isa is
   xt->resize(size_t(k) * m);
   prod->resize(size_t(k) * k);
   for (int t = 0; t < m; ++t) {
-    for (int i = 0; i < k; ++i) {
-      const float v = x[size_t(t) * k + i];
-      (*xt)[size_t(i) * m + t] = v;
-      s.amax[size_t(i)] = std::max(s.amax[size_t(i)], std::abs(v));
-    }
+    for (int i = 0; i < k; ++i) s.amax[size_t(i)] = std::max(s.amax[size_t(i)], std::abs(x[size_t(t) * k + i]));
   }
+  transpose(x, m, k, xt->data());
   const F32Kernels& kr = f32_kernels(isa);
   const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
   const float* a = xt->data();
   float* y = prod->data();
   double* g = s.gram.data();
+  // Only the lower triangle (rows r0..r1 against columns 0..r1: half the products); the upper
+  // one is mirrored when the statistics are complete (symmetrize).
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (int c = 0; c < n_chunks; ++c) {
+  for (int c = n_chunks - 1; c >= 0; --c) {  // the longest rows first
     const int r0 = c * chunk, r1 = std::min(k, r0 + chunk);
-    kr.gemm(r1 - r0, 0, k, m, a + size_t(r0) * m, size_t(m), a, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
+    kr.gemm(r1 - r0, 0, r1, m, a + size_t(r0) * m, size_t(m), a, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
             size_t(k));
-    for (size_t i = size_t(r0) * k; i < size_t(r1) * k; ++i) g[i] += y[i];
+    for (int i = r0; i < r1; ++i) {
+      for (int j = 0; j < r1; ++j) g[size_t(i) * k + j] += y[size_t(i) * k + j];
+    }
   }
   s.n_tokens += m;
 }
 
+// Copies the lower triangle of the Gram matrix onto the upper one (accumulate fills the lower).
+void symmetrize(InputStats& s) {
+  const size_t k = size_t(s.k);
+  for (size_t i = 0; i < k; ++i) {
+    for (size_t j = i + 1; j < k; ++j) s.gram[i * k + j] = s.gram[j * k + i];
+  }
+}
+void symmetrize(LayerStats& ls) {
+  for (InputStats& in : ls.in) symmetrize(in);
+}
+
+// Adds Σ_t (r_t − x_t) x_tᵀ into s.cross: r [m][k] the reference (unquantized) model's input
+// for the same tokens. The same float-per-window, double-across-windows sums as accumulate().
+// xt: x transposed (accumulate's, for the same x); dt, d: scratch.
+void accumulate_cross(InputStats& s, const float* r, const float* x, int m, int k, int threads, Isa isa,
+                      std::vector<float>* d, std::vector<float>* dt, const std::vector<float>* xt, std::vector<float>* prod) {
+  if (s.cross.empty()) s.cross.assign(size_t(k) * size_t(k), 0.0);
+  d->resize(size_t(k) * m);
+  dt->resize(size_t(k) * m);
+  prod->resize(size_t(k) * k);
+  MXLM_ASSERT(xt->size() == size_t(k) * m);
+  bool any = false;
+  for (size_t i = 0; i < size_t(k) * m; ++i) {
+    (*d)[i] = r[i] - x[i];
+    any = any || (*d)[i] != 0;
+  }
+  if (!any) return;  // both models agree here: nothing to add
+  transpose(d->data(), m, k, dt->data());
+  const F32Kernels& kr = f32_kernels(isa);
+  const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
+  float* y = prod->data();
+  double* g = s.cross.data();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int c = 0; c < n_chunks; ++c) {
+    const int r0 = c * chunk, r1 = std::min(k, r0 + chunk);
+    kr.gemm(r1 - r0, 0, k, m, dt->data() + size_t(r0) * m, size_t(m), xt->data(), sizeof(float) * size_t(m), QType::kF32,
+            y + size_t(r0) * k, size_t(k));
+    for (size_t i = size_t(r0) * k; i < size_t(r1) * k; ++i) g[i] += y[i];
+  }
+}
+
+// Accumulates the statistics of every matmul input it sees. Asymmetric calibration: in
+// `capture` mode it only copies each input (the unquantized model's run of a window), and the
+// next run of the same window (the quantized model's) also accumulates the cross moments
+// against those copies.
 class StatsObserver : public MatmulObserver {
  public:
   StatsObserver(int threads, Isa isa) : threads_(threads), isa_(isa) {}
   LayerStats* layer = nullptr;
   InputStats* head = nullptr;
+  bool capture = false;    // store the inputs as the reference, accumulate nothing
+  bool with_ref = false;   // also accumulate the cross moments against the stored reference
   void observe(int l, MatmulInput in, const float* x, int m, int k) override {
-    InputStats& s = in == MatmulInput::kHeadIn ? *head : layer->at(in);
     (void)l;
+    const size_t slot = static_cast<size_t>(in);
+    if (capture) {
+      ref_[slot].assign(x, x + size_t(m) * k);
+      return;
+    }
+    InputStats& s = in == MatmulInput::kHeadIn ? *head : layer->at(in);
     accumulate(s, x, m, k, threads_, isa_, &xt_, &prod_);
+    if (with_ref) {
+      MXLM_ASSERT(ref_[slot].size() == size_t(m) * k);
+      accumulate_cross(s, ref_[slot].data(), x, m, k, threads_, isa_, &d_, &dt_, &xt_, &prod_);
+    }
   }
 
  private:
   int threads_;
   Isa isa_;
-  std::vector<float> xt_, prod_;
+  std::vector<float> xt_, d_, dt_, prod_;
+  std::array<std::vector<float>, 5> ref_;  // by MatmulInput (the head's input included)
 };
 
 }  // namespace
@@ -125,39 +207,71 @@ std::vector<std::vector<int>> self_generated_windows(const Model& model, int64_t
     throw Error(ErrorCode::kInvalidArgument, "calibration window of " + std::to_string(window) + " tokens outside [2, " +
                                                  std::to_string(c.n_ctx) + "]");
   }
-  ContextParams cp;
-  cp.n_ctx = window;
-  cp.n_threads = threads;
-  Context ctx(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
-  SamplerParams sp;
-  sp.temperature = 1.0f;
-  sp.top_k = 0;
-  sp.top_p = 1.0f;
-  sp.min_p = 0.0f;
-  sp.seed = seed;
-  Sampler sampler(sp);
-  std::vector<std::vector<int>> out;
+  std::vector<int> lens;
   for (int64_t used = 0; used < n_tokens;) {
     const int len = static_cast<int>(std::min<int64_t>(window, n_tokens - used));
     if (len < 2) break;
-    std::vector<int> w{c.bos_id};
-    ctx.reset();
-    const float* logits = ctx.eval(std::span<const int>(w.data(), 1));
-    while (int(w.size()) < len) {
-      int t = sampler.sample(logits, c.n_vocab, w);
-      w.push_back(t);
-      if (int(w.size()) == len) break;
-      if (t == c.eos_id) {  // a new document
-        w.push_back(c.bos_id);
-        if (int(w.size()) == len) break;
-        logits = ctx.eval(std::span<const int>(&w[w.size() - 2], 2));
-        continue;
-      }
-      logits = ctx.eval(std::span<const int>(&w.back(), 1));
-    }
+    lens.push_back(len);
     used += len;
-    out.push_back(std::move(w));
   }
+  // Each window is sampled from its own seed (seed, index) by its own context, so the text does
+  // not depend on how many are sampled at once: with several windows, one single-threaded
+  // context per thread (decoding one token at a time is latency-bound: a 2-thread context
+  // sampled tinymix at 263 tok/s, one thread at 352), else one context with every thread.
+  const int nt = threads > 0 ? threads : std::max(1, omp_get_max_threads());
+  const int par = std::max(1, std::min<int>(nt, int(lens.size())));
+  std::vector<std::vector<int>> out(lens.size());
+  std::exception_ptr failed;
+#pragma omp parallel num_threads(par) if (par > 1)
+  {
+    ContextParams cp;
+    cp.n_ctx = window;
+    cp.n_threads = par > 1 ? 1 : nt;
+    std::unique_ptr<Context> ctx;
+    try {
+      ctx = std::make_unique<Context>(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
+    } catch (...) {
+#pragma omp critical(mxlm_self_generated)
+      if (!failed) failed = std::current_exception();
+    }
+    // Every thread takes part in the loop (a worksharing construct), with or without a context.
+#pragma omp for schedule(dynamic, 1)
+    for (size_t i = 0; i < lens.size(); ++i) {
+      if (!ctx) continue;
+      {
+        SamplerParams sp;
+        sp.temperature = 1.0f;
+        sp.top_k = 0;
+        sp.top_p = 1.0f;
+        sp.min_p = 0.0f;
+        sp.seed = seed ^ (0x9e3779b97f4a7c15ull * (uint64_t(i) + 1));
+        Sampler sampler(sp);
+        const int len = lens[i];
+        std::vector<int> w{c.bos_id};
+        try {
+          ctx->reset();
+          const float* logits = ctx->eval(std::span<const int>(w.data(), 1));
+          while (int(w.size()) < len) {
+            int t = sampler.sample(logits, c.n_vocab, w);
+            w.push_back(t);
+            if (int(w.size()) == len) break;
+            if (t == c.eos_id) {  // a new document
+              w.push_back(c.bos_id);
+              if (int(w.size()) == len) break;
+              logits = ctx->eval(std::span<const int>(&w[w.size() - 2], 2));
+              continue;
+            }
+            logits = ctx->eval(std::span<const int>(&w.back(), 1));
+          }
+        } catch (...) {
+#pragma omp critical(mxlm_self_generated)
+          if (!failed) failed = std::current_exception();
+        }
+        out[i] = std::move(w);
+      }
+    }
+  }
+  if (failed) std::rethrow_exception(failed);
   return out;
 }
 
@@ -192,6 +306,22 @@ CalibStats calibrate(const Model& model, const std::vector<std::vector<int>>& wi
     for (int t : windows[w]) ++out.token_counts[size_t(t)];
     out.n_tokens += int64_t(windows[w].size());
   }
+  // Asymmetric: the unquantized model's hidden states, run beside the quantized ones.
+  const bool asym = params.asymmetric && params.quantize_layer;
+  std::vector<std::vector<float>> ref;
+  if (asym) ref = h;
+  // One window through layer l (asymmetric: the reference first, its inputs captured).
+  auto eval_window = [&](int l, size_t w) {
+    const int m = int(windows[w].size());
+    if (asym) {
+      obs.capture = true;
+      ctx.eval_layer(l, ref[w].data(), m, 0);
+      obs.capture = false;
+      obs.with_ref = true;
+    }
+    ctx.eval_layer(l, h[w].data(), m, 0);
+    obs.with_ref = false;
+  };
   const size_t total = size_t(c.n_layers) + 1;
   for (int l = 0; l < c.n_layers; ++l) {
     LayerStats ls;
@@ -202,7 +332,8 @@ CalibStats calibrate(const Model& model, const std::vector<std::vector<int>>& wi
     obs.layer = &ls;
     std::vector<std::vector<float>> before;
     if (params.quantize_layer) before = h;  // the layer's inputs, to recompute its outputs
-    for (size_t w = 0; w < windows.size(); ++w) ctx.eval_layer(l, h[w].data(), int(windows[w].size()), 0);
+    for (size_t w = 0; w < windows.size(); ++w) eval_window(l, w);
+    symmetrize(ls);
     if (params.quantize_layer) {
       if (const LayerWeights* q = params.quantize_layer(l, ls)) {
         ctx.set_observer(nullptr);
@@ -222,9 +353,18 @@ CalibStats calibrate(const Model& model, const std::vector<std::vector<int>>& wi
   for (size_t w = 0; w < windows.size(); ++w) {
     const int m = int(windows[w].size());
     xn.resize(size_t(m) * E);
+    if (asym) {
+      for (int t = 0; t < m; ++t) kr.rmsnorm(&ref[w][size_t(t) * E], model.output_norm(), &xn[size_t(t) * E], E, c.norm_eps);
+      obs.capture = true;
+      obs.observe(-1, MatmulInput::kHeadIn, xn.data(), m, E);
+      obs.capture = false;
+      obs.with_ref = true;
+    }
     for (int t = 0; t < m; ++t) kr.rmsnorm(&h[w][size_t(t) * E], model.output_norm(), &xn[size_t(t) * E], E, c.norm_eps);
     obs.observe(-1, MatmulInput::kHeadIn, xn.data(), m, E);
+    obs.with_ref = false;
   }
+  symmetrize(out.head);
   if (params.progress) params.progress(total, total);
   return out;
 }

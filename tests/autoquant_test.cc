@@ -134,17 +134,21 @@ TEST(AutoQuant, MoreBitsPredictLessLossAndTheSameInputsGiveTheSameBytes) {
   auto_quantize(stories(), b, o);
   EXPECT_TRUE(read_file(a) == read_file(b));  // the measured selection included
   // Streaming the statistics (as for models whose Gram matrices would not fit) changes nothing
-  // but the selection, which it skips (the statistics are gone by then).
+  // but the selection, which it skips (the statistics are gone by then): with plain targets the
+  // held path writes the encodings it measured, the streamed one encodes again.
   o.select = false;
+  o.sequential = o.asymmetric = false;
   auto_quantize(stories(), a, o);
   o.keep_stats_bytes = 1;  // every model's statistics are larger
   const std::string c = test::scratch_dir() + "/t3.mxlm";
   auto_quantize(stories(), c, o);
   EXPECT_TRUE(read_file(a) == read_file(c));
-  o.sequential = true;  // and the sequential encoding streams as well: it runs
+  o.sequential = true;  // and the sequential encodings (the default asymmetric ones too) stream as well
   auto_quantize(stories(), b, o);
   EXPECT_EQ(MxlmFile(b).bits_per_weight(), MxlmFile(a).bits_per_weight());
-  o.sequential = false;
+  o.asymmetric = true;
+  auto_quantize(stories(), b, o);
+  EXPECT_EQ(MxlmFile(b).bits_per_weight(), MxlmFile(a).bits_per_weight());
   o.keep_stats_bytes = AutoQuantOptions().keep_stats_bytes;
   o.bpw = 5.0;
   o.dry_run = true;
@@ -161,6 +165,7 @@ TEST(AutoQuant, SelectionKeepsThePlanOfLeastMeasuredKlOnHeldOutText) {
   o.bpw = 3.5;
   o.select_tokens = 1024;
   o.select_text = AutoQuantOptions::KlText::kCalib;  // (the default samples it: see the README)
+  o.sequential = o.asymmetric = false;  // the file holds the measured encodings
   AutoQuantizer q(stories(), o);
   q.measure();
   const AutoQuantResult r = q.choose(o.bpw, 0);
@@ -362,6 +367,7 @@ TEST(AutoQuant, RowSplitsStoreEachRowUnderItsOutputAndPredictLessLoss) {
   AutoQuantOptions o = tiny_options();
   o.bpw = 3.2;
   o.row_splits = true;
+  o.sequential = o.asymmetric = false;  // the stored rows encode the source rows themselves
   const std::string path = test::scratch_dir() + "/split.mxlm";
   const AutoQuantResult r = auto_quantize(stories(), path, o);
   MxlmFile f(path);

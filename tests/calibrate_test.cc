@@ -28,6 +28,17 @@ std::string calib_excerpt(size_t bytes) {
   return t.substr(0, std::min(bytes, t.size()));
 }
 
+// max |want − got| over equal-sized arrays; *scale receives max |want|.
+double max_abs_diff(const std::vector<double>& want, const std::vector<double>& got, double* scale) {
+  double err = 0;
+  *scale = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    *scale = std::max(*scale, std::abs(want[i]));
+    err = std::max(err, std::abs(want[i] - got[i]));
+  }
+  return err;
+}
+
 // Runs `tokens` through a fresh context of `model` and returns all logits.
 std::vector<float> logits_of(std::shared_ptr<const Model> model, const std::vector<int>& tokens) {
   Context ctx(model);
@@ -255,12 +266,64 @@ TEST(Calibration, SequentialSeesTheQuantizedPrefix) {
   }
   const std::vector<double>& got = seq.layers[1].at(MatmulInput::kAttnIn).gram;
   ASSERT_EQ(got.size(), gram.size());
-  double scale = 0, err = 0;
-  for (size_t i = 0; i < gram.size(); ++i) {
-    scale = std::max(scale, std::abs(gram[i]));
-    err = std::max(err, std::abs(gram[i] - got[i]));
-  }
+  double scale = 0;
+  const double err = max_abs_diff(gram, got, &scale);
   EXPECT_LT(err, 1e-5 * scale);
+
+  // Asymmetric calibration (CalibParams::asymmetric) runs the unquantized model beside: the
+  // statistics of the quantized model's inputs stay exactly those above, layer 0's attention
+  // input (the embeddings, the same in both) has no cross moment, and layer 1's is the
+  // brute-force Σ (x_ref − x) xᵀ over the two runs of layer 1.
+  CalibParams ca = cp;
+  ca.asymmetric = true;
+  const CalibStats asym = calibrate(*model, windows, ca);
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(asym.layers[size_t(l)].in[i].gram, seq.layers[size_t(l)].in[i].gram) << l << " " << i;
+  }
+  EXPECT_EQ(asym.head.gram, seq.head.gram);
+  for (double v : asym.layers[0].at(MatmulInput::kAttnIn).cross) ASSERT_EQ(v, 0.0);
+  EXPECT_TRUE(seq.layers[1].at(MatmulInput::kAttnIn).cross.empty());  // not asked: none
+  struct Inputs : MatmulObserver {
+    std::vector<float> x;
+    void observe(int, MatmulInput in, const float* v, int m, int k) override {
+      if (in == MatmulInput::kAttnIn) x.insert(x.end(), v, v + size_t(m) * k);
+    }
+  };
+  Inputs xq, xr;
+  {
+    ContextParams p;
+    p.n_ctx = 256;
+    p.n_batch = 256;
+    Context ctx(model, p);
+    for (const auto& w : windows) {
+      std::vector<float> a(w.size() * size_t(c.n_embd)), b;
+      ctx.embed(w, a.data());
+      b = a;
+      ctx.eval_layer(0, a.data(), int(w.size()), 0, &quantized[0]);
+      ctx.eval_layer(0, b.data(), int(w.size()), 0);
+      ctx.set_observer(&xq);
+      ctx.eval_layer(1, a.data(), int(w.size()), 0);
+      ctx.set_observer(&xr);
+      ctx.eval_layer(1, b.data(), int(w.size()), 0);
+      ctx.set_observer(nullptr);
+    }
+  }
+  const int E = c.n_embd;
+  ASSERT_EQ(xq.x.size(), xr.x.size());
+  const size_t T = xq.x.size() / size_t(E);
+  std::vector<double> cross(size_t(E) * E, 0.0);
+  for (size_t t = 0; t < T; ++t) {
+    for (int i = 0; i < E; ++i) {
+      const double d = double(xr.x[t * E + i]) - xq.x[t * E + i];
+      for (int j = 0; j < E; ++j) cross[size_t(i) * E + j] += d * xq.x[t * E + j];
+    }
+  }
+  const std::vector<double>& gc = asym.layers[1].at(MatmulInput::kAttnIn).cross;
+  ASSERT_EQ(gc.size(), cross.size());
+  double cs = 0;
+  const double ce = max_abs_diff(cross, gc, &cs);
+  EXPECT_GT(cs, 0.0);
+  EXPECT_LT(ce, 1e-4 * cs);
 }
 
 TEST(Calibration, StatisticsFilesRoundTripAndRejectAnotherModel) {

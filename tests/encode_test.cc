@@ -149,6 +149,112 @@ TEST(EncodeGptq, RefineNeverRaisesTheErrorAndLowersIt) {
   }
 }
 
+// 1c. Asymmetric targets (asymmetric_target, GPTAQ's idea): a layer whose inputs x̃ carry an
+// upstream error δ = x − x̃ (here a small linear distortion of x plus independent noise) aims at
+// the unquantized output W x. GPTQ on W' = W + W C (H̃ + λI)⁻¹ must give a lower E‖W x − Q x̃‖²
+// (the error the model sees) than GPTQ on W, both under H̃; with C = 0, W' is W exactly.
+TEST(EncodeGptq, AsymmetricTargetCancelsTheUpstreamError) {
+  const int64_t n = 64, k = 128, T = 4096;
+  std::mt19937 rng(11);
+  std::normal_distribution<double> g(0.0, 1.0);
+  std::vector<float> w(size_t(n * k));
+  for (auto& v : w) v = float(0.05 * g(rng));
+  std::vector<double> A(size_t(k * k)), B(size_t(k * k));
+  for (int64_t i = 0; i < k * k; ++i) {
+    A[size_t(i)] = (i % (k + 1) == 0 ? 1.0 : 0.0) + g(rng) / std::sqrt(double(k));
+    B[size_t(i)] = 0.15 * g(rng) / std::sqrt(double(k));
+  }
+  std::vector<double> X(static_cast<size_t>(T * k)), Xq(static_cast<size_t>(T * k)), z(static_cast<size_t>(k));
+  for (int64_t t = 0; t < T; ++t) {
+    for (auto& v : z) v = g(rng);
+    double* x = &X[size_t(t * k)];
+    for (int64_t j = 0; j < k; ++j) {
+      double a = 0;
+      for (int64_t i = 0; i < k; ++i) a += z[size_t(i)] * A[size_t(i * k + j)];
+      x[j] = a;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      double d = 0;
+      for (int64_t i = 0; i < k; ++i) d += x[i] * B[size_t(i * k + j)];
+      Xq[size_t(t * k + j)] = x[j] + d + 0.05 * g(rng);
+    }
+  }
+  std::vector<double> h(size_t(k * k), 0.0), c(size_t(k * k), 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const double* x = &X[size_t(t * k)];
+    const double* xq = &Xq[size_t(t * k)];
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        h[size_t(i * k + j)] += xq[i] * xq[j] / double(T);
+        c[size_t(i * k + j)] += (x[i] - xq[i]) * xq[j] / double(T);
+      }
+    }
+  }
+  const std::vector<double> zero(size_t(k * k), 0.0);
+  EXPECT_EQ(asymmetric_target(w.data(), n, k, h.data(), zero.data()), w);
+  const std::vector<float> wt = asymmetric_target(w.data(), n, k, h.data(), c.data());
+  {  // against W + W C (H̃ + λI)⁻¹ computed plainly in double (Gauss-Jordan)
+    double md = 0;
+    for (int64_t i = 0; i < k; ++i) md += h[size_t(i * k + i)];
+    md = 0.01 * md / double(k);
+    std::vector<double> a(size_t(k * 2 * k), 0.0);  // [H̃ + λI | I]
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) a[size_t(i * 2 * k + j)] = h[size_t(i * k + j)] + (i == j ? md : 0.0);
+      a[size_t(i * 2 * k + k + i)] = 1.0;
+    }
+    for (int64_t p = 0; p < k; ++p) {
+      const double piv = a[size_t(p * 2 * k + p)];
+      for (int64_t j = 0; j < 2 * k; ++j) a[size_t(p * 2 * k + j)] /= piv;
+      for (int64_t i = 0; i < k; ++i) {
+        if (i == p) continue;
+        const double f = a[size_t(i * 2 * k + p)];
+        for (int64_t j = 0; j < 2 * k; ++j) a[size_t(i * 2 * k + j)] -= f * a[size_t(p * 2 * k + j)];
+      }
+    }
+    double err = 0, scale = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      std::vector<double> wc(static_cast<size_t>(k), 0.0);
+      for (int64_t i = 0; i < k; ++i) {
+        for (int64_t j = 0; j < k; ++j) wc[size_t(j)] += double(w[size_t(r * k + i)]) * c[size_t(i * k + j)];
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        double z = 0;
+        for (int64_t i = 0; i < k; ++i) z += wc[size_t(i)] * a[size_t(i * 2 * k + k + j)];
+        const double want = double(w[size_t(r * k + j)]) + z;
+        err = std::max(err, std::abs(want - wt[size_t(r * k + j)]));
+        scale = std::max(scale, std::abs(want));
+      }
+    }
+    EXPECT_LT(err, 1e-5 * scale);
+  }
+  // E‖W x − Q x̃‖² of an encoding, from the samples.
+  auto model_error = [&](const std::vector<uint8_t>& bytes, QType q) {
+    const size_t rb = *qtype_row_bytes(q, uint64_t(k));
+    std::vector<float> deq(size_t(n * k));
+    for (int64_t r = 0; r < n; ++r) dequantize_row(q, bytes.data() + size_t(r) * rb, k, &deq[size_t(r * k)]);
+    double e = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t r = 0; r < n; ++r) {
+        double y = 0, yq = 0;
+        for (int64_t j = 0; j < k; ++j) {
+          y += double(w[size_t(r * k + j)]) * X[size_t(t * k + j)];
+          yq += double(deq[size_t(r * k + j)]) * Xq[size_t(t * k + j)];
+        }
+        e += (y - yq) * (y - yq);
+      }
+    }
+    return e / double(T);
+  };
+  EncodeOptions o;
+  for (QType q : {QType::kQ4G32, QType::kQ3KG32}) {
+    const double sym = model_error(encode_tensor(q, w.data(), n, k, h.data(), o), q);
+    const double asym = model_error(encode_tensor(q, wt.data(), n, k, h.data(), o), q);
+    std::printf("%-8s E|Wx - Qx~|^2: GPTQ on W %.4e, on W' %.4e (ratio %.3f)\n", std::string(qtype_info(q).name).c_str(), sym,
+                asym, asym / sym);
+    EXPECT_LT(asym, 0.7 * sym) << qtype_info(q).name;
+  }
+}
+
 // 2. output_error: h null is the plain squared error; a diagonal h is the weighted sum.
 TEST(EncodeOutputError, MatchesIndependentSums) {
   const Layer& L = test_layer();

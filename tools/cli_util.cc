@@ -61,7 +61,11 @@ void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
       ->check(CLI::IsMember({1, 2, 3}));
   app->add_option("--kl-layers", a.kl_layers, "KL runs on this many layers spread over the depth, the others interpolated (0: every layer; saves time on deep models)")
       ->check(CLI::NonNegativeNumber);
-  app->add_flag("--sequential", a.sequential, "encode each layer with the statistics of the model whose earlier layers are quantized (GPTQ's order)");
+  app->add_option("--targets", a.targets,
+                  "what each layer's encoding aims at: asymmetric (its output at the unquantized model's, from the inputs of the model whose earlier "
+                  "layers are quantized: GPTAQ's asymmetric calibration), sequential (GPTQ's order: those inputs' statistics alone) or plain (the "
+                  "unquantized model's statistics)")
+      ->check(CLI::IsMember({"asymmetric", "sequential", "plain"}));
   app->add_option("--kl-text", a.kl_text, "text of the per-tensor KL runs: calib (the calibration text), self (sampled by the model) or both")
       ->check(CLI::IsMember({"calib", "self", "both"}));
   app->add_option("--stats", a.stats_in, "read calibration statistics written by quantize --save-stats");
@@ -94,7 +98,8 @@ AutoQuantOptions autoquant_options(const AutoQuantArgs& a) {
   o.kl_text = a.kl_text == "self"   ? AutoQuantOptions::KlText::kSelf
               : a.kl_text == "both" ? AutoQuantOptions::KlText::kBoth
                                     : AutoQuantOptions::KlText::kCalib;
-  o.sequential = a.sequential;
+  o.sequential = a.targets != "plain";
+  o.asymmetric = a.targets == "asymmetric";
   o.kl_points = a.kl_points;
   o.kl_layers = a.kl_layers;
   o.row_splits = a.row_splits;

@@ -36,12 +36,17 @@ struct InputStats {
   int64_t n_tokens = 0;
   std::vector<double> gram;  // Σ x xᵀ, k×k row-major
   std::vector<float> amax;   // max |x| per channel
+  // Asymmetric calibration only (CalibParams::asymmetric; else empty): Σ_t δ_t x_tᵀ (k×k
+  // row-major), δ = the unquantized model's input minus this one (x). Not saved in files.
+  std::vector<double> cross;
 
   void reset(int64_t k_in);
   // E[x xᵀ] = gram / n_tokens (k×k row-major).
   std::vector<double> second_moment() const;
   // E[x²] per channel.
   std::vector<float> mean_square() const;
+  // E[δ xᵀ] = cross / n_tokens (empty when cross is).
+  std::vector<double> mean_cross() const;
 };
 
 struct LayerStats {
@@ -69,7 +74,8 @@ struct CalibStats {
 std::vector<std::vector<int>> calibration_windows(const Model& model, const std::string& text, int64_t n_tokens, int window);
 
 // Data-free calibration: windows of text the model samples itself (temperature 1, from BOS,
-// a fixed seed), for when no calibration text is given.
+// window i from its own seed derived from `seed` and i, so the text does not depend on the
+// thread count; windows are sampled one per thread), for when no calibration text is given.
 std::vector<std::vector<int>> self_generated_windows(const Model& model, int64_t n_tokens, int window, uint64_t seed,
                                                      int threads);
 
@@ -84,6 +90,11 @@ struct CalibParams {
   // with (its quantized version; it must stay valid until the next call), or null to keep the model's. Layer l + 1's statistics are then those of the
   // model whose layers 0..l are quantized, and so are the head's.
   std::function<const LayerWeights*(int, const LayerStats&)> quantize_layer;
+  // With quantize_layer: also run the unquantized model over the windows and accumulate, for
+  // every input, InputStats::cross = Σ δ xᵀ, δ = its input there minus the one here (the
+  // upstream error of the quantized layers; GPTAQ's asymmetric calibration, model/encode.h's
+  // asymmetric_target). Zero wherever both models agree (layer 0's attention input).
+  bool asymmetric = false;
 };
 
 // Runs the windows through the model layer by layer, every window's layer l before any window's
