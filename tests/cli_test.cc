@@ -475,8 +475,9 @@ TEST(Cli, QuantizeBadBudgetsAndInputsAreClearAndWriteNothing) {
 TEST(Cli, InterruptedQuantizeLeavesNoFile) {
   // SIGINT while tinymix is being calibrated (half a second into a mixed run, whose calibration
   // takes seconds) and while its file is being written (as soon as the temporary appears: a
-  // GPTQ-encoded q4_g32 file takes seconds to write): no output, no temporary, and an older file
-  // at the output path is kept.
+  // GPTQ-encoded q4_g32 file with plain targets takes seconds to write; the default asymmetric
+  // targets run their calibration pass before the temporary exists): no output, no temporary,
+  // and an older file at the output path is kept.
   const std::string dir = test::scratch_dir() + "/interrupt";
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/out.mxlm") << "an older file";
@@ -484,7 +485,7 @@ TEST(Cli, InterruptedQuantizeLeavesNoFile) {
                                "/out.mxlm --calib " + test::shared_path("text/tinymix-calib.txt");
   const std::string wait_tmp = "for i in $(seq 1 3000); do ls " + dir + " | grep -q '[.]tmp[.]' && echo saw-temporary && break; sleep 0.01; done; ";
   const std::string runs[] = {quantize + " --bpw 4 & p=$!; sleep 0.5; kill -INT $p; wait $p; echo rc=$?",
-                              quantize + " --qtype q4_g32 --calib-tokens 512 & p=$!; " + wait_tmp + "kill -INT $p; wait $p; echo rc=$?"};
+                              quantize + " --qtype q4_g32 --calib-tokens 512 --targets plain & p=$!; " + wait_tmp + "kill -INT $p; wait $p; echo rc=$?"};
   for (const std::string& run : runs) {
     std::string out;
     test::run_command("bash -c '" + std::regex_replace(run, std::regex("'"), "'\\''") + "'", &out);
