@@ -64,6 +64,26 @@ void transpose(const float* x, int m, int k, float* xt) {
   }
 }
 
+// g [k][k] += A Bᵀ for A, B [k][m] (rows = channels, m tokens): the f32 gemm kernel per chunk
+// of 32 rows, split over threads, summed into double. lower: only columns up to each chunk's
+// last row (the lower triangle and the diagonal blocks).
+void add_product(double* g, const float* a, const float* b, int m, int k, bool lower, int threads, Isa isa,
+                 std::vector<float>* prod) {
+  prod->resize(size_t(k) * k);
+  const F32Kernels& kr = f32_kernels(isa);
+  const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
+  float* y = prod->data();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int c = n_chunks - 1; c >= 0; --c) {  // the longest rows first
+    const int r0 = c * chunk, r1 = std::min(k, r0 + chunk), n1 = lower ? r1 : k;
+    kr.gemm(r1 - r0, 0, n1, m, a + size_t(r0) * m, size_t(m), b, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
+            size_t(k));
+    for (int i = r0; i < r1; ++i) {
+      for (int j = 0; j < n1; ++j) g[size_t(i) * k + j] += y[size_t(i) * k + j];
+    }
+  }
+}
+
 // Adds x [m][k]'s XᵀX into s (and the channel maxima). The float product of one window runs on
 // the f32 gemm kernel over Xᵀ (rows = channels), split by output rows over threads; the sum
 // across windows is double.
@@ -71,27 +91,13 @@ void accumulate(InputStats& s, const float* x, int m, int k, int threads, Isa is
                 std::vector<float>* prod) {
   MXLM_ASSERT(s.k == k);
   xt->resize(size_t(k) * m);
-  prod->resize(size_t(k) * k);
   for (int t = 0; t < m; ++t) {
     for (int i = 0; i < k; ++i) s.amax[size_t(i)] = std::max(s.amax[size_t(i)], std::abs(x[size_t(t) * k + i]));
   }
   transpose(x, m, k, xt->data());
-  const F32Kernels& kr = f32_kernels(isa);
-  const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
-  const float* a = xt->data();
-  float* y = prod->data();
-  double* g = s.gram.data();
-  // Only the lower triangle (rows r0..r1 against columns 0..r1: half the products); the upper
-  // one is mirrored when the statistics are complete (symmetrize).
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (int c = n_chunks - 1; c >= 0; --c) {  // the longest rows first
-    const int r0 = c * chunk, r1 = std::min(k, r0 + chunk);
-    kr.gemm(r1 - r0, 0, r1, m, a + size_t(r0) * m, size_t(m), a, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
-            size_t(k));
-    for (int i = r0; i < r1; ++i) {
-      for (int j = 0; j < r1; ++j) g[size_t(i) * k + j] += y[size_t(i) * k + j];
-    }
-  }
+  // Only the lower triangle (half the products); symmetrize mirrors it once the statistics are
+  // complete.
+  add_product(s.gram.data(), xt->data(), xt->data(), m, k, true, threads, isa, prod);
   s.n_tokens += m;
 }
 
@@ -114,7 +120,6 @@ void accumulate_cross(InputStats& s, const float* r, const float* x, int m, int 
   if (s.cross.empty()) s.cross.assign(size_t(k) * size_t(k), 0.0);
   d->resize(size_t(k) * m);
   dt->resize(size_t(k) * m);
-  prod->resize(size_t(k) * k);
   MXLM_ASSERT(xt->size() == size_t(k) * m);
   bool any = false;
   for (size_t i = 0; i < size_t(k) * m; ++i) {
@@ -123,17 +128,7 @@ void accumulate_cross(InputStats& s, const float* r, const float* x, int m, int 
   }
   if (!any) return;  // both models agree here: nothing to add
   transpose(d->data(), m, k, dt->data());
-  const F32Kernels& kr = f32_kernels(isa);
-  const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
-  float* y = prod->data();
-  double* g = s.cross.data();
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (int c = 0; c < n_chunks; ++c) {
-    const int r0 = c * chunk, r1 = std::min(k, r0 + chunk);
-    kr.gemm(r1 - r0, 0, k, m, dt->data() + size_t(r0) * m, size_t(m), xt->data(), sizeof(float) * size_t(m), QType::kF32,
-            y + size_t(r0) * k, size_t(k));
-    for (size_t i = size_t(r0) * k; i < size_t(r1) * k; ++i) g[i] += y[i];
-  }
+  add_product(s.cross.data(), dt->data(), xt->data(), m, k, false, threads, isa, prod);
 }
 
 // Accumulates the statistics of every matmul input it sees. Asymmetric calibration: in
@@ -200,6 +195,34 @@ std::vector<std::vector<int>> calibration_windows(const Model& model, const std:
   return out;
 }
 
+// One window of `len` tokens the model samples from BOS (temperature 1, a new BOS after EOS).
+static std::vector<int> sample_window(Context& ctx, int len, uint64_t seed) {
+  const ModelConfig& c = ctx.model().config();
+  SamplerParams sp;
+  sp.temperature = 1.0f;
+  sp.top_k = 0;
+  sp.top_p = 1.0f;
+  sp.min_p = 0.0f;
+  sp.seed = seed;
+  Sampler sampler(sp);
+  std::vector<int> w{c.bos_id};
+  ctx.reset();
+  const float* logits = ctx.eval(std::span<const int>(w.data(), 1));
+  while (int(w.size()) < len) {
+    const int t = sampler.sample(logits, c.n_vocab, w);
+    w.push_back(t);
+    if (int(w.size()) == len) break;
+    if (t == c.eos_id) {  // a new document
+      w.push_back(c.bos_id);
+      if (int(w.size()) == len) break;
+      logits = ctx.eval(std::span<const int>(&w[w.size() - 2], 2));
+      continue;
+    }
+    logits = ctx.eval(std::span<const int>(&w.back(), 1));
+  }
+  return w;
+}
+
 std::vector<std::vector<int>> self_generated_windows(const Model& model, int64_t n_tokens, int window, uint64_t seed,
                                                      int threads) {
   const ModelConfig& c = model.config();
@@ -238,36 +261,11 @@ std::vector<std::vector<int>> self_generated_windows(const Model& model, int64_t
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < lens.size(); ++i) {
       if (!ctx) continue;
-      {
-        SamplerParams sp;
-        sp.temperature = 1.0f;
-        sp.top_k = 0;
-        sp.top_p = 1.0f;
-        sp.min_p = 0.0f;
-        sp.seed = seed ^ (0x9e3779b97f4a7c15ull * (uint64_t(i) + 1));
-        Sampler sampler(sp);
-        const int len = lens[i];
-        std::vector<int> w{c.bos_id};
-        try {
-          ctx->reset();
-          const float* logits = ctx->eval(std::span<const int>(w.data(), 1));
-          while (int(w.size()) < len) {
-            int t = sampler.sample(logits, c.n_vocab, w);
-            w.push_back(t);
-            if (int(w.size()) == len) break;
-            if (t == c.eos_id) {  // a new document
-              w.push_back(c.bos_id);
-              if (int(w.size()) == len) break;
-              logits = ctx->eval(std::span<const int>(&w[w.size() - 2], 2));
-              continue;
-            }
-            logits = ctx->eval(std::span<const int>(&w.back(), 1));
-          }
-        } catch (...) {
+      try {
+        out[i] = sample_window(*ctx, lens[i], seed ^ (0x9e3779b97f4a7c15ull * (uint64_t(i) + 1)));
+      } catch (...) {
 #pragma omp critical(mxlm_self_generated)
-          if (!failed) failed = std::current_exception();
-        }
-        out[i] = std::move(w);
+        if (!failed) failed = std::current_exception();
       }
     }
   }
