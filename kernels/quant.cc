@@ -900,14 +900,17 @@ const Registry& registry() {
   std::call_once(once, [] {
     register_refs(std::make_index_sequence<std::size(kQTypes)>());
     register_quantize_act(Isa::kRef, &quantize_act_row_ref);
+    // An ISA's registration runs its code (the x86 decoders' layout probes), so only ISAs this
+    // CPU can run register: on an AVX2-only host (a Zen 3 EPYC) probing the AVX-512 decoders
+    // was an illegal instruction before any kernel was chosen.
 #ifdef MXLM_HAVE_AVX2
-    kernels::avx2::register_quant_kernels();
+    if (isa_available(Isa::kAvx2)) kernels::avx2::register_quant_kernels();
 #endif
 #ifdef MXLM_HAVE_AVX512
-    kernels::avx512::register_quant_kernels();
+    if (isa_available(Isa::kAvx512)) kernels::avx512::register_quant_kernels();
 #endif
 #ifdef MXLM_HAVE_NEON
-    kernels::neon::register_quant_kernels();
+    if (isa_available(Isa::kNeon)) kernels::neon::register_quant_kernels();
 #endif
   });
   return registry_storage();
