@@ -150,6 +150,8 @@ std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k
 class OutputErrorH {
  public:
   int64_t k() const { return k_; }
+  const float* off() const { return off_.data(); }       // [k][k], symmetric, zero diagonal
+  const double* diag() const { return diag_.data(); }   // [k]
 
  private:
   friend std::shared_ptr<const OutputErrorH> prepare_output_error_h(const double* h, int64_t k);

@@ -194,6 +194,7 @@ void write_model(const ImportedModel& m, const std::string& out_path, const std:
       w.qtype = lay->segment_qtypes[0];
     }
     w.row_map = lay->row_map;
+    w.fill_outliers = lay->outliers;
     const SourceTensor* src = &t;
     w.fill = [src, lay, vec, &encode](uint8_t* dst, size_t bytes) {
       if (!vec) {

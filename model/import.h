@@ -116,6 +116,9 @@ struct TensorLayout {
   std::vector<QType> segment_qtypes;
   std::vector<int64_t> segment_rows;
   std::vector<int32_t> row_map;
+  // Sparse outliers known only once the tensor is encoded: when set, called after the encoder
+  // to fill the tensor's CSR (model/mxlm_file.h: row_ptr of N + 1 entries, columns, f16 values).
+  std::function<void(std::vector<int32_t>& row_ptr, std::vector<int32_t>& cols, std::vector<uint16_t>& values)> outliers;
 };
 using LayoutEncoder = std::function<void(const SourceTensor&, const TensorLayout&, uint8_t* dst, size_t bytes)>;
 void write_model(const ImportedModel& m, const std::string& out_path, const std::function<TensorLayout(const SourceTensor&)>& layout,

@@ -406,16 +406,22 @@ void write_mxlm(const std::string& path, const MxlmWriteInput& input, const std:
       extra["row_map"] = {{"offset", offset + buf.size()}, {"bytes", 4 * t.row_map.size()}};
       append(t.row_map.data(), 4 * t.row_map.size());
     }
-    if (!t.outlier_row_ptr.empty()) {
-      const size_t nnz = t.outlier_cols.size();
-      if (static_cast<int64_t>(t.outlier_row_ptr.size()) != rows + 1 || t.outlier_values.size() != nnz) {
+    std::vector<int32_t> picked_row_ptr, picked_cols;
+    std::vector<uint16_t> picked_values;
+    if (t.fill_outliers) t.fill_outliers(picked_row_ptr, picked_cols, picked_values);
+    const auto& row_ptr = t.fill_outliers ? picked_row_ptr : t.outlier_row_ptr;
+    const auto& ocols = t.fill_outliers ? picked_cols : t.outlier_cols;
+    const auto& values = t.fill_outliers ? picked_values : t.outlier_values;
+    if (!row_ptr.empty()) {
+      const size_t nnz = ocols.size();
+      if (static_cast<int64_t>(row_ptr.size()) != rows + 1 || values.size() != nnz || row_ptr.back() != int64_t(nnz)) {
         throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "': outlier arrays do not match");
       }
       buf.resize(align_up(buf.size(), 4), 0);
       const uint64_t start = buf.size();
-      append(t.outlier_row_ptr.data(), 4 * t.outlier_row_ptr.size());
-      append(t.outlier_cols.data(), 4 * nnz);
-      append(t.outlier_values.data(), 2 * nnz);
+      append(row_ptr.data(), 4 * row_ptr.size());
+      append(ocols.data(), 4 * nnz);
+      append(values.data(), 2 * nnz);
       extra["outliers"] = {{"offset", offset + start}, {"bytes", buf.size() - start}, {"nnz", nnz}};
     }
     out.write(buf.data(), buf.size());

@@ -135,6 +135,8 @@ struct TensorToWrite {
   std::vector<int32_t> outlier_row_ptr, outlier_cols;
   std::vector<uint16_t> outlier_values;  // f16
   std::function<void(uint8_t* dst, size_t bytes)> fill;
+  // Outliers the encoder picks: when set, called after `fill` for the three arrays above.
+  std::function<void(std::vector<int32_t>& row_ptr, std::vector<int32_t>& cols, std::vector<uint16_t>& values)> fill_outliers;
 };
 
 struct MxlmWriteInput {

@@ -34,6 +34,7 @@
 
 #include "kernels/common.h"
 #include "model/allocate.h"
+#include "model/outliers.h"
 #include "runtime/kl_probe.h"
 #include "tokenizer/tokenizer.h"
 
@@ -100,6 +101,13 @@ std::vector<float> read_tensor(const SourceTensor& t) {
 }
 
 uint64_t tensor_bytes(QType t, int64_t n, int64_t k) { return *qtype_row_bytes(t, uint64_t(k)) * uint64_t(n); }
+
+// Outliers of a level (a fraction of the n·k weights, at least one), and the stored bytes of a
+// tensor in format t with m outliers (the part is 4-byte aligned after the dense rows).
+int64_t outlier_count(double level, int64_t n, int64_t k) { return std::max<int64_t>(1, std::llround(level * double(n) * double(k))); }
+uint64_t bytes_with_outliers(QType t, int64_t n, int64_t k, int64_t m) {
+  return m > 0 ? (tensor_bytes(t, n, k) + 3) / 4 * 4 + outlier_bytes(n, m) : tensor_bytes(t, n, k);
+}
 
 // Spearman's rank correlation (average ranks for ties).
 double spearman(const std::vector<double>& a, const std::vector<double>& b) {
@@ -319,9 +327,20 @@ struct AutoQuantizer::Impl {
   // The runtime weight of a planned tensor's stored bytes (layout_of's layout): one format, or
   // one segment per format over the stored rows and the row map (kept in `row_map`, which must
   // outlive the weight).
-  static Weight weight_of(const TensorPlan& p, const uint8_t* b, std::vector<int32_t>& row_map, Isa isa) {
+  static Weight weight_of(const TensorPlan& p, const uint8_t* b, std::vector<int32_t>& row_map, Isa isa,
+                          const SparseOutliers* outliers = nullptr) {
     const TensorLayout lay = layout_of(p);
-    if (lay.segment_qtypes.empty()) return make_weight(p.format, b, p.n, p.k, isa);
+    if (lay.segment_qtypes.empty()) {
+      Weight w = make_weight(p.format, b, p.n, p.k, isa);
+      if (outliers && outliers->nnz() > 0) {  // the CSR arrays (outliers must outlive the weight)
+        w.outliers.nnz = uint64_t(outliers->nnz());
+        w.outliers.row_ptr = reinterpret_cast<const uint8_t*>(outliers->row_ptr.data());
+        w.outliers.cols = reinterpret_cast<const uint8_t*>(outliers->cols.data());
+        w.outliers.values = reinterpret_cast<const uint8_t*>(outliers->values.data());
+      }
+      return w;
+    }
+    MXLM_ASSERT(!outliers || outliers->nnz() == 0);  // the allocation offers outliers on one format only
     const int64_t n_lo = lay.segment_rows[0];
     Weight wl = make_weight(p.format, b, n_lo, p.k, isa);
     Weight wh = make_weight(p.split_format, b + size_t(n_lo) * tensor_bytes(p.format, 1, p.k), p.n - n_lo, p.k, isa);
@@ -397,6 +416,24 @@ struct AutoQuantizer::Impl {
     }
     return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], *p->factor, e);
   }
+  // The outliers of a tensor's encoding `bytes` in format q (not the embedding: it has no H):
+  // the first m of model/outliers.h's greedy picks against the input's H.
+  OutlierPicks outlier_picks(const Slot& s, QType q, const std::vector<uint8_t>& bytes, const std::vector<float>& w, int64_t m) {
+    const Prepared* p = prepared_of(s);
+    MXLM_ASSERT(p && !s.embedding);
+    return pick_outliers(q, bytes.data(), w.data(), s.src->shape[0], s.src->shape[1], *p->error_h, m, 0, threads);
+  }
+  // The outliers of the tensors written (or of the plan choose() picked), by name, with the format
+  // of the encoding they were picked on.
+  struct KeptOutliers {
+    QType format = QType::kF32;
+    SparseOutliers o;
+  };
+  std::map<std::string, KeptOutliers> written_outliers;
+  const SparseOutliers* kept_outliers(const TensorPlan& p) const {
+    auto it = written_outliers.find(p.name);
+    return it != written_outliers.end() && it->second.format == p.format && it->second.o.nnz() == p.outliers ? &it->second.o : nullptr;
+  }
   // The output error of an encoding: tr(ΔW H ΔWᵀ), or for the embedding Σ_r f_r ‖Δw_r‖²
   // (f_r: token r's frequency); `rows` (if set) receives each output row's part.
   double error_of(const Slot& s, QType q, const std::vector<uint8_t>& bytes, const std::vector<float>& w,
@@ -443,8 +480,10 @@ struct AutoQuantizer::Impl {
     EncodeOptions e = o.encode;
     e.threads = threads;
     std::map<std::string, std::vector<uint8_t>> out;
+    written_outliers.clear();
     std::map<int, std::shared_ptr<const GptqFactor>> factors;  // the current layer's, by input
     std::map<int, std::pair<bool, std::shared_ptr<const AsymmetricInput>>> asym;  // (prepared, null: C = 0)
+    std::map<int, std::shared_ptr<const OutputErrorH>> error_h;   // the current layer's, by input (outliers)
     auto encode_with = [&](const Slot& s, const InputStats& in) {
       const size_t i = plan_of.at(s.src->name);
       std::vector<float> w = read_tensor(*s.src);
@@ -455,9 +494,16 @@ struct AutoQuantizer::Impl {
         if (!a.first) a = {true, prepare_asymmetric(in.second_moment().data(), in.mean_cross().data(), in.k, e.damp)};
         if (a.second) w = asymmetric_target(w.data(), s.src->shape[0], s.src->shape[1], *a.second);
       }
-      return encode_planned(res.tensors[i], [&](QType q) {
+      const TensorPlan& p = res.tensors[i];
+      std::vector<uint8_t> b = encode_planned(p, [&](QType q) {
         return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], *f, e);
       });
+      if (p.outliers > 0) {  // picked on this encoding, towards its target, under these statistics
+        std::shared_ptr<const OutputErrorH>& eh = error_h[int(s.in)];
+        if (!eh) eh = prepare_output_error_h(in.second_moment().data(), in.k);
+        written_outliers[p.name] = {p.format, pick_outliers(p.format, b.data(), w.data(), p.n, p.k, *eh, p.outliers, 0, threads).first(p.outliers)};
+      }
+      return b;
     };
     LayerWeights lw;
     std::vector<std::vector<int32_t>> row_maps(7);
@@ -469,6 +515,7 @@ struct AutoQuantizer::Impl {
     cp.quantize_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
       factors.clear();
       asym.clear();
+      error_h.clear();
       lw = model->layers()[size_t(l)];
       Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
       const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
@@ -477,13 +524,15 @@ struct AutoQuantizer::Impl {
         const Slot& s = slots[plan_of.at(tensor_names::layer(l, names[j]))];
         std::vector<uint8_t>& b = out[s.src->name] = encode_with(s, ls.at(s.in));
         if (!sequential) continue;
-        *dst[j] = weight_of(res.tensors[plan_of.at(s.src->name)], b.data(), row_maps[size_t(j)], model->isa());
+        const TensorPlan& p = res.tensors[plan_of.at(s.src->name)];
+        *dst[j] = weight_of(p, b.data(), row_maps[size_t(j)], model->isa(), kept_outliers(p));
       }
       return sequential ? &lw : nullptr;
     };
     const CalibStats st = calibrate(*model, windows, cp);
     factors.clear();
     asym.clear();
+    error_h.clear();
     for (const Slot& s : slots) {
       if (s.layer < 0 && !s.embedding) out[s.src->name] = encode_with(s, st.head);  // the head (untied)
     }
@@ -509,7 +558,10 @@ struct AutoQuantizer::Impl {
       std::vector<AllocItem> items;
       std::vector<size_t> item_of;
       std::vector<std::vector<Impl::Split>> splits;  // per item: what each choice after the candidates is
-      std::vector<std::vector<size_t>> choice_of;    // per item: its choices' candidate (or split) indices
+      // Per item: its choices' candidate indices j, then splits (candidates + split index), then
+      // candidates with outliers (candidates + splits + j · levels + level).
+      std::vector<std::vector<size_t>> choice_of;
+      const size_t n_levels = std::size(kOutlierLevels);
       uint64_t free_budget = std::min(budget, I.max_bytes) - I.fixed_bytes;
       for (size_t i = 0; i < res.tensors.size(); ++i) {
         const TensorPlan& p = res.tensors[i];
@@ -533,6 +585,15 @@ struct AutoQuantizer::Impl {
           it.choices.push_back({splits.back()[q].bytes, splits.back()[q].loss});
           kept.push_back(I.candidates.size() + q);
         }
+        for (size_t j = 0; j < p.outlier_gain.size(); ++j) {
+          if (tensor_bytes(I.candidates[j], p.n, p.k) < min_bytes) continue;
+          for (size_t l = 0; l < p.outlier_gain[j].size(); ++l) {
+            const double e = std::max(p.error[j] - p.outlier_gain[j][l], 0.0);
+            it.choices.push_back({bytes_with_outliers(I.candidates[j], p.n, p.k, outlier_count(kOutlierLevels[l], p.n, p.k)),
+                                  linear ? p.alpha * e : I.predict_error(p, e)});
+            kept.push_back(I.candidates.size() + splits.back().size() + j * n_levels + l);
+          }
+        }
         if (it.choices.empty()) return AutoQuantResult{};  // nothing at or above the floor
         choice_of.push_back(std::move(kept));
         items.push_back(std::move(it));
@@ -555,6 +616,12 @@ struct AutoQuantizer::Impl {
           p.format = I.candidates[ch];
           continue;
         }
+        if (ch >= I.candidates.size() + splits[j].size()) {
+          const size_t x = ch - I.candidates.size() - splits[j].size();
+          p.format = I.candidates[x / n_levels];
+          p.outliers = outlier_count(kOutlierLevels[x % n_levels], p.n, p.k);
+          continue;
+        }
         const Impl::Split& sp = splits[j][ch - I.candidates.size()];
         p.format = I.candidates[sp.lo];
         p.split_format = I.candidates[sp.hi];
@@ -575,18 +642,22 @@ struct AutoQuantizer::Impl {
     if (a.tensors.size() != b.tensors.size()) return false;
     for (size_t i = 0; i < a.tensors.size(); ++i) {
       const TensorPlan &p = a.tensors[i], &q = b.tensors[i];
-      if (p.format != q.format || p.split_format != q.split_format || p.split_rows != q.split_rows) return false;
+      if (p.format != q.format || p.split_format != q.split_format || p.split_rows != q.split_rows || p.outliers != q.outliers) {
+        return false;
+      }
     }
     return true;
   }
   // Encodes what the plans need into `encoded` (cleared first, unless it keeps every candidate):
   // per tensor each format any plan gives it, under (name, format). Returns, per plan, its row
-  // splits' stored bytes by tensor name. Tensor by tensor in file order, each layer input's
-  // factorization dropped after its layer.
+  // splits' stored bytes by tensor name, and fills `outliers` with each plan's outliers by tensor
+  // name. Tensor by tensor in file order, each layer input's factorization dropped after its layer.
   std::vector<std::map<std::string, std::vector<uint8_t>>> encode_plans(
-      const std::vector<std::pair<std::string, AutoQuantResult>>& plans) {
+      const std::vector<std::pair<std::string, AutoQuantResult>>& plans,
+      std::vector<std::map<std::string, SparseOutliers>>& outliers) {
     if (!keep_candidates) encoded.clear();
     std::vector<std::map<std::string, std::vector<uint8_t>>> split(plans.size());
+    outliers.assign(plans.size(), {});
     int last_layer = -2;
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& s = slots[i];
@@ -599,11 +670,20 @@ struct AutoQuantizer::Impl {
         if (w.empty()) w = read_tensor(*s.src);
         return encoded[{s.src->name, int(q)}] = encode(s, q, w);
       };
+      std::map<std::pair<int, int64_t>, OutlierPicks> picks;  // by (format, count): plans may share them
       for (size_t j = 0; j < plans.size(); ++j) {
         const TensorPlan& p = plans[j].second.tensors[i];
         if (p.fixed && is_float_qtype(p.format)) continue;
         if (p.split_rows.empty()) {
-          enc(p.format);
+          const std::vector<uint8_t>& b = enc(p.format);
+          if (p.outliers > 0) {
+            auto it = picks.find({int(p.format), p.outliers});
+            if (it == picks.end()) {
+              if (w.empty()) w = read_tensor(*s.src);
+              it = picks.emplace(std::make_pair(int(p.format), p.outliers), outlier_picks(s, p.format, b, w, p.outliers)).first;
+            }
+            outliers[j][p.name] = it->second.first(p.outliers);
+          }
           continue;
         }
         split[j][p.name] = encode_planned(p, [&](QType q) { return enc(q); });
@@ -658,6 +738,9 @@ AutoQuantizer::AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& o) 
     for (QType q : I.candidates) {
       lo = std::min(lo, tensor_bytes(q, p.n, p.k));
       hi = std::max(hi, tensor_bytes(q, p.n, p.k));
+      if (o.outliers && !I.slots[i].embedding) {
+        hi = std::max(hi, bytes_with_outliers(q, p.n, p.k, outlier_count(std::end(kOutlierLevels)[-1], p.n, p.k)));
+      }
     }
     I.min_bytes += lo;
     I.max_bytes += hi;
@@ -821,6 +904,12 @@ void AutoQuantizer::measure() {
     for (size_t j = 0; j < I.candidates.size(); ++j) {
       std::vector<uint8_t> bytes = I.encode(I.slots[i], I.candidates[j], w);
       p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w, o.row_splits ? &I.row_error[i][j] : nullptr);
+      if (o.outliers && !I.slots[i].embedding) {
+        const OutlierPicks picks =
+            I.outlier_picks(I.slots[i], I.candidates[j], bytes, w, outlier_count(std::end(kOutlierLevels)[-1], p.n, p.k));
+        p.outlier_gain.resize(I.candidates.size());
+        for (double level : kOutlierLevels) p.outlier_gain[j].push_back(picks.gain_of_first(outlier_count(level, p.n, p.k)));
+      }
       if (I.keep_candidates) I.encoded[{p.name, int(I.candidates[j])}] = bytes;
       if (j == check && o.rank_check) check_bytes = bytes;
       if (j == high && three_point) high_bytes = bytes;
@@ -966,7 +1055,8 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     ++n_floors;
     add("floor " + std::string(qtype_info(I.candidates[f]).name), I.allocate_plan(bpw, size_bytes, int(f)));
   }
-  std::vector<std::map<std::string, std::vector<uint8_t>>> split = I.encode_plans(plans);
+  std::vector<std::map<std::string, SparseOutliers>> outliers;
+  std::vector<std::map<std::string, std::vector<uint8_t>>> split = I.encode_plans(plans, outliers);
   size_t chosen = 0;
   std::vector<PlanMeasurement> measured;
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -977,7 +1067,9 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
       if (!p.split_rows.empty()) {  // the stored rows of both formats, behind the row map
         swapped[p.name] = Impl::weight_of(p, split[i].at(p.name).data(), row_maps[t], I.probe_model->isa());
       } else if (!is_float_qtype(p.format)) {
-        swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, int(p.format)}).data(), row_maps[t], I.probe_model->isa());
+        auto ol = outliers[i].find(p.name);
+        swapped[p.name] = Impl::weight_of(p, I.encoded.at({p.name, int(p.format)}).data(), row_maps[t], I.probe_model->isa(),
+                                          ol == outliers[i].end() ? nullptr : &ol->second);
       }
     }
     PlanMeasurement m{plans[i].first, plans[i].second.bpw, plans[i].second.predicted_kl, I.select_probe->kl_model(swapped)};
@@ -985,9 +1077,16 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     if (m.measured_kl < measured[chosen].measured_kl) chosen = i;
     I.report("measuring plans", i + 1, plans.size());
   }
-  I.split_encoded.clear();  // write() finds the chosen plan's splits here
+  I.split_encoded.clear();  // write() finds the chosen plan's splits and outliers here
   for (const TensorPlan& p : plans[chosen].second.tensors) {
     if (!p.split_rows.empty()) I.split_encoded[p.name] = {p, std::move(split[chosen].at(p.name))};
+  }
+  I.written_outliers.clear();
+  for (auto& [name, so] : outliers[chosen]) {
+    const TensorPlan& p = plans[chosen].second.tensors[std::find_if(plans[chosen].second.tensors.begin(), plans[chosen].second.tensors.end(),
+                                                                    [&](const TensorPlan& q) { return q.name == name; }) -
+                                                       plans[chosen].second.tensors.begin()];
+    I.written_outliers[name] = {p.format, std::move(so)};
   }
   best = std::move(plans[chosen].second);
   best.measured_plans = std::move(measured);
@@ -1025,6 +1124,7 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
     if (!p.split_rows.empty()) {
       tensors[p.name]["split"] = {{"format", qtype_info(p.split_format).name}, {"rows", p.split_rows.size()}};
     }
+    if (p.outliers > 0) tensors[p.name]["outliers"] = p.outliers;
   }
   record["tensors"] = tensors;
   if (!res.measured_plans.empty()) {
@@ -1074,15 +1174,33 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
         const std::vector<float> w = read_tensor(t);
         b = I.encode_planned(p, [&](QType q) { return I.encode(I.slots[i], q, w); });
       }
+      if (p.outliers > 0 && !I.kept_outliers(p)) {  // picked on the encoding written
+        const std::vector<float> w = read_tensor(t);
+        I.written_outliers[p.name] = {p.format, I.outlier_picks(I.slots[i], p.format, b, w, p.outliers).first(p.outliers)};
+      }
     }
     MXLM_ASSERT(b.size() == bytes);
     std::memcpy(dst, b.data(), bytes);
     I.report("writing", ++written, I.slots.size());
   };
-  write_model(
-      I.m, out_path, [&](const SourceTensor& t) { return Impl::layout_of(res.tensors[plan_of.at(t.name)]); }, record, enc);
+  const auto layout = [&](const SourceTensor& t) {
+    const TensorPlan& p = res.tensors[plan_of.at(t.name)];
+    TensorLayout l = Impl::layout_of(p);
+    if (p.outliers > 0) {  // the encoder has just picked them (enc runs first)
+      l.outliers = [&I, &p](std::vector<int32_t>& row_ptr, std::vector<int32_t>& cols, std::vector<uint16_t>& values) {
+        const SparseOutliers* o = I.kept_outliers(p);
+        MXLM_ASSERT(o);
+        row_ptr = o->row_ptr;
+        cols = o->cols;
+        values = o->values;
+      };
+    }
+    return l;
+  };
+  write_model(I.m, out_path, layout, record, enc);
   I.prepared.clear();
   I.split_encoded.clear();
+  I.written_outliers.clear();
   if (!I.keep_candidates) I.encoded.clear();
 }
 

@@ -37,7 +37,7 @@ struct AutoQuantArgs {
   std::vector<std::string> candidates;
   int64_t calib_tokens = 16384, kl_tokens = 1024, select_tokens = 1024;
   int kl_points = 2, kl_layers = 0, refine = -1;  // refine -1: the library's default
-  bool row_splits = false, rotate = false, no_select = false;
+  bool row_splits = false, outliers = false, rotate = false, no_select = false;
 };
 void add_autoquant_options(CLI::App* app, AutoQuantArgs& a);
 // The options they ask for (the calibration text read, and refused when empty); `rotate` is

@@ -54,6 +54,7 @@ void print_plan(const AutoQuantResult& r) {
     if (!p.split_rows.empty()) {
       split = "  + " + std::to_string(p.split_rows.size()) + " rows " + std::string(qtype_info(p.split_format).name);
     }
+    if (p.outliers > 0) split += "  + " + std::to_string(p.outliers) + " outliers";
     std::printf("%-22s %-9s %7.3f %12.4g %6.3f %12.4g %12.4g%s%s\n", p.name.c_str(), std::string(qtype_info(p.format).name).c_str(),
                 8.0 * double(p.bytes) / (double(p.n) * double(p.k)), p.alpha, p.gamma, p.measured_kl, p.predicted_kl,
                 p.fixed ? "  (recipe)" : p.kl_interpolated ? "  (kl interpolated)" : "", split.c_str());
@@ -76,6 +77,7 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
                  {"fixed", p.fixed},
                  {"kl_interpolated", p.kl_interpolated}});
     if (!p.split_rows.empty()) t.back()["split"] = {{"format", qtype_info(p.split_format).name}, {"rows", p.split_rows.size()}};
+    if (p.outliers > 0) t.back()["outliers"] = p.outliers;
     if (!p.error.empty()) {
       // Each candidate's output error e (predicted KL = alpha * e).
       nlohmann::json e = nlohmann::json::object();
@@ -136,11 +138,11 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
     int split = 0;
     for (const TensorPlan& p : r.tensors) {
       per.emplace_back(p.name, p.format);
-      split += !p.split_rows.empty();
+      split += !p.split_rows.empty() || p.outliers > 0;
     }
     write_file(a.write_recipe, recipe_to_json(per));
     if (split > 0) {
-      std::fprintf(stderr, "mxlm: note: a recipe holds one format per tensor: the %d row-split tensors are recorded in their lower format\n",
+      std::fprintf(stderr, "mxlm: note: a recipe holds one format per tensor: the %d row-split or outlier tensors are recorded in their dense (lower) format\n",
                    split);
     }
   }

@@ -112,6 +112,13 @@ struct AutoQuantOptions {
   // default: on tinymix the predicted KL fell 6-18 % but Δppl on held-out text moved -1.5 to
   // +0.4 points (the same sum over the eight budgets of the README; README).
   bool row_splits = false;
+  // Sparse outliers (SpQR's idea; model/outliers.h): a tensor may also take, with any candidate,
+  // 0.1 / 0.25 / 0.5 / 1 % of its weights as f16 corrections picked greedily by output-error
+  // reduction (6 bytes each plus 4 per row of the tensor), when that predicts less loss per byte.
+  // Off by default: on tinymix, after GPTQ, they lower a tensor's error by 0.1-0.9 nats of
+  // e per added bit per weight (the first 0.01 % included), where one more bit of format lowers
+  // it by 1.3-1.5, so the allocation never takes them (README).
+  bool outliers = false;
   // Measured selection (AutoQuantizer::choose): besides the allocation's plan, the plans with
   // every tensor at or above each of the two largest candidates within the budget (a uniform
   // floor, topped up by the allocation) are encoded, the KL of each whole quantized model is
@@ -154,11 +161,19 @@ struct TensorPlan {
   // `format` (split_rows empty: every row in `format`). `bytes` counts both and the row map.
   QType split_format = QType::kF32;
   std::vector<int32_t> split_rows;
+  // Sparse outliers (AutoQuantOptions::outliers): this many f16 corrections, picked on the
+  // written encoding by model/outliers.h; `bytes` counts them (row pointers, columns, values).
+  int64_t outliers = 0;
   bool fixed = false;         // set by the recipe
   // With rank_check: the KL measured and predicted at the rank check's candidate.
   double check_measured_kl = NAN, check_predicted_kl = NAN;
   std::vector<double> error;  // e per candidate (AutoQuantResult::candidates order)
+  // With outliers: per candidate, the error reduction of the first outlier_levels()[l] picks.
+  std::vector<std::vector<double>> outlier_gain;
 };
+
+// The outlier counts offered per tensor, as fractions of its weights (AutoQuantOptions::outliers).
+inline constexpr double kOutlierLevels[] = {0.001, 0.0025, 0.005, 0.01};
 
 // One plan measured by AutoQuantizer::choose.
 struct PlanMeasurement {
