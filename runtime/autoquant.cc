@@ -430,6 +430,14 @@ struct AutoQuantizer::Impl {
     SparseOutliers o;
   };
   std::map<std::string, KeptOutliers> written_outliers;
+  // choose() with sequential targets measures each plan encoded as write() would encode it; the
+  // chosen plan's encodings (layer tensors and head) and outliers are kept for write().
+  struct WrittenPlan {
+    AutoQuantResult plan;
+    std::map<std::string, std::vector<uint8_t>> bytes;
+    std::map<std::string, KeptOutliers> outliers;
+  };
+  std::optional<WrittenPlan> written_plan;
   const SparseOutliers* kept_outliers(const TensorPlan& p) const {
     auto it = written_outliers.find(p.name);
     return it != written_outliers.end() && it->second.format == p.format && it->second.o.nnz() == p.outliers ? &it->second.o : nullptr;
@@ -1057,14 +1065,32 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
   }
   std::vector<std::map<std::string, SparseOutliers>> outliers;
   std::vector<std::map<std::string, std::vector<uint8_t>>> split = I.encode_plans(plans, outliers);
+  // Sequential (and asymmetric) targets write other encodings than the measured candidates: with
+  // select_as_written each plan is encoded as write() encodes it (one more calibration pass per
+  // plan), so the selection compares the files it could write (not the default: README).
+  const bool as_written = I.o.select_as_written && I.o.sequential && I.o.encode.method != EncodeMethod::kRtn;
+  std::map<std::string, size_t> plan_of;
+  for (size_t t = 0; t < best.tensors.size(); ++t) plan_of[best.tensors[t].name] = t;
+  I.written_plan.reset();
   size_t chosen = 0;
   std::vector<PlanMeasurement> measured;
   for (size_t i = 0; i < plans.size(); ++i) {
     std::map<std::string, Weight> swapped;
     std::vector<std::vector<int32_t>> row_maps(plans[i].second.tensors.size());
+    Impl::WrittenPlan written;
+    if (as_written) {
+      written.bytes = I.encode_streaming(plans[i].second, plan_of, true);
+      written.outliers = std::move(I.written_outliers);
+      I.written_outliers.clear();
+    }
     for (size_t t = 0; t < plans[i].second.tensors.size(); ++t) {
       const TensorPlan& p = plans[i].second.tensors[t];
-      if (!p.split_rows.empty()) {  // the stored rows of both formats, behind the row map
+      auto w = written.bytes.find(p.name);
+      if (w != written.bytes.end()) {  // as written (layer tensors and the head)
+        auto ol = written.outliers.find(p.name);
+        swapped[p.name] = Impl::weight_of(p, w->second.data(), row_maps[t], I.probe_model->isa(),
+                                          ol == written.outliers.end() ? nullptr : &ol->second.o);
+      } else if (!p.split_rows.empty()) {  // the stored rows of both formats, behind the row map
         swapped[p.name] = Impl::weight_of(p, split[i].at(p.name).data(), row_maps[t], I.probe_model->isa());
       } else if (!is_float_qtype(p.format)) {
         auto ol = outliers[i].find(p.name);
@@ -1075,6 +1101,7 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     PlanMeasurement m{plans[i].first, plans[i].second.bpw, plans[i].second.predicted_kl, I.select_probe->kl_model(swapped)};
     measured.push_back(m);
     if (m.measured_kl < measured[chosen].measured_kl) chosen = i;
+    if (as_written && chosen == i) I.written_plan = Impl::WrittenPlan{plans[i].second, std::move(written.bytes), std::move(written.outliers)};
     I.report("measuring plans", i + 1, plans.size());
   }
   I.split_encoded.clear();  // write() finds the chosen plan's splits and outliers here
@@ -1082,12 +1109,7 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     if (!p.split_rows.empty()) I.split_encoded[p.name] = {p, std::move(split[chosen].at(p.name))};
   }
   I.written_outliers.clear();
-  for (auto& [name, so] : outliers[chosen]) {
-    const TensorPlan& p = plans[chosen].second.tensors[std::find_if(plans[chosen].second.tensors.begin(), plans[chosen].second.tensors.end(),
-                                                                    [&](const TensorPlan& q) { return q.name == name; }) -
-                                                       plans[chosen].second.tensors.begin()];
-    I.written_outliers[name] = {p.format, std::move(so)};
-  }
+  for (auto& [name, so] : outliers[chosen]) I.written_outliers[name] = {plans[chosen].second.tensors[plan_of.at(name)].format, std::move(so)};
   best = std::move(plans[chosen].second);
   best.measured_plans = std::move(measured);
   best.chosen_plan = best.measured_plans[chosen].label;
@@ -1140,7 +1162,13 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
   if (o.sequential && method != EncodeMethod::kRtn) {
     record["sequential"] = true;
     if (o.asymmetric) record["asymmetric"] = true;
-    sequential = I.encode_streaming(res, plan_of, true);
+    if (I.written_plan && Impl::same_formats(I.written_plan->plan, res)) {  // choose() encoded it so
+      sequential = std::move(I.written_plan->bytes);
+      I.written_outliers = std::move(I.written_plan->outliers);
+    } else {
+      sequential = I.encode_streaming(res, plan_of, true);
+    }
+    I.written_plan.reset();
     // The written encodings' statistics (the candidates' may have been fewer: measure_tokens).
     record["calibration"] = {{"source", I.written_source}, {"tokens", I.written_tokens}, {"measured_tokens", res.calib_tokens}};
   } else if (I.streamed && method != EncodeMethod::kRtn) {

@@ -160,13 +160,17 @@ TEST(AutoQuant, MoreBitsPredictLessLossAndTheSameInputsGiveTheSameBytes) {
 
 // The measured selection: every plan lies within the budget, the chosen one measured the least
 // KL, and that KL is the written file's, as the runtime computes it from scratch on the held-out
-// windows (the calibration text's tokens after the calibration's, in windows of o.window).
-TEST(AutoQuant, SelectionKeepsThePlanOfLeastMeasuredKlOnHeldOutText) {
+// windows (the calibration text's tokens after the calibration's, in windows of o.window): with
+// plain targets the file holds the measured candidates' encodings, with asymmetric ones and
+// select_as_written each plan was encoded as written and the file holds the chosen one's.
+class Selection : public ::testing::TestWithParam<bool> {};
+
+TEST_P(Selection, KeepsThePlanOfLeastMeasuredKlOnHeldOutText) {
   AutoQuantOptions o = small_options();
   o.bpw = 3.5;
   o.select_tokens = 1024;
   o.select_text = AutoQuantOptions::KlText::kCalib;  // (the default samples it: see the README)
-  o.sequential = o.asymmetric = false;  // the file holds the measured encodings
+  o.sequential = o.asymmetric = o.select_as_written = GetParam();
   AutoQuantizer q(stories(), o);
   q.measure();
   const AutoQuantResult r = q.choose(o.bpw, 0);
@@ -218,6 +222,9 @@ TEST(AutoQuant, SelectionKeepsThePlanOfLeastMeasuredKlOnHeldOutText) {
   }
   EXPECT_NEAR(sum / double(count), least->measured_kl, 2e-3 * least->measured_kl);
 }
+
+INSTANTIATE_TEST_SUITE_P(AutoQuant, Selection, ::testing::Values(false, true),
+                         [](const auto& info) { return std::string(info.param ? "AsymmetricTargets" : "PlainTargets"); });
 
 // kl_base_q8: each tensor's KL measured next to the q8_g32 model instead of at the unquantized
 // one. What the allocation needs is the tensors' order (the measured KLs' common scale cancels

@@ -78,6 +78,8 @@ void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
   app->add_option("--select-tokens", a.select_tokens, "tokens of the held-out text the selection measures each plan's KL on")->check(CLI::PositiveNumber);
   app->add_option("--select-text", a.select_text, "held-out text of the selection's KL: self (sampled by the model), calib (the calibration text after the tokens it used) or both")
       ->check(CLI::IsMember({"calib", "self", "both"}));
+  app->add_option("--select-encodings", a.select_encodings, "the encodings the selection measures each plan with: measured (the candidates') or written (each plan encoded as the file would be: slower, and no better on tinymix)")
+      ->check(CLI::IsMember({"written", "measured"}));
   app->add_flag("--row-splits", a.row_splits, "also offer each tensor a split of its rows into two formats (the rows whose error falls most in the higher one)");
   app->add_flag("--outliers", a.outliers, "also offer each tensor sparse f16 outliers (0.1-1 % of its weights, picked by output-error reduction) with any format");
   app->add_flag("--rotate", a.rotate, "rotate the residual stream and value heads (random Hadamard, folded exactly into the weights) before quantizing");
@@ -107,6 +109,7 @@ AutoQuantOptions autoquant_options(const AutoQuantArgs& a) {
   o.outliers = a.outliers;
   o.select = !a.no_select;
   o.select_tokens = a.select_tokens;
+  o.select_as_written = a.select_encodings == "written";
   o.select_text = a.select_text == "calib"  ? AutoQuantOptions::KlText::kCalib
                   : a.select_text == "both" ? AutoQuantOptions::KlText::kBoth
                                             : AutoQuantOptions::KlText::kSelf;

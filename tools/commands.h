@@ -33,7 +33,8 @@ QType parse_qtype(const std::string& name, const char* option);
 // The method options `quantize` and `sweep` share: calibration, sensitivity, allocation and
 // encoder (the budget, statistics output and reporting stay each command's own).
 struct AutoQuantArgs {
-  std::string calib, stats_in, encoder = "gptq", kl_text = "calib", select_text = "self", targets = "asymmetric";
+  std::string calib, stats_in, encoder = "gptq", kl_text = "calib", select_text = "self", targets = "asymmetric",
+      select_encodings = "measured";
   std::vector<std::string> candidates;
   int64_t calib_tokens = 16384, kl_tokens = 1024, select_tokens = 1024;
   int kl_points = 2, kl_layers = 0, refine = -1;  // refine -1: the library's default
