@@ -424,9 +424,11 @@ struct AutoQuantizer::Impl {
     return pick_outliers(q, bytes.data(), w.data(), s.src->shape[0], s.src->shape[1], *p->error_h, m, 0, threads);
   }
   // The outliers of the tensors written (or of the plan choose() picked), by name, with the format
-  // of the encoding they were picked on.
+  // of the encoding they were picked on and the count asked for (the picks may fall short of it
+  // when fewer weights lower the error: the file then stores fewer than the plan counted).
   struct KeptOutliers {
     QType format = QType::kF32;
+    int64_t requested = 0;
     SparseOutliers o;
   };
   std::map<std::string, KeptOutliers> written_outliers;
@@ -440,7 +442,7 @@ struct AutoQuantizer::Impl {
   std::optional<WrittenPlan> written_plan;
   const SparseOutliers* kept_outliers(const TensorPlan& p) const {
     auto it = written_outliers.find(p.name);
-    return it != written_outliers.end() && it->second.format == p.format && it->second.o.nnz() == p.outliers ? &it->second.o : nullptr;
+    return it != written_outliers.end() && it->second.format == p.format && it->second.requested == p.outliers ? &it->second.o : nullptr;
   }
   // The output error of an encoding: tr(ΔW H ΔWᵀ), or for the embedding Σ_r f_r ‖Δw_r‖²
   // (f_r: token r's frequency); `rows` (if set) receives each output row's part.
@@ -509,7 +511,8 @@ struct AutoQuantizer::Impl {
       if (p.outliers > 0) {  // picked on this encoding, towards its target, under these statistics
         std::shared_ptr<const OutputErrorH>& eh = error_h[int(s.in)];
         if (!eh) eh = prepare_output_error_h(in.second_moment().data(), in.k);
-        written_outliers[p.name] = {p.format, pick_outliers(p.format, b.data(), w.data(), p.n, p.k, *eh, p.outliers, 0, threads).first(p.outliers)};
+        written_outliers[p.name] = {p.format, p.outliers,
+                                    pick_outliers(p.format, b.data(), w.data(), p.n, p.k, *eh, p.outliers, 0, threads).first(p.outliers)};
       }
       return b;
     };
@@ -1109,7 +1112,10 @@ AutoQuantResult AutoQuantizer::choose(double bpw, uint64_t size_bytes) {
     if (!p.split_rows.empty()) I.split_encoded[p.name] = {p, std::move(split[chosen].at(p.name))};
   }
   I.written_outliers.clear();
-  for (auto& [name, so] : outliers[chosen]) I.written_outliers[name] = {plans[chosen].second.tensors[plan_of.at(name)].format, std::move(so)};
+  for (auto& [name, so] : outliers[chosen]) {
+    const TensorPlan& p = plans[chosen].second.tensors[plan_of.at(name)];
+    I.written_outliers[name] = {p.format, p.outliers, std::move(so)};
+  }
   best = std::move(plans[chosen].second);
   best.measured_plans = std::move(measured);
   best.chosen_plan = best.measured_plans[chosen].label;
@@ -1204,7 +1210,7 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
       }
       if (p.outliers > 0 && !I.kept_outliers(p)) {  // picked on the encoding written
         const std::vector<float> w = read_tensor(t);
-        I.written_outliers[p.name] = {p.format, I.outlier_picks(I.slots[i], p.format, b, w, p.outliers).first(p.outliers)};
+        I.written_outliers[p.name] = {p.format, p.outliers, I.outlier_picks(I.slots[i], p.format, b, w, p.outliers).first(p.outliers)};
       }
     }
     MXLM_ASSERT(b.size() == bytes);
