@@ -105,6 +105,7 @@ uint64_t tensor_bytes(QType t, int64_t n, int64_t k) { return *qtype_row_bytes(t
 // Outliers of a level (a fraction of the n·k weights, at least one), and the stored bytes of a
 // tensor in format t with m outliers (the part is 4-byte aligned after the dense rows).
 int64_t outlier_count(double level, int64_t n, int64_t k) { return std::max<int64_t>(1, std::llround(level * double(n) * double(k))); }
+int64_t max_outlier_count(int64_t n, int64_t k) { return outlier_count(std::end(kOutlierLevels)[-1], n, k); }
 uint64_t bytes_with_outliers(QType t, int64_t n, int64_t k, int64_t m) {
   return m > 0 ? (tensor_bytes(t, n, k) + 3) / 4 * 4 + outlier_bytes(n, m) : tensor_bytes(t, n, k);
 }
@@ -750,7 +751,7 @@ AutoQuantizer::AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& o) 
       lo = std::min(lo, tensor_bytes(q, p.n, p.k));
       hi = std::max(hi, tensor_bytes(q, p.n, p.k));
       if (o.outliers && !I.slots[i].embedding) {
-        hi = std::max(hi, bytes_with_outliers(q, p.n, p.k, outlier_count(std::end(kOutlierLevels)[-1], p.n, p.k)));
+        hi = std::max(hi, bytes_with_outliers(q, p.n, p.k, max_outlier_count(p.n, p.k)));
       }
     }
     I.min_bytes += lo;
@@ -917,7 +918,7 @@ void AutoQuantizer::measure() {
       p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w, o.row_splits ? &I.row_error[i][j] : nullptr);
       if (o.outliers && !I.slots[i].embedding) {
         const OutlierPicks picks =
-            I.outlier_picks(I.slots[i], I.candidates[j], bytes, w, outlier_count(std::end(kOutlierLevels)[-1], p.n, p.k));
+            I.outlier_picks(I.slots[i], I.candidates[j], bytes, w, max_outlier_count(p.n, p.k));
         p.outlier_gain.resize(I.candidates.size());
         for (double level : kOutlierLevels) p.outlier_gain[j].push_back(picks.gain_of_first(outlier_count(level, p.n, p.k)));
       }
