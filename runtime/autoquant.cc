@@ -20,6 +20,11 @@
 // completes it; write() calibrates again and encodes layer by layer): a 4-layer TinyLlama-1.1B
 // shape peaked at 2.3 GB RSS streamed, where holding the 22-layer model's statistics and
 // factorizations would take ~23 GB (the statistics alone 7.7 GB).
+//
+// Time: large models (statistics over large_stats_bytes) score each tensor's candidates on 256
+// of its rows and run KL on 4 layers; on the 4-layer TinyLlama shape (AVX2 host) the sampled
+// candidates took 197 s against 445 s whole, and writing (the asymmetric pass over 16384 tokens,
+// ~100 s per layer there) is now the larger part (README).
 #include "mxlm/autoquant.h"
 
 #include <omp.h>
@@ -211,12 +216,25 @@ struct AutoQuantizer::Impl {
   // Every candidate's encoding kept from measure() (when they fit keep_encodings_bytes): the
   // selection and writing then encode nothing but row splits, and `encoded` outlives write().
   bool keep_candidates = false;
+  bool large = false;       // the statistics exceed large_stats_bytes: the "auto" settings for large models
+  int64_t sample_rows = 0;  // candidate_rows resolved (0: every row)
   std::string select_source;  // the text of select_probe's windows
   // The row-split tensors of the plan choose() picked: their plan (formats and rows) and stored
   // bytes, used by write() for a tensor planned exactly alike.
   std::map<std::string, std::pair<TensorPlan, std::vector<uint8_t>>> split_encoded;
   size_t ref = 0;  // the reference candidate (nearest 3.5 bits per weight)
 
+  // The rows a tensor's candidates are scored on (candidate_rows): every (n / count)-th row, or
+  // none (empty: all rows) when no sample is asked for, it would not be smaller, the
+  // tensor is the embedding (its rows weigh by token frequency), or row splits or outliers need
+  // every row's error.
+  std::vector<int64_t> sampled_rows(const Slot& s) const {
+    const int64_t n = s.src->shape[0], c = sample_rows;
+    if (c <= 0 || n <= c || s.embedding || o.row_splits || o.outliers) return {};
+    std::vector<int64_t> rows(static_cast<size_t>(c));
+    for (int64_t i = 0; i < c; ++i) rows[size_t(i)] = (2 * i + 1) * n / (2 * c);
+    return rows;
+  }
   // Per tensor and candidate, each output row's error (its part of e), for row splits.
   std::vector<std::vector<std::vector<float>>> row_error;
 
@@ -405,17 +423,19 @@ struct AutoQuantizer::Impl {
   }
   // The measured encodings (candidates, the selection's plans; written only with plain
   // targets). Sequential targets encode the written ones again, refined: these skip the
-  // refinement (its ~20 % lower error is about the same for every candidate).
+  // refinement (its ~20 % lower error is about the same for every candidate). `w` holds the
+  // tensor's rows or a sample of them (candidate_rows): rows encode independently.
   std::vector<uint8_t> encode(const Slot& s, QType q, const std::vector<float>& w) {
     EncodeOptions e = o.encode;
     e.threads = threads;
     if (o.sequential) e.refine = 0;
+    const int64_t k = s.src->shape[1], n = int64_t(w.size()) / k;
     const Prepared* p = prepared_of(s);
     if (!p || !p->factor) {
       e.method = EncodeMethod::kRtn;
-      return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], nullptr, e);
+      return encode_tensor(q, w.data(), n, k, nullptr, e);
     }
-    return encode_tensor(q, w.data(), s.src->shape[0], s.src->shape[1], *p->factor, e);
+    return encode_tensor(q, w.data(), n, k, *p->factor, e);
   }
   // The outliers of a tensor's encoding `bytes` in format q (not the embedding: it has no H):
   // the first m of model/outliers.h's greedy picks against the input's H.
@@ -446,10 +466,11 @@ struct AutoQuantizer::Impl {
     return it != written_outliers.end() && it->second.format == p.format && it->second.requested == p.outliers ? &it->second.o : nullptr;
   }
   // The output error of an encoding: tr(ΔW H ΔWᵀ), or for the embedding Σ_r f_r ‖Δw_r‖²
-  // (f_r: token r's frequency); `rows` (if set) receives each output row's part.
+  // (f_r: token r's frequency); `rows` (if set) receives each output row's part. `w` may be a
+  // sample of the rows (not for the embedding): the error is then the sample's.
   double error_of(const Slot& s, QType q, const std::vector<uint8_t>& bytes, const std::vector<float>& w,
                   std::vector<float>* rows = nullptr) {
-    const int64_t n = s.src->shape[0], k = s.src->shape[1];
+    const int64_t k = s.src->shape[1], n = int64_t(w.size()) / k;
     std::vector<double> r;
     if (!s.embedding) {
       const Prepared* p = prepared_of(s);
@@ -458,6 +479,7 @@ struct AutoQuantizer::Impl {
       if (rows) rows->assign(r.begin(), r.end());
       return e;
     }
+    MXLM_ASSERT(n == s.src->shape[0]);
     output_error(q, bytes.data(), w.data(), n, k, nullptr, &r);
     const double scale = 1.0 / double(std::max<int64_t>(1, stats.n_tokens));
     double e = 0;
@@ -561,6 +583,10 @@ struct AutoQuantizer::Impl {
     res.calib_source = I.stats.source;
     res.calib_tokens = I.stats.n_tokens;
     res.rank_correlation = I.rank_correlation;
+    res.large_model = I.large;
+    res.kl_tokens = I.o.kl_tokens;
+    res.kl_layers = I.o.kl_layers;
+    res.candidate_rows = I.sample_rows;
     res.seconds_calibrate = I.seconds_calibrate;
     res.seconds_candidates = I.seconds_candidates;
     res.seconds_kl = I.seconds_kl;
@@ -712,9 +738,12 @@ AutoQuantizer::~AutoQuantizer() = default;
 AutoQuantizer::AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& o) : impl_(std::make_unique<Impl>(m, o)) {
   Impl& I = *impl_;
   I.threads = o.threads > 0 ? o.threads : omp_get_num_procs();
-  if (o.kl_layers < 0 || o.kl_layers == 1) {
+  if (o.kl_layers < -1 || o.kl_layers == 1) {
     throw Error(ErrorCode::kInvalidArgument, "--kl-layers " + std::to_string(o.kl_layers) + ": give 0 (every layer) or at least 2");
   }
+  // The settings left to the model's size (AutoQuantOptions: "auto").
+  I.large = stats_bytes(m.config) > o.large_stats_bytes;
+  if (I.o.kl_layers < 0) I.o.kl_layers = I.large ? std::min(m.config.n_layers, 4) : 0;
   I.candidates = o.candidates.empty() ? default_candidates() : o.candidates;
   for (QType q : I.candidates) {
     if (is_float_qtype(q)) throw Error(ErrorCode::kInvalidArgument, "candidate formats must be quantized formats, not " + std::string(qtype_info(q).name));
@@ -826,6 +855,8 @@ void AutoQuantizer::measure() {
       for (QType q : I.candidates) all += tensor_bytes(q, p.n, p.k);
     }
     I.keep_candidates = !I.all_fixed && all <= o.keep_encodings_bytes;
+    I.sample_rows = o.candidate_rows > 0 ? o.candidate_rows : o.candidate_rows < 0 && I.large ? kAutoCandidateRows : 0;
+    I.keep_candidates = I.keep_candidates && I.sample_rows == 0;
   }
   const bool two_point = o.kl_points >= 2 && low != ref, three_point = o.kl_points >= 3 && high != ref;
   std::unique_ptr<KlProbe>& probe = I.probe;
@@ -912,10 +943,27 @@ void AutoQuantizer::measure() {
     const std::vector<float> w = read_tensor(*I.slots[i].src);
     p.error.resize(I.candidates.size());
     if (o.row_splits) I.row_error[i].resize(I.candidates.size());
+    // Which candidates' whole encodings are needed: the KL points' (in a measured layer), or all
+    // of them when they are kept. The others are scored on a sample of rows when it is smaller.
+    auto needs_whole = [&](size_t j) {
+      return I.keep_candidates || (kl_here && (j == ref || (j == low && two_point) || (j == high && three_point) ||
+                                               (j == check && o.rank_check)));
+    };
+    const std::vector<int64_t> sample = I.sampled_rows(I.slots[i]);
+    std::vector<float> ws;
+    for (int64_t r : sample) ws.insert(ws.end(), w.begin() + r * p.k, w.begin() + (r + 1) * p.k);
+    const double scale = double(p.n) / double(std::max<size_t>(1, sample.size()));
     std::vector<uint8_t> ref_bytes, low_bytes, high_bytes, check_bytes;
     for (size_t j = 0; j < I.candidates.size(); ++j) {
-      std::vector<uint8_t> bytes = I.encode(I.slots[i], I.candidates[j], w);
-      p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w, o.row_splits ? &I.row_error[i][j] : nullptr);
+      std::vector<uint8_t> bytes;
+      if (sample.empty()) {
+        bytes = I.encode(I.slots[i], I.candidates[j], w);
+        p.error[j] = I.error_of(I.slots[i], I.candidates[j], bytes, w, o.row_splits ? &I.row_error[i][j] : nullptr);
+      } else {  // every candidate scored on the same rows: their ratios are sharper than their sum
+        p.error[j] = scale * I.error_of(I.slots[i], I.candidates[j], I.encode(I.slots[i], I.candidates[j], ws), ws);
+        if (!needs_whole(j)) continue;
+        bytes = I.encode(I.slots[i], I.candidates[j], w);
+      }
       if (o.outliers && !I.slots[i].embedding) {
         const OutlierPicks picks =
             I.outlier_picks(I.slots[i], I.candidates[j], bytes, w, max_outlier_count(p.n, p.k));
@@ -1137,6 +1185,9 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
                            {"bits_per_weight", res.bpw},
                            {"predicted_kl", res.predicted_kl},
                            {"calibration", {{"source", res.calib_source}, {"tokens", res.calib_tokens}}}};
+  if (!I.all_fixed) {
+    record["measurement"] = {{"kl_tokens", res.kl_tokens}, {"kl_layers", res.kl_layers}, {"candidate_rows", res.candidate_rows}};
+  }
   if (o.bpw > 0) record["budget_bpw"] = o.bpw;
   if (o.size_bytes > 0) record["budget_bytes"] = o.size_bytes;
   nlohmann::json tensors = nlohmann::json::object();

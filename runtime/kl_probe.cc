@@ -1,5 +1,7 @@
 #include "runtime/kl_probe.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -19,7 +21,7 @@ Weight* layer_matmul(LayerWeights& lw, int layer, const std::string& name) {
 
 KlProbe::KlProbe(const Model& model, std::vector<std::vector<int>> windows, int threads, bool keep_hidden,
                  const ProbeBase* base)
-    : model_(model), windows_(std::move(windows)), base_(base) {
+    : model_(model), windows_(std::move(windows)), base_(base), threads_(threads > 0 ? threads : omp_get_max_threads()) {
   const ModelConfig& c = model.config();
   int longest = 1;
   for (const auto& w : windows_) longest = std::max(longest, int(w.size()));
@@ -54,10 +56,11 @@ KlProbe::KlProbe(const Model& model, std::vector<std::vector<int>> windows, int 
 
 double KlProbe::kl(const std::string& name, int layer, const Weight& swapped) {
   const ModelConfig& c = model_.config();
-  const size_t E = size_t(c.n_embd), V = size_t(c.n_vocab);
+  const size_t E = size_t(c.n_embd);
   double sum = 0;
   int64_t count = 0;
-  std::vector<float> x, lq(V);
+  std::vector<float> x;
+  std::vector<double> d;
   for (size_t w = 0; w < windows_.size(); ++w) {
     const int n = int(windows_[w].size());
     const float* final_x = nullptr;
@@ -80,7 +83,7 @@ double KlProbe::kl(const std::string& name, int layer, const Weight& swapped) {
       const bool tied_head = c.tied_embeddings && name == tensor_names::kTokEmbd;
       ctx_->eval_head(final_x, n, logits_.data(), tied_head ? &swapped : base_head());
     }
-    accumulate(w, n, lq, sum, count);
+    accumulate(w, n, d, sum, count);
   }
   return sum / double(count);
 }
@@ -97,7 +100,8 @@ double KlProbe::kl_model(const std::map<std::string, Weight>& swapped) {
   const Weight* head = c.tied_embeddings ? emb : find(tensor_names::kOutput);
   double sum = 0;
   int64_t count = 0;
-  std::vector<float> x, lq(size_t(c.n_vocab));
+  std::vector<float> x;
+  std::vector<double> d;
   for (size_t w = 0; w < windows_.size(); ++w) {
     const int n = int(windows_[w].size());
     x.resize(size_t(n) * size_t(c.n_embd));
@@ -111,21 +115,31 @@ double KlProbe::kl_model(const std::map<std::string, Weight>& swapped) {
       ctx_->eval_layer(l, x.data(), n, 0, &lw);
     }
     ctx_->eval_head(x.data(), n, logits_.data(), head);
-    accumulate(w, n, lq, sum, count);
+    accumulate(w, n, d, sum, count);
   }
   return sum / double(count);
 }
 
-void KlProbe::accumulate(size_t w, int n, std::vector<float>& lq, double& sum, int64_t& count) const {
+// Tokens in parallel (a 32000-word vocabulary: ~0.3 s per 1024 tokens on one core), each
+// token's KL in its own slot and summed in order: the same sum whatever the thread count.
+void KlProbe::accumulate(size_t w, int n, std::vector<double>& d, double& sum, int64_t& count) const {
   const size_t V = size_t(model_.config().n_vocab);
-  for (int t = 0; t < n; ++t) {
-    log_softmax(&logits_[size_t(t) * V], lq.data());
-    const float *lp = &base_lp_[w][size_t(t) * V], *p = &base_p_[w][size_t(t) * V];
-    double d = 0;
-    for (size_t v = 0; v < V; ++v) d += double(p[v]) * (double(lp[v]) - lq[v]);
-    sum += std::max(d, 0.0);
-    ++count;
+  d.resize(size_t(n));
+  std::vector<float> lq(size_t(threads_) * V);  // per thread (nothing allocates in the region)
+#pragma omp parallel num_threads(threads_)
+  {
+    float* l = lq.data() + size_t(omp_get_thread_num()) * V;
+#pragma omp for schedule(static)
+    for (int t = 0; t < n; ++t) {
+      log_softmax(&logits_[size_t(t) * V], l);
+      const float *lp = &base_lp_[w][size_t(t) * V], *p = &base_p_[w][size_t(t) * V];
+      double s = 0;
+      for (size_t v = 0; v < V; ++v) s += double(p[v]) * (double(lp[v]) - l[v]);
+      d[size_t(t)] = std::max(s, 0.0);
+    }
   }
+  for (int t = 0; t < n; ++t) sum += d[size_t(t)];
+  count += n;
 }
 
 void KlProbe::log_softmax(const float* l, float* out) const {

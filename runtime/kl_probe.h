@@ -47,13 +47,14 @@ class KlProbe {
  private:
   const LayerWeights* base_layer(int l) const { return base_ ? &base_->layers[size_t(l)] : &model_.layers()[size_t(l)]; }
   const Weight* base_head() const { return base_ && base_->has_head ? &base_->head : nullptr; }
-  // Adds KL(P_base || P) of window w's n tokens (logits_ holds P's logits).
-  void accumulate(size_t w, int n, std::vector<float>& lq, double& sum, int64_t& count) const;
+  // Adds KL(P_base || P) of window w's n tokens (logits_ holds P's logits); d: scratch.
+  void accumulate(size_t w, int n, std::vector<double>& d, double& sum, int64_t& count) const;
   void log_softmax(const float* l, float* out) const;
 
   const Model& model_;
   std::vector<std::vector<int>> windows_;
   const ProbeBase* base_ = nullptr;
+  int threads_ = 1;
   std::unique_ptr<Context> ctx_;
   std::vector<std::vector<std::vector<float>>> hidden_;  // [window][layer 0..L][n × E]
   std::vector<std::vector<float>> base_lp_, base_p_;    // [window][n × V]: log P_base, P_base

@@ -59,7 +59,11 @@ void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
   app->add_option("--kl-points", a.kl_points,
                   "KL measurements per tensor: 2 (a power law through the ~3.5- and ~2.5-bit candidates), 1 (a line) or 3 (also ~5 bits)")
       ->check(CLI::IsMember({1, 2, 3}));
-  app->add_option("--kl-layers", a.kl_layers, "KL runs on this many layers spread over the depth, the others interpolated (0: every layer; saves time on deep models)")
+  app->add_option("--kl-layers", a.kl_layers, "KL runs on this many layers spread over the depth, the others interpolated (0: every layer, the default; 4 for large models, whose statistics pass 1 GiB)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--candidate-rows", a.candidate_rows,
+                  "score each tensor's candidate formats on this many of its rows, evenly spaced (0: every row, the default; 256 for "
+                  "large models)")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--targets", a.targets,
                   "what each layer's encoding aims at: asymmetric (its output at the unquantized model's, from the inputs of the model whose earlier "
@@ -105,6 +109,7 @@ AutoQuantOptions autoquant_options(const AutoQuantArgs& a) {
   o.asymmetric = a.targets == "asymmetric";
   o.kl_points = a.kl_points;
   o.kl_layers = a.kl_layers;
+  o.candidate_rows = a.candidate_rows;
   o.row_splits = a.row_splits;
   o.outliers = a.outliers;
   o.select = !a.no_select;

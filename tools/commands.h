@@ -37,7 +37,8 @@ struct AutoQuantArgs {
       select_encodings = "measured";
   std::vector<std::string> candidates;
   int64_t calib_tokens = 16384, kl_tokens = 1024, select_tokens = 1024;
-  int kl_points = 2, kl_layers = 0, refine = -1;  // refine -1: the library's default
+  int kl_points = 2, kl_layers = -1, refine = -1;  // -1: the library's default (kl_layers: by model size)
+  int64_t candidate_rows = -1;
   bool row_splits = false, outliers = false, rotate = false, no_select = false;
 };
 void add_autoquant_options(CLI::App* app, AutoQuantArgs& a);

@@ -53,6 +53,12 @@ struct AutoQuantOptions {
   EncodeOptions encode;           // method (GPTQ by default), damping, threads set from `threads`
   // Calibration: a text (documents split at 0x1E lines) or, when empty, text the model samples.
   std::string calib_text;
+  // Two settings trade time for accuracy and default ("auto") by the model's size: large models,
+  // whose calibration statistics (the Gram matrices in double) exceed large_stats_bytes
+  // (TinyLlama-1.1B: 7.7 GB), run KL on 4 layers (kl_layers) and score candidates on
+  // kAutoCandidateRows rows (candidate_rows). README: the time they save on TinyLlama's shape
+  // and what they cost on tinymix; fewer calibration or KL tokens cost more there.
+  uint64_t large_stats_bytes = uint64_t(1) << 30;
   int64_t calib_tokens = 16384;
   // With sequential targets, the statistics the candidates are measured with (the allocation's
   // errors) are taken over the first measure_tokens of them (0: all); the encodings written
@@ -69,6 +75,13 @@ struct AutoQuantOptions {
   // Every candidate's encoding is kept from the measurement for the selection and the file when
   // all of them take at most this many bytes (tinymix: ~170 MB); else they are encoded again.
   uint64_t keep_encodings_bytes = uint64_t(1) << 30;
+  // Rows each tensor's candidates are encoded and scored on: rows encode independently and a
+  // tensor's error is the sum of its rows', so every candidate is scored on the same evenly
+  // spaced rows and its error scaled by n / rows (the KL points' encodings are still whole).
+  // -1: auto (kAutoCandidateRows for large models, else every row); 0: every row; N > 0: at most
+  // N (the candidates' encodings are then not kept for the selection and the file). Not the embedding
+  // (its rows weigh by token frequency), nor with row splits or outliers (they need every row).
+  int64_t candidate_rows = -1;
   std::string stats_in, stats_out;  // --stats / --save-stats paths (empty: none)
   // Tokens of the KL windows that calibrate α_t (per point of the two-point fit: 2048 KL
   // tokens in all by default, which keeps tinymix under a minute; 2048 per point measured a
@@ -84,8 +97,9 @@ struct AutoQuantOptions {
   // ~35 of ~70 minutes on 2 threads; README). With N < L, N layers spread over the depth (the
   // first and the last included) are measured, and every other layer's tensors take α and the
   // exponents interpolated between the nearest measured layers' tensors of the same kind
-  // (log α and γ linear in depth); their errors are still their own.
-  int kl_layers = 0;
+  // (log α and γ linear in depth); their errors are still their own. -1: auto (every layer /
+  // 4 for large models).
+  int kl_layers = -1;
   // The text of the KL windows: the calibration text, text the model samples itself, or half
   // of each.
   enum class KlText { kCalib, kSelf, kBoth };
@@ -146,6 +160,9 @@ struct AutoQuantOptions {
   std::function<void(const char*, size_t, size_t)> progress;
 };
 
+// candidate_rows' default for large models (README: measured on tinymix and TinyLlama's shape).
+inline constexpr int64_t kAutoCandidateRows = 256;
+
 // The formats the allocator chooses among by default, from 2.26 to 8.25 bits per weight.
 std::vector<QType> default_candidates();
 
@@ -197,6 +214,11 @@ struct AutoQuantResult {
   double rank_correlation = NAN;    // when rank_check
   std::string calib_source;
   int64_t calib_tokens = 0;
+  // The settings the measurement ran with (the "auto" ones resolved): large model, KL tokens per
+  // point, KL layers (0: every layer), rows the candidates were scored on (0: every row).
+  bool large_model = false;
+  int64_t kl_tokens = 0, candidate_rows = 0;
+  int kl_layers = 0;
   std::vector<PlanMeasurement> measured_plans;  // choose(): every plan measured (empty: plan())
   std::string chosen_plan;                       // ... the label of this one
   double seconds_calibrate = 0, seconds_candidates = 0, seconds_kl = 0, seconds_write = 0, seconds_select = 0;
