@@ -217,7 +217,7 @@ struct AutoQuantizer::Impl {
   // selection and writing then encode nothing but row splits, and `encoded` outlives write().
   bool keep_candidates = false;
   bool large = false;       // the statistics exceed large_stats_bytes: the "auto" settings for large models
-  int64_t sample_rows = 0;  // candidate_rows resolved (0: every row)
+  int64_t sample_rows = 0;  // candidate_rows resolved with the other "auto" settings (0: every row)
   std::string select_source;  // the text of select_probe's windows
   // The row-split tensors of the plan choose() picked: their plan (formats and rows) and stored
   // bytes, used by write() for a tensor planned exactly alike.
@@ -744,6 +744,7 @@ AutoQuantizer::AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& o) 
   // The settings left to the model's size (AutoQuantOptions: "auto").
   I.large = stats_bytes(m.config) > o.large_stats_bytes;
   if (I.o.kl_layers < 0) I.o.kl_layers = I.large ? std::min(m.config.n_layers, 4) : 0;
+  I.sample_rows = o.candidate_rows > 0 ? o.candidate_rows : o.candidate_rows < 0 && I.large ? kAutoCandidateRows : 0;
   I.candidates = o.candidates.empty() ? default_candidates() : o.candidates;
   for (QType q : I.candidates) {
     if (is_float_qtype(q)) throw Error(ErrorCode::kInvalidArgument, "candidate formats must be quantized formats, not " + std::string(qtype_info(q).name));
@@ -854,9 +855,7 @@ void AutoQuantizer::measure() {
       if (p.fixed) continue;
       for (QType q : I.candidates) all += tensor_bytes(q, p.n, p.k);
     }
-    I.keep_candidates = !I.all_fixed && all <= o.keep_encodings_bytes;
-    I.sample_rows = o.candidate_rows > 0 ? o.candidate_rows : o.candidate_rows < 0 && I.large ? kAutoCandidateRows : 0;
-    I.keep_candidates = I.keep_candidates && I.sample_rows == 0;
+    I.keep_candidates = !I.all_fixed && all <= o.keep_encodings_bytes && I.sample_rows == 0;
   }
   const bool two_point = o.kl_points >= 2 && low != ref, three_point = o.kl_points >= 3 && high != ref;
   std::unique_ptr<KlProbe>& probe = I.probe;
@@ -943,11 +942,10 @@ void AutoQuantizer::measure() {
     const std::vector<float> w = read_tensor(*I.slots[i].src);
     p.error.resize(I.candidates.size());
     if (o.row_splits) I.row_error[i].resize(I.candidates.size());
-    // Which candidates' whole encodings are needed: the KL points' (in a measured layer), or all
-    // of them when they are kept. The others are scored on a sample of rows when it is smaller.
+    // With a sample of rows (never with kept encodings), only the KL points of a measured layer
+    // are encoded whole too.
     auto needs_whole = [&](size_t j) {
-      return I.keep_candidates || (kl_here && (j == ref || (j == low && two_point) || (j == high && three_point) ||
-                                               (j == check && o.rank_check)));
+      return kl_here && (j == ref || (j == low && two_point) || (j == high && three_point) || (j == check && o.rank_check));
     };
     const std::vector<int64_t> sample = I.sampled_rows(I.slots[i]);
     std::vector<float> ws;
