@@ -17,14 +17,19 @@
 // act_order: gptq_factor() builds it once for every tensor reading the same input (q/k/v,
 // gate/up) and every candidate format; encode_tensor(h) builds one per call.
 //
-// Factorization (Eigen LLT, double). H' = H with H_ii = 1 for dead inputs (H_ii = 0, their
+// Factorization (LAPACK dpotrf, double, OpenBLAS). H' = H with H_ii = 1 for dead inputs (H_ii = 0, their
 // weights set to 0 as in the paper) plus λ I, λ = damp · mean(diag H'). If LLT fails, damp is
 // multiplied by 10 (up to 4 times; EncodeStats reports it); if all fail the tensor falls back to
 // weighted RTN. U is obtained without forming H⁻¹: with P the order reversal and
 // P H' P = L̃ L̃ᵀ (LLT), H'⁻¹ = (P L̃⁻¹ P)ᵀ (P L̃⁻¹ P) and P L̃⁻¹ P is upper triangular with a
 // positive diagonal, so by uniqueness U = P L̃⁻¹ P. Cost k³/3 (LLT) + k³/3 (triangular inverse,
-// 64-column chunks in parallel) instead of the paper's k³/3 + k³ + k³/3 (cholesky,
-// cholesky_inverse, cholesky again).
+// 64-column chunks of dtrsm in parallel) instead of the paper's k³/3 + k³ + k³/3 (cholesky,
+// cholesky_inverse, cholesky again). OpenBLAS picks its kernels for the CPU at run time, where
+// Eigen, compiled into the baseline x86-64 model/, ran SSE2 code: GPTQ of a 2048×5632 tensor
+// (EncodeBench.DISABLED_Timing, factorization included, 2 threads, AVX2 host under load, the
+// two builds run alternately) went from 24.9 / 24.6 s to 16.1 / 10.2 s (act_order on), with the
+// same output error to 5 digits; the asymmetric targets' float factorization and solves
+// (spotrf, strsm) likewise. Its own threads are off (blas_one_thread).
 //
 // Group parameters. Each group of G contiguous columns shares d (and m); they are f16-rounded
 // before any of its columns is quantized, so the error GPTQ compensates is exactly what
@@ -47,7 +52,7 @@
 // level nearest 0 (codebook); dequantize_row never reads them.
 //
 // Determinism: rows are processed in fixed chunks of 64 (independent of the thread count); the
-// factorization is single-threaded (EIGEN_DONT_PARALLELIZE) and the triangular inverse runs in
+// factorization is single-threaded (OpenBLAS on one thread) and the triangular inverse runs in
 // fixed 64-column chunks, so the bytes are the same for any `threads`. The f32 GEMM kernel's
 // result for an element depends only on its x row, weight row and K (kernels/simd), but differs
 // between ISAs: GPTQ bytes may differ between MXLM_ISA settings (not between thread counts).
@@ -59,9 +64,6 @@
 // instead of 2nk²; the row dots are in double. Float is ample for an estimate (relative error
 // 1e-11..1e-9 measured on the test layer, asserted < 1e-4 against a double brute force); it
 // was an Eigen double product (SSE2) on the strictly lower triangle.
-//
-// Note: EIGEN_DONT_PARALLELIZE is defined below; any other mxlm_model TU that includes Eigen must
-// define it too, or the linker may keep a parallel instantiation of the same templates (ODR).
 //
 // Measured (2-core shared x86-64 VM (AMD EPYC, AVX-512 kernels), load ~3-4; model/ is built for
 // baseline x86-64, so Eigen runs SSE2 code). Errors are tr(ΔW H ΔWᵀ) on the test layer of
@@ -82,8 +84,8 @@
 //     1280×512    rtn 0.03–0.05 s, weighted 0.02–0.05 s, gptq 0.03–0.05 s (act_order off
 //                 0.04–0.07 s), output_error 0.006–0.013 s
 //     512×1280    gptq 0.10–0.14 s, output_error 0.015–0.024 s
-//     2048×5632   rtn 0.4–0.7 s, gptq 9.1–9.7 s, of which the factorization ~7 s (LLT one thread,
-//                 SSE2 double: it is what gptq_factor lets callers share); output_error 1.3–1.7 s
+//     2048×5632   rtn 0.4–0.7 s, gptq 9.1–9.7 s, of which the factorization ~7 s (Eigen LLT one
+//                 thread, SSE2 double, before OpenBLAS: it is what gptq_factor lets callers share); output_error 1.3–1.7 s
 //                 (was 4.5–6.5 s as an Eigen double product).
 //   The mixed-precision quantizer's workload (EncodeBench.DISABLED_TinymixCandidates: the 15
 //   candidates q2a_g64 q2_g32 q2a_g32 q3_g32 nu3_g32 q3a_g32 q4_g128 q4_g64 q4_g32 q4a_g64
@@ -105,17 +107,23 @@
 //   dequantization ~6%, the factorizations ~2%.
 #include "model/encode.h"
 
-#define EIGEN_DONT_PARALLELIZE  // determinism: threads are ours (fixed row chunks), not Eigen's
-#include <Eigen/Cholesky>
-#include <Eigen/Core>
+#include <cblas.h>  // OpenBLAS's (the pthread build; run on one thread: blas_one_thread)
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <string>
+
+// LAPACK's Cholesky factorizations, as OpenBLAS exports them (Fortran ABI: the trailing hidden
+// length of the character argument).
+extern "C" {
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info, size_t uplo_len);
+}
 
 #include "kernels/common.h"
 #include "kernels/f32_ops.h"
@@ -133,6 +141,14 @@ constexpr int64_t kOeBlock = 64;    // output_error: column block of the triangu
 constexpr int kMaxDampRetries = 4;
 
 [[noreturn]] void fail(const std::string& what) { throw Error(ErrorCode::kInvalidArgument, what); }
+
+// OpenBLAS runs each call on the calling thread: the threads are ours, over fixed chunks, so the
+// bytes do not depend on the thread count (OpenBLAS's own partition of a call would), and our
+// OpenMP threads may call it side by side.
+void blas_one_thread() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
 
 int resolve_threads(int threads) { return threads > 0 ? threads : std::max(1, omp_get_max_threads()); }
 
@@ -276,8 +292,8 @@ void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m,
 // factorization fails.
 bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_t>& perm,
                             const std::vector<char>& dead, double lambda, int nt, std::vector<float>& Ut) {
-  // A = P H'_perm P + λI (lower triangle), column-major for Eigen.
-  Eigen::MatrixXd A(k, k);
+  // A = P H'_perm P + λI (lower triangle), column-major: A(a, b) = A[a + b k].
+  std::vector<double> A(static_cast<size_t>(k * k), 0.0);
   for (int64_t b = 0; b < k; ++b) {
     const int64_t cb = perm[k - 1 - b];
     for (int64_t a = b; a < k; ++a) {
@@ -285,13 +301,17 @@ bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_
       double v = 0.5 * (h[ca * k + cb] + h[cb * k + ca]);
       if (a == b) v = (dead[ca] ? 1.0 : v) + lambda;
       else if (dead[ca] || dead[cb]) v = 0;
-      A(a, b) = v;
+      A[static_cast<size_t>(a + b * k)] = v;
     }
   }
-  Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>, Eigen::Lower> llt(A);
-  if (llt.info() != Eigen::Success) return false;
+  blas_one_thread();
+  const int kn = static_cast<int>(k);
+  int info = 0;
+  dpotrf_("L", &kn, A.data(), &kn, &info, 1);
+  if (info != 0) return false;
   for (int64_t i = 0; i < k; ++i) {
-    if (!(A(i, i) > 0) || !std::isfinite(A(i, i))) return false;
+    const double d = A[static_cast<size_t>(i + i * k)];
+    if (!(d > 0) || !std::isfinite(d)) return false;
   }
   // L̃⁻¹ column chunk [c0, c1): zero above row c0, solve L̃[c0:, c0:] X = I[c0:, c0:c1].
   // U(p, q) = L̃⁻¹(k-1-p, k-1-q).
@@ -301,12 +321,14 @@ bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(&& : ok)
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t c0 = c * kColChunk, c1 = std::min(k, c0 + kColChunk), m = k - c0, wdt = c1 - c0;
-    Eigen::MatrixXd X = Eigen::MatrixXd::Identity(m, wdt);
-    A.bottomRightCorner(m, m).triangularView<Eigen::Lower>().solveInPlace(X);
+    std::vector<double> X(static_cast<size_t>(m * wdt), 0.0);  // m × wdt, column-major
+    for (int64_t j = 0; j < wdt; ++j) X[static_cast<size_t>(j + j * m)] = 1.0;
+    cblas_dtrsm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, int(m), int(wdt), 1.0,
+                A.data() + c0 + c0 * k, kn, X.data(), int(m));
     for (int64_t j = 0; j < wdt; ++j) {
       const int64_t q = k - 1 - (c0 + j);
       for (int64_t r = j; r < m; ++r) {
-        const double v = X(r, j);
+        const double v = X[static_cast<size_t>(r + j * m)];
         if (!std::isfinite(v)) ok = false;
         Ut[static_cast<size_t>(q * k + (k - 1 - (c0 + r)))] = static_cast<float>(v);
       }
@@ -729,8 +751,8 @@ double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, in
 class AsymmetricInput {
  public:
   int64_t k = 0;
-  Eigen::LLT<Eigen::MatrixXf> llt;  // of H̃ + λI (floats: the correction is small against W)
-  std::vector<float> ct;            // Cᵀ [k][k] as floats: row j = column j of C
+  std::vector<float> l;   // the lower Cholesky factor of H̃ + λI, column-major (floats: the correction is small against W)
+  std::vector<float> ct;  // Cᵀ [k][k] as floats: row j = column j of C
 };
 
 std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const double* c, int64_t k, double damp) {
@@ -750,12 +772,15 @@ std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const
   auto a = std::make_shared<AsymmetricInput>();
   a->k = k;
   const double lambda = std::max(damp, 1e-6) * mean_diag;  // H̃ + λI is SPD for λ > 0
-  Eigen::MatrixXf A(k, k);
+  a->l.resize(size_t(k * k));  // symmetric: row-major and column-major alike
   for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < k; ++j) A(i, j) = static_cast<float>(0.5 * (h[i * k + j] + h[j * k + i]) + (i == j ? lambda : 0.0));
+    for (int64_t j = 0; j < k; ++j) a->l[size_t(i * k + j)] = static_cast<float>(0.5 * (h[i * k + j] + h[j * k + i]) + (i == j ? lambda : 0.0));
   }
-  a->llt.compute(A);
-  if (a->llt.info() != Eigen::Success) fail(f + ": the damped h (k = " + std::to_string(k) + ") does not factorize");
+  blas_one_thread();
+  const int kn = static_cast<int>(k);
+  int info = 0;
+  spotrf_("L", &kn, a->l.data(), &kn, &info, 1);
+  if (info != 0) fail(f + ": the damped h (k = " + std::to_string(k) + ") does not factorize");
   a->ct.resize(size_t(k * k));
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < k; ++j) a->ct[size_t(j * k + i)] = static_cast<float>(c[i * k + j]);
@@ -779,13 +804,12 @@ std::vector<float> asymmetric_target(const float* w, int64_t n, int64_t k, const
     std::vector<float> y(size_t(m * k));
     kr.gemm(int(m), 0, int(k), int(k), w + r0 * k, size_t(k), a.ct.data(), sizeof(float) * size_t(k), QType::kF32, y.data(),
             size_t(k));
-    Eigen::MatrixXf zt(k, m);
+    // y [m][k] row-major is Yᵀ [k][m] column-major: solve L Lᵀ Zᵀ = Yᵀ in place.
+    const int kn = static_cast<int>(k), mn = static_cast<int>(m);
+    cblas_strsm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, kn, mn, 1.0f, a.l.data(), kn, y.data(), kn);
+    cblas_strsm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, kn, mn, 1.0f, a.l.data(), kn, y.data(), kn);
     for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < k; ++j) zt(j, r) = y[size_t(r * k + j)];
-    }
-    a.llt.solveInPlace(zt);
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < k; ++j) out[size_t((r0 + r) * k + j)] = static_cast<float>(double(w[(r0 + r) * k + j]) + zt(j, r));
+      for (int64_t j = 0; j < k; ++j) out[size_t((r0 + r) * k + j)] = static_cast<float>(double(w[(r0 + r) * k + j]) + y[size_t(r * k + j)]);
     }
   }
   return out;

@@ -16,7 +16,7 @@
 #include "kernels/common.h"
 #include "kernels/splitmix.h"
 
-#define EIGEN_DONT_PARALLELIZE  // determinism, and the ODR note in encode.cc
+#define EIGEN_DONT_PARALLELIZE  // determinism: threads are ours; every TU including Eigen must agree (ODR)
 #include <Eigen/Core>
 #include <Eigen/QR>
 
