@@ -17,11 +17,11 @@
 // act_order: gptq_factor() builds it once for every tensor reading the same input (q/k/v,
 // gate/up) and every candidate format; encode_tensor(h) builds one per call.
 //
-// Factorization (LAPACK dpotrf, double, OpenBLAS). H' = H with H_ii = 1 for dead inputs (H_ii = 0, their
-// weights set to 0 as in the paper) plus λ I, λ = damp · mean(diag H'). If LLT fails, damp is
-// multiplied by 10 (up to 4 times; EncodeStats reports it); if all fail the tensor falls back to
-// weighted RTN. U is obtained without forming H⁻¹: with P the order reversal and
-// P H' P = L̃ L̃ᵀ (LLT), H'⁻¹ = (P L̃⁻¹ P)ᵀ (P L̃⁻¹ P) and P L̃⁻¹ P is upper triangular with a
+// Factorization (LAPACK dpotrf from OpenBLAS, double). H' = H with H_ii = 1 for dead inputs
+// (H_ii = 0, their weights set to 0 as in the paper) plus λ I, λ = damp · mean(diag H'). If
+// LLT fails, damp is multiplied by 10 (up to 4 times; EncodeStats reports it); if all fail the
+// tensor falls back to weighted RTN. U is obtained without forming H⁻¹: with P the order
+// reversal and P H' P = L̃ L̃ᵀ (LLT), H'⁻¹ = (P L̃⁻¹ P)ᵀ (P L̃⁻¹ P) and P L̃⁻¹ P is upper triangular with a
 // positive diagonal, so by uniqueness U = P L̃⁻¹ P. Cost k³/3 (LLT) + k³/3 (triangular inverse,
 // 64-column chunks of dtrsm in parallel) instead of the paper's k³/3 + k³ + k³/3 (cholesky,
 // cholesky_inverse, cholesky again). OpenBLAS picks its kernels for the CPU at run time, where
@@ -84,8 +84,9 @@
 //     1280×512    rtn 0.03–0.05 s, weighted 0.02–0.05 s, gptq 0.03–0.05 s (act_order off
 //                 0.04–0.07 s), output_error 0.006–0.013 s
 //     512×1280    gptq 0.10–0.14 s, output_error 0.015–0.024 s
-//     2048×5632   rtn 0.4–0.7 s, gptq 9.1–9.7 s, of which the factorization ~7 s (Eigen LLT one
-//                 thread, SSE2 double, before OpenBLAS: it is what gptq_factor lets callers share); output_error 1.3–1.7 s
+//     2048×5632   rtn 0.4–0.7 s, gptq 9.1–9.7 s, of which the factorization ~7 s (Eigen's LLT
+//                 on one thread, SSE2 double, before OpenBLAS: what gptq_factor lets callers
+//                 share); output_error 1.3–1.7 s
 //                 (was 4.5–6.5 s as an Eigen double product).
 //   The mixed-precision quantizer's workload (EncodeBench.DISABLED_TinymixCandidates: the 15
 //   candidates q2a_g64 q2_g32 q2a_g32 q3_g32 nu3_g32 q3a_g32 q4_g128 q4_g64 q4_g32 q4a_g64
