@@ -60,9 +60,8 @@ host_isas() {
   flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
   case "$(uname -m)" in
     x86_64)
-      local isas=avx2
       for f in avx512f avx512cd avx512dq avx512bw avx512vl avx512_vnni avx512vbmi avx512_bf16 gfni; do
-        [[ " $flags " == *" $f "* ]] || { echo "$isas"; return; }
+        [[ " $flags " == *" $f "* ]] || { echo avx2; return; }
       done
       echo "avx2;avx512" ;;
     *) echo all ;;
