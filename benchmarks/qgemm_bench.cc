@@ -4,8 +4,8 @@
 //       (11008, 4096), (4096, 11008). The weights rotate through more than 64 MiB of distinct
 //       matrices (L3 is 32 MiB) so every call streams them from DRAM. Counters: GBps (weight
 //       bytes read per second) and pct_bw (GBps as % of the DRAM read bandwidth measured by this
-//       binary: an AVX2 sum over a 1 GiB buffer with the same thread count, the larger of the
-//       readings just before and just after the run).
+//       binary: the runtime's probe, mxlm/bench.h, a SIMD sum over a 1 GiB buffer on huge pages
+//       with the same thread count, the larger of the readings just before and just after).
 //   qgemv_cached/<isa>/<qtype>/K:4096   decode, 1 thread, one matrix of ~256 KiB (N rows, a
 //       multiple of 16) that stays in L2: the kernel's compute-bound rate in GBps of packed
 //       weights. Above the DRAM bandwidth it means the kernel can keep up with memory; below, it
@@ -13,8 +13,8 @@
 //       traffic. (A 512-row matrix, as before, is 0.65-2.2 MiB: at 3+ bits it spilled to L3 and
 //       measured L3 bandwidth, not the kernel.)
 //   qgemm/<isa>/<qtype>/M:<M>/N:4096/K:4096/threads:<t>   prefill, M = 16, 128, 512. Counters:
-//       GOPS (2*M*N*K per call) and pct_peak (% of the int8 peak of the ISA per thread:
-//       vpdpbusd 462 GOP/s, maddubs 233 GOP/s, shared/TOOLCHAIN.md).
+//       GOPS (2*M*N*K per call) and pct_peak (% of the int8 peak of the ISA's dot instruction,
+//       vpdpbusd or vpmaddubsw, on `threads` cores, measured by this binary: peak_GOPS).
 // The kernels are single-threaded; threads:2 splits N in two halves with OpenMP, as a caller
 // would. Activation quantization is not timed.
 //
@@ -33,7 +33,6 @@
 #include <string>
 #include <vector>
 
-#include <immintrin.h>
 
 #include <benchmark/benchmark.h>
 
@@ -41,51 +40,28 @@
 #include "kernels/isa.h"
 #include "kernels/quant.h"
 #include "kernels/qtype.h"
+#include "model/file_util.h"
+#include "mxlm/bench.h"
 
 namespace mxlm {
 namespace {
 
-using bench::alloc_aligned;
-using bench::Buffer;
 using bench::kRotateBytes;
 constexpr size_t kPoolBytes = size_t{160} << 20;    // room for > 64 MiB of the largest matrix
-constexpr size_t kBandwidthBytes = size_t{1} << 30;  // 1 GiB
 
-// ---- measured DRAM read bandwidth -------------------------------------------------------------
+// ---- measured limits ---------------------------------------------------------------------------
 
-__attribute__((target("avx2"))) float sum_avx2(const float* p, size_t n) {
-  __m256 s[8];
-  for (__m256& v : s) v = _mm256_setzero_ps();
-  for (size_t i = 0; i + 64 <= n; i += 64) {
-    for (int j = 0; j < 8; ++j) s[j] = _mm256_add_ps(s[j], _mm256_load_ps(p + i + 8 * j));
-  }
-  for (int j = 1; j < 8; ++j) s[0] = _mm256_add_ps(s[0], s[j]);
-  alignas(32) float out[8];
-  _mm256_store_ps(out, s[0]);
-  return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
-}
+// GB/s of the runtime's read-bandwidth probe (mxlm/bench.h) with `threads` threads: measured
+// around every benchmark (the machine is shared: its bandwidth drifts between benchmarks).
+double read_bandwidth_gbps(int threads) { return measure_read_bandwidth(threads) / 1e9; }
 
-// GB/s of an AVX2 sum over 1 GiB with `threads` threads (best of 3). Measured around every
-// benchmark (the machine is shared: its bandwidth drifts between benchmarks).
-double read_bandwidth_gbps(int threads) {
-  static Buffer buf;
-  if (!buf) {
-    buf = alloc_aligned(kBandwidthBytes);
-    std::memset(buf.get(), 0, kBandwidthBytes);  // fault the pages in first
-  }
-  const float* f = reinterpret_cast<const float*>(buf.get());
-  const size_t n = kBandwidthBytes / sizeof(float);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    float sink = 0;
-    const double t0 = omp_get_wtime();
-#pragma omp parallel for num_threads(threads) reduction(+ : sink)
-    for (int t = 0; t < threads; ++t) sink += sum_avx2(f + n / threads * t, n / threads);
-    const double dt = omp_get_wtime() - t0;
-    benchmark::DoNotOptimize(sink);
-    if (kBandwidthBytes / dt * 1e-9 > best) best = kBandwidthBytes / dt * 1e-9;
-  }
-  return best;
+// GOP/s of `isa`'s int8 dot instruction on `threads` cores (mxlm/bench.h), measured once per
+// process and ISA: the peak does not drift like the bandwidth (the clock may, slightly).
+double int8_peak_gops(Isa isa, int threads) {
+  static double per_core[4] = {};
+  double& p = per_core[static_cast<int>(isa)];
+  if (p == 0) p = measure_int8_peak(1, isa) / 1e9;
+  return p * threads;
 }
 
 // ---- weights ----------------------------------------------------------------------------------
@@ -93,9 +69,10 @@ double read_bandwidth_gbps(int threads) {
 // One pool of random bytes shared by all benchmarks; each benchmark writes valid scales (and
 // codebooks) into the rows it uses. Random quants are valid quants of every format.
 uint8_t* weight_pool() {
-  static Buffer pool;
+  // On huge pages, as the runtime loads weights by default (runtime/model.cc).
+  static std::shared_ptr<uint8_t> pool;
   if (!pool) {
-    pool = alloc_aligned(kPoolBytes);
+    pool = alloc_anonymous(kPoolBytes, true, "the benchmark weights");
     uint64_t s = 0x9E3779B97F4A7C15ull;
     for (size_t i = 0; i < kPoolBytes; i += 8) {
       s ^= s << 13, s ^= s >> 7, s ^= s << 17;
@@ -240,9 +217,10 @@ void bm_gemm(benchmark::State& state, Isa isa, QType t, int M, int N, int64_t K,
     benchmark::ClobberMemory();
   }
   const double ops = 2.0 * M * static_cast<double>(N) * static_cast<double>(K);
-  const double peak = (isa == Isa::kAvx512 ? 462.0 : 233.0) * threads;
+  const double peak = int8_peak_gops(isa, threads);
   state.counters["GOPS"] = benchmark::Counter(ops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["pct_peak"] = benchmark::Counter(ops * 1e-9 / peak * 100.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_GOPS"] = peak;
 }
 
 // Registered at static initialization so the benchmarks run whichever main the binary links.
@@ -251,7 +229,7 @@ const bool kRegistered = [] {
     int n;
     int64_t k;
   };
-  const NK gemv_shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+  const NK gemv_shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {2048, 5632}};
   const int gemm_ms[] = {16, 128, 512};
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
     if (!isa_available(isa)) continue;

@@ -24,6 +24,9 @@ struct F32Kernels {
   void (*swiglu)(const float* gate, const float* up, float* out, int n);
   // x = softmax(x) in place, numerically stable (max subtracted)
   void (*softmax)(float* x, int n);
+  // sum of x[0, n) in any order: eight independent vector sums over a streamed array, so that
+  // a core reads memory as fast as it can (the read-bandwidth probe of runtime/bench.cc).
+  float (*sum)(const float* x, size_t n);
 };
 
 // The kernel table for `isa`; `isa` must be available (isa_available).

@@ -878,6 +878,7 @@ struct Registry {
   std::array<std::array<QGemmFn, kNumIsa>, kNumQ> gemm{};
   std::array<std::array<QPackFn, kNumIsa>, kNumQ> pack{};
   std::array<QuantizeActFn, kNumIsa> act{};
+  std::array<Int8PeakFn, kNumIsa> peak{};
 };
 
 Registry& registry_storage() {
@@ -933,6 +934,9 @@ void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack) {
   registry_storage().pack[static_cast<int>(t)][static_cast<int>(isa)] = pack;
 }
 void register_quantize_act(Isa isa, QuantizeActFn fn) { registry_storage().act[static_cast<int>(isa)] = fn; }
+void register_int8_peak(Isa isa, Int8PeakFn fn) { registry_storage().peak[static_cast<int>(isa)] = fn; }
+
+Int8PeakFn find_int8_peak(Isa isa) { return registry().peak[static_cast<int>(isa)]; }
 
 QKernel find_qkernel(QType t, Isa isa) {
   const Registry& r = registry();

@@ -106,8 +106,17 @@ QKernel find_qkernel(QType t, Isa isa);
 bool has_own_qkernel(QType t, Isa isa);
 QuantizeActFn find_quantize_act(Isa isa);
 
+// The int8 peak of one core, for benchmarks' ratios: `iters` rounds of the int8 dot instruction
+// the ISA's kernels are built on (AVX-512 vpdpbusd, AVX2 vpmaddubsw, NEON sdot or, without the
+// dot-product extension, smull + sadalp) over independent register chains, no memory operand.
+// Returns the int8 operations done (2 per multiply-add); the chains' sum goes to *sink.
+using Int8PeakFn = uint64_t (*)(int64_t iters, int32_t* sink);
+// The kernel for `isa` (null for ref, which has no dot instruction).
+Int8PeakFn find_int8_peak(Isa isa);
+
 // Registration, called by each ISA's translation units (kernels/simd/*.cc).
 void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack = nullptr);
 void register_quantize_act(Isa isa, QuantizeActFn fn);
+void register_int8_peak(Isa isa, Int8PeakFn fn);
 
 }  // namespace mxlm

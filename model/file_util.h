@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -22,6 +23,9 @@ class MappedFile {
   explicit MappedFile(const std::string& path);
   // `name` stands in for the path in error messages.
   static MappedFile from_memory(const std::string& name, const void* data, size_t size);
+  // The whole file read into anonymous memory (alloc_anonymous) instead of mapped: pages the
+  // kernel can back with transparent huge pages when `huge_pages` (runtime/model.cc says why).
+  static MappedFile read_into_memory(const std::string& path, bool huge_pages);
   ~MappedFile();
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
@@ -39,7 +43,14 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   bool heap_ = false;  // data_ is a from_memory() copy (operator delete), else a mapping (munmap)
+  std::shared_ptr<uint8_t> anon_;  // read_into_memory(): owns data_
 };
+
+// `bytes` of zeroed, read-write anonymous memory (at least page-aligned). huge_pages: 2 MiB-
+// aligned and marked MADV_HUGEPAGE, so that transparent huge pages back it where the system
+// allows them (with THP set to "madvise", the common default, nothing else gets them). Throws
+// Error kIo naming `what` and the size when the system refuses the memory.
+std::shared_ptr<uint8_t> alloc_anonymous(size_t bytes, bool huge_pages, const std::string& what);
 
 // Writes a file atomically: data goes to a temporary file beside the target, which replaces the
 // target only in commit() (after fsync). Destroying an uncommitted AtomicFile removes the

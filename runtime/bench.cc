@@ -7,30 +7,69 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 
 #include "kernels/common.h"
+#include "kernels/f32_ops.h"
+#include "kernels/quant.h"
+#include "model/file_util.h"
 
 namespace mxlm {
 
 double measure_read_bandwidth(int threads, size_t bytes) {
-  const size_t n = bytes / sizeof(uint64_t);
-  std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+  threads = std::max(1, threads);
+  // One buffer, kept: faulting in 1 GiB costs more than the measurement (benchmarks measure
+  // around every run).
+  static std::mutex mu;
+  static std::shared_ptr<uint8_t> mem;
+  static size_t mem_bytes = 0;
+  const std::lock_guard<std::mutex> lock(mu);
+  const size_t n = bytes / sizeof(float) / size_t(threads) * size_t(threads), per = n / size_t(threads);
+  if (!mem || mem_bytes < n * sizeof(float)) {
+    mem.reset();
+    mem = alloc_anonymous(n * sizeof(float), true, "the bandwidth probe");
+    mem_bytes = n * sizeof(float);
+    float* f = reinterpret_cast<float*>(mem.get());
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = i;  // first touch on the threads that read it
+    for (size_t i = 0; i < n; ++i) f[i] = 1.0f;
+  }
+  const float* buf = reinterpret_cast<const float*>(mem.get());
+  const F32Kernels& kr = f32_kernels(selected_isa());
   double best = 0;
-  uint64_t sink = 0;
-  for (int pass = 0; pass < 4; ++pass) {
-    auto t0 = std::chrono::steady_clock::now();
-    uint64_t total = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
-    for (size_t i = 0; i < n; i += 8) {
-      total += (buf[i] + buf[i + 1]) ^ (buf[i + 2] + buf[i + 3]) ^ (buf[i + 4] + buf[i + 5]) ^ (buf[i + 6] + buf[i + 7]);
-    }
+  float sink = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const auto t0 = std::chrono::steady_clock::now();
+    float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    total += kr.sum(buf + size_t(omp_get_thread_num()) * per, per);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     sink += total;
-    if (pass > 0) best = std::max(best, double(n * sizeof(uint64_t)) / s);
+    if (pass > 0) best = std::max(best, double(n * sizeof(float)) / s);  // the first pass warms the TLB
   }
-  if (sink == 42) std::fputc(' ', stderr);  // keep the sum alive
+  if (sink == 42) std::fputc(' ', stderr);  // keep the sums alive
+  return best;
+}
+
+double measure_int8_peak(int threads, Isa isa) {
+  const Int8PeakFn fn = find_int8_peak(isa);
+  if (!fn) return 0;
+  threads = std::max(1, threads);
+  constexpr int64_t kIters = 1 << 20;  // ~20 ms of one core at ~100 GOP/s
+  double best = 0;
+  for (int pass = 0; pass < 4; ++pass) {
+    std::vector<uint64_t> ops(size_t(threads), 0);
+    std::vector<int32_t> sink(size_t(threads), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+    {
+      const size_t t = size_t(omp_get_thread_num());
+      ops[t] = fn(kIters, &sink[t]);
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    uint64_t total = 0;
+    for (uint64_t o : ops) total += o;
+    if (pass > 0) best = std::max(best, double(total) / s);  // the first pass wakes the cores
+  }
   return best;
 }
 
@@ -46,75 +85,103 @@ uint64_t bytes_per_token(const Model& model) {
   return total;
 }
 
+uint64_t macs_per_token(const Model& model) {
+  auto nk = [](const Weight& w) { return uint64_t(w.n) * uint64_t(w.k); };
+  uint64_t total = nk(model.output());
+  for (const LayerWeights& l : model.layers()) {
+    for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) total += nk(*w);
+  }
+  return total;
+}
+
 namespace {
 
 void mean_sd(const std::vector<double>& v, double* mean, double* sd) {
   double s = 0;
   for (double x : v) s += x;
-  *mean = s / v.size();
+  *mean = s / double(v.size());
   double q = 0;
   for (double x : v) q += (x - *mean) * (x - *mean);
-  *sd = v.size() > 1 ? std::sqrt(q / (v.size() - 1)) : 0.0;
+  *sd = v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0;
 }
 
 }  // namespace
 
-std::vector<BenchResult> run_bench(const std::shared_ptr<const Model>& model, const BenchParams& p) {
+std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const BenchParams& p) {
   using clock = std::chrono::steady_clock;
+  if (models.empty()) throw Error(ErrorCode::kInvalidArgument, "bench: no model");
   std::vector<BenchResult> out;
-  const int n_vocab = model->config().n_vocab;
-  const uint64_t bpt = bytes_per_token(*model);
+  const int n_vocab = models[0].model->config().n_vocab;
   for (int threads : p.threads) {
     const double bw = measure_read_bandwidth(threads);
-    ContextParams cp;
-    cp.n_threads = threads;
-    cp.n_ctx = std::min(model->config().n_ctx, std::max(p.n_prompt, p.n_gen) + 1);
-    cp.n_batch = std::max(1, p.n_prompt);
-    cp.act_per_token = p.act_per_token;
-    cp.prefill = p.prefill;
-    Context ctx(model, cp);
+    const double peak = measure_int8_peak(threads, models[0].model->isa());
+    std::vector<std::unique_ptr<Context>> ctxs;
+    for (const BenchModel& bm : models) {
+      ContextParams cp;
+      cp.n_threads = threads;
+      cp.n_ctx = std::min(bm.model->config().n_ctx, std::max(p.n_prompt, p.n_gen) + 1);
+      cp.n_batch = std::max(1, p.n_prompt);
+      cp.act_per_token = p.act_per_token;
+      cp.prefill = p.prefill;
+      ctxs.push_back(std::make_unique<Context>(bm.model, cp));
+    }
     // Deterministic pseudo-random tokens (the content does not change the work).
     std::vector<int> tokens(static_cast<size_t>(std::max(p.n_prompt, 1)));
     for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919 + 13) % static_cast<size_t>(n_vocab));
+    const size_t nm = models.size();
     if (p.n_prompt > 0) {
-      ctx.reset();
-      ctx.eval(tokens);  // warm-up
-      std::vector<double> rates;
-      for (int r = 0; r < p.reps; ++r) {
-        ctx.reset();
-        auto t0 = clock::now();
-        ctx.eval(tokens);
-        rates.push_back(p.n_prompt / std::chrono::duration<double>(clock::now() - t0).count());
+      std::vector<std::vector<double>> rates(nm);
+      for (int r = 0; r <= p.reps; ++r) {  // round 0 warms up
+        for (size_t m = 0; m < nm; ++m) {
+          ctxs[m]->reset();
+          const auto t0 = clock::now();
+          ctxs[m]->eval(tokens);
+          if (r > 0) rates[m].push_back(p.n_prompt / std::chrono::duration<double>(clock::now() - t0).count());
+        }
       }
-      BenchResult b;
-      b.threads = threads;
-      b.test = "pp" + std::to_string(p.n_prompt);
-      mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
-      b.bandwidth_gb_s = bw / 1e9;
-      out.push_back(b);
+      for (size_t m = 0; m < nm; ++m) {
+        BenchResult b;
+        b.threads = threads;
+        b.label = models[m].label;
+        b.test = "pp" + std::to_string(p.n_prompt);
+        mean_sd(rates[m], &b.tok_s_mean, &b.tok_s_sd);
+        b.bandwidth_gb_s = bw / 1e9;
+        b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*models[m].model)) / 1e9;
+        b.peak_gop_s = peak / 1e9;
+        b.peak_pct = peak > 0 ? 100.0 * b.gop_s / b.peak_gop_s : 0.0;
+        out.push_back(b);
+      }
     }
     if (p.n_gen > 0) {
-      std::vector<double> rates;
-      for (int r = 0; r <= p.reps; ++r) {  // the first run warms up
-        ctx.reset();
-        auto t0 = clock::now();
-        for (int i = 0; i < p.n_gen; ++i) {
-          const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
-          ctx.eval(tok);
+      std::vector<std::vector<double>> rates(nm);
+      for (int r = 0; r <= p.reps; ++r) {  // round 0 warms up
+        for (size_t m = 0; m < nm; ++m) {
+          ctxs[m]->reset();
+          const auto t0 = clock::now();
+          for (int i = 0; i < p.n_gen; ++i) {
+            const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
+            ctxs[m]->eval(tok);
+          }
+          if (r > 0) rates[m].push_back(p.n_gen / std::chrono::duration<double>(clock::now() - t0).count());
         }
-        const double s = std::chrono::duration<double>(clock::now() - t0).count();
-        if (r > 0) rates.push_back(p.n_gen / s);
       }
-      BenchResult b;
-      b.threads = threads;
-      b.test = "tg" + std::to_string(p.n_gen);
-      mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
-      b.weight_gb_s = b.tok_s_mean * double(bpt) / 1e9;
       // The bandwidth of a shared machine drifts: take the larger of the readings before the
-      // prompt test and right after the generation runs, so the percentage errs low.
-      b.bandwidth_gb_s = std::max(bw, measure_read_bandwidth(threads)) / 1e9;
-      b.bandwidth_pct = 100.0 * b.weight_gb_s / b.bandwidth_gb_s;
-      out.push_back(b);
+      // tests and right after the generation runs, so that the percentages err low.
+      const double bw_tg = std::max(bw, measure_read_bandwidth(threads));
+      for (size_t m = 0; m < nm; ++m) {
+        const uint64_t bpt = bytes_per_token(*models[m].model);
+        BenchResult b;
+        b.threads = threads;
+        b.label = models[m].label;
+        b.test = "tg" + std::to_string(p.n_gen);
+        mean_sd(rates[m], &b.tok_s_mean, &b.tok_s_sd);
+        b.weight_gb_s = b.tok_s_mean * double(bpt) / 1e9;
+        b.bandwidth_gb_s = bw_tg / 1e9;
+        b.bandwidth_pct = 100.0 * b.weight_gb_s / b.bandwidth_gb_s;
+        b.roofline_tok_s = bw_tg / double(bpt);
+        b.peak_gop_s = peak / 1e9;
+        out.push_back(b);
+      }
     }
   }
   return out;

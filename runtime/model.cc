@@ -11,6 +11,8 @@
 #include "kernels/common.h"
 #include "kernels/f32_ops.h"
 #include "kernels/onednn_gemm.h"
+#include "model/file_util.h"
+#include "runtime/thread_pool.h"
 #include "model/mxlm_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -53,7 +55,7 @@ const TensorEntry& require(const MxlmFile& f, const std::string& name, const std
 // feeds matmuls (else only embedding lookups read it: no kernel, no repacked copy). `what` names
 // the tensor in errors.
 WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int64_t row_end, int64_t k, Isa isa,
-                           bool matmul, const std::string& what) {
+                           bool matmul, const std::string& what, bool huge_pages = false) {
   WeightSegment s;
   s.row_begin = row_begin;
   s.row_end = row_end;
@@ -75,8 +77,9 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
     // rows stay for dequantization, the oneDNN path and embedding lookups).
     const int64_t rows = row_end - row_begin;
     const size_t bytes = s.row_bytes * static_cast<size_t>(rows);
-    uint8_t* buf = static_cast<uint8_t*>(::operator new(bytes, std::align_val_t{64}));
-    s.packed = std::shared_ptr<const uint8_t>(buf, [](const uint8_t* b) { ::operator delete(const_cast<uint8_t*>(b), std::align_val_t{64}); });
+    std::shared_ptr<uint8_t> mem = alloc_anonymous(bytes, huge_pages, what + " repacked");
+    uint8_t* buf = mem.get();
+    s.packed = std::move(mem);
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) qk.pack(s.data + s.row_bytes * size_t(r), buf + s.row_bytes * size_t(r), k);
     s.qdata = buf;
@@ -85,7 +88,8 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
   return s;
 }
 
-Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa, bool matmul = true) {
+Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa, bool huge_pages,
+                   bool matmul = true) {
   const TensorEntry& t = require(f, name, {n, k});
   Weight w;
   w.n = n;
@@ -94,7 +98,7 @@ Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_
   w.outliers = t.outliers;
   for (const TensorSegment& ts : t.segments) {
     w.segments.push_back(bind_segment(ts.qtype, ts.data, ts.row_begin, ts.row_end, k, isa, matmul,
-                                      "'" + f.path() + "': tensor '" + name + "'"));
+                                      "'" + f.path() + "': tensor '" + name + "'", huge_pages));
     w.any_quantized |= !is_float_qtype(ts.qtype);
   }
   return w;
@@ -114,6 +118,22 @@ const float* bind_norm(const MxlmFile& f, const std::string& name, int64_t n) {
 
 }  // namespace
 
+std::string_view weight_memory_name(WeightMemory m) {
+  switch (m) {
+    case WeightMemory::kMap: return "map";
+    case WeightMemory::kCopy: return "copy";
+    case WeightMemory::kHuge: return "huge";
+  }
+  return "?";
+}
+
+std::optional<WeightMemory> weight_memory_from_name(std::string_view name) {
+  for (WeightMemory m : {WeightMemory::kMap, WeightMemory::kCopy, WeightMemory::kHuge}) {
+    if (name == weight_memory_name(m)) return m;
+  }
+  return std::nullopt;
+}
+
 Weight make_weight(QType t, const uint8_t* rows, int64_t n, int64_t k, Isa isa) {
   Weight w;
   w.n = n;
@@ -132,7 +152,9 @@ const MxlmFile& Model::file() const {
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
   std::shared_ptr<Model> m(new Model());
-  m->file_ = std::make_unique<MxlmFile>(path);
+  m->file_ = options.memory == WeightMemory::kMap
+                 ? std::make_unique<MxlmFile>(path)
+                 : std::make_unique<MxlmFile>(MappedFile::read_into_memory(path, options.memory == WeightMemory::kHuge));
   const MxlmFile& f = *m->file_;
   if (options.verify) f.verify();
   m->config_ = f.config();
@@ -148,25 +170,26 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   m->isa_ = selected_isa();
   using namespace tensor_names;
   const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
-  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_, c.tied_embeddings);
+  const bool huge = options.memory == WeightMemory::kHuge;
+  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_, huge, c.tied_embeddings);
   m->output_norm_ = bind_norm(f, kOutputNorm, c.n_embd);
   if (c.tied_embeddings) {
     if (f.find(kOutput)) throw Error(ErrorCode::kFormat, "'" + path + "': tied embeddings but an 'output' tensor is present");
     m->output_ = m->tok_embd_;
   } else {
-    m->output_ = bind_weight(f, kOutput, c.n_vocab, c.n_embd, m->isa_);
+    m->output_ = bind_weight(f, kOutput, c.n_vocab, c.n_embd, m->isa_, huge);
   }
   for (int i = 0; i < c.n_layers; ++i) {
     LayerWeights l;
     l.attn_norm = bind_norm(f, layer(i, kAttnNorm), c.n_embd);
-    l.wq = bind_weight(f, layer(i, kAttnQ), q, c.n_embd, m->isa_);
-    l.wk = bind_weight(f, layer(i, kAttnK), kv, c.n_embd, m->isa_);
-    l.wv = bind_weight(f, layer(i, kAttnV), kv, c.n_embd, m->isa_);
-    l.wo = bind_weight(f, layer(i, kAttnO), c.n_embd, q, m->isa_);
+    l.wq = bind_weight(f, layer(i, kAttnQ), q, c.n_embd, m->isa_, huge);
+    l.wk = bind_weight(f, layer(i, kAttnK), kv, c.n_embd, m->isa_, huge);
+    l.wv = bind_weight(f, layer(i, kAttnV), kv, c.n_embd, m->isa_, huge);
+    l.wo = bind_weight(f, layer(i, kAttnO), c.n_embd, q, m->isa_, huge);
     l.ffn_norm = bind_norm(f, layer(i, kFfnNorm), c.n_embd);
-    l.gate = bind_weight(f, layer(i, kFfnGate), c.n_ff, c.n_embd, m->isa_);
-    l.up = bind_weight(f, layer(i, kFfnUp), c.n_ff, c.n_embd, m->isa_);
-    l.down = bind_weight(f, layer(i, kFfnDown), c.n_embd, c.n_ff, m->isa_);
+    l.gate = bind_weight(f, layer(i, kFfnGate), c.n_ff, c.n_embd, m->isa_, huge);
+    l.up = bind_weight(f, layer(i, kFfnUp), c.n_ff, c.n_embd, m->isa_, huge);
+    l.down = bind_weight(f, layer(i, kFfnDown), c.n_embd, c.n_ff, m->isa_, huge);
     m->layers_.push_back(l);
   }
   if (m->tok_embd_.row_map) {
@@ -329,6 +352,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   hb_.resize(B * c.n_ff);
   hb2_.resize(B * c.n_ff);
   scores_.resize(size_t(n_threads_) * n_batch_ * n_ctx_);
+  pool_ = std::make_unique<ThreadPool>(n_threads_);
   act_per_token_ = params.act_per_token;
   prefill_ = params.prefill;
   if (prefill_ == ContextParams::Prefill::kOneDnn && !onednn_available()) {
@@ -346,10 +370,14 @@ void Context::quantize_acts(Acts& a) {
   if (a.quantized) return;
   const QuantizeActFn fn = find_quantize_act(model_->isa());
   const int64_t kp = act_padded_k(a.k);
-#pragma omp parallel for num_threads(n_threads_) if (n_threads_ > 1 && a.m >= 8)
-  for (int r = 0; r < a.m; ++r) {
+  auto row = [&](int r, int) {
     fn(a.x + size_t(r) * a.k, a.k, kp, &aq_[size_t(r) * kp], &ad_[size_t(r) * (kp / kActBlock)],
        &ads_[size_t(r) * (kp / kActBlock)], act_per_token_);
+  };
+  if (a.m >= 8) {
+    pool_->run(a.m, row);
+  } else {
+    for (int r = 0; r < a.m; ++r) row(r, 0);
   }
   a.quantized = true;
 }
@@ -373,8 +401,7 @@ void Context::matmul_dense(Acts& a, const Weight& w, float* out, bool onednn) {
     for (int r = 0; r < rows; r += chunk) tasks.push_back({&s, r, std::min(rows, r + chunk)});
   }
   const int n_tasks = static_cast<int>(tasks.size());
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && n_tasks > 1)
-  for (int t = 0; t < n_tasks; ++t) {
+  pool_->run(n_tasks, [&](int t, int) {
     const WeightSegment& s = *tasks[t].s;
     float* ys = out + s.row_begin;
     if (onednn) {
@@ -384,7 +411,7 @@ void Context::matmul_dense(Acts& a, const Weight& w, float* out, bool onednn) {
     } else {
       kr.gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(n));
     }
-  }
+  });
 }
 
 void Context::matmul(Acts& a, const Weight& w, float* y) {
@@ -561,10 +588,9 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   }
   // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V.
   const int T = p0 + n;
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_threads_ > 1 && H > 1)
-  for (int h = 0; h < H; ++h) {
+  pool_->run(H, [&](int h, int thread) {
     const int kvh = h / group;
-    float* sc = &scores_[size_t(omp_get_thread_num()) * n_batch_ * n_ctx_];
+    float* sc = &scores_[size_t(thread) * n_batch_ * n_ctx_];
     kr.gemm(n, 0, T, D, &q_[size_t(h) * D], size_t(Q), kc + size_t(kvh) * D, sizeof(float) * KV, QType::kF32, sc,
             size_t(T));
     for (int b = 0; b < n; ++b) {
@@ -576,7 +602,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     }
     kr.gemm(n, 0, D, T, sc, size_t(T), vt + size_t(kvh) * D * n_ctx_, sizeof(float) * n_ctx_, QType::kF32,
             &att_out_[size_t(h) * D], size_t(Q));
-  }
+  });
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());
   for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];

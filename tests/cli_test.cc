@@ -229,8 +229,9 @@ TEST(Cli, BenchJsonHasSaneNumbers) {
   ASSERT_EQ(j.size(), 2u) << out;
   const uint64_t file_bytes = inspect_json(synth_model())["file_bytes"];
   for (const auto& r : j) {
-    for (const char* key : {"model", "size_bytes", "bits_per_weight", "isa", "threads", "test", "tok_s", "tok_s_sd",
-                            "weight_gb_s", "bandwidth_gb_s", "bandwidth_pct", "bytes_per_token", "kernels"}) {
+    for (const char* key : {"model", "size_bytes", "bits_per_weight", "isa", "memory", "load_s", "threads", "test", "tok_s",
+                            "tok_s_sd", "weight_gb_s", "bandwidth_gb_s", "bandwidth_pct", "roofline_tok_s", "gop_s",
+                            "peak_gop_s", "peak_pct", "bytes_per_token", "macs_per_token", "kernels"}) {
       EXPECT_TRUE(r.contains(key)) << key << " in " << r.dump();
     }
     EXPECT_EQ(r["threads"], 1);
@@ -256,6 +257,39 @@ TEST(Cli, BenchJsonHasSaneNumbers) {
               1e-6 * tg["weight_gb_s"].get<double>());
   EXPECT_NEAR(tg["bandwidth_pct"].get<double>(), 100 * tg["weight_gb_s"].get<double>() / tg["bandwidth_gb_s"].get<double>(), 1e-6);
   EXPECT_GT(tg["bandwidth_pct"].get<double>(), 0.0);
+  // The roofline: the decode speed the bandwidth allows for these bytes per token.
+  EXPECT_NEAR(tg["roofline_tok_s"].get<double>(), tg["bandwidth_gb_s"].get<double>() * 1e9 / tg["bytes_per_token"].get<double>(),
+              1e-6 * tg["roofline_tok_s"].get<double>());
+  // Prefill: 2 int8 operations per multiply-add, against the int8 peak measured in the run.
+  const auto& pp = j[0];
+  EXPECT_NEAR(pp["gop_s"].get<double>(), pp["tok_s"].get<double>() * 2 * pp["macs_per_token"].get<double>() / 1e9,
+              1e-6 * pp["gop_s"].get<double>());
+  EXPECT_GT(pp["macs_per_token"].get<double>(), 0.0);
+  if (pp["isa"] != "ref") {
+    EXPECT_GT(pp["peak_gop_s"].get<double>(), 1.0);
+    EXPECT_NEAR(pp["peak_pct"].get<double>(), 100 * pp["gop_s"].get<double>() / pp["peak_gop_s"].get<double>(), 1e-6);
+  }
+  EXPECT_EQ(pp["memory"], "huge") << "the default";
+}
+
+// --memory map,huge loads the model twice and measures both (repetitions alternate); a name
+// that is not a weight memory is refused, naming the known ones.
+TEST(Cli, BenchComparesWeightMemories) {
+  int st;
+  const std::string out = mxlm_stdout("bench -m " + synth_model() + " -p 0 -n 4 -t 1 -r 1 --memory map,huge --json", &st);
+  ASSERT_EQ(st, 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_EQ(j.size(), 2u) << out;
+  EXPECT_EQ(j[0]["memory"], "map");
+  EXPECT_EQ(j[1]["memory"], "huge");
+  EXPECT_EQ(j[0]["bandwidth_gb_s"], j[1]["bandwidth_gb_s"]) << "one bandwidth reading for the models compared";
+  EXPECT_GT(j[1]["tok_s"].get<double>(), 1.0);
+  const std::string bad = mxlm("bench -m " + synth_model() + " -p 0 -n 4 -t 1 --memory hugepages", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(bad.find("--memory hugepages is not a weight memory; known: map, copy, huge"), std::string::npos) << bad;
+  const std::string bad_run = mxlm("run -m " + synth_model() + " -p hi -n 1 --memory disk", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(bad_run.find("--memory disk"), std::string::npos) << bad_run;
 }
 
 // stories260K quantized to q4_g32, with the embedding in q8_g32 and the output head in q6_g32.

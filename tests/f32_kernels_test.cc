@@ -273,6 +273,26 @@ TEST_P(F32OpsTest, Dot) {
   EXPECT_EQ(kern().dot(nullptr, nullptr, 0), 0.0f);
 }
 
+TEST_P(F32OpsTest, Sum) {
+  std::mt19937 rng(17);
+  for (int n : kSizes) {
+    std::vector<float> a = random_vec(rng, size_t(n) + 1);
+    double ref = 0.0, mag = 0.0;
+    for (int i = 0; i < n; ++i) {
+      ref += a[size_t(i) + 1];
+      mag += std::fabs(a[size_t(i) + 1]);
+    }
+    // An unaligned start; eight vector sums, then their sum: bounded like dot.
+    EXPECT_LE(std::fabs(kern().sum(a.data() + 1, size_t(n)) - ref), (std::ceil(n / 8.0) + 8.0) * kEps * mag) << "n=" << n;
+    // Exact on small integers, whatever the order.
+    const std::vector<float> ia = int_vec(rng, size_t(n));
+    double iref = 0.0;
+    for (float v : ia) iref += v;
+    EXPECT_EQ(kern().sum(ia.data(), size_t(n)), iref) << "n=" << n;
+  }
+  EXPECT_EQ(kern().sum(nullptr, 0), 0.0f);
+}
+
 TEST_P(F32OpsTest, Axpy) {
   std::mt19937 rng(12);
   for (int n : kSizes) {

@@ -413,6 +413,67 @@ TEST_P(TinymixRepacked, LogitsMatchTheReferenceKernels) {
 INSTANTIATE_TEST_SUITE_P(Formats, TinymixRepacked, ::testing::Values(QType::kQ3G32, QType::kQ3AG32, QType::kNU3G32),
                          [](const auto& info) { return std::string(qtype_info(info.param).name); });
 
+// Weights read into memory (4 KiB or huge pages) instead of mapped are the same bytes, repacked
+// the same way: prefill and decode logits are bit-identical to the mapped file's.
+TEST(WeightMemory, CopyAndHugeGiveTheMappedFilesLogits) {
+  const std::string path = quantized_tinymix(QType::kQ3G32, "r_");  // repacked on AVX-512
+  std::vector<std::vector<float>> logits;
+  for (WeightMemory m : {WeightMemory::kMap, WeightMemory::kCopy, WeightMemory::kHuge}) {
+    LoadOptions lo;
+    lo.memory = m;
+    auto model = Model::load(path, lo);
+    EXPECT_EQ(weight_memory_from_name(weight_memory_name(m)), m);
+    Context ctx(model);
+    std::vector<int> ids(24);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = 1 + int(i * 131) % 4000;
+    const int nv = model->config().n_vocab;
+    const float* l = ctx.eval(ids, true);
+    std::vector<float> all(l, l + ids.size() * size_t(nv));
+    for (int t : {5, 77, 901}) {
+      l = ctx.eval(std::vector<int>{t}, false);
+      all.insert(all.end(), l, l + nv);
+    }
+    logits.push_back(std::move(all));
+  }
+  EXPECT_EQ(std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)), 0) << "copy";
+  EXPECT_EQ(std::memcmp(logits[0].data(), logits[2].data(), logits[0].size() * sizeof(float)), 0) << "huge";
+  EXPECT_FALSE(weight_memory_from_name("hugepages").has_value());
+}
+
+// Reading a file into memory fails as mapping it does: naming the path and the reason.
+TEST(WeightMemory, ReadIntoMemoryErrors) {
+  for (bool huge : {false, true}) {
+    try {
+      MappedFile::read_into_memory(test::scratch_dir() + "/no-such-file.mxlm", huge);
+      ADD_FAILURE() << "no error for a missing file";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no-such-file.mxlm"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("No such file"), std::string::npos) << e.what();
+    }
+    try {
+      MappedFile::read_into_memory(test::scratch_dir(), huge);
+      ADD_FAILURE() << "no error for a directory";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+    }
+    const std::string empty = test::scratch_dir() + "/empty.bin";
+    write_file(empty, "");
+    const MappedFile m = MappedFile::read_into_memory(empty, huge);
+    EXPECT_EQ(m.size(), 0u);
+    EXPECT_EQ(m.data(), nullptr);
+    const std::string some = test::scratch_dir() + "/some.bin";
+    std::string bytes(3 * 1024 * 1024 + 17, '\0');
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char(i * 7 + i / 4096);
+    write_file(some, bytes);
+    const MappedFile r = MappedFile::read_into_memory(some, huge);
+    ASSERT_EQ(r.size(), bytes.size());
+    EXPECT_EQ(std::memcmp(r.data(), bytes.data(), bytes.size()), 0);
+  }
+  LoadOptions lo;
+  lo.memory = WeightMemory::kHuge;
+  EXPECT_THROW(Model::load(test::scratch_dir() + "/no-such-model.mxlm", lo), Error);
+}
+
 TEST_F(Tinymix, EmptyPromptAndOverlongPromptAreRejected) {
   auto m = model();
   Context ctx(m);

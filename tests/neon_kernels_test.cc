@@ -66,6 +66,21 @@ TEST(NeonRegistry, EveryQuantizedFormatHasItsOwnKernel) {
   EXPECT_NE(find_quantize_act(Isa::kNeon), &quantize_act_row_ref);
 }
 
+// The int8 peak loop (kernels/quant.h): whole dot instructions (16 multiply-adds each) per
+// round, at least 4 chains, linear in the rounds, the same result each time.
+TEST(NeonInt8Peak, CountsWhatItRuns) {
+  if (!neon_available()) GTEST_SKIP() << "NEON not available on this host";
+  const Int8PeakFn fn = find_int8_peak(Isa::kNeon);
+  ASSERT_NE(fn, nullptr);
+  int32_t s1 = 0, s2 = 0, s3 = 0;
+  const uint64_t a = fn(1000, &s1), b = fn(2000, &s2);
+  fn(1000, &s3);
+  EXPECT_EQ(b, 2 * a);
+  EXPECT_EQ(a % (1000 * 32), 0u);
+  EXPECT_GE(a / (1000 * 32), 4u);
+  EXPECT_EQ(s1, s3);
+}
+
 // ---- activation quantization ------------------------------------------------------------------
 
 // Runs `fn` and the reference on x[0..k) (x misaligned by one float) with kp = padded k + extra,

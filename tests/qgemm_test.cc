@@ -286,6 +286,26 @@ TEST(QGemmRegistry, EveryFormatOnEverySimdIsa) {
   }
 }
 
+// The int8 peak loop (kernels/quant.h) of every SIMD ISA: its operation count is a whole number
+// of vector instructions per round (at least 4 chains), linear in the rounds, and it computes
+// the same thing each time. ref has none.
+TEST(Int8Peak, CountsWhatItRuns) {
+  EXPECT_EQ(find_int8_peak(Isa::kRef), nullptr);
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_available(isa)) continue;
+    const Int8PeakFn fn = find_int8_peak(isa);
+    ASSERT_NE(fn, nullptr) << isa_name(isa);
+    const uint64_t ops_per_instr = isa == Isa::kAvx512 ? 128 : 64;  // 2 per multiply-add
+    int32_t s1 = 0, s2 = 0, s3 = 0;
+    const uint64_t a = fn(1000, &s1), b = fn(2000, &s2);
+    fn(1000, &s3);
+    EXPECT_EQ(b, 2 * a) << isa_name(isa);
+    EXPECT_EQ(a % (1000 * ops_per_instr), 0u) << isa_name(isa);
+    EXPECT_GE(a / (1000 * ops_per_instr), 4u) << isa_name(isa);
+    EXPECT_EQ(s1, s3) << isa_name(isa);
+  }
+}
+
 // ---- activation quantization ----------------------------------------------------------------
 
 class QGemmQuantizeActTest : public ::testing::TestWithParam<Isa> {};

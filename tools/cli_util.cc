@@ -52,6 +52,11 @@ QType parse_qtype(const std::string& name, const char* option) {
   return *q;
 }
 
+WeightMemory parse_weight_memory(const std::string& name, const char* option) {
+  if (auto m = weight_memory_from_name(name)) return *m;
+  throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a weight memory; known: map, copy, huge");
+}
+
 void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
   app->add_option("--calib", a.calib, "calibration text (documents split at lines holding only 0x1E); default: text the model samples itself");
   app->add_option("--calib-tokens", a.calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);

@@ -10,6 +10,7 @@
 
 #include "kernels/qtype.h"
 #include "mxlm/autoquant.h"
+#include "mxlm/model.h"
 
 namespace mxlm {
 
@@ -21,6 +22,7 @@ struct Command {
 Command add_quantize_command(CLI::App& app);
 Command add_sweep_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
 
 // "12.34 MiB"-style sizes.
 std::string human_bytes(uint64_t b);
@@ -29,6 +31,8 @@ std::string human_bytes(uint64_t b);
 void progress_bar(const char* what, size_t done, size_t total);
 // A format name, or Error naming `option` and the known formats.
 QType parse_qtype(const std::string& name, const char* option);
+// A weight memory name (map, copy, huge), or Error naming `option` and the known ones.
+WeightMemory parse_weight_memory(const std::string& name, const char* option);
 
 // The method options `quantize` and `sweep` share: calibration, sensitivity, allocation and
 // encoder (the budget, statistics output and reporting stay each command's own).

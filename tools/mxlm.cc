@@ -17,7 +17,6 @@
 #include "model/import.h"
 #include "model/mxlm_file.h"
 #include "model/synth.h"
-#include "mxlm/bench.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
@@ -60,58 +59,10 @@ int cmd_convert(const ConvertArgs& a) {
   return 0;
 }
 
-struct BenchArgs {
-  std::string model;
-  int n_prompt = 128, n_gen = 64, reps = 3;
-  std::vector<int> threads = {1, 2};
-  bool json = false, act_per_token = false;
-  std::string prefill = "auto";
-};
-
-ContextParams::Prefill parse_prefill(const std::string& s) {
-  if (s == "kernels") return ContextParams::Prefill::kKernels;
-  if (s == "onednn") return ContextParams::Prefill::kOneDnn;
-  return ContextParams::Prefill::kAuto;
-}
-
-int cmd_bench(const BenchArgs& a) {
-  auto model = Model::load(a.model);
-  BenchParams bp;
-  bp.n_prompt = a.n_prompt;
-  bp.n_gen = a.n_gen;
-  bp.reps = a.reps;
-  bp.threads = a.threads;
-  bp.act_per_token = a.act_per_token;
-  bp.prefill = parse_prefill(a.prefill);
-  const auto results = run_bench(model, bp);
-  const double bits = model->file().bits_per_weight();
-  const std::string name = model->file().header().value("provenance", nlohmann::json::object()).value("shape", a.model);
-  if (a.json) {
-    nlohmann::json j = nlohmann::json::array();
-    for (const auto& r : results) {
-      j.push_back({{"model", a.model}, {"size_bytes", model->weight_bytes()}, {"bits_per_weight", bits},
-                   {"isa", std::string(isa_name(model->isa()))}, {"threads", r.threads}, {"test", r.test},
-                   {"tok_s", r.tok_s_mean}, {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s},
-                   {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
-                   {"bytes_per_token", bytes_per_token(*model)}, {"kernels", model->kernel_summary()}});
-    }
-    std::cout << j.dump(2) << "\n";
-    return 0;
-  }
-  std::printf("| model | size | bpw | isa | threads | test | t/s | weight GB/s | read BW GB/s | %% of BW |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
-  for (const auto& r : results) {
-    char gbs[32] = "-", pct[32] = "-";
-    if (r.weight_gb_s > 0) {
-      std::snprintf(gbs, sizeof(gbs), "%.2f", r.weight_gb_s);
-      std::snprintf(pct, sizeof(pct), "%.1f", r.bandwidth_pct);
-    }
-    std::printf("| %s | %s | %.2f | %s | %d | %s | %.2f ± %.2f | %s | %.1f | %s |\n", name.c_str(),
-                human_bytes(model->weight_bytes()).c_str(), bits, std::string(isa_name(model->isa())).c_str(), r.threads,
-                r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, r.bandwidth_gb_s, pct);
-  }
-  std::printf("\nkernels: %s\n", model->kernel_summary().c_str());
-  return 0;
+LoadOptions load_options(const std::string& memory) {
+  LoadOptions lo;
+  lo.memory = parse_weight_memory(memory, "--memory");
+  return lo;
 }
 
 struct SynthArgs {
@@ -122,7 +73,7 @@ struct SynthArgs {
 };
 
 struct RunArgs {
-  std::string model, prompt, prompt_file;
+  std::string model, prompt, prompt_file, memory = "huge";
   int n_predict = 128, threads = 0, ctx = 0;
   bool verbose = false, no_bos = false, ignore_eos = false, act_per_token = false;
   SamplerParams sampler;
@@ -134,7 +85,7 @@ int cmd_run(RunArgs a) {
   if (size_t bad = find_invalid_utf8(a.prompt); bad != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "the prompt is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
   }
-  auto model = Model::load(a.model);
+  auto model = Model::load(a.model, load_options(a.memory));
   ContextParams cp;
   cp.n_ctx = a.ctx;
   cp.n_threads = a.threads;
@@ -177,13 +128,13 @@ int cmd_run(RunArgs a) {
 }
 
 struct PplArgs {
-  std::string model, file, kl_base;
+  std::string model, file, kl_base, memory = "huge";
   int ctx = 512, windows = 0, threads = 0;
   bool json = false, act_per_token = false;
 };
 
 int cmd_ppl(const PplArgs& a) {
-  auto model = Model::load(a.model);
+  auto model = Model::load(a.model, load_options(a.memory));
   const std::string text = read_file(a.file);
   if (size_t bad = find_invalid_utf8(text); bad != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "'" + a.file + "' is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
@@ -261,17 +212,7 @@ int main(int argc, char** argv) {
   const Command qz = add_quantize_command(app);
   const Command sw = add_sweep_command(app);
 
-  BenchArgs bench;
-  auto* bn = app.add_subcommand("bench", "Prompt-processing and generation speed against the measured memory bandwidth");
-  bn->add_option("-m,--model", bench.model, ".mxlm model")->required();
-  bn->add_option("-p,--n-prompt", bench.n_prompt, "prompt tokens per pp run (0: skip)");
-  bn->add_option("-n,--n-gen", bench.n_gen, "generated tokens per tg run (0: skip)");
-  bn->add_option("-r,--reps", bench.reps, "repetitions")->check(CLI::PositiveNumber);
-  bn->add_option("-t,--threads", bench.threads, "thread counts, e.g. 1,2")->delimiter(',');
-  bn->add_flag("--act-per-token", bench.act_per_token, "one activation scale per token instead of per 32 values");
-  bn->add_flag("--json", bench.json, "JSON output");
-  bn->add_option("--prefill", bench.prefill, "prefill matmuls: auto (a fixed rule: the kernels), kernels or onednn (forced)")
-      ->check(CLI::IsMember({"auto", "kernels", "onednn"}));
+  const Command bn = add_bench_command(app);
 
   SynthArgs synth;
   auto* sy = app.add_subcommand("synth", "Write a model of a real shape with random weights (for benchmarks)");
@@ -306,6 +247,7 @@ int main(int argc, char** argv) {
   r->add_flag("--ignore-eos", run.ignore_eos, "keep generating after end of text");
   r->add_flag("-v,--verbose", run.verbose, "print model, ISA, kernels and prompt tokens to stderr");
   r->add_flag("--act-per-token", run.act_per_token, "one activation scale per token instead of per 32 values");
+  r->add_option("--memory", run.memory, "weight memory: huge (default: read into memory on huge pages), copy (4 KiB pages) or map (the file mapping: no copy)");
 
   PplArgs ppl;
   auto* p = app.add_subcommand("ppl", "Perplexity of a model on a text");
@@ -316,6 +258,7 @@ int main(int argc, char** argv) {
   p->add_option("-t,--threads", ppl.threads, "threads (default: all cores)");
   p->add_flag("--json", ppl.json, "print the result as JSON");
   p->add_flag("--act-per-token", ppl.act_per_token, "one activation scale per token instead of per 32 values");
+  p->add_option("--memory", ppl.memory, "weight memory: huge (default: read into memory on huge pages), copy (4 KiB pages) or map (the file mapping: no copy)");
   p->add_option("--kl-base", ppl.kl_base, "base .mxlm (e.g. unquantized): also report KL divergence, top-1 agreement, delta ppl");
 
   CLI11_PARSE(app, argc, argv);
@@ -324,7 +267,7 @@ int main(int argc, char** argv) {
     if (*c) return cmd_convert(conv);
     if (*qz.app) return qz.run();
     if (*sw.app) return sw.run();
-    if (*bn) return cmd_bench(bench);
+    if (*bn.app) return bn.run();
     if (*sy) {
       SynthOptions so;
       so.shape = synth.shape;

@@ -125,6 +125,12 @@ void swiglu(const float* gate, const float* up, float* out, int n) {
   }
 }
 
+float sum(const float* x, size_t n) {
+  double acc = 0.0;
+  for (size_t i = 0; i < n; ++i) acc += x[i];
+  return static_cast<float>(acc);
+}
+
 void softmax(float* x, int n) {
   if (n <= 0) return;
   float mx = x[0];
@@ -474,6 +480,19 @@ float dot(const float* a, const float* b, int n) {
   return Simd::reduce(Simd::add(Simd::add(s0, s1), Simd::add(s2, s3)));
 }
 
+float sum(const float* x, size_t n) {
+  V s[8];
+  for (V& v : s) v = Simd::zero();
+  size_t i = 0;
+  for (; i + 8 * kL <= n; i += 8 * kL) {
+    for (int j = 0; j < 8; ++j) s[j] = Simd::add(s[j], Simd::load(x + i + j * kL));
+  }
+  for (; i + kL <= n; i += kL) s[0] = Simd::add(s[0], Simd::load(x + i));
+  if (i < n) s[1] = Simd::add(s[1], Simd::load_partial(x + i, static_cast<int>(n - i)));
+  for (int j = 1; j < 8; ++j) s[0] = Simd::add(s[0], s[j]);
+  return Simd::reduce(s[0]);
+}
+
 void axpy(float a, const float* x, float* y, int n) {
   const V va = Simd::set1(a);
   int i = 0;
@@ -584,6 +603,7 @@ void register_f32(F32Kernels* out) {
   out->rmsnorm = &rmsnorm;
   out->swiglu = &swiglu;
   out->softmax = &softmax;
+  out->sum = &sum;
 }
 
 }  // namespace mxlm::kernels::MXLM_TARGET_NS

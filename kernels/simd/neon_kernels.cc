@@ -233,6 +233,19 @@ float dot(const float* a, const float* b, int n) {
   return vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
 }
 
+float sum(const float* x, size_t n) {
+  float32x4_t s[8];
+  for (float32x4_t& v : s) v = vdupq_n_f32(0.0f);
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (int j = 0; j < 8; ++j) s[j] = vaddq_f32(s[j], vld1q_f32(x + i + 4 * j));
+  }
+  for (; i + 4 <= n; i += 4) s[0] = vaddq_f32(s[0], vld1q_f32(x + i));
+  if (i < n) s[1] = vaddq_f32(s[1], load_partial(x + i, static_cast<int>(n - i)));
+  for (int j = 1; j < 8; ++j) s[0] = vaddq_f32(s[0], s[j]);
+  return vaddvq_f32(s[0]);
+}
+
 void axpy(float a, const float* x, float* y, int n) {
   const float32x4_t va = vdupq_n_f32(a);
   int i = 0;
@@ -725,6 +738,7 @@ void register_f32(F32Kernels* out) {
   out->rmsnorm = &rmsnorm;
   out->swiglu = &swiglu;
   out->softmax = &softmax;
+  out->sum = &sum;
 }
 
 void register_quant_kernels() {
@@ -732,6 +746,7 @@ void register_quant_kernels() {
   // core can execute.
   register_all(detail::cpu_has_neon_dotprod(), std::make_index_sequence<sizeof(kQTypes) / sizeof(kQTypes[0])>());
   register_quantize_act(Isa::kNeon, &quantize_act);
+  register_int8_peak(Isa::kNeon, detail::cpu_has_neon_dotprod() ? &dotprod::int8_peak : &nodot::int8_peak);
 }
 
 }  // namespace kernels::MXLM_TARGET_NS

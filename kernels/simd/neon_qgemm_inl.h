@@ -18,6 +18,30 @@ MXLM_AI int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t w) {
 #endif
 }
 
+// The int8 peak (kernels/quant.h): 8 independent chains of dot16, 16 multiply-adds each.
+uint64_t int8_peak(int64_t iters, int32_t* sink) {
+  const int8x16_t a = vdupq_n_s8(3);
+  int8x16_t w[8];
+  int32x4_t acc[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    w[j] = vdupq_n_s8(static_cast<int8_t>(j + 1));
+    acc[j] = vdupq_n_s32(0);
+  }
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      __asm__ volatile("" : "+w"(w[j]));  // as if loaded: keeps the products in the loop
+      acc[j] = dot16(acc[j], a, w[j]);
+    }
+  }
+  int32x4_t t = acc[0];
+#pragma GCC unroll 8
+  for (int j = 1; j < 8; ++j) t = veorq_s32(t, acc[j]);
+  *sink = vaddvq_s32(t);
+  return static_cast<uint64_t>(iters) * 8 * 2 * 16;
+}
+
 // {a . w over block j, j = 0..3} for the 128 activations at `a` and the chunk's weights.
 MXLM_AI int32x4_t chunk_dots(const int8_t* a, const int8x16_t* w) {
   const int32x4_t z = vdupq_n_s32(0);

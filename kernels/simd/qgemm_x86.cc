@@ -36,11 +36,12 @@
 //   M <= 4 (decode): the weights stream from DRAM once, so the memory access pattern decides.
 //     Row i of a tile comes from its own "strand" of consecutive rows (tile t takes rows
 //     t, t + len, t + 2*len, ...), and every row is read strictly forward ([codebook or row
-//     scales | scales | offsets | quants]: scales and offsets are copied out first). NR = 4 while 4 rows are
-//     small (<= 10 KiB together), else NR = 1. Measured on Zen 4: 4 adjacent rows per tile reach
-//     ~40% of the read bandwidth, 4 strands of 2.3 KiB rows ~100%, 4 strands of 6 KiB rows ~75%,
-//     1 row of 6 KiB ~90%; software prefetches 0.5-2 KiB ahead in each strand halve it. For M = 1 two units are folded into one int32 lane per block before
-//     the float step, which halves the conversions and scale multiplies.
+//     scales | scales | offsets | quants]: scales and offsets are copied out first). NR = 4
+//     while 4 rows fit kStrandRowsBytes (AVX-512: 10 KiB; AVX2: always), else NR = 1.
+//     Measured on Zen 4: 4 adjacent rows per tile reach ~40% of the read bandwidth, 4 strands
+//     of 2.3 KiB rows ~100%; software prefetches 0.5-2 KiB ahead in each strand halve it. For
+//     M = 1 two units are folded into one int32 lane per block before the float step, which
+//     halves the conversions and scale multiplies.
 //   M > 4 (prefill): N is cut into blocks of ~512 KiB of weight rows, which stay in L2 while
 //     all 4-row tiles pass over them; 4 x 4 tiles (AVX2: 4 x 2). On AVX-512, M >= kPanelMinM
 //     runs the panel GEMM instead (section "prefill" below).
@@ -96,6 +97,18 @@ constexpr int kUnitElems = kU * 32;  // elements (= prepared activation bytes) p
 constexpr int kLanes = kVB / 4;      // int32 / float lanes per vector
 // Prepared activation bytes per call slab, over all MR rows (plus scales: see Prep).
 constexpr int kSlabBytes = 16384;
+// Decode (M <= 4) reads 4 rows per tile from 4 strands while the 4 rows take at most this many
+// bytes, else one row per tile. AVX-512, measured on Zen 4 with 4 KiB pages: 4 strands of
+// 2.3 KiB rows ~100 % of the read bandwidth, of 6 KiB rows ~75 %, 1 row of 6 KiB ~90 %. AVX2,
+// measured on a Zen 3 host (weights on 4 KiB and on huge pages, 1 and 2 threads): 4 strands win
+// at every row length, e.g. 2048 x 5632 (ffn_down of TinyLlama, 3.1 KiB rows in q4_g32) 56-64 %
+// -> 73-79 % at one thread, 4096 x 11008 q8_g32 61 -> 94 %, q4k_g32 60 -> 84 %, q6k_g32 54 ->
+// 67 %, q2_g32 45 -> 60 % (huge pages).
+#if defined(MXLM_TARGET_AVX512)
+constexpr size_t kStrandRowsBytes = size_t{10} << 10;
+#else
+constexpr size_t kStrandRowsBytes = ~size_t{0};
+#endif
 
 template <typename T>
 constexpr T min_of(T a, T b) { return a < b ? a : b; }
@@ -266,12 +279,10 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
 #endif
   // M > 4: cut N into blocks of ~512 KiB of weight rows, which stay in L2 while all row tiles
   // pass over them, and use wide tiles. M <= 4 streams the weights once from DRAM: wide tiles
-  // (4 strands) while 4 rows are small, else one row at a time, which keeps a single
-  // sequential stream and the activations in L1 (measured: 4 strands of 2.3 KiB rows reach the
-  // read bandwidth, 4 strands of 6 KiB rows lose a quarter of it, 1 row of 6 KiB does not).
+  // (4 strands) while 4 rows fit kStrandRowsBytes, else one row at a time (see there).
   int nblock = n1 - n0;
   if (M > 4) nblock = static_cast<int>(max_of<size_t>(16, (size_t{512} << 10) / max_of<size_t>(w_row_bytes, 1)));
-  const bool wide = M > 4 || 4 * w_row_bytes <= (size_t{10} << 10);
+  const bool wide = M > 4 || 4 * w_row_bytes <= kStrandRowsBytes;
   for (int nb0 = n0; nb0 < n1; nb0 += nblock) {
     const int nb1 = static_cast<int>(min_of<int64_t>(n1, static_cast<int64_t>(nb0) + nblock));
     for (int m0 = 0; m0 < M; m0 += 4) {
@@ -414,11 +425,63 @@ void register_all(std::index_sequence<I...>) {
   (register_index<I>(), ...);
 }
 
+// ---- the int8 peak (kernels/quant.h) ----------------------------------------------------------
+// Independent chains of the dot instruction the tiles are built on. AVX2 counts vpmaddubsw's 32
+// multiply-adds (the int16 adds that follow it in the tiles ride along); AVX-512 vpdpbusd's 64.
+MXLM_QINLINE VI peak_step(VI acc, VI w, VI a) {
+#if defined(MXLM_TARGET_AVX512)
+  return _mm512_dpbusd_epi32(acc, w, a);
+#else
+  return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, a));
+#endif
+}
+
+uint64_t int8_peak(int64_t iters, int32_t* sink) {
+  // Chains: enough to cover the instruction's latency at its throughput, few enough that the
+  // weights, the accumulators and `a` stay in registers (16 on AVX2: GCC spilled with 8 chains).
+#if defined(MXLM_TARGET_AVX512)
+  constexpr int kChains = 8;
+#else
+  constexpr int kChains = 6;
+#endif
+  const VI a = bcast8(3);
+  VI w0 = bcast8(1), w1 = bcast8(2), w2 = bcast8(3), w3 = bcast8(4), w4 = bcast8(5), w5 = bcast8(6), w6 = bcast8(7),
+     w7 = bcast8(8);
+  VI c0 = bcast8(0), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+  // Named registers, not arrays (GCC kept arrays on the stack), and the weights pass through an
+  // empty asm each round, as if loaded, so that the products stay in the loop.
+  for (int64_t i = 0; i < iters; ++i) {
+    __asm__ volatile("" : "+x"(w0), "+x"(w1), "+x"(w2), "+x"(w3), "+x"(w4), "+x"(w5));
+    c0 = peak_step(c0, w0, a);
+    c1 = peak_step(c1, w1, a);
+    c2 = peak_step(c2, w2, a);
+    c3 = peak_step(c3, w3, a);
+    c4 = peak_step(c4, w4, a);
+    c5 = peak_step(c5, w5, a);
+    if constexpr (kChains == 8) {
+      __asm__ volatile("" : "+x"(w6), "+x"(w7));
+      c6 = peak_step(c6, w6, a);
+      c7 = peak_step(c7, w7, a);
+    }
+  }
+#if defined(MXLM_TARGET_AVX512)
+  const VI t = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(c0, c1), _mm512_xor_si512(c2, c3)),
+                                _mm512_xor_si512(_mm512_xor_si512(c4, c5), _mm512_xor_si512(c6, c7)));
+  *sink = _mm512_reduce_add_epi32(t);
+#else
+  const VI t = _mm256_xor_si256(_mm256_xor_si256(_mm256_xor_si256(c0, c1), _mm256_xor_si256(c2, c3)),
+                                _mm256_xor_si256(c4, c5));
+  *sink = _mm256_extract_epi32(t, 0) ^ _mm256_extract_epi32(t, 7);
+#endif
+  return static_cast<uint64_t>(iters) * kChains * 2 * kVB;
+}
+
 }  // namespace
 
 void register_quant_kernels() {
   register_all(std::make_index_sequence<sizeof(kQTypes) / sizeof(kQTypes[0])>());
   register_quantize_act(kIsa, &quantize_act);
+  register_int8_peak(kIsa, &int8_peak);
 }
 
 }  // namespace mxlm::kernels::MXLM_TARGET_NS

@@ -1,6 +1,7 @@
 // A llama-bench-like harness: prompt processing (pp) and token generation (tg) measured
-// separately, with repetitions (mean ± sd), tokenization and sampling excluded, and decode
-// compared with this machine's measured memory read bandwidth.
+// separately, with repetitions (mean ± sd), tokenization and sampling excluded, decode compared
+// with this machine's read bandwidth and prefill with its int8 peak, both measured in the same
+// run (the machine is shared: its bandwidth swings by 2x from hour to hour).
 #pragma once
 
 #include <memory>
@@ -11,12 +12,23 @@
 
 namespace mxlm {
 
-// Read bandwidth (bytes/s) of a sum over a `bytes`-sized buffer on `threads` threads (best of
-// a few passes): the physical limit of decoding.
+// Read bandwidth (bytes/s): `threads` threads each sum their contiguous slice of a `bytes`
+// buffer (anonymous memory on transparent huge pages, kept for the next call of the same size)
+// with the SIMD sum kernel of the selected ISA; the best of a few passes. The physical limit of
+// decoding: the best a reader of this machine's memory gets.
 double measure_read_bandwidth(int threads, size_t bytes = size_t{1} << 30);
+
+// int8 operations per second (2 per multiply-add) of `threads` cores running `isa`'s dot
+// instruction at once (kernels/quant.h find_int8_peak); the best of a few ~10-20 ms runs. 0 when
+// the ISA has none (ref).
+double measure_int8_peak(int threads, Isa isa);
 
 // Weight bytes one decoded token reads: every tensor except the embedding table (one row).
 uint64_t bytes_per_token(const Model& model);
+
+// Multiply-adds of one token's matmuls (every weight but an untied embedding table): a prefill's
+// int8 operations are 2 × this per token.
+uint64_t macs_per_token(const Model& model);
 
 struct BenchParams {
   int n_prompt = 128;  // 0: skip pp
@@ -27,15 +39,28 @@ struct BenchParams {
   ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
 };
 
+// One model under test: `label` names it in the results (e.g. its weight memory).
+struct BenchModel {
+  std::string label;
+  std::shared_ptr<const Model> model;
+};
+
 struct BenchResult {
   int threads = 0;
+  std::string label;               // BenchModel::label
   std::string test;                // "pp128", "tg64"
   double tok_s_mean = 0, tok_s_sd = 0;
   double weight_gb_s = 0;          // tg: bytes_per_token × tok/s
   double bandwidth_gb_s = 0;       // measured read bandwidth at this thread count
-  double bandwidth_pct = 0;        // weight_gb_s / bandwidth_gb_s × 100
+  double bandwidth_pct = 0;        // tg: weight_gb_s / bandwidth_gb_s × 100
+  double roofline_tok_s = 0;       // tg: bandwidth / bytes_per_token, the decode speed it allows
+  double gop_s = 0;                // pp: 2 × macs_per_token × tok/s / 1e9
+  double peak_gop_s = 0;           // measured int8 peak of `threads` cores
+  double peak_pct = 0;             // pp: gop_s / peak_gop_s × 100
 };
 
-std::vector<BenchResult> run_bench(const std::shared_ptr<const Model>& model, const BenchParams& params);
+// Every model at every thread count; the repetitions of the models alternate (rep 1 of each,
+// then rep 2 of each, ...), so that models compared in one run see the same machine.
+std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const BenchParams& params);
 
 }  // namespace mxlm

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/isa.h"
@@ -53,8 +55,18 @@ struct LayerWeights {
 // tensor of a model for a candidate encoding.
 Weight make_weight(QType t, const uint8_t* rows, int64_t n, int64_t k, Isa isa);
 
+// Where a loaded model's weights live (runtime/model.cc measures the choice).
+enum class WeightMemory {
+  kMap,   // the file's read-only mapping: no copy, pages shared with the page cache (4 KiB)
+  kCopy,  // read into anonymous memory (4 KiB pages)
+  kHuge,  // read into anonymous memory backed by transparent huge pages where the system allows
+};
+std::string_view weight_memory_name(WeightMemory m);                   // "map", "copy", "huge"
+std::optional<WeightMemory> weight_memory_from_name(std::string_view name);
+
 struct LoadOptions {
   bool verify = false;  // recompute every tensor checksum at load
+  WeightMemory memory = WeightMemory::kHuge;
 };
 
 class Model {
@@ -129,6 +141,8 @@ struct ContextParams {
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
 };
 
+class ThreadPool;
+
 class Context {
  public:
   explicit Context(std::shared_ptr<const Model> model, const ContextParams& params = {});
@@ -190,6 +204,7 @@ class Context {
   std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
   MatmulObserver* observer_ = nullptr;
+  std::unique_ptr<ThreadPool> pool_;  // the parallel regions of eval (runtime/thread_pool.h)
 };
 
 }  // namespace mxlm

@@ -1,0 +1,127 @@
+// `mxlm bench`: prompt processing and generation speed beside the limits measured in the same
+// run (read bandwidth for decode, the int8 peak for prefill); several weight memories
+// (--memory map,huge) are loaded side by side and measured in alternating repetitions.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "kernels/common.h"
+#include "kernels/isa.h"
+#include "mxlm/bench.h"
+#include "mxlm/model.h"
+#include "tools/commands.h"
+
+namespace mxlm {
+
+namespace {
+
+struct BenchArgs {
+  std::string model, prefill = "auto";
+  std::vector<std::string> memory;
+  int n_prompt = 128, n_gen = 64, reps = 3;
+  std::vector<int> threads = {1, 2};
+  bool json = false, act_per_token = false, roofline = false;
+};
+
+ContextParams::Prefill parse_prefill(const std::string& s) {
+  if (s == "kernels") return ContextParams::Prefill::kKernels;
+  if (s == "onednn") return ContextParams::Prefill::kOneDnn;
+  return ContextParams::Prefill::kAuto;
+}
+
+int run_bench_cmd(const BenchArgs& a) {
+  std::vector<BenchModel> models;
+  std::vector<double> load_s;
+  std::vector<WeightMemory> memories;
+  for (const std::string& m : a.memory) memories.push_back(parse_weight_memory(m, "--memory"));
+  if (memories.empty()) memories.push_back(LoadOptions{}.memory);
+  for (WeightMemory m : memories) {
+    LoadOptions lo;
+    lo.memory = m;
+    const auto t0 = std::chrono::steady_clock::now();
+    models.push_back({std::string(weight_memory_name(m)), Model::load(a.model, lo)});
+    load_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  BenchParams bp;
+  bp.n_prompt = a.n_prompt;
+  bp.n_gen = a.n_gen;
+  bp.reps = a.reps;
+  bp.threads = a.threads;
+  bp.act_per_token = a.act_per_token;
+  bp.prefill = parse_prefill(a.prefill);
+  const auto results = run_bench(models, bp);
+  const Model& model = *models[0].model;
+  const double bits = model.file().bits_per_weight();
+  const std::string name = model.file().header().value("provenance", nlohmann::json::object()).value("shape", a.model);
+  auto load_seconds = [&](const std::string& label) {
+    for (size_t i = 0; i < models.size(); ++i) {
+      if (models[i].label == label) return load_s[i];
+    }
+    return 0.0;
+  };
+  if (a.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& r : results) {
+      j.push_back({{"model", a.model}, {"size_bytes", model.weight_bytes()}, {"bits_per_weight", bits},
+                   {"isa", std::string(isa_name(model.isa()))}, {"memory", r.label}, {"load_s", load_seconds(r.label)},
+                   {"threads", r.threads}, {"test", r.test}, {"tok_s", r.tok_s_mean}, {"tok_s_sd", r.tok_s_sd},
+                   {"weight_gb_s", r.weight_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
+                   {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
+                   {"peak_pct", r.peak_pct}, {"bytes_per_token", bytes_per_token(model)},
+                   {"macs_per_token", macs_per_token(model)}, {"kernels", model.kernel_summary()}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  // Decode against the read bandwidth (and, with --roofline, the tok/s it allows), prefill
+  // against the int8 peak: both measured in this run, at each thread count.
+  std::printf("| model | size | bpw | isa | memory | threads | test | t/s | weight GB/s | read BW GB/s | %% of BW |%s"
+              " int8 GOP/s | int8 peak GOP/s | %% of peak |\n",
+              a.roofline ? " roofline t/s |" : "");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n", a.roofline ? "---|" : "");
+  for (const auto& r : results) {
+    const bool tg = r.test.rfind("tg", 0) == 0;
+    char gbs[32] = "-", pct[32] = "-", roof[32] = "-", gop[32] = "-", ppct[32] = "-";
+    if (tg) {
+      std::snprintf(gbs, sizeof(gbs), "%.2f", r.weight_gb_s);
+      std::snprintf(pct, sizeof(pct), "%.1f", r.bandwidth_pct);
+      std::snprintf(roof, sizeof(roof), "%.2f", r.roofline_tok_s);
+    } else {
+      std::snprintf(gop, sizeof(gop), "%.1f", r.gop_s);
+      if (r.peak_gop_s > 0) std::snprintf(ppct, sizeof(ppct), "%.1f", r.peak_pct);
+    }
+    std::string roof_col = a.roofline ? std::string(" ") + roof + " |" : "";
+    std::printf("| %s | %s | %.2f | %s | %s | %d | %s | %.2f ± %.2f | %s | %.1f | %s |%s %s | %.0f | %s |\n", name.c_str(),
+                human_bytes(model.weight_bytes()).c_str(), bits, std::string(isa_name(model.isa())).c_str(), r.label.c_str(),
+                r.threads, r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, r.bandwidth_gb_s, pct, roof_col.c_str(), gop,
+                r.peak_gop_s, ppct);
+  }
+  std::printf("\nkernels: %s\n", model.kernel_summary().c_str());
+  for (size_t i = 0; i < models.size(); ++i) std::printf("load (%s): %.2f s\n", models[i].label.c_str(), load_s[i]);
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* bn = app.add_subcommand("bench", "Prompt-processing and generation speed against the measured memory bandwidth and int8 peak");
+  bn->add_option("-m,--model", a->model, ".mxlm model")->required();
+  bn->add_option("-p,--n-prompt", a->n_prompt, "prompt tokens per pp run (0: skip)")->check(CLI::NonNegativeNumber);
+  bn->add_option("-n,--n-gen", a->n_gen, "generated tokens per tg run (0: skip)")->check(CLI::NonNegativeNumber);
+  bn->add_option("-r,--reps", a->reps, "repetitions")->check(CLI::PositiveNumber);
+  bn->add_option("-t,--threads", a->threads, "thread counts, e.g. 1,2")->delimiter(',');
+  bn->add_option("--memory", a->memory,
+                 "weight memory: map, copy, huge, or a list (e.g. map,huge: each loaded, repetitions alternate)")
+      ->delimiter(',');
+  bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
+  bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
+  bn->add_flag("--json", a->json, "JSON output");
+  bn->add_option("--prefill", a->prefill, "prefill matmuls: auto (a fixed rule: the kernels), kernels or onednn (forced)")
+      ->check(CLI::IsMember({"auto", "kernels", "onednn"}));
+  return {bn, [a]() { return run_bench_cmd(*a); }};
+}
+
+}  // namespace mxlm
