@@ -55,7 +55,10 @@ struct LayerWeights {
 // tensor of a model for a candidate encoding.
 Weight make_weight(QType t, const uint8_t* rows, int64_t n, int64_t k, Isa isa);
 
-// Where a loaded model's weights live (runtime/model.cc measures the choice).
+// Where a loaded model's weights live. kHuge, the default, decoded TinyLlama-1.1B q4_g32 ~7 %
+// faster than kMap on one thread (alternating runs in one process, `mxlm bench --memory
+// map,copy,huge`; README, Speed): the hardware prefetchers stop at every 4 KiB page boundary.
+// It costs a copy at load (0.3 s for 590 MB) and the model's size in anonymous memory.
 enum class WeightMemory {
   kMap,   // the file's read-only mapping: no copy, pages shared with the page cache (4 KiB)
   kCopy,  // read into anonymous memory (4 KiB pages)
