@@ -22,7 +22,11 @@
 
 namespace mxlm {
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+namespace {
+
+// Opens `path` read-only and returns its descriptor and size; throws Error (kIo) naming the
+// path when it is missing, unreadable or a directory.
+int open_for_reading(const std::string& path, size_t* size) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error(ErrorCode::kIo, "cannot open '" + path + "': " + std::strerror(errno));
   struct stat st {};
@@ -35,7 +39,14 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     ::close(fd);
     throw Error(ErrorCode::kIo, "'" + path + "' is a directory, not a file");
   }
-  size_ = static_cast<size_t>(st.st_size);
+  *size = static_cast<size_t>(st.st_size);
+  return fd;
+}
+
+}  // namespace
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  const int fd = open_for_reading(path, &size_);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -80,18 +91,9 @@ std::shared_ptr<uint8_t> alloc_anonymous(size_t bytes, bool huge_pages, const st
 }
 
 MappedFile MappedFile::read_into_memory(const std::string& path, bool huge_pages) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(ErrorCode::kIo, "cannot open '" + path + "': " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    const int e = errno;
-    ::close(fd);
-    throw Error(ErrorCode::kIo, S_ISDIR(st.st_mode) ? "'" + path + "' is a directory, not a file"
-                                                    : "cannot stat '" + path + "': " + std::strerror(e));
-  }
   MappedFile m;
   m.path_ = path;
-  m.size_ = static_cast<size_t>(st.st_size);
+  const int fd = open_for_reading(path, &m.size_);
   if (m.size_ > 0) {
     try {
       m.anon_ = alloc_anonymous(m.size_, huge_pages, "'" + path + "'");
