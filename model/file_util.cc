@@ -129,8 +129,8 @@ MappedFile MappedFile::read_into_memory(const std::string& path, bool huge_pages
                                       std::to_string(m.size_) + " bytes when opened)");
     }
     // Weights are read-only: a stray write faults as it would on the file mapping.
-    ::mprotect(m.anon_.get(), m.size_, PROT_READ);
     m.data_ = m.anon_.get();
+    m.sealed_ = false;
   } else {
     ::close(fd);
   }
@@ -161,7 +161,14 @@ MappedFile::MappedFile(MappedFile&& other) noexcept
       data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
       heap_(std::exchange(other.heap_, false)),
-      anon_(std::move(other.anon_)) {}
+      anon_(std::move(other.anon_)),
+      sealed_(std::exchange(other.sealed_, true)) {}
+
+void MappedFile::seal() {
+  if (sealed_) return;
+  if (anon_ && size_ > 0) ::mprotect(anon_.get(), size_, PROT_READ);
+  sealed_ = true;
+}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -171,6 +178,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     size_ = std::exchange(other.size_, 0);
     heap_ = std::exchange(other.heap_, false);
     anon_ = std::move(other.anon_);
+    sealed_ = std::exchange(other.sealed_, true);
   }
   return *this;
 }

@@ -25,6 +25,7 @@ class MappedFile {
   static MappedFile from_memory(const std::string& name, const void* data, size_t size);
   // The whole file read into anonymous memory (alloc_anonymous) instead of mapped: pages the
   // kernel can back with transparent huge pages when `huge_pages` (runtime/model.cc says why).
+  // The memory stays writable (mutable_data) until seal() makes it read-only.
   static MappedFile read_into_memory(const std::string& path, bool huge_pages);
   ~MappedFile();
   MappedFile(MappedFile&& other) noexcept;
@@ -34,6 +35,10 @@ class MappedFile {
 
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  // The bytes of a read_into_memory() file before seal(), writable (null otherwise): the model
+  // loader repacks weight rows in place there.
+  uint8_t* mutable_data() { return sealed_ ? nullptr : anon_.get(); }
+  void seal();
   const std::string& path() const { return path_; }
 
  private:
@@ -44,6 +49,7 @@ class MappedFile {
   size_t size_ = 0;
   bool heap_ = false;  // data_ is a from_memory() copy (operator delete), else a mapping (munmap)
   std::shared_ptr<uint8_t> anon_;  // read_into_memory(): owns data_
+  bool sealed_ = true;             // read_into_memory(): false until seal()
 };
 
 // `bytes` of zeroed, read-write anonymous memory (at least page-aligned). huge_pages: 2 MiB-

@@ -116,6 +116,12 @@ MxlmFile::MxlmFile(const std::string& path) : map_(path) { parse(); }
 
 MxlmFile::MxlmFile(MappedFile map) : map_(std::move(map)) { parse(); }
 
+uint8_t* MxlmFile::writable(const uint8_t* p) {
+  uint8_t* base = map_.mutable_data();
+  MXLM_ASSERT(p >= map_.data() && p <= map_.data() + map_.size());
+  return base ? base + (p - map_.data()) : nullptr;
+}
+
 void MxlmFile::parse() {
   const std::string& path = map_.path();
   const uint64_t size = map_.size();

@@ -104,6 +104,12 @@ class MxlmFile {
   // tensor whose data does not match.
   void verify() const;
 
+  // A file read into memory (MappedFile::read_into_memory), before seal(): the writable address
+  // of the file's bytes at p (a pointer into this file's data). Null for mapped files and after
+  // seal(), which makes the bytes read-only. verify() fails once tensors were changed.
+  uint8_t* writable(const uint8_t* p);
+  void seal() { map_.seal(); }
+
  private:
   void parse();
 

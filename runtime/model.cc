@@ -53,9 +53,10 @@ const TensorEntry& require(const MxlmFile& f, const std::string& name, const std
 
 // Binds rows [row_begin, row_end) in format t at `data` to the kernel of `isa`. matmul: the weight
 // feeds matmuls (else only embedding lookups read it: no kernel, no repacked copy). `what` names
-// the tensor in errors.
+// the tensor in errors. in_place: the same rows, writable, when nothing but the kernel will read
+// them (else null): a kernel with its own layout repacks them there instead of into a copy.
 WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int64_t row_end, int64_t k, Isa isa,
-                           bool matmul, const std::string& what, bool huge_pages = false) {
+                           bool matmul, const std::string& what, bool huge_pages = false, uint8_t* in_place = nullptr) {
   WeightSegment s;
   s.row_begin = row_begin;
   s.row_end = row_end;
@@ -72,7 +73,26 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
   }
   s.qgemm = matmul ? qk.gemm : nullptr;
   s.qdata = s.data;
-  if (qk.pack && matmul) {
+  if (qk.pack && matmul && in_place) {
+    // The kernel reads its own layout and the rows are the model's own memory: repack each row
+    // through a scratch row. The file's layout is gone (s.data null): no dequantization, no
+    // oneDNN path (the Context refuses it). A copy would double the resident size of every
+    // format whose AVX2 or AVX-512 kernel repacks (all 4-bit formats on AVX2).
+    const int64_t rows = row_end - row_begin;
+#pragma omp parallel
+    {
+      std::vector<uint8_t> scratch(s.row_bytes);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        uint8_t* row = in_place + s.row_bytes * size_t(r);
+        qk.pack(row, scratch.data(), k);
+        std::memcpy(row, scratch.data(), s.row_bytes);
+      }
+    }
+    s.qdata = in_place;
+    s.data = nullptr;
+    s.repacked = true;
+  } else if (qk.pack && matmul) {
     // The kernel reads its own layout: repack the segment's rows once (same size; the original
     // rows stay for dequantization, the oneDNN path and embedding lookups).
     const int64_t rows = row_end - row_begin;
@@ -83,13 +103,15 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) qk.pack(s.data + s.row_bytes * size_t(r), buf + s.row_bytes * size_t(r), k);
     s.qdata = buf;
+    s.repacked = true;
   }
   s.kernel_isa = qk.isa;
   return s;
 }
 
-Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa, bool huge_pages,
-                   bool matmul = true) {
+// in_place: the weight's rows may be repacked in the file's memory (bind_segment).
+Weight bind_weight(MxlmFile& f, const std::string& name, int64_t n, int64_t k, Isa isa, bool huge_pages,
+                   bool matmul = true, bool in_place = true) {
   const TensorEntry& t = require(f, name, {n, k});
   Weight w;
   w.n = n;
@@ -98,7 +120,8 @@ Weight bind_weight(const MxlmFile& f, const std::string& name, int64_t n, int64_
   w.outliers = t.outliers;
   for (const TensorSegment& ts : t.segments) {
     w.segments.push_back(bind_segment(ts.qtype, ts.data, ts.row_begin, ts.row_end, k, isa, matmul,
-                                      "'" + f.path() + "': tensor '" + name + "'", huge_pages));
+                                      "'" + f.path() + "': tensor '" + name + "'", huge_pages,
+                                      in_place ? f.writable(ts.data) : nullptr));
     w.any_quantized |= !is_float_qtype(ts.qtype);
   }
   return w;
@@ -155,7 +178,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   m->file_ = options.memory == WeightMemory::kMap
                  ? std::make_unique<MxlmFile>(path)
                  : std::make_unique<MxlmFile>(MappedFile::read_into_memory(path, options.memory == WeightMemory::kHuge));
-  const MxlmFile& f = *m->file_;
+  MxlmFile& f = *m->file_;
   if (options.verify) f.verify();
   m->config_ = f.config();
   const ModelConfig& c = m->config_;
@@ -171,7 +194,8 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   using namespace tensor_names;
   const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
   const bool huge = options.memory == WeightMemory::kHuge;
-  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_, huge, c.tied_embeddings);
+  // Embedding lookups read the file's rows: a tied table is never repacked in place.
+  m->tok_embd_ = bind_weight(f, kTokEmbd, c.n_vocab, c.n_embd, m->isa_, huge, c.tied_embeddings, false);
   m->output_norm_ = bind_norm(f, kOutputNorm, c.n_embd);
   if (c.tied_embeddings) {
     if (f.find(kOutput)) throw Error(ErrorCode::kFormat, "'" + path + "': tied embeddings but an 'output' tensor is present");
@@ -192,6 +216,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     l.down = bind_weight(f, layer(i, kFfnDown), c.n_embd, c.n_ff, m->isa_, huge);
     m->layers_.push_back(l);
   }
+  f.seal();
   if (m->tok_embd_.row_map) {
     m->embd_stored_row_.resize(static_cast<size_t>(c.n_vocab));
     for (int i = 0; i < c.n_vocab; ++i) {
@@ -293,7 +318,7 @@ std::string Model::kernel_summary() const {
   auto add = [&](const Weight& w) {
     for (const WeightSegment& s : w.segments) {
       std::string k = std::string(qtype_info(s.qtype).name) + ":" + std::string(isa_name(s.kernel_isa)) +
-                      (s.packed ? "/repacked" : "");
+                      (s.repacked ? "/repacked" : "");
       if (std::find(seen.begin(), seen.end(), k) == seen.end()) seen.push_back(k);
     }
   };
@@ -358,6 +383,19 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   if (prefill_ == ContextParams::Prefill::kOneDnn && !onednn_available()) {
     throw Error(ErrorCode::kUnsupported, "the oneDNN prefill needs a build with oneDNN and an AVX-512 CPU");
   }
+  if (prefill_ == ContextParams::Prefill::kOneDnn) {
+    auto in_file_layout = [](const Weight& w) {
+      return std::all_of(w.segments.begin(), w.segments.end(), [](const WeightSegment& s) { return s.data != nullptr; });
+    };
+    bool ok = in_file_layout(model_->output());
+    for (const LayerWeights& l : model_->layers()) {
+      for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) ok = ok && in_file_layout(*w);
+    }
+    if (!ok) {
+      throw Error(ErrorCode::kUnsupported, "the oneDNN prefill reads the file's rows, which this load repacked in place for the " +
+                                               std::string(isa_name(model_->isa())) + " kernels: load the model with --memory map");
+    }
+  }
   const int64_t kmax = act_padded_k(std::max<int64_t>({c.n_embd, int64_t(q), c.n_ff}));
   aq_.resize(B * size_t(kmax));
   ad_.resize(B * size_t(kmax / kActBlock));
@@ -382,49 +420,75 @@ void Context::quantize_acts(Acts& a) {
   a.quantized = true;
 }
 
-void Context::matmul_dense(Acts& a, const Weight& w, float* out, bool onednn) {
+void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn) {
   const F32Kernels& kr = f32_kernels(model_->isa());
-  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k), m = a.m;
-  if (w.any_quantized && !onednn) quantize_acts(a);
+  const int k = a.k, m = a.m;
+  bool any_quantized = false;
+  for (const MatmulJob& j : jobs) any_quantized |= j.w->any_quantized;
+  if (any_quantized && !onednn) quantize_acts(a);
   const ActQ8 acts{aq_.data(), ad_.data(), ads_.data(), act_padded_k(k)};
-  // Split each segment's rows into chunks: enough to balance threads, each large enough to
-  // amortize the kernel's blocking.
-  const int chunk = m == 1 ? std::max(16, (n + 4 * n_threads_ - 1) / (4 * n_threads_) / 16 * 16) : 64;
+  // A task: rows [n0, n1) of one segment, written to y + its row_begin (row stride ldy).
   struct Task {
     const WeightSegment* s;
-    int n0, n1;  // rows within the segment
+    int n0, n1;
+    float* y;
+    int ldy;
   };
   std::vector<Task> tasks;
   tasks.reserve(64);
-  for (const auto& s : w.segments) {
-    const int rows = static_cast<int>(s.row_end - s.row_begin);
-    for (int r = 0; r < rows; r += chunk) tasks.push_back({&s, r, std::min(rows, r + chunk)});
+  int64_t total_rows = 0;
+  for (const MatmulJob& j : jobs) total_rows += j.w->n;
+  // Chunks of every job's rows in one list: enough to balance threads (dynamic, so that a
+  // descheduled thread's chunks go to the others), each large enough to amortize the kernel's
+  // blocking. (Contiguous per-thread ranges measured the same as this, within the noise of
+  // this shared 2-core host: TinyLlama q4_g32 2-thread decode 39-48 vs 35-45 tok/s.)
+  const int chunk =
+      m == 1 ? std::max<int>(16, int((total_rows + 4 * n_threads_ - 1) / (4 * n_threads_) / 16 * 16)) : 64;
+  for (const MatmulJob& j : jobs) {
+    for (const auto& s : j.w->segments) {
+      const int rows = static_cast<int>(s.row_end - s.row_begin);
+      for (int r = 0; r < rows; r += chunk) tasks.push_back({&s, r, std::min(rows, r + chunk), j.y, int(j.w->n)});
+    }
   }
-  const int n_tasks = static_cast<int>(tasks.size());
-  pool_->run(n_tasks, [&](int t, int) {
-    const WeightSegment& s = *tasks[t].s;
-    float* ys = out + s.row_begin;
+  pool_->run(static_cast<int>(tasks.size()), [&](int t, int) {
+    const Task& tk = tasks[size_t(t)];
+    const WeightSegment& s = *tk.s;
+    float* ys = tk.y + s.row_begin;
     if (onednn) {
-      onednn_gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, ys, size_t(n));
+      onednn_gemm(m, tk.n0, tk.n1, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, ys, size_t(tk.ldy));
     } else if (s.qgemm) {
-      s.qgemm(m, tasks[t].n0, tasks[t].n1, k, acts, s.qdata, s.row_bytes, ys, size_t(n));
+      s.qgemm(m, tk.n0, tk.n1, k, acts, s.qdata, s.row_bytes, ys, size_t(tk.ldy));
     } else {
-      kr.gemm(m, tasks[t].n0, tasks[t].n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(n));
+      kr.gemm(m, tk.n0, tk.n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(tk.ldy));
     }
   });
 }
 
-void Context::matmul(Acts& a, const Weight& w, float* y) {
+void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
   if (observer_ && !a.observed) {
     observer_->observe(a.layer, a.in, a.x, a.m, a.k);
     a.observed = true;
   }
-  const int n = static_cast<int>(w.n), k = static_cast<int>(w.k), m = a.m;
+  const int k = a.k, m = a.m;
   // With a row map, compute in stored order, then scatter.
-  float* out = y;
-  if (w.row_map) {
-    mm_tmp_.resize(size_t(m) * n);
-    out = mm_tmp_.data();
+  MatmulJob jobs[4];
+  const size_t n_jobs = jobs_in.size();
+  size_t tmp = 0;
+  for (const MatmulJob& j : jobs_in) {
+    if (j.w->k != k) throw Error(ErrorCode::kInternal, "matmul: weight and input widths differ");
+    if (j.w->row_map) tmp += size_t(m) * size_t(j.w->n);
+  }
+  if (n_jobs > std::size(jobs)) throw Error(ErrorCode::kInternal, "matmul: too many weights in one region");
+  mm_tmp_.resize(std::max(mm_tmp_.size(), tmp));
+  tmp = 0;
+  size_t i = 0;
+  for (const MatmulJob& j : jobs_in) {
+    jobs[i] = j;
+    if (j.w->row_map) {
+      jobs[i].y = mm_tmp_.data() + tmp;
+      tmp += size_t(m) * size_t(j.w->n);
+    }
+    ++i;
   }
   // The prefill path is a fixed rule, never a measurement, so that logits, perplexity and greedy
   // text do not change from run to run: auto and kKernels run the int8/f32 kernels for every
@@ -439,20 +503,28 @@ void Context::matmul(Acts& a, const Weight& w, float* y) {
   // tinyllama-1.1b synth q4_g32 pp16 / pp32 / pp128 363 / 177 / 251 vs 0.8 / 1.0 / 5.1.
   // (oneDNN dequantizes every weight row to bf16 on each call; the kernels never do.)
   const bool onednn = m >= 16 && prefill_ == ContextParams::Prefill::kOneDnn;
-  matmul_dense(a, w, out, onednn);
-  if (w.row_map) {
-    for (int i = 0; i < n; ++i) {
-      int32_t r;
-      std::memcpy(&r, w.row_map + 4 * size_t(i), 4);
-      for (int b = 0; b < m; ++b) y[size_t(b) * n + r] = out[size_t(b) * n + i];
+  matmul_dense(a, std::span<const MatmulJob>(jobs, n_jobs), onednn);
+  i = 0;
+  for (const MatmulJob& j : jobs_in) {
+    const Weight& w = *j.w;
+    const int n = static_cast<int>(w.n);
+    float* y = j.y;
+    if (w.row_map) {
+      const float* out = jobs[i].y;
+      for (int r0 = 0; r0 < n; ++r0) {
+        int32_t r;
+        std::memcpy(&r, w.row_map + 4 * size_t(r0), 4);
+        for (int b = 0; b < m; ++b) y[size_t(b) * n + r] = out[size_t(b) * n + r0];
+      }
     }
-  }
-  if (w.outliers.nnz) {
-    for (int r = 0; r < n; ++r) {
-      for_each_outlier(w.outliers, r, [&](int32_t col, float v) {
-        for (int b = 0; b < m; ++b) y[size_t(b) * n + r] += v * a.x[size_t(b) * k + col];
-      });
+    if (w.outliers.nnz) {
+      for (int r = 0; r < n; ++r) {
+        for_each_outlier(w.outliers, r, [&](int32_t col, float v) {
+          for (int b = 0; b < m; ++b) y[size_t(b) * n + r] += v * a.x[size_t(b) * k + col];
+        });
+      }
     }
+    ++i;
   }
 }
 
@@ -573,9 +645,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
 
   for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
   Acts attn_in{xb_.data(), n, E, l, MatmulInput::kAttnIn};
-  matmul(attn_in, w.wq, q_.data());
-  matmul(attn_in, w.wk, k_.data());
-  matmul(attn_in, w.wv, v_.data());
+  matmul(attn_in, {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}});
   // K cache [n_ctx][KV] (rows of keys); V cache transposed, [HKV][D][n_ctx], so that both
   // attention products run as gemm over contiguous rows.
   float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
@@ -609,8 +679,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
 
   for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
   Acts ffn_in{xb_.data(), n, E, l, MatmulInput::kFfnIn};
-  matmul(ffn_in, w.gate, hb_.data());
-  matmul(ffn_in, w.up, hb2_.data());
+  matmul(ffn_in, {{&w.gate, hb_.data()}, {&w.up, hb2_.data()}});
   for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
   Acts ffn_mid{hb_.data(), n, F, l, MatmulInput::kFfnMid};
   matmul(ffn_mid, w.down, xb2_.data());

@@ -27,7 +27,7 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 #                      ASan on the shared 2-core build machine);
 #                      the same forward pass runs in Tinymix.*, Eval.*, Prefill.*, and every
 #                      format's kernels in All/QGemm*Test.
-#  *TinymixRepacked*   three formats each quantizing tinymix-26m and running it through the
+#  *TinymixRepacked*   five formats each quantizing tinymix-26m and running it through the
 #                      scalar reference kernels; repacking itself is run by the TSan job and
 #                      the repacking kernels by All/QGemmTest.*.
 #  *PredictedKlRanks*  the sensitivity model on tinymix-26m (116 KL runs of 1024 tokens); the
@@ -44,7 +44,8 @@ asan_filter=${MXLM_ASAN_FILTER:-"-*Perplexity*:*TinymixRepacked*:*PredictedKlRan
 # default thread count, omp_get_num_procs(), or the CLI's -t 2): prefill and decode threads in
 # runtime/model.cc (Tinymix.*, Stories260K, MixedPrecision, Cli.ThreadCount*), the parallel
 # quantizer in model/import.cc (Cli.QuantizeInspectRun, TinymixRepacked) and repacking at bind
-# (TinymixRepacked, one format of three: the same code path), and the mixed-precision quantizer's
+# (TinymixRepacked's nu3_g32 on AVX-512, WeightMemory.* in place on AVX2 and AVX-512: the same
+# code path for every format), and the mixed-precision quantizer's
 # calibration (Gram products over row chunks), GPTQ (row chunks, triangular-inverse chunks) and
 # its whole pipeline at 1 and 2 threads (Calibration.Statistics*, EncodeDeterminism.*,
 # AutoQuant.MoreBits*). Not here: the kernel tests (one

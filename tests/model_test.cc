@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "kernels/common.h"
+#include "kernels/onednn_gemm.h"
 #include "model/file_util.h"
 #include "model/import.h"
 #include "model/quantize.h"
@@ -365,11 +366,12 @@ TEST_F(Tinymix, KlDivergenceAgainstABaseModel) {
   }
 }
 
-// Formats whose kernel repacks the rows at load (AVX-512, 3 bits) against the reference kernels
-// on the file's layout, prefill (M = 40: the panel GEMM) and decode (M = 1). Kernel outputs agree
-// up to float summation order (tests/qgemm_test.cc); through 8 layers of int8 activation
-// rounding that grows to ~0.4 in the logits for any SIMD ISA (AVX2, which does not repack, too),
-// so the check is the next-token choice and a bound far below what wrong bits would give.
+// Formats whose kernel repacks the rows at load (AVX-512: 3 bits, AVX2: 4 bits) against the
+// reference kernels on the file's layout, prefill (M = 40: the panel GEMM on AVX-512, tiles on
+// AVX2) and decode (M = 1). Kernel outputs agree up to float summation order
+// (tests/qgemm_test.cc); through 8 layers of int8 activation rounding that grows to ~0.4 in the
+// logits for any SIMD ISA, so the check is the next-token choice and a bound far below what wrong
+// bits would give.
 class TinymixRepacked : public ::testing::TestWithParam<QType> {};
 
 int argmax_row(const float* p, int n) { return static_cast<int>(std::max_element(p, p + n) - p); }
@@ -386,6 +388,18 @@ TEST_P(TinymixRepacked, LogitsMatchTheReferenceKernels) {
     ref = Model::load(out);
   }
   EXPECT_EQ(ref->kernel_summary().find("/repacked"), std::string::npos) << ref->kernel_summary();
+  if (onednn_available()) {
+    // Repacked in place (the default memory): the oneDNN prefill, which reads the file's rows,
+    // is refused with the way out.
+    ContextParams o;
+    o.prefill = ContextParams::Prefill::kOneDnn;
+    try {
+      Context c(packed, o);
+      ADD_FAILURE() << "the oneDNN prefill ran on rows repacked in place";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--memory map"), std::string::npos) << e.what();
+    }
+  }
   const int nv = 4096, n = 40;
   std::vector<int> ids(n);
   for (int i = 0; i < n; ++i) ids[i] = 1 + (i * 97) % 4000;
@@ -410,33 +424,47 @@ TEST_P(TinymixRepacked, LogitsMatchTheReferenceKernels) {
   EXPECT_GE(agree, 7);
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, TinymixRepacked, ::testing::Values(QType::kQ3G32, QType::kQ3AG32, QType::kNU3G32),
+INSTANTIATE_TEST_SUITE_P(Formats, TinymixRepacked,
+                         ::testing::Values(QType::kQ3G32, QType::kQ3AG32, QType::kNU3G32, QType::kQ4G64, QType::kQ4AG64),
                          [](const auto& info) { return std::string(qtype_info(info.param).name); });
 
 // Weights read into memory (4 KiB or huge pages) instead of mapped are the same bytes, repacked
-// the same way: prefill and decode logits are bit-identical to the mapped file's.
+// the same way: prefill and decode logits are bit-identical to the mapped file's. Copy and huge
+// repack rows in place where the kernel reads a layout of its own, map makes a repacked copy
+// (q3_g32 on AVX-512, every 4-bit format on AVX2).
 TEST(WeightMemory, CopyAndHugeGiveTheMappedFilesLogits) {
-  const std::string path = quantized_tinymix(QType::kQ3G32, "r_");  // repacked on AVX-512
-  std::vector<std::vector<float>> logits;
-  for (WeightMemory m : {WeightMemory::kMap, WeightMemory::kCopy, WeightMemory::kHuge}) {
-    LoadOptions lo;
-    lo.memory = m;
-    auto model = Model::load(path, lo);
-    EXPECT_EQ(weight_memory_from_name(weight_memory_name(m)), m);
-    Context ctx(model);
-    std::vector<int> ids(24);
-    for (size_t i = 0; i < ids.size(); ++i) ids[i] = 1 + int(i * 131) % 4000;
-    const int nv = model->config().n_vocab;
-    const float* l = ctx.eval(ids, true);
-    std::vector<float> all(l, l + ids.size() * size_t(nv));
-    for (int t : {5, 77, 901}) {
-      l = ctx.eval(std::vector<int>{t}, false);
-      all.insert(all.end(), l, l + nv);
+  for (QType t : {QType::kQ3G32, QType::kQ4G64}) {
+    SCOPED_TRACE(qtype_info(t).name);
+    const std::string path = quantized_tinymix(t, "r_");
+    std::vector<std::vector<float>> logits;
+    for (WeightMemory m : {WeightMemory::kMap, WeightMemory::kCopy, WeightMemory::kHuge}) {
+      LoadOptions lo;
+      lo.memory = m;
+      auto model = Model::load(path, lo);
+      EXPECT_EQ(weight_memory_from_name(weight_memory_name(m)), m);
+      const bool repacks = find_qkernel(t, model->isa()).pack != nullptr;
+      EXPECT_EQ(model->kernel_summary().find("/repacked") != std::string::npos, repacks) << model->kernel_summary();
+      for (const WeightSegment& s : model->layers()[0].wq.segments) {
+        EXPECT_EQ(s.repacked, repacks);
+        // In place: no copy, and the file's layout is gone; mapped: a copy beside the file's rows.
+        EXPECT_EQ(s.packed != nullptr, repacks && m == WeightMemory::kMap);
+        EXPECT_EQ(s.data == nullptr, repacks && m != WeightMemory::kMap);
+      }
+      Context ctx(model);
+      std::vector<int> ids(24);
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = 1 + int(i * 131) % 4000;
+      const int nv = model->config().n_vocab;
+      const float* l = ctx.eval(ids, true);
+      std::vector<float> all(l, l + ids.size() * size_t(nv));
+      for (int tok : {5, 77, 901}) {
+        l = ctx.eval(std::vector<int>{tok}, false);
+        all.insert(all.end(), l, l + nv);
+      }
+      logits.push_back(std::move(all));
     }
-    logits.push_back(std::move(all));
+    EXPECT_EQ(std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)), 0) << "copy";
+    EXPECT_EQ(std::memcmp(logits[0].data(), logits[2].data(), logits[0].size() * sizeof(float)), 0) << "huge";
   }
-  EXPECT_EQ(std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)), 0) << "copy";
-  EXPECT_EQ(std::memcmp(logits[0].data(), logits[2].data(), logits[0].size() * sizeof(float)), 0) << "huge";
   EXPECT_FALSE(weight_memory_from_name("hugepages").has_value());
 }
 
@@ -465,9 +493,16 @@ TEST(WeightMemory, ReadIntoMemoryErrors) {
     std::string bytes(3 * 1024 * 1024 + 17, '\0');
     for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char(i * 7 + i / 4096);
     write_file(some, bytes);
-    const MappedFile r = MappedFile::read_into_memory(some, huge);
+    MappedFile r = MappedFile::read_into_memory(some, huge);
     ASSERT_EQ(r.size(), bytes.size());
     EXPECT_EQ(std::memcmp(r.data(), bytes.data(), bytes.size()), 0);
+    // Writable until sealed; a mapped file never is.
+    ASSERT_EQ(r.mutable_data(), r.data());
+    r.mutable_data()[5] = 1;
+    EXPECT_EQ(r.data()[5], 1);
+    r.seal();
+    EXPECT_EQ(r.mutable_data(), nullptr);
+    EXPECT_EQ(MappedFile(some).mutable_data(), nullptr);
   }
   LoadOptions lo;
   lo.memory = WeightMemory::kHuge;

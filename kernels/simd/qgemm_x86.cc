@@ -28,7 +28,7 @@
 // found by probing each decoder once at registration (probe_layout) and the activations are
 // permuted into that order once per call (prep), not per weight row. A decoder may instead read a
 // layout of its own that the row was repacked into at load (Dec::repack: the 3-bit decoder on
-// AVX-512; registered with a QPackFn, kernels/quant.h).
+// AVX-512, the 4-bit decoders on AVX2; registered with a QPackFn, kernels/quant.h).
 //
 // Blocking. A call runs over tiles of MR activation rows x NR weight rows; each unit of a weight
 // row is decoded once and used for the MR rows. Activations are prepared in slabs of at most

@@ -24,11 +24,14 @@ class Tokenizer;
 struct WeightSegment {
   int64_t row_begin = 0, row_end = 0;
   QType qtype = QType::kF32;
-  const uint8_t* data = nullptr;  // first row of the segment, in the file's layout
+  // First row of the segment in the file's layout; null when the rows were repacked in place
+  // (weights in the model's own memory, runtime/model.cc bind_segment).
+  const uint8_t* data = nullptr;
   size_t row_bytes = 0;
   QGemmFn qgemm = nullptr;        // quantized formats: the kernel for the model's ISA
   const uint8_t* qdata = nullptr; // what qgemm reads: data, or the rows repacked at load
-  std::shared_ptr<const uint8_t> packed;  // owns the repacked rows (kernels with a QPackFn)
+  std::shared_ptr<const uint8_t> packed;  // owns a repacked copy of the rows, if one was made
+  bool repacked = false;          // qdata is in the kernel's own layout (a QPackFn)
   Isa kernel_isa = Isa::kRef;
 };
 
@@ -58,9 +61,11 @@ Weight make_weight(QType t, const uint8_t* rows, int64_t n, int64_t k, Isa isa);
 // Where a loaded model's weights live. kHuge, the default, decoded TinyLlama-1.1B q4_g32 ~7 %
 // faster than kMap on one thread (alternating runs in one process, `mxlm bench --memory
 // map,copy,huge`; README, Speed): the hardware prefetchers stop at every 4 KiB page boundary.
-// It costs a copy at load (0.3 s for 590 MB) and the model's size in anonymous memory.
+// It costs a copy at load (0.3 s for 590 MB) and the model's size in anonymous memory. Copy
+// and huge repack rows in place for kernels with a layout of their own (every 4-bit format on
+// AVX2, q3 on AVX-512); map cannot, and makes a repacked copy of those tensors beside the file.
 enum class WeightMemory {
-  kMap,   // the file's read-only mapping: no copy, pages shared with the page cache (4 KiB)
+  kMap,   // the file's read-only mapping: pages shared with the page cache (4 KiB)
   kCopy,  // read into anonymous memory (4 KiB pages)
   kHuge,  // read into anonymous memory backed by transparent huge pages where the system allows
 };
@@ -190,8 +195,15 @@ class Context {
   void layer_forward(const LayerWeights& w, int l, float* x, int n, int p0);
   void head_forward(const Weight& output, const float* x, int n, float* logits);
   void check_span(int n, int p0, const char* what) const;
-  void matmul(Acts& a, const Weight& w, float* y);
-  void matmul_dense(Acts& a, const Weight& w, float* out, bool onednn);
+  // y = a · wᵀ for one or more weights sharing the input a (q/k/v, gate/up): one task list
+  // over all their rows, one parallel region.
+  struct MatmulJob {
+    const Weight* w;
+    float* y;
+  };
+  void matmul(Acts& a, std::initializer_list<MatmulJob> jobs);
+  void matmul(Acts& a, const Weight& w, float* y) { matmul(a, {MatmulJob{&w, y}}); }
+  void matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn);
   void quantize_acts(Acts& a);
 
   std::shared_ptr<const Model> model_;
