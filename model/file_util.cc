@@ -128,7 +128,6 @@ MappedFile MappedFile::read_into_memory(const std::string& path, bool huge_pages
       throw Error(ErrorCode::kIo, "'" + path + "' ended at byte " + std::to_string(short_at.load()) + " while being read (" +
                                       std::to_string(m.size_) + " bytes when opened)");
     }
-    // Weights are read-only: a stray write faults as it would on the file mapping.
     m.data_ = m.anon_.get();
     m.sealed_ = false;
   } else {
@@ -164,6 +163,7 @@ MappedFile::MappedFile(MappedFile&& other) noexcept
       anon_(std::move(other.anon_)),
       sealed_(std::exchange(other.sealed_, true)) {}
 
+// Read-only from here on: a stray write faults as it would on the file mapping.
 void MappedFile::seal() {
   if (sealed_) return;
   if (anon_ && size_ > 0) ::mprotect(anon_.get(), size_, PROT_READ);
