@@ -87,11 +87,8 @@ uint64_t bytes_per_token(const Model& model) {
 }
 
 uint64_t macs_per_token(const Model& model) {
-  auto nk = [](const Weight& w) { return uint64_t(w.n) * uint64_t(w.k); };
-  uint64_t total = nk(model.output());
-  for (const LayerWeights& l : model.layers()) {
-    for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) total += nk(*w);
-  }
+  uint64_t total = 0;
+  model.for_each_matmul_weight([&](const Weight& w) { total += uint64_t(w.n) * uint64_t(w.k); });
   return total;
 }
 
@@ -130,57 +127,56 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
     std::vector<int> tokens(static_cast<size_t>(std::max(p.n_prompt, 1)));
     for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919 + 13) % static_cast<size_t>(n_vocab));
     const size_t nm = models.size();
-    if (p.n_prompt > 0) {
+    // Tokens per second of run(context) over p.reps rounds that alternate the models (round 0
+    // warms up), and a result per model with the fields every test shares.
+    auto rounds = [&](int n_tokens, auto&& run) {
       std::vector<std::vector<double>> rates(nm);
-      for (int r = 0; r <= p.reps; ++r) {  // round 0 warms up
+      for (int r = 0; r <= p.reps; ++r) {
         for (size_t m = 0; m < nm; ++m) {
           ctxs[m]->reset();
           const auto t0 = clock::now();
-          ctxs[m]->eval(tokens);
-          if (r > 0) rates[m].push_back(p.n_prompt / std::chrono::duration<double>(clock::now() - t0).count());
+          run(*ctxs[m]);
+          if (r > 0) rates[m].push_back(n_tokens / std::chrono::duration<double>(clock::now() - t0).count());
         }
       }
+      return rates;
+    };
+    auto result = [&](size_t m, const std::string& test, const std::vector<double>& rates) {
+      BenchResult b;
+      b.threads = threads;
+      b.label = models[m].label;
+      b.test = test;
+      mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
+      b.peak_gop_s = peak / 1e9;
+      return b;
+    };
+    if (p.n_prompt > 0) {
+      const auto rates = rounds(p.n_prompt, [&](Context& ctx) { ctx.eval(tokens); });
       for (size_t m = 0; m < nm; ++m) {
-        BenchResult b;
-        b.threads = threads;
-        b.label = models[m].label;
-        b.test = "pp" + std::to_string(p.n_prompt);
-        mean_sd(rates[m], &b.tok_s_mean, &b.tok_s_sd);
+        BenchResult b = result(m, "pp" + std::to_string(p.n_prompt), rates[m]);
         b.bandwidth_gb_s = bw / 1e9;
         b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*models[m].model)) / 1e9;
-        b.peak_gop_s = peak / 1e9;
         b.peak_pct = peak > 0 ? 100.0 * b.gop_s / b.peak_gop_s : 0.0;
         out.push_back(b);
       }
     }
     if (p.n_gen > 0) {
-      std::vector<std::vector<double>> rates(nm);
-      for (int r = 0; r <= p.reps; ++r) {  // round 0 warms up
-        for (size_t m = 0; m < nm; ++m) {
-          ctxs[m]->reset();
-          const auto t0 = clock::now();
-          for (int i = 0; i < p.n_gen; ++i) {
-            const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
-            ctxs[m]->eval(tok);
-          }
-          if (r > 0) rates[m].push_back(p.n_gen / std::chrono::duration<double>(clock::now() - t0).count());
+      const auto rates = rounds(p.n_gen, [&](Context& ctx) {
+        for (int i = 0; i < p.n_gen; ++i) {
+          const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
+          ctx.eval(tok);
         }
-      }
+      });
       // The bandwidth of a shared machine drifts: take the larger of the readings before the
       // tests and right after the generation runs, so that the percentages err low.
       const double bw_tg = std::max(bw, measure_read_bandwidth(threads));
       for (size_t m = 0; m < nm; ++m) {
         const uint64_t bpt = bytes_per_token(*models[m].model);
-        BenchResult b;
-        b.threads = threads;
-        b.label = models[m].label;
-        b.test = "tg" + std::to_string(p.n_gen);
-        mean_sd(rates[m], &b.tok_s_mean, &b.tok_s_sd);
+        BenchResult b = result(m, "tg" + std::to_string(p.n_gen), rates[m]);
         b.weight_gb_s = b.tok_s_mean * double(bpt) / 1e9;
         b.bandwidth_gb_s = bw_tg / 1e9;
         b.bandwidth_pct = 100.0 * b.weight_gb_s / b.bandwidth_gb_s;
         b.roofline_tok_s = bw_tg / double(bpt);
-        b.peak_gop_s = peak / 1e9;
         out.push_back(b);
       }
     }

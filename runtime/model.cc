@@ -322,10 +322,7 @@ std::string Model::kernel_summary() const {
       if (std::find(seen.begin(), seen.end(), k) == seen.end()) seen.push_back(k);
     }
   };
-  add(output_);
-  for (const auto& l : layers_) {
-    for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) add(*w);
-  }
+  for_each_matmul_weight(add);
   std::string r;
   for (const auto& k : seen) r += (r.empty() ? "" : ", ") + k;
   return r;
@@ -384,13 +381,10 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
     throw Error(ErrorCode::kUnsupported, "the oneDNN prefill needs a build with oneDNN and an AVX-512 CPU");
   }
   if (prefill_ == ContextParams::Prefill::kOneDnn) {
-    auto in_file_layout = [](const Weight& w) {
-      return std::all_of(w.segments.begin(), w.segments.end(), [](const WeightSegment& s) { return s.data != nullptr; });
-    };
-    bool ok = in_file_layout(model_->output());
-    for (const LayerWeights& l : model_->layers()) {
-      for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) ok = ok && in_file_layout(*w);
-    }
+    bool ok = true;
+    model_->for_each_matmul_weight([&](const Weight& w) {
+      for (const WeightSegment& s : w.segments) ok = ok && s.data != nullptr;
+    });
     if (!ok) {
       throw Error(ErrorCode::kUnsupported, "the oneDNN prefill reads the file's rows, which this load repacked in place for the " +
                                                std::string(isa_name(model_->isa())) + " kernels: load the model with --memory map");
@@ -470,25 +464,20 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
     a.observed = true;
   }
   const int k = a.k, m = a.m;
-  // With a row map, compute in stored order, then scatter.
+  // With a row map, compute in stored order into mm_tmp_, then scatter.
   MatmulJob jobs[4];
+  size_t tmp_at[4], tmp = 0;
   const size_t n_jobs = jobs_in.size();
-  size_t tmp = 0;
-  for (const MatmulJob& j : jobs_in) {
-    if (j.w->k != k) throw Error(ErrorCode::kInternal, "matmul: weight and input widths differ");
-    if (j.w->row_map) tmp += size_t(m) * size_t(j.w->n);
-  }
   if (n_jobs > std::size(jobs)) throw Error(ErrorCode::kInternal, "matmul: too many weights in one region");
+  for (size_t i = 0; i < n_jobs; ++i) {
+    jobs[i] = jobs_in.begin()[i];
+    if (jobs[i].w->k != k) throw Error(ErrorCode::kInternal, "matmul: weight and input widths differ");
+    tmp_at[i] = tmp;
+    if (jobs[i].w->row_map) tmp += size_t(m) * size_t(jobs[i].w->n);
+  }
   mm_tmp_.resize(std::max(mm_tmp_.size(), tmp));
-  tmp = 0;
-  size_t i = 0;
-  for (const MatmulJob& j : jobs_in) {
-    jobs[i] = j;
-    if (j.w->row_map) {
-      jobs[i].y = mm_tmp_.data() + tmp;
-      tmp += size_t(m) * size_t(j.w->n);
-    }
-    ++i;
+  for (size_t i = 0; i < n_jobs; ++i) {
+    if (jobs[i].w->row_map) jobs[i].y = mm_tmp_.data() + tmp_at[i];
   }
   // The prefill path is a fixed rule, never a measurement, so that logits, perplexity and greedy
   // text do not change from run to run: auto and kKernels run the int8/f32 kernels for every
@@ -504,11 +493,10 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
   // (oneDNN dequantizes every weight row to bf16 on each call; the kernels never do.)
   const bool onednn = m >= 16 && prefill_ == ContextParams::Prefill::kOneDnn;
   matmul_dense(a, std::span<const MatmulJob>(jobs, n_jobs), onednn);
-  i = 0;
-  for (const MatmulJob& j : jobs_in) {
-    const Weight& w = *j.w;
+  for (size_t i = 0; i < n_jobs; ++i) {
+    const Weight& w = *jobs[i].w;
     const int n = static_cast<int>(w.n);
-    float* y = j.y;
+    float* y = jobs_in.begin()[i].y;
     if (w.row_map) {
       const float* out = jobs[i].y;
       for (int r0 = 0; r0 < n; ++r0) {
@@ -524,7 +512,6 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
         });
       }
     }
-    ++i;
   }
 }
 

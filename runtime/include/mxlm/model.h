@@ -99,6 +99,14 @@ class Model {
   const Weight& output() const { return output_; }
   const float* output_norm() const { return output_norm_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
+  // Calls f(weight) for every weight a matmul reads: the output head, then each layer's seven.
+  template <class F>
+  void for_each_matmul_weight(F&& f) const {
+    f(output_);
+    for (const LayerWeights& l : layers_) {
+      for (const Weight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) f(*w);
+    }
+  }
   uint64_t weight_bytes() const;  // bytes of all tensors (what a token reads, roughly)
   // The embedding of token `id` as floats (dequantized, outliers added): n_embd values.
   void embedding_row(int id, float* out) const;
