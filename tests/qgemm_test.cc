@@ -168,9 +168,12 @@ constexpr Shape kShapes[] = {
     {3, 3, 32, 1},     {4, 16, 256, 0},  {4, 33, 4096, 0}, {5, 33, 1000, 2}, {8, 7, 4096, 1},
     {8, 1, 256, 7},    {17, 33, 172, 3}, {17, 16, 96, 0},  {5, 200, 4096, 0}, {5, 7, 10000, 1},
     {1, 9, 20000, 0},
-    // M >= 32 on AVX-512: int8 panels of 64 weight rows x K blocks of 256, 3-row microtiles,
-    // 128-row chunks: row, column (16-row vectors) and K-block tails.
+    // M >= 32 on AVX-512 (M >= 16 on AVX2): int8 panels of 64 (16) weight rows x K blocks of 256,
+    // 3-row microtiles, 128-row (64-row) chunks: row, column (16- and 8-row vectors) and K-block
+    // tails; on AVX2 also K slabs of 2048 (K = 2100) and a last panel of two vectors, the second
+    // partial (N = 28).
     {32, 16, 1024, 0}, {40, 37, 2100, 5}, {33, 18, 96, 1}, {130, 17, 1100, 0}, {35, 70, 300, 2},
+    {20, 28, 520, 1},
 };
 
 using Param = std::tuple<QType, Isa, int, bool>;

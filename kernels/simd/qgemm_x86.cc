@@ -43,12 +43,13 @@
 //     M = 1 two units are folded into one int32 lane per block before the float step, which
 //     halves the conversions and scale multiplies.
 //   M > 4 (prefill): N is cut into blocks of ~512 KiB of weight rows, which stay in L2 while
-//     all 4-row tiles pass over them; 4 x 4 tiles (AVX2: 4 x 2). On AVX-512, M >= kPanelMinM
-//     runs the panel GEMM instead (section "prefill" below).
+//     all 4-row tiles pass over them; 4 x 4 tiles (AVX2: 4 x 2). M >= kPanelMinM (AVX-512: 32,
+//     AVX2: 16, unsigned weights only) runs the panel GEMM instead: weights decoded once per
+//     K block into an L1 panel in dot order, small microtiles over it (qgemm_x86_panel_inl.h).
 //
 // Parts. The decoders, the layout probing, the tile kernels (GEMV and small prefill) and the
-// AVX-512 panel GEMM live in qgemm_x86_{decoders,layout,gemv,panel}_inl.h, included below inside
-// this file's anonymous namespace: one translation unit per ISA, the rules above apply to them.
+// panel GEMM live in qgemm_x86_{decoders,layout,gemv,panel}_inl.h, included below inside this
+// file's anonymous namespace: one translation unit per ISA, the rules above apply to them.
 //
 // Every output is the sum of the same terms as the reference; only float rounding and summation
 // order differ (tests/qgemm_test.cc states the bound). For a given M the result of a row does not
@@ -262,21 +263,19 @@ MXLM_QINLINE void copy_partial(uint8_t* dst, const uint8_t* src, int groups) {
 
 #include "kernels/simd/qgemm_x86_gemv_inl.h"
 
-#if defined(MXLM_TARGET_AVX512)
 #include "kernels/simd/qgemm_x86_panel_inl.h"
-#endif  // MXLM_TARGET_AVX512
 
 template <QType T>
 void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y,
            size_t ldy) {
   if (M <= 0 || n1 <= n0 || K <= 0) return;
   const Geo geo = make_geo<T>(K);
-#if defined(MXLM_TARGET_AVX512)
-  if (M >= kPanelMinM) {
-    qgemm_panel<T>(M, n0, n1, K, a, w, w_row_bytes, geo, y, ldy);
-    return;
+  if constexpr (has_panel<T>()) {
+    if (M >= kPanelMinM) {
+      qgemm_panel<T>(M, n0, n1, K, a, w, w_row_bytes, geo, y, ldy);
+      return;
+    }
   }
-#endif
   // M > 4: cut N into blocks of ~512 KiB of weight rows, which stay in L2 while all row tiles
   // pass over them, and use wide tiles. M <= 4 streams the weights once from DRAM: wide tiles
   // (4 strands) while 4 rows fit kStrandRowsBytes, else one row at a time (see there).

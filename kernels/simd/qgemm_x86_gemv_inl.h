@@ -288,6 +288,24 @@ MXLM_QINLINE VF scales16(const uint8_t* p, int64_t g0, int64_t nb) {
     return _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), f);
   }
 }
+#else
+// Scales (f16 at p, groups [g0, nb)) of the 8 blocks starting at group g0's first block, as
+// floats; blocks past the row's groups get 0. Reads no f16 at or past index nb.
+template <QType T>
+MXLM_QINLINE VF scales8(const uint8_t* p, int64_t g0, int64_t nb) {
+  using F = Fmt<T>;
+  constexpr int kGroups = 8 * 32 / F::kG;  // groups covering 8 blocks
+  const int64_t avail = nb - g0;
+  const int n = avail <= 0 ? 0 : avail >= kGroups ? kGroups : static_cast<int>(avail);
+  const VF f = f16_lanes(p + 2 * g0, n);
+  if constexpr (F::kG == 32) {
+    return f;
+  } else if constexpr (F::kG == 64) {
+    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+  } else {
+    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+  }
+}
 #endif
 
 // ---- group scales ---------------------------------------------------------------------------
@@ -355,9 +373,13 @@ struct Scales<T, false> {
 #if defined(MXLM_TARGET_AVX512)
   // Scales of the 16 blocks whose groups start at d.
   static MXLM_QINLINE VF blocks16(const Local* d, float) { return dw_blocks16<T>(d); }
-  // The panel's scales (offsets) of the 16 blocks from group g0 on, from the row.
+  // The panel's scales (offsets) of the kLanes blocks from group g0 on, from the row.
   static MXLM_QINLINE VF panel(const uint8_t* row, const Geo& geo, int64_t g0, bool offsets) {
     return scales16<T>(row + (offsets ? geo.m_off : geo.d_off), g0, geo.nb);
+  }
+#else
+  static MXLM_QINLINE VF panel(const uint8_t* row, const Geo& geo, int64_t g0, bool offsets) {
+    return scales8<T>(row + (offsets ? geo.m_off : geo.d_off), g0, geo.nb);
   }
 #endif
   // Offset coefficients c (asymmetric: m, else d) of groups [g, g + n), n <= kLanes, from the row.
@@ -430,13 +452,14 @@ struct Scales<T, true> {
     const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d));
     return fmul(to_float(kSignedS ? _mm512_cvtepi8_epi32(c) : _mm512_cvtepu8_epi32(c)), _mm512_set1_ps(rd));
   }
+#endif
+  // The panel's scales (offsets) of the kLanes blocks (= groups) from group g0 on, from the row.
   static MXLM_QINLINE VF panel(const uint8_t* row, const Geo& geo, int64_t g0, bool offsets) {
     const int64_t avail = geo.nb - g0;
-    const int n = avail <= 0 ? 0 : avail >= 16 ? 16 : static_cast<int>(avail);
+    const int n = avail <= 0 ? 0 : avail >= kLanes ? kLanes : static_cast<int>(avail);
     if (offsets) return code_lanes<true>(row + geo.m_off + g0, n, load_f32u(row + 4));
     return code_lanes<kSignedS>(row + geo.d_off + g0, n, load_f32u(row));
   }
-#endif
   static MXLM_QINLINE VF coef(const uint8_t* row, const Geo& geo, int64_t g, int n) {
     if constexpr (F::kAsym) return code_lanes<true>(row + geo.m_off + g, n, load_f32u(row + 4));
     return code_lanes<kSignedS>(row + geo.d_off + g, n, load_f32u(row));
