@@ -367,8 +367,8 @@ TEST_F(Tinymix, KlDivergenceAgainstABaseModel) {
 }
 
 // Formats whose kernel repacks the rows at load (AVX-512: 3 bits, AVX2: 4 bits) against the
-// reference kernels on the file's layout, prefill (M = 40: the panel GEMM on AVX-512, tiles on
-// AVX2) and decode (M = 1). Kernel outputs agree up to float summation order
+// reference kernels on the file's layout, prefill (M = 40: the panel GEMM on AVX-512 and on AVX2,
+// tiles for AVX2's codebook formats) and decode (M = 1). Kernel outputs agree up to float summation order
 // (tests/qgemm_test.cc); through 8 layers of int8 activation rounding that grows to ~0.4 in the
 // logits for any SIMD ISA, so the check is the next-token choice and a bound far below what wrong
 // bits would give.
