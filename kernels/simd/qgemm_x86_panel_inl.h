@@ -420,9 +420,9 @@ void neg_z_sums(const ActQ8& a, int mc, int mn, int64_t b0, int nblk, int64_t nb
 }
 
 // Order: per chunk of kPMChunk activation rows and slab of kPSlab K blocks, panels outer and the
-// slab's K blocks inner, so that a panel's y tile (64 rows x 16 floats, 4 KiB) stays in L1 and
-// each weight row is read forward, one run per slab, while the slab's activations (64 rows x
-// 2 KiB) come from L2. The AVX-512 order (K blocks outer, panels inner) streams the whole y
+// slab's K blocks inner, so that a panel's outputs (64 rows x 16 floats) stay in cache across the
+// slab and each weight row is read forward, one run per slab, while the slab's activations (64
+// rows x 2 KiB) come from L2. The AVX-512 order (K blocks outer, panels inner) streams the whole y
 // through every K block (128 x 4096 floats, 2 MiB: past L2) and reads a panel's rows 2.3 KiB
 // apart: q4_g32, q2_g32 and q4k_g32 at M = 128, K = N = 4096, one thread, 96-131 -> 111-149
 // GOP/s (three alternating runs). Summing each panel's slab in a contiguous 4 KiB tile instead
