@@ -27,7 +27,7 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 #                      ASan on the shared 2-core build machine);
 #                      the same forward pass runs in Tinymix.*, Eval.*, Prefill.*, and every
 #                      format's kernels in All/QGemm*Test.
-#  *TinymixRepacked*   five formats each quantizing tinymix-26m and running it through the
+#  *TinymixRepacked*   seven formats each quantizing tinymix-26m and running it through the
 #                      scalar reference kernels; repacking itself is run by the TSan job and
 #                      the repacking kernels by All/QGemmTest.*.
 #  *PredictedKlRanks*  the sensitivity model on tinymix-26m (116 KL runs of 1024 tokens); the

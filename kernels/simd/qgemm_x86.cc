@@ -28,7 +28,7 @@
 // found by probing each decoder once at registration (probe_layout) and the activations are
 // permuted into that order once per call (prep), not per weight row. A decoder may instead read a
 // layout of its own that the row was repacked into at load (Dec::repack: the 3-bit decoder on
-// AVX-512, the 4-bit decoders on AVX2; registered with a QPackFn, kernels/quant.h).
+// AVX-512, the 3- to 6-bit decoders on AVX2; registered with a QPackFn, kernels/quant.h).
 //
 // Blocking. A call runs over tiles of MR activation rows x NR weight rows; each unit of a weight
 // row is decoded once and used for the MR rows. Activations are prepared in slabs of at most
@@ -136,11 +136,6 @@ MXLM_QINLINE VI or_and(VI a, VI b, VI c) { return _mm512_ternarylogic_epi64(a, b
 MXLM_QINLINE VI load_head32(const void* p) {
   return _mm512_zextsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
 }
-template <size_t N>
-MXLM_QINLINE VI load_table(const uint8_t (&t)[N]) {
-  static_assert(N == 64);
-  return _mm512_loadu_si512(t);
-}
 #else
 MXLM_QINLINE VI loadu(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 MXLM_QINLINE VI bcast8(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
@@ -163,11 +158,6 @@ MXLM_QINLINE VI or_and(VI a, VI b, VI c) { return _mm256_or_si256(a, _mm256_and_
 MXLM_QINLINE VI load2(const uint8_t* lo, const uint8_t* hi) {
   return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
-}
-template <size_t N>
-MXLM_QINLINE VI load_table(const uint8_t (&t)[N]) {
-  static_assert(N == 32);
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t));
 }
 #endif
 

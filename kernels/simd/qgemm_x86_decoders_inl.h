@@ -13,11 +13,6 @@
 template <int Bits, int G>
 struct Dec;
 
-// Constant tables for byte permutes / multishift controls, built at compile time.
-struct Table {
-  uint8_t v[kVB];
-};
-
 // 2 bits, G = 32 (both ISAs): 8 groups of 8 bytes (AVX2: 4); byte j of a group holds element
 // j + 8s in bits 2s. Shifts and masks: on AVX-512 four GFNI affine transforms (which share the
 // execution ports of vpdpbusd on Zen 4) measured no faster here, while the other decoders gain
@@ -33,6 +28,38 @@ struct Dec<2, 32> {
     w[3] = vand(srli16<6>(x), m);
   }
 };
+
+// 3 bits, G = 32: the load-time layout both ISAs' decoders read (Dec<3, 32>::repack). The file's
+// unit, kU groups of 12 bytes = [8 bytes of the 2-bit plane | 32-bit plane of bit 2], becomes
+// one vector of kVB bytes and half a vector more; vector t, qword i, byte j is element 8t + j of
+// group i, and with h = the vector half a byte position falls in:
+//   bytes [0, kVB):           byte b = 8i + j: vector 0's value in bits 0-2, vector 1's in bits
+//                             3-5, the low two bits of vector 2's in bits 6-7;
+//   bytes [kVB, 3 * kVB / 2): read into both halves; byte c serves byte c (h = 0) and
+//                             c + kVB / 2 (h = 1) of a vector: bit h = bit 2 of vector 2's value,
+//                             bits 2 + 3h .. 4 + 3h = vector 3's value.
+// A decoder then extracts vectors 0, 1 and 3 with a shift (per qword: each half its own) and a
+// mask; vector 2 joins two fields. Trailing partial units stay in the file's layout in the packed
+// row and are repacked when they are copied out (copy_partial).
+MXLM_QINLINE void repack3(const uint8_t* raw, uint8_t* out) {
+  // Element 8t + j of a group: bits 2t..2t+1 of plane byte j, and bit j of bit-2 byte t.
+  constexpr int kHalf = kVB / 2;
+  uint8_t hb[kHalf] = {};
+  for (int g = 0; g < kU; ++g) {
+    const uint8_t* t = raw + 12 * g;
+    const uint8_t* p = t + 8;
+    for (int j = 0; j < 8; ++j) {
+      const int b = 8 * g + j, h = b / kHalf, c = b % kHalf;
+      const unsigned lo = t[j];
+      const unsigned e0 = (lo & 3) | ((p[0] >> j) & 1) << 2;
+      const unsigned e1 = ((lo >> 2) & 3) | ((p[1] >> j) & 1) << 2;
+      const unsigned e3 = (lo >> 6) | ((p[3] >> j) & 1) << 2;
+      out[b] = static_cast<uint8_t>(e0 | e1 << 3 | ((lo >> 4) & 3) << 6);
+      hb[c] = static_cast<uint8_t>(hb[c] | ((p[2] >> j) & 1) << h | e3 << (2 + 3 * h));
+    }
+  }
+  std::memcpy(out + kVB, hb, kHalf);
+}
 
 #if defined(MXLM_TARGET_AVX512)
 
@@ -235,19 +262,10 @@ MXLM_QINLINE VI halves(uint64_t lo, uint64_t hi) {
   return _mm512_set_epi64(h, h, h, h, l, l, l, l);
 }
 
-// 3 bits, G = 32, on the load-time repacked unit (repack below). The file's layout, 8 groups of
-// 12 bytes = [8 bytes of the 2-bit plane | 32-bit plane of bit 2], needs two byte gathers and
-// four multishifts per unit; here vector t, qword i, byte j is element 8t + j of group i, stored
-//   bytes [0, 64):  byte b = 8i + j: vector 0's value in bits 0-2, vector 1's in bits 3-5, the low
-//                   two bits of vector 2's in bits 6-7;
-//   bytes [64, 96): read into both 256-bit halves; byte c serves byte c (half h = 0) and c + 32
-//                   (h = 1) of a vector: bit h = bit 2 of vector 2's value, bits 2 + 3h .. 4 + 3h
-//                   = vector 3's value.
-// One GF(2) affine transform (the matrix is per qword, so each half takes its own field) or one
-// mask extracts vectors 0, 1 and 3; vector 2 is a bitwise select of two. 6 operations per unit
-// instead of 14: compute-bound GEMV +40 % (q3_g32), +47 % (nu3_g32, with run_cb). Trailing
-// partial units stay in the file's layout in the packed row and are repacked when they are copied
-// out (copy_partial).
+// 3 bits, G = 32, on the load-time repacked unit (repack3). One GF(2) affine transform (the
+// matrix is per qword, so each half takes its own field) or one mask extracts vectors 0, 1 and 3;
+// vector 2 is a bitwise select of two. 6 operations per unit instead of 14: compute-bound GEMV
+// +40 % (q3_g32), +47 % (nu3_g32, with run_cb).
 template <>
 struct Dec<3, 32> {
   static constexpr int kBytes = 96;
@@ -273,25 +291,7 @@ struct Dec<3, 32> {
     w[2] = _mm512_permutexvar_epi8(_mm512_ternarylogic_epi64(bcast8(0x03), srli16<6>(x), hi2, 0xCA), cb);
     w[3] = _mm512_permutexvar_epi8(_mm512_srlv_epi64(hb, _mm512_set_epi64(5, 5, 5, 5, 2, 2, 2, 2)), cb);
   }
-  // The file's unit (8 groups of 12 bytes) -> the layout above.
-  static void repack(const uint8_t* raw, uint8_t* out) {
-    // Element 8t + j of a group: bits 2t..2t+1 of plane byte j, and bit j of bit-2 byte t.
-    uint8_t hb[32] = {};
-    for (int g = 0; g < 8; ++g) {
-      const uint8_t* t = raw + 12 * g;
-      const uint8_t* p = t + 8;
-      for (int j = 0; j < 8; ++j) {
-        const int b = 8 * g + j, h = b / 32, c = b % 32;
-        const unsigned lo = t[j];
-        const unsigned e0 = (lo & 3) | ((p[0] >> j) & 1) << 2;
-        const unsigned e1 = ((lo >> 2) & 3) | ((p[1] >> j) & 1) << 2;
-        const unsigned e3 = (lo >> 6) | ((p[3] >> j) & 1) << 2;
-        out[b] = static_cast<uint8_t>(e0 | e1 << 3 | ((lo >> 4) & 3) << 6);
-        hb[c] = static_cast<uint8_t>(hb[c] | ((p[2] >> j) & 1) << h | e3 << (2 + 3 * h));
-      }
-    }
-    std::memcpy(out + 64, hb, 32);
-  }
+  static void repack(const uint8_t* raw, uint8_t* out) { repack3(raw, out); }
 };
 
 #else  // AVX2
@@ -377,74 +377,94 @@ struct Dec<8, 64> : Dec8 {};
 template <>
 struct Dec<8, 128> : Dec8 {};
 
+// 5 and 6 bits, G = 32, on load-time repacked units: the low four bits of every element as Dec4
+// reads them (bytes [0, 64)), then the high bits:
+//   6 bits, bytes [64, 96):  byte 8i + j = byte j of group i's 2-bit plane: bits 2t, 2t + 1 are
+//                            the top bits of vector t's value there;
+//   5 bits, bytes [64, 80):  read into both lanes; byte c serves byte c (lane h = 0) and c + 16
+//                            (h = 1) of a vector: bit t + 4h = bit 4 of vector t's value.
+// The file's layout (groups of [16 nibble bytes | high-bit plane]) took four two-lane loads, two
+// qword unpacks and a blend per unit, and at 5 bits a byte shuffle, two masks and a compare per
+// vector to spread the bit plane.
+MXLM_QINLINE void repack_nibbles(const uint8_t* n, int g, uint8_t* out) {
+  // Group g's 16 nibble bytes (byte j: element j low, j + 16 high) -> vectors 0, 1 in the low and
+  // high nibbles of out[8g + j], vectors 2, 3 in those of out[32 + 8g + j].
+  for (int j = 0; j < 8; ++j) {
+    out[8 * g + j] = static_cast<uint8_t>((n[j] & 15) | (n[8 + j] & 15) << 4);
+    out[32 + 8 * g + j] = static_cast<uint8_t>((n[j] >> 4) | (n[8 + j] & 0xF0));
+  }
+}
+
 template <>
 struct Dec<6, 32> {
   static constexpr int kBytes = 96;
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    // Group i at 24i: nibbles [24i, 24i+16), 2-bit plane [24i+16, 24i+24).
-    const VI a = load2(q, q + 48), b = load2(q + 24, q + 72);
-    const VI n0 = _mm256_unpacklo_epi64(a, b), n1 = _mm256_unpackhi_epi64(a, b);
-    const VI t = _mm256_blend_epi32(load2(q + 16, q + 64), load2(q + 32, q + 80), 0xCC);
-    const VI f = bcast8(0x0F), c = bcast8(0x30);
-    w[0] = or_and(vand(n0, f), _mm256_slli_epi16(t, 4), c);
-    w[1] = or_and(vand(n1, f), _mm256_slli_epi16(t, 2), c);
-    w[2] = or_and(vand(_mm256_srli_epi16(n0, 4), f), t, c);
-    w[3] = or_and(vand(_mm256_srli_epi16(n1, 4), f), _mm256_srli_epi16(t, 2), c);
+    VI lo[4];
+    Dec4::run(q, lo);
+    const VI t = loadu(q + 64), c = bcast8(0x30);
+    w[0] = or_and(lo[0], _mm256_slli_epi16(t, 4), c);
+    w[1] = or_and(lo[1], _mm256_slli_epi16(t, 2), c);
+    w[2] = or_and(lo[2], t, c);
+    w[3] = or_and(lo[3], _mm256_srli_epi16(t, 2), c);
+  }
+  // The file's unit: 4 groups of 24 bytes = [16 nibble bytes | 2-bit plane, byte j bits 2s:
+  // element j + 8s].
+  static void repack(const uint8_t* raw, uint8_t* out) {
+    for (int g = 0; g < kU; ++g) {
+      repack_nibbles(raw + 24 * g, g, out);
+      std::memcpy(out + 64 + 8 * g, raw + 24 * g + 16, 8);
+    }
   }
 };
-
-// Bit p of plane byte k of the qword's group -> `bit` in byte p (pb holds the 32-bit planes of
-// the lane's two groups at bytes 0..3 and 12..15).
-constexpr Table make_bit_shuffle(int k) {
-  Table t{};
-  for (int i = 0; i < 32; ++i) t.v[i] = static_cast<uint8_t>((i % 16) < 8 ? k : 12 + k);
-  return t;
-}
-constexpr Table make_bit_select() {
-  Table t{};
-  for (int i = 0; i < 32; ++i) t.v[i] = static_cast<uint8_t>(1u << (i % 8));
-  return t;
-}
-constexpr Table kBitSel = make_bit_select();
-MXLM_QINLINE VI expand_bits(VI pb, const Table& shuf, VI bit) {
-  const VI sel = load_table(kBitSel.v);
-  const VI x = _mm256_and_si256(_mm256_shuffle_epi8(pb, load_table(shuf.v)), sel);
-  return _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), bit);
-}
 
 template <>
 struct Dec<5, 32> {
   static constexpr int kBytes = 80;
-  static constexpr Table kS0 = make_bit_shuffle(0), kS1 = make_bit_shuffle(1), kS2 = make_bit_shuffle(2),
-                         kS3 = make_bit_shuffle(3);
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    // Group i at 20i: nibbles [20i, 20i+16), plane [20i+16, 20i+20).
-    const VI a = load2(q, q + 40), b = load2(q + 20, q + 60);
-    const VI n0 = _mm256_unpacklo_epi64(a, b), n1 = _mm256_unpackhi_epi64(a, b);
-    const VI pb = _mm256_blend_epi32(load2(q + 16, q + 56), load2(q + 24, q + 64), 0x88);
-    const VI f = bcast8(0x0F), c = bcast8(0x10);
-    w[0] = _mm256_or_si256(vand(n0, f), expand_bits(pb, kS0, c));
-    w[1] = _mm256_or_si256(vand(n1, f), expand_bits(pb, kS1, c));
-    w[2] = _mm256_or_si256(vand(_mm256_srli_epi16(n0, 4), f), expand_bits(pb, kS2, c));
-    w[3] = _mm256_or_si256(vand(_mm256_srli_epi16(n1, 4), f), expand_bits(pb, kS3, c));
+    VI lo[4];
+    Dec4::run(q, lo);
+    // Lane 1's bits moved down: bit t of every byte is vector t's bit 4 in both lanes.
+    const VI hb = _mm256_srlv_epi64(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 64))),
+                                    _mm256_set_epi64x(4, 4, 0, 0));
+    const VI c = bcast8(0x10);
+    w[0] = or_and(lo[0], _mm256_slli_epi16(hb, 4), c);
+    w[1] = or_and(lo[1], _mm256_slli_epi16(hb, 3), c);
+    w[2] = or_and(lo[2], _mm256_slli_epi16(hb, 2), c);
+    w[3] = or_and(lo[3], _mm256_slli_epi16(hb, 1), c);
+  }
+  // The file's unit: 4 groups of 20 bytes = [16 nibble bytes | 32-bit plane of bit 4 (bit e:
+  // element e)].
+  static void repack(const uint8_t* raw, uint8_t* out) {
+    uint8_t hb[16] = {};
+    for (int g = 0; g < kU; ++g) {
+      const uint8_t* p = raw + 20 * g + 16;
+      repack_nibbles(raw + 20 * g, g, out);
+      for (int j = 0; j < 8; ++j) {
+        const int b = 8 * g + j, h = b / 16, c = b % 16;
+        for (int t = 0; t < 4; ++t) hb[c] = static_cast<uint8_t>(hb[c] | ((p[t] >> j) & 1) << (t + 4 * h));
+      }
+    }
+    std::memcpy(out + 64, hb, 16);
   }
 };
 
+// 3 bits, G = 32, on the load-time repacked unit (repack3): a load, a broadcast load and 10
+// operations per unit. The file's layout took 4 two-lane loads, a blend and a byte shuffle, two
+// compares and three masks per vector (~30 operations).
 template <>
 struct Dec<3, 32> {
   static constexpr int kBytes = 48;
-  static constexpr Table kS0 = make_bit_shuffle(0), kS1 = make_bit_shuffle(1), kS2 = make_bit_shuffle(2),
-                         kS3 = make_bit_shuffle(3);
   static MXLM_QINLINE void run(const uint8_t* q, VI w[4]) {
-    // Group i at 12i: 2-bit plane [12i, 12i+8), bit plane [12i+8, 12i+12).
-    const VI x = _mm256_blend_epi32(load2(q, q + 24), load2(q + 4, q + 28), 0xCC);
-    const VI pb = load2(q + 8, q + 32);
-    const VI m = bcast8(3), c = bcast8(0x04);
-    w[0] = _mm256_or_si256(vand(x, m), expand_bits(pb, kS0, c));
-    w[1] = _mm256_or_si256(vand(_mm256_srli_epi16(x, 2), m), expand_bits(pb, kS1, c));
-    w[2] = _mm256_or_si256(vand(_mm256_srli_epi16(x, 4), m), expand_bits(pb, kS2, c));
-    w[3] = _mm256_or_si256(vand(_mm256_srli_epi16(x, 6), m), expand_bits(pb, kS3, c));
+    const VI x = loadu(q);
+    const VI hb = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32)));
+    const VI m = bcast8(7);
+    w[0] = vand(x, m);
+    w[1] = vand(srli16<3>(x), m);
+    // Bits 0-1 from x >> 6, bit 2 from hb's bit h (lane h) moved there.
+    w[2] = _mm256_or_si256(vand(srli16<6>(x), bcast8(3)), vand(_mm256_sllv_epi64(hb, _mm256_set_epi64x(1, 1, 2, 2)), bcast8(4)));
+    w[3] = vand(_mm256_srlv_epi64(hb, _mm256_set_epi64x(5, 5, 2, 2)), m);
   }
+  static void repack(const uint8_t* raw, uint8_t* out) { repack3(raw, out); }
 };
 
 #endif  // decoders
