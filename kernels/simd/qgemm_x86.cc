@@ -274,8 +274,11 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
   const bool wide = M > 4 || 4 * w_row_bytes <= kStrandRowsBytes;
   for (int nb0 = n0; nb0 < n1; nb0 += nblock) {
     const int nb1 = static_cast<int>(min_of<int64_t>(n1, static_cast<int64_t>(nb0) + nblock));
-    for (int m0 = 0; m0 < M; m0 += 4) {
-      const int mr = min_of(4, M - m0);
+    for (int m0 = 0, mr = 0; m0 < M; m0 += mr) {
+      // Rows in tiles of 4, the last ones in tiles of 2 or 3: MR = 1 is decode's tile (M = 1),
+      // which folds unit pairs (another summation order), so a prefill row's result does not
+      // depend on where the call's rows end (chunked prefill equals one call, Eval.*).
+      mr = M - m0 == 5 ? 3 : min_of(4, M - m0);
       if (wide) {
         switch (mr) {
           case 1: run_block<T, 1, wide_nr(1)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;

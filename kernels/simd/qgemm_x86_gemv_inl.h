@@ -78,33 +78,49 @@ void prep_rows(const ActQ8& a, int m0, int mr, int64_t u0, int nu, int nu_cap, i
 
 // ---- the tile -------------------------------------------------------------------------------
 
-// Per-lane weight scales of one unit: lane j gets the f16 scale of its block's group.
-template <QType T>
-MXLM_QINLINE VF dw_lanes(const uint8_t* dp, VI idx) {
-  using F = Fmt<T>;
+// The first N f16 values at p as floats in the low lanes (the lanes above: unspecified); reads
+// exactly 2N bytes.
+template <int N>
+MXLM_QINLINE VF f16_head(const uint8_t* p) {
+  static_assert(N == 1 || N == 2 || N == 4 || N == 8 || N == 16);
   __m128i h;
-  if constexpr (F::kGPU * 2 == 16) {
-    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(dp));
-  } else if constexpr (F::kGPU * 2 == 8) {
-    h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(dp));
-  } else if constexpr (F::kGPU * 2 == 4) {
+  if constexpr (N >= 8) {
+#if defined(MXLM_TARGET_AVX512)
+    if constexpr (N == 16) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#endif
+    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  } else if constexpr (N == 4) {
+    h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  } else if constexpr (N == 2) {
     uint32_t v;
-    std::memcpy(&v, dp, 4);
+    std::memcpy(&v, p, 4);
     h = _mm_cvtsi32_si128(static_cast<int>(v));
   } else {
     uint16_t v;
-    std::memcpy(&v, dp, 2);
+    std::memcpy(&v, p, 2);
     h = _mm_cvtsi32_si128(v);
   }
 #if defined(MXLM_TARGET_AVX512)
-  if constexpr (F::kGPU == 8) {
-    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_cvtph_ps(h)));
-  } else {
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(h)));
-  }
+  if constexpr (N == 8) return _mm512_castps256_ps512(_mm256_cvtph_ps(h));
+  return _mm512_castps128_ps512(_mm_cvtph_ps(h));
 #else
-  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(h)), idx);
+  if constexpr (N == 8) return _mm256_cvtph_ps(h);
+  return _mm256_castps128_ps256(_mm_cvtph_ps(h));
 #endif
+}
+
+MXLM_QINLINE VF permute_lanes(VF f, VI idx) {
+#if defined(MXLM_TARGET_AVX512)
+  return _mm512_permutexvar_ps(idx, f);
+#else
+  return _mm256_permutevar8x32_ps(f, idx);
+#endif
+}
+
+// Per-lane weight scales of one unit: lane j gets the f16 scale of its block's group.
+template <QType T>
+MXLM_QINLINE VF dw_lanes(const uint8_t* dp, VI idx) {
+  return permute_lanes(f16_head<Fmt<T>::kGPU>(dp), idx);
 }
 
 // Up to kLanes f16 values (n of them, rest zero) to float.
@@ -254,64 +270,50 @@ MXLM_QINLINE void unit_ints(const uint8_t* const qp[NR], const VI cbv[NR], const
   }
 }
 
-#if defined(MXLM_TARGET_AVX512)
-// Scales of 2*kU = 16 consecutive blocks from f16 group scales starting at block 0's group.
+// Group values f (lane g: group g) spread over the blocks they cover: lane b gets group
+// b * 32 / G (G = 32: f itself).
 template <QType T>
-MXLM_QINLINE VF dw_blocks16(const uint16_t* d) {
-  using F = Fmt<T>;
-  if constexpr (F::kG == 32) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d)));
-  } else if constexpr (F::kG == 64) {
-    const __m512i idx = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d)))));
+MXLM_QINLINE VF expand_groups(VF f) {
+  constexpr int kR = Fmt<T>::kG / 32;  // blocks per group
+  if constexpr (kR == 1) {
+    return f;
   } else {
-    const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(d)))));
+    struct Idx {
+      alignas(64) int32_t v[kLanes];
+    };
+    static constexpr Idx kIdx = [] {
+      Idx x{};
+      for (int b = 0; b < kLanes; ++b) x.v[b] = b / kR;
+      return x;
+    }();
+#if defined(MXLM_TARGET_AVX512)
+    return permute_lanes(f, _mm512_load_si512(kIdx.v));
+#else
+    return permute_lanes(f, _mm256_load_si256(reinterpret_cast<const __m256i*>(kIdx.v)));
+#endif
   }
 }
 
-// Scales (f16 at p, groups [g0, nb)) of the 16 blocks starting at group g0's first block, as
+// Scales of the kLanes = 2 * kU consecutive blocks (two units) whose f16 group scales start at d.
+template <QType T>
+MXLM_QINLINE VF dw_blocks(const uint16_t* d) {
+  return expand_groups<T>(f16_head<kLanes * 32 / Fmt<T>::kG>(reinterpret_cast<const uint8_t*>(d)));
+}
+
+// Scales (f16 at p, groups [g0, nb)) of the kLanes blocks starting at group g0's first block, as
 // floats; blocks past the row's groups get 0. Reads no f16 at or past index nb.
 template <QType T>
-MXLM_QINLINE VF scales16(const uint8_t* p, int64_t g0, int64_t nb) {
-  using F = Fmt<T>;
-  constexpr int kGroups = 16 * 32 / F::kG;  // groups covering 16 blocks
+MXLM_QINLINE VF scales_lanes(const uint8_t* p, int64_t g0, int64_t nb) {
+  constexpr int kGroups = kLanes * 32 / Fmt<T>::kG;  // groups covering kLanes blocks
   const int64_t avail = nb - g0;
   const int n = avail <= 0 ? 0 : avail >= kGroups ? kGroups : static_cast<int>(avail);
-  const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p + 2 * g0);
-  const VF f = _mm512_cvtph_ps(h);
-  if constexpr (F::kG == 32) {
-    return f;
-  } else if constexpr (F::kG == 64) {
-    return _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0), f);
-  } else {
-    return _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), f);
-  }
+  return expand_groups<T>(f16_lanes(p + 2 * g0, n));
 }
-#else
-// Scales (f16 at p, groups [g0, nb)) of the 8 blocks starting at group g0's first block, as
-// floats; blocks past the row's groups get 0. Reads no f16 at or past index nb.
-template <QType T>
-MXLM_QINLINE VF scales8(const uint8_t* p, int64_t g0, int64_t nb) {
-  using F = Fmt<T>;
-  constexpr int kGroups = 8 * 32 / F::kG;  // groups covering 8 blocks
-  const int64_t avail = nb - g0;
-  const int n = avail <= 0 ? 0 : avail >= kGroups ? kGroups : static_cast<int>(avail);
-  const VF f = f16_lanes(p + 2 * g0, n);
-  if constexpr (F::kG == 32) {
-    return f;
-  } else if constexpr (F::kG == 64) {
-    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
-  } else {
-    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-  }
-}
-#endif
 
 // ---- group scales ---------------------------------------------------------------------------
 // Scales<T> is where the kernels read a row's group scales d_g and offsets m_g; the hot loops
 // only see what it returns. One-level formats: f16 per group; the tile copies a slab's f16
-// scales out of the row as they are and converts them per unit (dw_lanes, dw_blocks16).
+// scales out of the row as they are and converts them per unit (dw_lanes, dw_blocks).
 // Two-level formats (qtype.h): d_g = D * float(s_g) (s: i8, asymmetric u8) and m_g = M *
 // float(int8 o_g) under the row's f32 D and M, each one float multiply as in the reference, so
 // the kernels' scales are bit-identical to qgemm_ref's. The tile copies a slab's codes out as
@@ -361,7 +363,7 @@ struct Scales<T, false> {
   using F = Fmt<T>;
   using Local = uint16_t;  // the tile's copy: f16
   static constexpr int local_len(int cap) { return cap; }
-  // The row's scale factor that unit() and blocks16() take (none).
+  // The row's scale factor that unit() and blocks() take (none).
   static MXLM_QINLINE float row_scale(const uint8_t*) { return 0.0f; }
   // Scales of groups [g0, g0 + n) into d[0, n), zeros in [n, cap).
   static MXLM_QINLINE void copy(const uint8_t* row, const Geo& geo, int64_t g0, int n, int cap, Local* d) {
@@ -370,18 +372,12 @@ struct Scales<T, false> {
   }
   // Per-lane scales of the unit whose groups start at d (dw_lanes).
   static MXLM_QINLINE VF unit(const Local* d, VI idx, float) { return dw_lanes<T>(reinterpret_cast<const uint8_t*>(d), idx); }
-#if defined(MXLM_TARGET_AVX512)
-  // Scales of the 16 blocks whose groups start at d.
-  static MXLM_QINLINE VF blocks16(const Local* d, float) { return dw_blocks16<T>(d); }
+  // Scales of the kLanes blocks (two units) whose groups start at d.
+  static MXLM_QINLINE VF blocks(const Local* d, float) { return dw_blocks<T>(d); }
   // The panel's scales (offsets) of the kLanes blocks from group g0 on, from the row.
   static MXLM_QINLINE VF panel(const uint8_t* row, const Geo& geo, int64_t g0, bool offsets) {
-    return scales16<T>(row + (offsets ? geo.m_off : geo.d_off), g0, geo.nb);
+    return scales_lanes<T>(row + (offsets ? geo.m_off : geo.d_off), g0, geo.nb);
   }
-#else
-  static MXLM_QINLINE VF panel(const uint8_t* row, const Geo& geo, int64_t g0, bool offsets) {
-    return scales8<T>(row + (offsets ? geo.m_off : geo.d_off), g0, geo.nb);
-  }
-#endif
   // Offset coefficients c (asymmetric: m, else d) of groups [g, g + n), n <= kLanes, from the row.
   static MXLM_QINLINE VF coef(const uint8_t* row, const Geo& geo, int64_t g, int n) {
     return f16_lanes(row + (F::kAsym ? geo.m_off : geo.d_off) + 2 * static_cast<size_t>(g), n);
@@ -447,12 +443,7 @@ struct Scales<T, true> {
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(f), idx);
 #endif
   }
-#if defined(MXLM_TARGET_AVX512)
-  static MXLM_QINLINE VF blocks16(const Local* d, float rd) {
-    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d));
-    return fmul(to_float(kSignedS ? _mm512_cvtepi8_epi32(c) : _mm512_cvtepu8_epi32(c)), _mm512_set1_ps(rd));
-  }
-#endif
+  static MXLM_QINLINE VF blocks(const Local* d, float rd) { return code_lanes<kSignedS>(d, kLanes, rd); }
   // The panel's scales (offsets) of the kLanes blocks (= groups) from group g0 on, from the row.
   static MXLM_QINLINE VF panel(const uint8_t* row, const Geo& geo, int64_t g0, bool offsets) {
     const int64_t avail = geo.nb - g0;
@@ -524,11 +515,18 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
     }
   };
   const size_t aq_stride = static_cast<size_t>(ta.nu_cap) * kUnitElems;
-#if defined(MXLM_TARGET_AVX512)
   if constexpr (MR == 1) {
     // Two units at a time: their int32 results fold into one lane per block (natural order),
-    // so converting, scaling and accumulating happens once per 16 blocks.
+    // so converting, scaling and accumulating happens once per 2 * kU blocks.
+#if defined(MXLM_TARGET_AVX512)
     const VI pa = _mm512_load_si512(L.pair_a), pb = _mm512_load_si512(L.pair_b);
+    const auto fold = [&](VI i0, VI i1) {
+      return _mm512_add_epi32(_mm512_permutex2var_epi32(i0, pa, i1), _mm512_permutex2var_epi32(i0, pb, i1));
+    };
+#else
+    const VI fidx = _mm256_load_si256(reinterpret_cast<const __m256i*>(L.fold_idx));
+    const auto fold = [&](VI i0, VI i1) { return _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(i0, i1), fidx); };
+#endif
     for (int u = 0; u < nu; u += 2) {
       const uint8_t* qp[NR];
       VI i0[NR], i1[NR];
@@ -538,13 +536,12 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
         quants(u + 1, qp);
         unit_ints<T, NR>(qp, cbv, p.aq + static_cast<size_t>(u + 1) * kUnitElems, i1);
       } else {
-        for (int n = 0; n < NR; ++n) i1[n] = _mm512_setzero_si512();
+        for (int n = 0; n < NR; ++n) i1[n] = VI{};
       }
       const VF da = fload(p.dn + static_cast<size_t>(u) * kU);
       for (int n = 0; n < NR; ++n) {
-        const VI sum = _mm512_add_epi32(_mm512_permutex2var_epi32(i0[n], pa, i1[n]),
-                                        _mm512_permutex2var_epi32(i0[n], pb, i1[n]));
-        const VF dw = S::blocks16(dloc[n] + u * F::kGPU, rsc[n]);
+        const VI sum = fold(i0[n], i1[n]);
+        const VF dw = S::blocks(dloc[n] + u * F::kGPU, rsc[n]);
         if constexpr (kFuse) {
           // G = 32: lane b is block b and its group. dw * (da * dot + S) adds the offset term
           // dw * S (S = -z * ds) at no extra operation, where the separate pass above costs
@@ -557,9 +554,7 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
         }
       }
     }
-  } else
-#endif
-  {
+  } else {
 #if defined(MXLM_TARGET_AVX512)
     const VI dwidx = _mm512_load_si512(L.dw_idx);
 #else

@@ -17,6 +17,8 @@ struct Layout {
   // blocks in natural order: lane L = dword pair_a[L] + dword pair_b[L] of (unit 0, unit 1).
   alignas(64) int32_t pair_a[kLanes];
   alignas(64) int32_t pair_b[kLanes];
+  // AVX2: the same with one hadd: lane L = lane fold_idx[L] of hadd(unit 0, unit 1).
+  alignas(64) int32_t fold_idx[kLanes];
 };
 
 template <int Bits, int G>
@@ -79,6 +81,15 @@ bool probe_layout() {
     L.pair_a[lane] = 2 * i + unit * kLanes;
     L.pair_b[lane] = 2 * i + 1 + unit * kLanes;
   }
+#if !defined(MXLM_TARGET_AVX512)
+  for (int lane = 0; lane < kLanes; ++lane) {
+    // hadd(a, b) lane 4 * (q / 2) + 2 * unit + q % 2 sums qword q's two lanes of a (unit 0) or b.
+    const int unit = lane / kU, b = lane % kU;
+    int q = 0;
+    while (L.blk[q] != b) ++q;
+    L.fold_idx[lane] = 4 * (q / 2) + 2 * unit + q % 2;
+  }
+#endif
   L.ok = true;
   return true;
 }
