@@ -41,7 +41,9 @@
 //     Measured on Zen 4: 4 adjacent rows per tile reach ~40% of the read bandwidth, 4 strands
 //     of 2.3 KiB rows ~100%; software prefetches 0.5-2 KiB ahead in each strand halve it. For
 //     M = 1 two units are folded into one int32 lane per block before the float step, which
-//     halves the conversions and scale multiplies.
+//     halves the conversions and scale multiplies (AVX-512: two-source permutes; AVX2: one
+//     hadd and a permute, measured neutral there, kept for one code path); prefill rows are
+//     tiled so that no tile has one row (qgemm below).
 //   M > 4 (prefill): N is cut into blocks of ~512 KiB of weight rows, which stay in L2 while
 //     all 4-row tiles pass over them; 4 x 4 tiles (AVX2: 4 x 2). M >= kPanelMinM (AVX-512: 32,
 //     AVX2: 16, unsigned weights only) runs the panel GEMM instead: weights decoded once per
