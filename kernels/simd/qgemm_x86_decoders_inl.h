@@ -386,13 +386,12 @@ struct Dec<8, 128> : Dec8 {};
 // The file's layout (groups of [16 nibble bytes | high-bit plane]) took four two-lane loads, two
 // qword unpacks and a blend per unit, and at 5 bits a byte shuffle, two masks and a compare per
 // vector to spread the bit plane.
-MXLM_QINLINE void repack_nibbles(const uint8_t* n, int g, uint8_t* out) {
-  // Group g's 16 nibble bytes (byte j: element j low, j + 16 high) -> vectors 0, 1 in the low and
-  // high nibbles of out[8g + j], vectors 2, 3 in those of out[32 + 8g + j].
-  for (int j = 0; j < 8; ++j) {
-    out[8 * g + j] = static_cast<uint8_t>((n[j] & 15) | (n[8 + j] & 15) << 4);
-    out[32 + 8 * g + j] = static_cast<uint8_t>((n[j] >> 4) | (n[8 + j] & 0xF0));
-  }
+// The nibble part of a 5- or 6-bit unit (each group's first 16 bytes, `stride` bytes apart) is a
+// 4-bit unit in the file's layout: Dec4R's repack writes it as bytes [0, 64).
+MXLM_QINLINE void repack_nibbles(const uint8_t* raw, int stride, uint8_t* out) {
+  uint8_t nib[Dec4R<32>::kBytes];
+  for (int g = 0; g < kU; ++g) std::memcpy(nib + 16 * g, raw + stride * g, 16);
+  Dec4R<32>::repack(nib, out);
 }
 
 template <>
@@ -410,10 +409,8 @@ struct Dec<6, 32> {
   // The file's unit: 4 groups of 24 bytes = [16 nibble bytes | 2-bit plane, byte j bits 2s:
   // element j + 8s].
   static void repack(const uint8_t* raw, uint8_t* out) {
-    for (int g = 0; g < kU; ++g) {
-      repack_nibbles(raw + 24 * g, g, out);
-      std::memcpy(out + 64 + 8 * g, raw + 24 * g + 16, 8);
-    }
+    repack_nibbles(raw, 24, out);
+    for (int g = 0; g < kU; ++g) std::memcpy(out + 64 + 8 * g, raw + 24 * g + 16, 8);
   }
 };
 
@@ -435,10 +432,10 @@ struct Dec<5, 32> {
   // The file's unit: 4 groups of 20 bytes = [16 nibble bytes | 32-bit plane of bit 4 (bit e:
   // element e)].
   static void repack(const uint8_t* raw, uint8_t* out) {
+    repack_nibbles(raw, 20, out);
     uint8_t hb[16] = {};
     for (int g = 0; g < kU; ++g) {
       const uint8_t* p = raw + 20 * g + 16;
-      repack_nibbles(raw + 20 * g, g, out);
       for (int j = 0; j < 8; ++j) {
         const int b = 8 * g + j, h = b / 16, c = b % 16;
         for (int t = 0; t < 4; ++t) hb[c] = static_cast<uint8_t>(hb[c] | ((p[t] >> j) & 1) << (t + 4 * h));
