@@ -37,10 +37,11 @@
 //     Row i of a tile comes from its own "strand" of consecutive rows (tile t takes rows
 //     t, t + len, t + 2*len, ...), and every row is read strictly forward ([codebook or row
 //     scales | scales | offsets | quants]: scales and offsets are copied out first). NR = 4
-//     while 4 rows fit kStrandRowsBytes (AVX-512: 10 KiB; AVX2: always), else NR = 1.
-//     Measured on Zen 4: 4 adjacent rows per tile reach ~40% of the read bandwidth, 4 strands
-//     of 2.3 KiB rows ~100%; software prefetches 0.5-2 KiB ahead in each strand halve it. For
-//     M = 1 two units are folded into one int32 lane per block before the float step, which
+//     at every row length (measured on Zen 4: 4 adjacent rows per tile reach ~40 % of the
+//     read bandwidth, 4 strands of 2.3 KiB rows ~100 %; on Zen 3 and Zen 5 with huge pages 4
+//     strands beat one-row tiles at 3-6 KiB rows too: TinyLlama's ffn_down, 2048 x 5632,
+//     q4_g32 one thread 14.5-15 -> 21.6-24 GB/s on Zen 5). M = 1 prefetches each strand
+//     kPrefetchAhead bytes ahead. For M = 1 two units are folded into one int32 lane per block before the float step, which
 //     halves the conversions and scale multiplies (AVX-512: two-source permutes; AVX2: one
 //     hadd and a permute, measured neutral there, kept for one code path); prefill rows are
 //     tiled so that no tile has one row (qgemm below).
@@ -100,18 +101,16 @@ constexpr int kUnitElems = kU * 32;  // elements (= prepared activation bytes) p
 constexpr int kLanes = kVB / 4;      // int32 / float lanes per vector
 // Prepared activation bytes per call slab, over all MR rows (plus scales: see Prep).
 constexpr int kSlabBytes = 16384;
-// Decode (M <= 4) reads 4 rows per tile from 4 strands while the 4 rows take at most this many
-// bytes, else one row per tile. AVX-512, measured on Zen 4 with 4 KiB pages: 4 strands of
-// 2.3 KiB rows ~100 % of the read bandwidth, of 6 KiB rows ~75 %, 1 row of 6 KiB ~90 %. AVX2,
-// measured on a Zen 3 host (weights on 4 KiB and on huge pages, 1 and 2 threads): 4 strands win
-// at every row length, e.g. 2048 x 5632 (ffn_down of TinyLlama, 3.1 KiB rows in q4_g32) 56-64 %
-// -> 73-79 % at one thread, 4096 x 11008 q8_g32 61 -> 94 %, q4k_g32 60 -> 84 %, q6k_g32 54 ->
-// 67 %, q2_g32 45 -> 60 % (huge pages).
-#if defined(MXLM_TARGET_AVX512)
-constexpr size_t kStrandRowsBytes = size_t{10} << 10;
-#else
-constexpr size_t kStrandRowsBytes = ~size_t{0};
-#endif
+// Decode (M = 1) prefetches every strand this many bytes ahead of the unit pair it reads
+// (prefetcht0, one per 64-byte line). Measured on a 2-core Zen 5 (huge pages; four rounds of
+// alternating builds, the read bandwidth measured around each run): `qgemv` q4_g32, q3a_g32 and
+// q8_g32 at one thread 55-78 % -> 80-95 % of the bandwidth, TinyLlama q4_g32 decode 35 -> 45-47
+// tok/s (one thread) and 54-63 -> 67-77 (two), with 4 KiB pages (`--memory map`) +30-45 % as
+// well; 1, 1.5 and 2 KiB ahead were within noise of each other, 0.75 KiB and 3 KiB lost at
+// times. The AVX2 kernels gained alike on that host (q4_g32 one thread 46-69 % -> 65-86 %);
+// the 2-core Zen 3 AVX2 hosts have not measured it. (An earlier note measured prefetches
+// halving decode on a Zen 4 with 4 KiB pages, with one-row tiles for rows over 2.5 KiB.)
+constexpr int kPrefetchAhead = 1536;
 
 template <typename T>
 constexpr T min_of(T a, T b) { return a < b ? a : b; }
@@ -269,11 +268,10 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
     }
   }
   // M > 4: cut N into blocks of ~512 KiB of weight rows, which stay in L2 while all row tiles
-  // pass over them, and use wide tiles. M <= 4 streams the weights once from DRAM: wide tiles
-  // (4 strands) while 4 rows fit kStrandRowsBytes, else one row at a time (see there).
+  // pass over them. M <= 4 streams the weights once from DRAM, 4 strands per tile (see
+  // run_block).
   int nblock = n1 - n0;
   if (M > 4) nblock = static_cast<int>(max_of<size_t>(16, (size_t{512} << 10) / max_of<size_t>(w_row_bytes, 1)));
-  const bool wide = M > 4 || 4 * w_row_bytes <= kStrandRowsBytes;
   for (int nb0 = n0; nb0 < n1; nb0 += nblock) {
     const int nb1 = static_cast<int>(min_of<int64_t>(n1, static_cast<int64_t>(nb0) + nblock));
     for (int m0 = 0, mr = 0; m0 < M; m0 += mr) {
@@ -281,20 +279,11 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
       // which folds unit pairs (another summation order), so a prefill row's result does not
       // depend on where the call's rows end (chunked prefill equals one call, Eval.*).
       mr = M - m0 == 5 ? 3 : min_of(4, M - m0);
-      if (wide) {
-        switch (mr) {
-          case 1: run_block<T, 1, wide_nr(1)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-          case 2: run_block<T, 2, wide_nr(2)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-          case 3: run_block<T, 3, wide_nr(3)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-          default: run_block<T, 4, wide_nr(4)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-        }
-      } else {
-        switch (mr) {
-          case 1: run_block<T, 1, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-          case 2: run_block<T, 2, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-          case 3: run_block<T, 3, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-          default: run_block<T, 4, 1>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
-        }
+      switch (mr) {
+        case 1: run_block<T, 1, tile_nr(1)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        case 2: run_block<T, 2, tile_nr(2)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        case 3: run_block<T, 3, tile_nr(3)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
+        default: run_block<T, 4, tile_nr(4)>(a, m0, nb0, nb1, w, w_row_bytes, geo, y, ldy); break;
       }
     }
   }

@@ -531,6 +531,13 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
       const uint8_t* qp[NR];
       VI i0[NR], i1[NR];
       quants(u, qp);
+      // The strands' lines kPrefetchAhead bytes on (past a row's end: the strand's next row, its
+      // scales first); harmless past the weights or on the padded copy.
+      for (int n = 0; n < NR; ++n) {
+        for (int b = 0; b < 2 * F::kUnitQBytes; b += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(qp[n]) + kPrefetchAhead + b, _MM_HINT_T0);
+        }
+      }
       unit_ints<T, NR>(qp, cbv, p.aq + static_cast<size_t>(u) * kUnitElems, i0);
       if (u + 1 < nu) {
         quants(u + 1, qp);
@@ -595,9 +602,9 @@ void tile(const TileArgs& ta, const uint8_t* const rows[NR], const int cols[NR],
   }
 }
 
-// Weight rows per tile for MR activation rows when tiles are "wide" (MR*NR float accumulators
-// plus 4 decoded vectors must fit 16 vector registers on AVX2, 32 on AVX-512).
-constexpr int wide_nr(int mr) {
+// Weight rows per tile for MR activation rows (MR*NR float accumulators plus 4 decoded vectors
+// must fit 16 vector registers on AVX2, 32 on AVX-512).
+constexpr int tile_nr(int mr) {
 #if defined(MXLM_TARGET_AVX512)
   (void)mr;
   return 4;
