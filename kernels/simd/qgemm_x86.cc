@@ -41,10 +41,10 @@
 //     read bandwidth, 4 strands of 2.3 KiB rows ~100 %; on Zen 3 and Zen 5 with huge pages 4
 //     strands beat one-row tiles at 3-6 KiB rows too: TinyLlama's ffn_down, 2048 x 5632,
 //     q4_g32 one thread 14.5-15 -> 21.6-24 GB/s on Zen 5). M = 1 prefetches each strand
-//     kPrefetchAhead bytes ahead. For M = 1 two units are folded into one int32 lane per block before the float step, which
-//     halves the conversions and scale multiplies (AVX-512: two-source permutes; AVX2: one
-//     hadd and a permute, measured neutral there, kept for one code path); prefill rows are
-//     tiled so that no tile has one row (qgemm below).
+//     kPrefetchAhead bytes ahead. For M = 1 two units are folded into one int32 lane per block
+//     before the float step, which halves the conversions and scale multiplies (AVX-512:
+//     two-source permutes; AVX2: one hadd and a permute, measured neutral there, kept for one
+//     code path); prefill rows are tiled so that no tile has one row (qgemm below).
 //   M > 4 (prefill): N is cut into blocks of ~512 KiB of weight rows, which stay in L2 while
 //     all 4-row tiles pass over them; 4 x 4 tiles (AVX2: 4 x 2). M >= kPanelMinM (AVX-512: 32,
 //     AVX2: 16, unsigned weights only) runs the panel GEMM instead: weights decoded once per
@@ -108,8 +108,8 @@ constexpr int kSlabBytes = 16384;
 // tok/s (one thread) and 54-63 -> 67-77 (two), with 4 KiB pages (`--memory map`) +30-45 % as
 // well; 1, 1.5 and 2 KiB ahead were within noise of each other, 0.75 KiB and 3 KiB lost at
 // times. The AVX2 kernels gained alike on that host (q4_g32 one thread 46-69 % -> 65-86 %);
-// the 2-core Zen 3 AVX2 hosts have not measured it. (An earlier note measured prefetches
-// halving decode on a Zen 4 with 4 KiB pages, with one-row tiles for rows over 2.5 KiB.)
+// the 2-core Zen 3 AVX2 hosts have not measured it, and an earlier measurement on a Zen 4 with
+// 4 KiB pages found prefetches 0.5-2 KiB ahead halving the rate: measure again on those hosts.
 constexpr int kPrefetchAhead = 1536;
 
 template <typename T>
