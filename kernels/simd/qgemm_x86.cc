@@ -450,7 +450,9 @@ uint64_t int8_peak(int64_t iters, int32_t* sink) {
 #if defined(MXLM_TARGET_AVX512)
   const VI t = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(c0, c1), _mm512_xor_si512(c2, c3)),
                                 _mm512_xor_si512(_mm512_xor_si512(c4, c5), _mm512_xor_si512(c6, c7)));
-  *sink = _mm512_reduce_add_epi32(t);
+  // Two lanes, xor-ed like AVX2's below: the chains' int32 sums wrap, and a sum of lanes in int
+  // (_mm512_reduce_add_epi32) is signed overflow (UBSan stopped `mxlm bench` on it).
+  *sink = _mm_cvtsi128_si32(_mm512_castsi512_si128(t)) ^ _mm_extract_epi32(_mm512_extracti32x4_epi32(t, 3), 3);
 #else
   const VI t = _mm256_xor_si256(_mm256_xor_si256(_mm256_xor_si256(c0, c1), _mm256_xor_si256(c2, c3)),
                                 _mm256_xor_si256(c4, c5));
