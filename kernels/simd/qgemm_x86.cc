@@ -36,8 +36,8 @@
 //   M <= 4 (decode): the weights stream from DRAM once, so the memory access pattern decides.
 //     Row i of a tile comes from its own "strand" of consecutive rows (tile t takes rows
 //     t, t + len, t + 2*len, ...), and every row is read strictly forward ([codebook or row
-//     scales | scales | offsets | quants]: scales and offsets are copied out first). NR = 4
-//     at every row length (measured on Zen 4: 4 adjacent rows per tile reach ~40 % of the
+//     scales | scales | offsets | quants]: scales and offsets are copied out first). NR =
+//     tile_nr(MR) strands (4 for M = 1) at every row length (measured on Zen 4: 4 adjacent rows per tile reach ~40 % of the
 //     read bandwidth, 4 strands of 2.3 KiB rows ~100 %; on Zen 3 and Zen 5 with huge pages 4
 //     strands beat one-row tiles at 3-6 KiB rows too: TinyLlama's ffn_down, 2048 x 5632,
 //     q4_g32 one thread 14.5-15 -> 21.6-24 GB/s on Zen 5). M = 1 prefetches each strand
@@ -268,8 +268,8 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
     }
   }
   // M > 4: cut N into blocks of ~512 KiB of weight rows, which stay in L2 while all row tiles
-  // pass over them. M <= 4 streams the weights once from DRAM, 4 strands per tile (see
-  // run_block).
+  // pass over them. M <= 4 streams the weights once from DRAM, tile_nr(MR) strands per tile
+  // (see run_block).
   int nblock = n1 - n0;
   if (M > 4) nblock = static_cast<int>(max_of<size_t>(16, (size_t{512} << 10) / max_of<size_t>(w_row_bytes, 1)));
   for (int nb0 = n0; nb0 < n1; nb0 += nblock) {
