@@ -495,6 +495,25 @@ constexpr bool has_panel() {
 }
 
 #if defined(MXLM_TARGET_AVX512)
+// Prefetches the quants and scales of the panel the driver builds next (rows [ns, ns + nr), unit
+// u0), while the microtiles run over this one: its 64 rows are 64 streams a row apart, which the
+// hardware prefetchers do not follow, so the build otherwise waits on each row's lines.
+template <QType T>
+MXLM_QINLINE void prefetch_next_panel(const uint8_t* w, size_t rb, const Geo& geo, int ns, int64_t u0, int nr,
+                                      int64_t nblk_all) {
+  using F = Fmt<T>;
+  if (u0 * kU >= nblk_all) return;
+  const size_t qo = geo.q_off + static_cast<size_t>(u0) * F::kUnitQBytes;
+  const size_t d0 = geo.d_off + static_cast<size_t>(u0 * F::kGPU) * F::kCodeBytes;
+  const size_t m0 = geo.m_off + static_cast<size_t>(u0 * F::kGPU) * F::kCodeBytes;
+  for (int r = 0; r < nr; ++r) {
+    const uint8_t* row = w + static_cast<size_t>(ns + r) * rb;
+    for (int c = 0; c < kPUnits * F::kUnitQBytes; c += 64) _mm_prefetch(reinterpret_cast<const char*>(row + qo + c), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(row + d0), _MM_HINT_T0);
+    if constexpr (F::kAsym) _mm_prefetch(reinterpret_cast<const char*>(row + m0), _MM_HINT_T0);
+  }
+}
+
 template <QType T>
 void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t rb, const Geo& geo,
                  float* y, size_t ldy) {
@@ -519,6 +538,8 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
                              u0, nu, v, P);
         }
         const int last = nr - kLanes * (nv - 1);
+        prefetch_next_panel<T>(w, rb, geo, ns + kPR < n1 ? ns + kPR : n0, ns + kPR < n1 ? u0 : u0 + kPUnits,
+                               ns + kPR < n1 ? min_of(kPR, n1 - ns - kPR) : min_of(kPR, n1 - n0), nblk_all);
         for (int m = 0; m < mn; m += kPMR) {
           const int row = mc + m, mr = min_of(kPMR, mn - m);
           const int8_t* ap = a.q + row * a.kp + b0 * 32;
