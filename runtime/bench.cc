@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <span>
 
 #include "kernels/common.h"
 #include "kernels/f32_ops.h"
@@ -110,6 +111,20 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
   if (models.empty()) throw Error(ErrorCode::kInvalidArgument, "bench: no model");
   std::vector<BenchResult> out;
   const int n_vocab = models[0].model->config().n_vocab;
+  std::vector<int> depths = p.depths.empty() ? std::vector<int>{0} : p.depths;
+  for (int d : depths) {
+    if (d < 0) throw Error(ErrorCode::kInvalidArgument, "bench: negative depth " + std::to_string(d));
+  }
+  const int max_depth = *std::max_element(depths.begin(), depths.end());
+  const int n_test = std::max(p.n_prompt, p.n_gen);
+  for (const BenchModel& bm : models) {
+    const int trained = bm.model->config().n_ctx;
+    if (max_depth > 0 && max_depth + n_test + 1 > trained) {
+      throw Error(ErrorCode::kInvalidArgument, "bench: depth " + std::to_string(max_depth) + " + " + std::to_string(n_test) +
+                                                   " test tokens exceeds the model's trained context of " +
+                                                   std::to_string(trained) + " tokens");
+    }
+  }
   for (int threads : p.threads) {
     const double bw = measure_read_bandwidth(threads);
     const double peak = measure_int8_peak(threads, models[0].model->isa());
@@ -117,67 +132,81 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
     for (const BenchModel& bm : models) {
       ContextParams cp;
       cp.n_threads = threads;
-      cp.n_ctx = std::min(bm.model->config().n_ctx, std::max(p.n_prompt, p.n_gen) + 1);
-      cp.n_batch = std::max(1, p.n_prompt);
+      cp.n_ctx = std::min(bm.model->config().n_ctx, max_depth + n_test + 1);
+      // Filling a deep context goes in batches of up to 512 even when pp is skipped.
+      cp.n_batch = std::max({1, p.n_prompt, std::min(max_depth, 512)});
       cp.act_per_token = p.act_per_token;
       cp.prefill = p.prefill;
       ctxs.push_back(std::make_unique<Context>(bm.model, cp));
     }
     // Deterministic pseudo-random tokens (the content does not change the work).
-    std::vector<int> tokens(static_cast<size_t>(std::max(p.n_prompt, 1)));
+    std::vector<int> tokens(static_cast<size_t>(std::max({p.n_prompt, max_depth, 1})));
     for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919 + 13) % static_cast<size_t>(n_vocab));
     const size_t nm = models.size();
-    // Tokens per second of run(context) over p.reps rounds that alternate the models (round 0
-    // warms up), and a result per model with the fields every test shares.
-    auto rounds = [&](int n_tokens, auto&& run) {
-      std::vector<std::vector<double>> rates(nm);
-      for (int r = 0; r <= p.reps; ++r) {
+    for (int depth : depths) {
+      // The context filled to `depth` once, then cut back to it before every repetition.
+      for (size_t m = 0; m < nm; ++m) {
+        ctxs[m]->reset();
+        if (depth > 0) ctxs[m]->eval(std::span<const int>(tokens.data(), size_t(depth)));
+      }
+      const std::string at = depth > 0 ? "@d" + std::to_string(depth) : "";
+      // Tokens per second of run(context) over p.reps rounds that alternate the models (round 0
+      // warms up), and a result per model with the fields every test shares.
+      auto rounds = [&](int n_tokens, auto&& run) {
+        std::vector<std::vector<double>> rates(nm);
+        for (int r = 0; r <= p.reps; ++r) {
+          for (size_t m = 0; m < nm; ++m) {
+            ctxs[m]->truncate(depth);
+            const auto t0 = clock::now();
+            run(*ctxs[m]);
+            if (r > 0) rates[m].push_back(n_tokens / std::chrono::duration<double>(clock::now() - t0).count());
+          }
+        }
+        return rates;
+      };
+      auto result = [&](size_t m, const std::string& test, const std::vector<double>& rates) {
+        BenchResult b;
+        b.threads = threads;
+        b.label = models[m].label;
+        b.test = test + at;
+        b.depth = depth;
+        mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
+        b.peak_gop_s = peak / 1e9;
+        return b;
+      };
+      if (p.n_prompt > 0) {
+        const auto rates =
+            rounds(p.n_prompt, [&](Context& ctx) { ctx.eval(std::span<const int>(tokens.data(), size_t(p.n_prompt))); });
         for (size_t m = 0; m < nm; ++m) {
-          ctxs[m]->reset();
-          const auto t0 = clock::now();
-          run(*ctxs[m]);
-          if (r > 0) rates[m].push_back(n_tokens / std::chrono::duration<double>(clock::now() - t0).count());
+          BenchResult b = result(m, "pp" + std::to_string(p.n_prompt), rates[m]);
+          b.bandwidth_gb_s = bw / 1e9;
+          b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*models[m].model)) / 1e9;
+          b.peak_pct = peak > 0 ? 100.0 * b.gop_s / b.peak_gop_s : 0.0;
+          out.push_back(b);
         }
       }
-      return rates;
-    };
-    auto result = [&](size_t m, const std::string& test, const std::vector<double>& rates) {
-      BenchResult b;
-      b.threads = threads;
-      b.label = models[m].label;
-      b.test = test;
-      mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
-      b.peak_gop_s = peak / 1e9;
-      return b;
-    };
-    if (p.n_prompt > 0) {
-      const auto rates = rounds(p.n_prompt, [&](Context& ctx) { ctx.eval(tokens); });
-      for (size_t m = 0; m < nm; ++m) {
-        BenchResult b = result(m, "pp" + std::to_string(p.n_prompt), rates[m]);
-        b.bandwidth_gb_s = bw / 1e9;
-        b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*models[m].model)) / 1e9;
-        b.peak_pct = peak > 0 ? 100.0 * b.gop_s / b.peak_gop_s : 0.0;
-        out.push_back(b);
-      }
-    }
-    if (p.n_gen > 0) {
-      const auto rates = rounds(p.n_gen, [&](Context& ctx) {
-        for (int i = 0; i < p.n_gen; ++i) {
-          const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
-          ctx.eval(tok);
+      if (p.n_gen > 0) {
+        const auto rates = rounds(p.n_gen, [&](Context& ctx) {
+          for (int i = 0; i < p.n_gen; ++i) {
+            const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
+            ctx.eval(tok);
+          }
+        });
+        // The bandwidth of a shared machine drifts: take the larger of the readings before the
+        // tests and right after the generation runs, so that the percentages err low.
+        const double bw_tg = std::max(bw, measure_read_bandwidth(threads));
+        for (size_t m = 0; m < nm; ++m) {
+          const uint64_t bpt = bytes_per_token(*models[m].model);
+          BenchResult b = result(m, "tg" + std::to_string(p.n_gen), rates[m]);
+          // Generated token i attends over depth + i + 1 cached tokens.
+          b.kv_bytes_per_token = double(ctxs[m]->kv_bytes_per_token()) * (depth + (p.n_gen + 1) / 2.0);
+          b.weight_gb_s = b.tok_s_mean * double(bpt) / 1e9;
+          b.kv_gb_s = b.tok_s_mean * b.kv_bytes_per_token / 1e9;
+          b.bandwidth_gb_s = bw_tg / 1e9;
+          b.bandwidth_pct = 100.0 * (b.weight_gb_s + b.kv_gb_s) / b.bandwidth_gb_s;
+          b.roofline_tok_s = bw_tg / (double(bpt) + b.kv_bytes_per_token);
+          out.push_back(b);
         }
-      });
-      // The bandwidth of a shared machine drifts: take the larger of the readings before the
-      // tests and right after the generation runs, so that the percentages err low.
-      const double bw_tg = std::max(bw, measure_read_bandwidth(threads));
-      for (size_t m = 0; m < nm; ++m) {
-        const uint64_t bpt = bytes_per_token(*models[m].model);
-        BenchResult b = result(m, "tg" + std::to_string(p.n_gen), rates[m]);
-        b.weight_gb_s = b.tok_s_mean * double(bpt) / 1e9;
-        b.bandwidth_gb_s = bw_tg / 1e9;
-        b.bandwidth_pct = 100.0 * b.weight_gb_s / b.bandwidth_gb_s;
-        b.roofline_tok_s = bw_tg / double(bpt);
-        out.push_back(b);
       }
     }
   }

@@ -12,6 +12,7 @@
 #include "kernels/f32_ops.h"
 #include "kernels/onednn_gemm.h"
 #include "model/file_util.h"
+#include "runtime/kv_cache.h"
 #include "runtime/thread_pool.h"
 #include "model/mxlm_file.h"
 #include "tokenizer/tokenizer.h"
@@ -350,8 +351,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   n_batch_ = std::clamp(params.n_batch, 1, n_ctx_);
   n_threads_ = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
   const size_t kv = size_t(c.n_kv_heads) * c.head_dim, q = size_t(c.n_heads) * c.head_dim;
-  k_cache_.assign(size_t(c.n_layers) * n_ctx_ * kv, 0.0f);
-  v_cache_.assign(size_t(c.n_layers) * n_ctx_ * kv, 0.0f);
+  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim);
   const int half = c.head_dim / 2;
   rope_cos_.resize(size_t(n_ctx_) * half);
   rope_sin_.resize(size_t(n_ctx_) * half);
@@ -600,6 +600,16 @@ void Context::head_forward(const Weight& output, const float* x, int n, float* l
   matmul(out, output, logits);
 }
 
+void Context::truncate(int n) {
+  if (n < 0 || n > n_past_) {
+    throw Error(ErrorCode::kInvalidArgument, "truncate to " + std::to_string(n) + " tokens: the context holds " +
+                                                 std::to_string(n_past_));
+  }
+  n_past_ = n;
+}
+
+size_t Context::kv_bytes_per_token() const { return kv_->bytes_per_token(); }
+
 void Context::forward_batch(const int* tokens, int n, bool all_logits, float* logits_out) {
   const ModelConfig& c = model_->config();
   const int E = c.n_embd;
@@ -633,17 +643,15 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
   Acts attn_in{xb_.data(), n, E, l, MatmulInput::kAttnIn};
   matmul(attn_in, {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}});
-  // K cache [n_ctx][KV] (rows of keys); V cache transposed, [HKV][D][n_ctx], so that both
-  // attention products run as gemm over contiguous rows.
-  float* kc = &k_cache_[size_t(l) * n_ctx_ * KV];
-  float* vt = &v_cache_[size_t(l) * n_ctx_ * KV];
   for (int b = 0; b < n; ++b) {
     for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
     for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
-    std::memcpy(kc + size_t(p0 + b) * KV, &k_[size_t(b) * KV], sizeof(float) * KV);
-    for (int i = 0; i < KV; ++i) vt[size_t(i) * n_ctx_ + p0 + b] = v_[size_t(b) * KV + i];
+    kv_->store(l, p0 + b, &k_[size_t(b) * KV], &v_[size_t(b) * KV]);
   }
-  // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V.
+  // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V, over
+  // the cache's rows of keys and values (runtime/kv_cache.h).
+  const float* kc = kv_->keys(l);
+  const float* vc = kv_->values(l);
   const int T = p0 + n;
   pool_->run(H, [&](int h, int thread) {
     const int kvh = h / group;
@@ -657,8 +665,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
       kr.softmax(row, n_keys);
       std::fill(row + n_keys, row + T, 0.0f);
     }
-    kr.gemm(n, 0, D, T, sc, size_t(T), vt + size_t(kvh) * D * n_ctx_, sizeof(float) * n_ctx_, QType::kF32,
-            &att_out_[size_t(h) * D], size_t(Q));
+    kr.gemm_nn(n, D, T, sc, size_t(T), vc + size_t(kvh) * D, size_t(KV), &att_out_[size_t(h) * D], size_t(Q));
   });
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());

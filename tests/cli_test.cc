@@ -255,10 +255,19 @@ TEST(Cli, BenchJsonHasSaneNumbers) {
   const auto& tg = j[1];
   EXPECT_NEAR(tg["weight_gb_s"].get<double>(), tg["tok_s"].get<double>() * tg["bytes_per_token"].get<double>() / 1e9,
               1e-6 * tg["weight_gb_s"].get<double>());
-  EXPECT_NEAR(tg["bandwidth_pct"].get<double>(), 100 * tg["weight_gb_s"].get<double>() / tg["bandwidth_gb_s"].get<double>(), 1e-6);
+  // The KV cache read too: 8 generated tokens attend over 1..8 cached tokens, 4.5 on average.
+  EXPECT_EQ(tg["depth"], 0);
+  const double kv_token = tg["kv_bytes_per_token"].get<double>() / 4.5;
+  EXPECT_GT(kv_token, 0.0);
+  EXPECT_EQ(std::fmod(kv_token, 4.0 * 2), 0.0) << "whole f32 rows of K and V";
+  EXPECT_NEAR(tg["kv_gb_s"].get<double>(), tg["tok_s"].get<double>() * tg["kv_bytes_per_token"].get<double>() / 1e9,
+              1e-6 * tg["kv_gb_s"].get<double>());
+  EXPECT_NEAR(tg["bandwidth_pct"].get<double>(),
+              100 * (tg["weight_gb_s"].get<double>() + tg["kv_gb_s"].get<double>()) / tg["bandwidth_gb_s"].get<double>(), 1e-6);
   EXPECT_GT(tg["bandwidth_pct"].get<double>(), 0.0);
   // The roofline: the decode speed the bandwidth allows for these bytes per token.
-  EXPECT_NEAR(tg["roofline_tok_s"].get<double>(), tg["bandwidth_gb_s"].get<double>() * 1e9 / tg["bytes_per_token"].get<double>(),
+  EXPECT_NEAR(tg["roofline_tok_s"].get<double>(),
+              tg["bandwidth_gb_s"].get<double>() * 1e9 / (tg["bytes_per_token"].get<double>() + tg["kv_bytes_per_token"].get<double>()),
               1e-6 * tg["roofline_tok_s"].get<double>());
   // Prefill: 2 int8 operations per multiply-add, against the int8 peak measured in the run.
   const auto& pp = j[0];
@@ -270,6 +279,28 @@ TEST(Cli, BenchJsonHasSaneNumbers) {
     EXPECT_NEAR(pp["peak_pct"].get<double>(), 100 * pp["gop_s"].get<double>() / pp["peak_gop_s"].get<double>(), 1e-6);
   }
   EXPECT_EQ(pp["memory"], "huge") << "the default";
+}
+
+// -d fills the context before the tests (once per depth) and counts the KV cache a token reads;
+// a depth past the trained context is refused before anything is measured, naming the limit.
+TEST(Cli, BenchAtDepth) {
+  int st;
+  const std::string out = mxlm_stdout("bench -m " + synth_model() + " -p 4 -n 4 -t 1 -r 1 -d 0,40 --json", &st);
+  ASSERT_EQ(st, 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_EQ(j.size(), 4u) << out;
+  EXPECT_EQ(j[0]["test"], "pp4");
+  EXPECT_EQ(j[1]["test"], "tg4");
+  EXPECT_EQ(j[2]["test"], "pp4@d40");
+  EXPECT_EQ(j[3]["test"], "tg4@d40");
+  EXPECT_EQ(j[3]["depth"], 40);
+  // Per cached token the same bytes: 2.5 tokens on average at depth 0, 42.5 at depth 40.
+  EXPECT_NEAR(j[3]["kv_bytes_per_token"].get<double>() / 42.5, j[1]["kv_bytes_per_token"].get<double>() / 2.5, 1e-6);
+  EXPECT_GT(j[3]["tok_s"].get<double>(), 1.0);
+  const int trained = inspect_json(synth_model())["config"]["n_ctx"];
+  const std::string bad = mxlm("bench -m " + synth_model() + " -p 0 -n 4 -t 1 -d " + std::to_string(trained), &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(bad.find("exceeds the model's trained context of " + std::to_string(trained) + " tokens"), std::string::npos) << bad;
 }
 
 // --memory map,huge loads the model twice and measures both (repetitions alternate); a name

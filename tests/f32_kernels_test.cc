@@ -293,6 +293,59 @@ TEST_P(F32OpsTest, Sum) {
   EXPECT_EQ(kern().sum(nullptr, 0), 0.0f);
 }
 
+// y = x · b with b row-major: every shape class (one row, the 4-row tiles and their 1-3 row tails,
+// column counts that end mid-vector, head widths 64 and 128), an unaligned b with a padded row
+// stride, and nothing written outside y's [M][N] block. Each element is a K-term sum: bounded
+// like dot, exact on small integers, and a single row equals that row of a batch bit for bit.
+TEST_P(F32OpsTest, GemmNn) {
+  std::mt19937 rng(15);
+  for (int M : {1, 2, 3, 4, 5, 7, 9}) {
+    for (int N : {1, 5, 16, 17, 33, 64, 80, 128, 130}) {
+      for (int K : {0, 1, 3, 17, 64, 301}) {
+        const size_t ldx = size_t(K) + 3, ldb = size_t(N) + 5, ldy = size_t(N) + 2;
+        const std::vector<float> x = random_vec(rng, size_t(M) * ldx + 1);
+        const std::vector<float> b = random_vec(rng, size_t(K) * ldb + 1);
+        std::vector<float> y(size_t(M) * ldy + 1, kSentinel);
+        kern().gemm_nn(M, N, K, x.data() + 1, ldx, b.data() + 1, ldb, y.data(), ldy);
+        for (int m = 0; m < M; ++m) {
+          for (int n = 0; n < N; ++n) {
+            double ref = 0.0, mag = 0.0;
+            for (int k = 0; k < K; ++k) {
+              const double p = double(x[1 + m * ldx + k]) * b[1 + k * ldb + n];
+              ref += p;
+              mag += std::fabs(p);
+            }
+            ASSERT_LE(std::fabs(y[m * ldy + n] - ref), (K + 1) * kEps * mag + 1e-30)
+                << "M=" << M << " N=" << N << " K=" << K << " m=" << m << " n=" << n;
+          }
+          for (size_t n = size_t(N); n < ldy && m * ldy + n < y.size(); ++n) {
+            ASSERT_EQ(y[m * ldy + n], kSentinel) << "wrote past column N, M=" << M << " N=" << N << " K=" << K;
+          }
+        }
+        if (K > 0 && M > 1) {
+          std::vector<float> y1(size_t(N), kSentinel);
+          kern().gemm_nn(1, N, K, x.data() + 1 + (M - 1) * ldx, ldx, b.data() + 1, ldb, y1.data(), size_t(N));
+          for (int n = 0; n < N; ++n) {
+            ASSERT_EQ(y1[n], y[(M - 1) * ldy + n]) << "one row differs from the batch, M=" << M << " N=" << N;
+          }
+        }
+      }
+    }
+  }
+  // Small integers: exact whatever the order.
+  const int M = 5, N = 70, K = 40;
+  const std::vector<float> x = int_vec(rng, size_t(M) * K), b = int_vec(rng, size_t(K) * N);
+  std::vector<float> y(size_t(M) * N);
+  kern().gemm_nn(M, N, K, x.data(), K, b.data(), N, y.data(), N);
+  for (int m = 0; m < M; ++m) {
+    for (int n = 0; n < N; ++n) {
+      double ref = 0.0;
+      for (int k = 0; k < K; ++k) ref += double(x[m * K + k]) * b[k * N + n];
+      ASSERT_EQ(y[m * N + n], ref);
+    }
+  }
+}
+
 TEST_P(F32OpsTest, Axpy) {
   std::mt19937 rng(12);
   for (int n : kSizes) {

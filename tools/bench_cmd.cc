@@ -22,6 +22,7 @@ struct BenchArgs {
   std::vector<std::string> memory;
   int n_prompt = 128, n_gen = 64, reps = 3;
   std::vector<int> threads = {1, 2};
+  std::vector<int> depths = {0};
   bool json = false, act_per_token = false, roofline = false;
 };
 
@@ -49,6 +50,7 @@ int run_bench_cmd(const BenchArgs& a) {
   bp.n_gen = a.n_gen;
   bp.reps = a.reps;
   bp.threads = a.threads;
+  bp.depths = a.depths;
   bp.act_per_token = a.act_per_token;
   bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(models, bp);
@@ -66,8 +68,9 @@ int run_bench_cmd(const BenchArgs& a) {
     for (const auto& r : results) {
       j.push_back({{"model", a.model}, {"size_bytes", model.weight_bytes()}, {"bits_per_weight", bits},
                    {"isa", std::string(isa_name(model.isa()))}, {"memory", r.label}, {"load_s", load_seconds(r.label)},
-                   {"threads", r.threads}, {"test", r.test}, {"tok_s", r.tok_s_mean}, {"tok_s_sd", r.tok_s_sd},
-                   {"weight_gb_s", r.weight_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
+                   {"threads", r.threads}, {"test", r.test}, {"depth", r.depth}, {"tok_s", r.tok_s_mean},
+                   {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s}, {"kv_bytes_per_token", r.kv_bytes_per_token},
+                   {"kv_gb_s", r.kv_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
                    {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
                    {"peak_pct", r.peak_pct}, {"bytes_per_token", bytes_per_token(model)},
                    {"macs_per_token", macs_per_token(model)}, {"kernels", model.kernel_summary()}});
@@ -75,17 +78,18 @@ int run_bench_cmd(const BenchArgs& a) {
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  // Decode against the read bandwidth (and, with --roofline, the tok/s it allows), prefill
-  // against the int8 peak: both measured in this run, at each thread count.
-  std::printf("| model | size | bpw | isa | memory | threads | test | t/s | weight GB/s | read BW GB/s | %% of BW |%s"
+  // Decode against the read bandwidth (weights and KV cache read per token; with --roofline, the
+  // tok/s it allows), prefill against the int8 peak: both measured in this run, per thread count.
+  std::printf("| model | size | bpw | isa | memory | threads | test | t/s | weight GB/s | KV GB/s | read BW GB/s | %% of BW |%s"
               " int8 GOP/s | int8 peak GOP/s | %% of peak |\n",
               a.roofline ? " roofline t/s |" : "");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n", a.roofline ? "---|" : "");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n", a.roofline ? "---|" : "");
   for (const auto& r : results) {
     const bool tg = r.test.rfind("tg", 0) == 0;
-    char gbs[32] = "-", pct[32] = "-", roof[32] = "-", gop[32] = "-", ppct[32] = "-";
+    char gbs[32] = "-", kvs[32] = "-", pct[32] = "-", roof[32] = "-", gop[32] = "-", ppct[32] = "-";
     if (tg) {
       std::snprintf(gbs, sizeof(gbs), "%.2f", r.weight_gb_s);
+      std::snprintf(kvs, sizeof(kvs), "%.2f", r.kv_gb_s);
       std::snprintf(pct, sizeof(pct), "%.1f", r.bandwidth_pct);
       std::snprintf(roof, sizeof(roof), "%.2f", r.roofline_tok_s);
     } else {
@@ -93,9 +97,10 @@ int run_bench_cmd(const BenchArgs& a) {
       if (r.peak_gop_s > 0) std::snprintf(ppct, sizeof(ppct), "%.1f", r.peak_pct);
     }
     std::string roof_col = a.roofline ? std::string(" ") + roof + " |" : "";
-    std::printf("| %s | %s | %.2f | %s | %s | %d | %s | %.2f ± %.2f | %s | %.1f | %s |%s %s | %.0f | %s |\n", name.c_str(),
-                human_bytes(model.weight_bytes()).c_str(), bits, std::string(isa_name(model.isa())).c_str(), r.label.c_str(),
-                r.threads, r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, r.bandwidth_gb_s, pct, roof_col.c_str(), gop,
+    std::printf("| %s | %s | %.2f | %s | %s | %d | %s | %.2f ± %.2f | %s | %s | %.1f | %s |%s %s | %.0f | %s |\n",
+                name.c_str(), human_bytes(model.weight_bytes()).c_str(), bits, std::string(isa_name(model.isa())).c_str(),
+                r.label.c_str(), r.threads, r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, kvs, r.bandwidth_gb_s, pct,
+                roof_col.c_str(), gop,
                 r.peak_gop_s, ppct);
   }
   std::printf("\nkernels: %s\n", model.kernel_summary().c_str());
@@ -113,6 +118,10 @@ Command add_bench_command(CLI::App& app) {
   bn->add_option("-n,--n-gen", a->n_gen, "generated tokens per tg run (0: skip)")->check(CLI::NonNegativeNumber);
   bn->add_option("-r,--reps", a->reps, "repetitions")->check(CLI::PositiveNumber);
   bn->add_option("-t,--threads", a->threads, "thread counts, e.g. 1,2")->delimiter(',');
+  bn->add_option("-d,--depth", a->depths,
+                 "tokens already in the context before pp and tg, e.g. 0,512,2048 (filled once per depth, untimed)")
+      ->delimiter(',')
+      ->check(CLI::NonNegativeNumber);
   bn->add_option("--memory", a->memory,
                  "weight memory: map, copy, huge, or a list (e.g. map,huge: each loaded, repetitions alternate)")
       ->delimiter(',');

@@ -101,6 +101,16 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
   __builtin_trap();  // not a float format: a caller bug
 }
 
+void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy) {
+  for (int m = 0; m < M; ++m) {
+    for (int n = 0; n < N; ++n) {
+      double acc = 0.0;
+      for (int k = 0; k < K; ++k) acc += static_cast<double>(x[m * ldx + k]) * b[k * ldb + n];
+      y[m * ldy + n] = static_cast<float>(acc);
+    }
+  }
+}
+
 float dot(const float* a, const float* b, int n) {
   double acc = 0.0;
   for (int i = 0; i < n; ++i) acc += static_cast<double>(a[i]) * b[i];
@@ -464,6 +474,83 @@ constexpr size_t kGemvShortRowBytes = 4096;
 
 #include "kernels/simd/f32_gemm_inl.h"
 
+// ---- gemm_nn: y = x · b with b row-major [K][N] -------------------------------------------------
+// Columns are lanes: an MR x NV tile keeps MR*NV vector accumulators, and per k loads NV vectors
+// of b's row k once and broadcasts x[m][k] for each of the MR rows. One row (decode's P·V) takes
+// up to kNnWide vectors at once so that a head's value row (64-128 floats) is read in one pass.
+#if defined(MXLM_TARGET_AVX512)
+constexpr int kNnMr = 4, kNnNv = 4, kNnWide = 8;
+#else
+constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
+#endif
+
+// Rows [0, MR) x columns [0, (NV - 1) * kL + last), last in [1, kL].
+template <int MR, int NV>
+void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy, int last) {
+  V acc[MR][NV];
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) acc[m][v] = Simd::zero();
+  }
+  const bool full = last == kL;
+  for (int k = 0; k < K; ++k) {
+    const float* bk = b + static_cast<size_t>(k) * ldb;
+    V bv[NV];
+    for (int v = 0; v < NV - 1; ++v) bv[v] = Simd::load(bk + v * kL);
+    bv[NV - 1] = full ? Simd::load(bk + (NV - 1) * kL) : Simd::load_partial(bk + (NV - 1) * kL, last);
+    for (int m = 0; m < MR; ++m) {
+      const V xm = Simd::set1(x[m * ldx + k]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = Simd::fma(xm, bv[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV - 1; ++v) Simd::store(y + m * ldy + v * kL, acc[m][v]);
+    if (full) {
+      Simd::store(y + m * ldy + (NV - 1) * kL, acc[m][NV - 1]);
+    } else {
+      Simd::store_partial(y + m * ldy + (NV - 1) * kL, acc[m][NV - 1], last);
+    }
+  }
+}
+
+template <int MR>
+void gemm_nn_rows(int nv, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy,
+                  int last) {
+  switch (nv) {
+    case 1: return gemm_nn_tile<MR, 1>(K, x, ldx, b, ldb, y, ldy, last);
+    case 2: return gemm_nn_tile<MR, 2>(K, x, ldx, b, ldb, y, ldy, last);
+    case 3: return gemm_nn_tile<MR, 3>(K, x, ldx, b, ldb, y, ldy, last);
+    default: return gemm_nn_tile<MR, kNnNv>(K, x, ldx, b, ldb, y, ldy, last);
+  }
+}
+
+void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy) {
+  if (M <= 0 || N <= 0) return;
+  const int chunk = (M == 1 ? kNnWide : kNnNv) * kL;
+  for (int n0 = 0; n0 < N; n0 += chunk) {
+    const int nn = min_int(chunk, N - n0);
+    const int nv = (nn + kL - 1) / kL, last = nn - (nv - 1) * kL;
+    if (M == 1) {
+      switch (nv) {
+        case 5: gemm_nn_tile<1, 5>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
+        case 6: gemm_nn_tile<1, 6>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
+        case 7: gemm_nn_tile<1, 7>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
+        case 8: gemm_nn_tile<1, 8>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
+        default: gemm_nn_rows<1>(nv, K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
+      }
+    }
+    int m = 0;
+    for (; m + kNnMr <= M; m += kNnMr) gemm_nn_rows<kNnMr>(nv, K, x + m * ldx, ldx, b + n0, ldb, y + m * ldy + n0, ldy, last);
+    const float* xm = x + m * ldx;
+    float* ym = y + m * ldy + n0;
+    switch (M - m) {
+      case 3: gemm_nn_rows<3>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      case 2: gemm_nn_rows<2>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      case 1: gemm_nn_rows<1>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      default: break;
+    }
+  }
+}
+
 // ---- vector ops -----------------------------------------------------------------------------
 
 float dot(const float* a, const float* b, int n) {
@@ -598,6 +685,7 @@ void softmax(float* x, int n) {
 
 void register_f32(F32Kernels* out) {
   out->gemm = &gemm;
+  out->gemm_nn = &gemm_nn;
   out->dot = &dot;
   out->axpy = &axpy;
   out->rmsnorm = &rmsnorm;

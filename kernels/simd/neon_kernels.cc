@@ -246,6 +246,65 @@ float sum(const float* x, size_t n) {
   return vaddvq_f32(s[0]);
 }
 
+// ---- gemm_nn: y = x · b with b row-major [K][N] (kernels/f32_ops.h) ------------------------------
+// As on x86: columns are lanes, an MR x NV tile of float32x4 accumulators, b's row k loaded once
+// per k for the MR rows, each y[m][n] one fma chain in ascending k.
+template <int MR, int NV>
+void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy, int last) {
+  float32x4_t acc[MR][NV];
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) acc[m][v] = vdupq_n_f32(0.0f);
+  }
+  const bool full = last == 4;
+  for (int k = 0; k < K; ++k) {
+    const float* bk = b + static_cast<size_t>(k) * ldb;
+    float32x4_t bv[NV];
+    for (int v = 0; v < NV - 1; ++v) bv[v] = vld1q_f32(bk + 4 * v);
+    bv[NV - 1] = full ? vld1q_f32(bk + 4 * (NV - 1)) : load_partial(bk + 4 * (NV - 1), last);
+    for (int m = 0; m < MR; ++m) {
+      const float32x4_t xm = vdupq_n_f32(x[m * ldx + k]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = vfmaq_f32(acc[m][v], xm, bv[v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV - 1; ++v) vst1q_f32(y + m * ldy + 4 * v, acc[m][v]);
+    if (full) {
+      vst1q_f32(y + m * ldy + 4 * (NV - 1), acc[m][NV - 1]);
+    } else {
+      store_partial(y + m * ldy + 4 * (NV - 1), acc[m][NV - 1], last);
+    }
+  }
+}
+
+template <int MR>
+void gemm_nn_rows(int nv, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy,
+                  int last) {
+  switch (nv) {
+    case 1: return gemm_nn_tile<MR, 1>(K, x, ldx, b, ldb, y, ldy, last);
+    case 2: return gemm_nn_tile<MR, 2>(K, x, ldx, b, ldb, y, ldy, last);
+    case 3: return gemm_nn_tile<MR, 3>(K, x, ldx, b, ldb, y, ldy, last);
+    default: return gemm_nn_tile<MR, 4>(K, x, ldx, b, ldb, y, ldy, last);
+  }
+}
+
+void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy) {
+  if (M <= 0 || N <= 0) return;
+  for (int n0 = 0; n0 < N; n0 += 16) {
+    const int nn = min_int(16, N - n0);
+    const int nv = (nn + 3) / 4, last = nn - 4 * (nv - 1);
+    int m = 0;
+    for (; m + 4 <= M; m += 4) gemm_nn_rows<4>(nv, K, x + m * ldx, ldx, b + n0, ldb, y + m * ldy + n0, ldy, last);
+    const float* xm = x + m * ldx;
+    float* ym = y + m * ldy + n0;
+    switch (M - m) {
+      case 3: gemm_nn_rows<3>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      case 2: gemm_nn_rows<2>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      case 1: gemm_nn_rows<1>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      default: break;
+    }
+  }
+}
+
 void axpy(float a, const float* x, float* y, int n) {
   const float32x4_t va = vdupq_n_f32(a);
   int i = 0;
@@ -735,6 +794,7 @@ void register_f32(F32Kernels* out) {
   out->gemm = &gemm;
   out->dot = &dot;
   out->axpy = &axpy;
+  out->gemm_nn = &gemm_nn;
   out->rmsnorm = &rmsnorm;
   out->swiglu = &swiglu;
   out->softmax = &softmax;

@@ -35,6 +35,9 @@ struct BenchParams {
   int n_gen = 64;      // 0: skip tg
   int reps = 3;
   std::vector<int> threads = {1, 2};
+  // Tokens already in the context when pp and tg start (llama-bench's -d): filled once per
+  // depth, untimed, and kept across repetitions.
+  std::vector<int> depths = {0};
   bool act_per_token = false;
   ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
 };
@@ -48,12 +51,15 @@ struct BenchModel {
 struct BenchResult {
   int threads = 0;
   std::string label;               // BenchModel::label
-  std::string test;                // "pp128", "tg64"
+  std::string test;                // "pp128", "tg64", "tg64@d2048"
+  int depth = 0;                   // tokens in the context before the test
   double tok_s_mean = 0, tok_s_sd = 0;
   double weight_gb_s = 0;          // tg: bytes_per_token × tok/s
+  double kv_bytes_per_token = 0;   // tg: KV cache bytes a generated token reads (mean over the run)
+  double kv_gb_s = 0;              // tg: kv_bytes_per_token × tok/s
   double bandwidth_gb_s = 0;       // measured read bandwidth at this thread count
-  double bandwidth_pct = 0;        // tg: weight_gb_s / bandwidth_gb_s × 100
-  double roofline_tok_s = 0;       // tg: bandwidth / bytes_per_token, the decode speed it allows
+  double bandwidth_pct = 0;        // tg: (weight_gb_s + kv_gb_s) / bandwidth_gb_s × 100
+  double roofline_tok_s = 0;       // tg: bandwidth / (weight + KV bytes per token), the speed it allows
   double gop_s = 0;                // pp: 2 × macs_per_token × tok/s / 1e9
   double peak_gop_s = 0;           // measured int8 peak of `threads` cores
   double peak_pct = 0;             // pp: gop_s / peak_gop_s × 100

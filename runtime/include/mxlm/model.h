@@ -158,6 +158,7 @@ struct ContextParams {
 };
 
 class ThreadPool;
+class KvCache;
 
 class Context {
  public:
@@ -188,6 +189,12 @@ class Context {
   int n_ctx() const { return n_ctx_; }
   int n_threads() const { return n_threads_; }
   void reset() { n_past_ = 0; }
+  // Forgets positions n .. n_past() - 1 (n <= n_past()): the cache keeps the first n tokens, so
+  // evaluation goes on from a shared prefix (a benchmark's filled context, a regenerated reply).
+  void truncate(int n);
+  // Bytes of keys and values one token holds in the cache, over all layers (what attention
+  // reads per cached token and generated token).
+  size_t kv_bytes_per_token() const;
   const Model& model() const { return *model_; }
 
  private:
@@ -216,8 +223,7 @@ class Context {
 
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
-  // Per layer: keys [n_ctx][n_kv_heads * head_dim]; values transposed [n_kv_heads * head_dim][n_ctx].
-  std::vector<float> k_cache_, v_cache_;
+  std::unique_ptr<KvCache> kv_;  // runtime/kv_cache.h
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
