@@ -16,11 +16,15 @@ struct F32Kernels {
   // y[m*ldy + n] = sum_k x[m*ldx + k] * W[n][k]  for m in [0, M), n in [n0, n1).
   void (*gemm)(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes,
                QType wtype, float* y, size_t ldy);
-  // y[m*ldy + n] = sum_k x[m*ldx + k] * b[k*ldb + n]  for m in [0, M), n in [0, N): the product
-  // with a row-major right operand (attention's P·V over value rows stored per token). Every
-  // y[m][n] is one chain of fused multiply-adds in ascending k from 0 (SIMD builds), so it depends
-  // only on x row m, column n of b and K: identical for a batch and a single row.
-  void (*gemm_nn)(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy);
+  // y[m*ldy + n] = sum_k x[m*ldx + k] * B[k][n]  for m in [0, M), n in [0, N): the product with
+  // a row-major right operand (attention's P·V over value rows stored per token). B's K rows
+  // start every b_row_bytes bytes, each a row of N elements in btype: kF32, or a KV cache format,
+  // kQ8G32/kQ8G64/kQ8G128 or kQ4AG32, dequantized in registers (qtype.h). The SIMD builds compute
+  // each y[m][n] as one chain of fused multiply-adds x[m][k] * B[k][n] in ascending k from 0, with
+  // B[k][n] dequantized alike whatever the tile, so it depends only on x row m, column n of B and
+  // K: identical for a batch and a single row. The reference accumulates in double.
+  void (*gemm_nn)(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype,
+                  float* y, size_t ldy);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);  // y += a * x
   // y = x / sqrt(mean(x^2) + eps) * w   (y may alias x)

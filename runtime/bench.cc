@@ -136,6 +136,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
       // Filling a deep context goes in batches of up to 512 even when pp is skipped.
       cp.n_batch = std::max({1, p.n_prompt, std::min(max_depth, 512)});
       cp.act_per_token = p.act_per_token;
+      cp.kv = p.kv;
       cp.prefill = p.prefill;
       ctxs.push_back(std::make_unique<Context>(bm.model, cp));
     }

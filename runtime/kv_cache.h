@@ -1,45 +1,92 @@
 // The key/value cache of one Context (runtime/model.cc): for every layer, the keys and values of
-// up to n_ctx positions, both stored row-major per token, [n_ctx][n_kv_heads * head_dim], a
-// head's slice at offset head * head_dim of the row.
+// up to n_ctx positions, both stored row-major per token: a token's row holds n_kv_heads
+// segments, one per head, each a row of head_dim elements in the layer's K (or V) format.
+//
+// Formats (KvType), chosen per layer for K and V independently:
+//   f32  the floats;
+//   q8   int8 with one f16 scale per token and head: the weight format q8_g{head_dim} (q8_g32
+//        when head_dim is not 32, 64 or 128), w = d * (q - 128), d = max|x| / 127;
+//   q4   4-bit asymmetric groups of 32: q4a_g32, w = d * q + m, m = min, d = (max - min) / 15.
+// Rows are encoded by round-to-nearest from the group's range (no scale search: a token's rows
+// are written once per layer as it is evaluated, on the decode path). Quantized keys are read by
+// the quantized GEMM kernels of their weight format (kernels/quant.h: q·Kᵀ with q quantized per
+// head to int8, as activations are for weights), so they are stored in that kernel's packed
+// layout; values by gemm_nn (kernels/f32_ops.h), which dequantizes value rows in registers.
 //
 // Why rows per token for values too: a generated token appends one row of each, which a
-// block-quantized format (a scale per token and head, or per group of 32) can encode in place;
-// the transposed value layout this replaces ([kv_dim][n_ctx], so that P·V ran as a dot-product
-// gemm) scattered each token's values over kv_dim cache lines: 4.7 % of a Llama-7B decode token
-// at one thread, in the store alone. Attention now reads value rows with kernels' gemm_nn.
+// block-quantized format encodes in place; the transposed value layout this replaced ([kv_dim]
+// [n_ctx], so that P·V ran as a dot-product gemm) scattered each token's values over kv_dim cache
+// lines: 4.7 % of a Llama-7B decode token at one thread, in the store alone.
 //
-// Keys are stored after RoPE, so attention reads them as they are. A context shift (dropping
-// the oldest positions) re-rotates the kept keys by the position delta: RoPE's rotations compose,
-// R(p - d) = R(-d) R(p), so that costs one rotation per kept key, instead of a rotation of
-// every key on every token had they been stored before RoPE.
+// Keys are stored after RoPE, so attention reads them as they are. A context shift (dropping the
+// oldest positions) re-rotates the kept keys by the position delta: RoPE's rotations compose,
+// R(p - d) = R(-d) R(p), so that costs one rotation per kept key (dequantized, rotated and
+// encoded again when quantized), instead of a rotation of every key on every token had they
+// been stored before RoPE.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
+
+#include "kernels/isa.h"
+#include "kernels/qtype.h"
+#include "mxlm/model.h"
 
 namespace mxlm {
 
+// The storage format of a head's row of head_dim elements.
+QType kv_qtype(KvType t, int head_dim);
+
 class KvCache {
  public:
-  KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim);
+  // `isa` selects the quantized-GEMM kernel whose packed layout quantized keys are stored in.
+  KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormats formats, Isa isa);
 
   int n_ctx() const { return n_ctx_; }
-  int kv_dim() const { return kv_dim_; }   // floats per token and layer, in each of K and V
-  size_t row_stride() const { return size_t(kv_dim_); }
+  KvFormats formats() const { return formats_; }
 
-  // Token `pos` of layer l: its keys (after RoPE) and values, kv_dim floats each.
+  // Token `pos` of layer l: its keys (after RoPE) and values, n_kv_heads * head_dim floats each.
   void store(int l, int pos, const float* k, const float* v);
-  const float* keys(int l) const { return &k_[size_t(l) * n_ctx_ * kv_dim_]; }
-  const float* values(int l) const { return &v_[size_t(l) * n_ctx_ * kv_dim_]; }
+
+  // Layer l's keys (values) of head h: row t at keys(l, h) + t * k_row_bytes(), in k_qtype().
+  const uint8_t* keys(int l, int h) const { return &k_[(size_t(l) * n_ctx_) * k_row_ + size_t(h) * k_seg_]; }
+  const uint8_t* values(int l, int h) const { return &v_[(size_t(l) * n_ctx_) * v_row_ + size_t(h) * v_seg_]; }
+  size_t k_row_bytes() const { return k_row_; }
+  size_t v_row_bytes() const { return v_row_; }
+  QType k_qtype() const { return kq_; }
+  QType v_qtype() const { return vq_; }
+
+  // Quantized keys and values of a power-of-two head_dim are stored rotated by an orthogonal
+  // H = diag(s)·W/√D (W the Walsh-Hadamard matrix, s fixed random signs): a head's few large
+  // channels spread over all of them, so a group's range is not set by one outlier. Scores are
+  // unchanged when the queries are rotated alike ((qH)·(kH)ᵀ = q·kᵀ), and P·V over rotated
+  // values is the output rotated, undone by Hᵀ. Each of these is O(D log D) per head and token.
+  bool rotates_k() const { return rotate_k_; }
+  bool rotates_v() const { return rotate_v_; }
+  void rotate(float* x) const;    // x ← x·H, one head (head_dim floats)
+  void unrotate(float* x) const;  // x ← x·Hᵀ
 
   // Bytes of K and V per token over all layers, and of the whole cache.
-  size_t bytes_per_token() const { return size_t(2) * n_layers_ * kv_dim_ * sizeof(float); }
+  size_t bytes_per_token() const { return size_t(n_layers_) * (k_row_ + v_row_); }
   size_t bytes() const { return bytes_per_token() * size_t(n_ctx_); }
 
  private:
-  int n_layers_ = 0, n_ctx_ = 0, kv_dim_ = 0;
-  std::vector<float> k_, v_;
+  void encode(QType t, const float* x, uint8_t* dst, bool pack);
+
+  int n_layers_ = 0, n_ctx_ = 0, n_heads_ = 0, head_dim_ = 0;
+  KvFormats formats_;
+  QType kq_ = QType::kF32, vq_ = QType::kF32;
+  size_t k_seg_ = 0, v_seg_ = 0, k_row_ = 0, v_row_ = 0;
+  Isa isa_;
+  bool rotate_k_ = false, rotate_v_ = false;
+  std::vector<float> signs_;  // s of the rotation, head_dim of ±1
+  std::vector<float> rot_;    // a head's rotated row before encoding
+  std::vector<uint8_t> k_, v_;
+  std::vector<uint8_t> tmp_;  // a head's encoded row before packing
 };
 
 }  // namespace mxlm

@@ -351,7 +351,15 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   n_batch_ = std::clamp(params.n_batch, 1, n_ctx_);
   n_threads_ = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
   const size_t kv = size_t(c.n_kv_heads) * c.head_dim, q = size_t(c.n_heads) * c.head_dim;
-  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim);
+  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim, params.kv, model_->isa());
+  quantize_act_ = find_quantize_act(model_->isa());
+  if (kv_->k_qtype() != QType::kF32) {
+    kv_scores_ = find_qkernel(kv_->k_qtype(), model_->isa()).gemm;
+    const size_t kp = size_t(act_padded_k(c.head_dim));
+    kv_aq_.resize(size_t(n_threads_) * att_rows() * kp);
+    kv_ad_.resize(size_t(n_threads_) * att_rows() * kp / kActBlock);
+    kv_ads_.resize(kv_ad_.size());
+  }
   const int half = c.head_dim / 2;
   rope_cos_.resize(size_t(n_ctx_) * half);
   rope_sin_.resize(size_t(n_ctx_) * half);
@@ -373,7 +381,9 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   att_out_.resize(B * q);
   hb_.resize(B * c.n_ff);
   hb2_.resize(B * c.n_ff);
-  scores_.resize(size_t(n_threads_) * n_batch_ * n_ctx_);
+  scores_.resize(size_t(n_threads_) * att_rows() * n_ctx_);
+  att_q_.resize(size_t(n_threads_) * att_rows() * c.head_dim);
+  att_o_.resize(att_q_.size());
   pool_ = std::make_unique<ThreadPool>(n_threads_);
   act_per_token_ = params.act_per_token;
   prefill_ = params.prefill;
@@ -610,6 +620,12 @@ void Context::truncate(int n) {
 
 size_t Context::kv_bytes_per_token() const { return kv_->bytes_per_token(); }
 
+int Context::att_rows() const {
+  const ModelConfig& c = model_->config();
+  const int group = c.n_heads / c.n_kv_heads;
+  return std::max(1, std::min(kAttRows / group, n_batch_)) * group;
+}
+
 void Context::forward_batch(const int* tokens, int n, bool all_logits, float* logits_out) {
   const ModelConfig& c = model_->config();
   const int E = c.n_embd;
@@ -648,24 +664,53 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
     kv_->store(l, p0 + b, &k_[size_t(b) * KV], &v_[size_t(b) * KV]);
   }
-  // Causal attention, one head per task: scores = q·K^T (scaled), masked softmax, out = P·V, over
-  // the cache's rows of keys and values (runtime/kv_cache.h).
-  const float* kc = kv_->keys(l);
-  const float* vc = kv_->values(l);
-  const int T = p0 + n;
-  pool_->run(H, [&](int h, int thread) {
-    const int kvh = h / group;
-    float* sc = &scores_[size_t(thread) * n_batch_ * n_ctx_];
-    kr.gemm(n, 0, T, D, &q_[size_t(h) * D], size_t(Q), kc + size_t(kvh) * D, sizeof(float) * KV, QType::kF32, sc,
-            size_t(T));
-    for (int b = 0; b < n; ++b) {
-      float* row = sc + size_t(b) * T;
-      const int n_keys = p0 + b + 1;
-      for (int t = 0; t < n_keys; ++t) row[t] *= att_scale;
+  // Causal attention over the cache's rows of keys and values (runtime/kv_cache.h). A task is
+  // one KV head and a chunk of tokens: the queries of every head that shares the KV head (GQA)
+  // for those tokens are gathered into rows r = token * group + j (scaled by 1/sqrt(D), and
+  // rotated when the keys are), so that each key and value row is read once per chunk, not once
+  // per query head (TinyLlama: 8 query heads per KV head). scores = q·Kᵀ by the float GEMM for
+  // f32 keys or by the keys' quantized GEMM with the rows quantized to int8 like any matmul
+  // input; masked softmax; out = P·V by gemm_nn in the values' format, scattered back per head.
+  const KvCache& kv = *kv_;
+  const int rows_max = att_rows(), bchunk = rows_max / group, n_chunks = (n + bchunk - 1) / bchunk;
+  pool_->run(HKV * n_chunks, [&](int task, int thread) {
+    const int kvh = task / n_chunks, b0 = (task % n_chunks) * bchunk, nb = std::min(bchunk, n - b0);
+    const int R = nb * group, T = p0 + b0 + nb;  // query rows, keys the chunk's last token sees
+    float* qg = &att_q_[size_t(thread) * rows_max * D];
+    float* og = &att_o_[size_t(thread) * rows_max * D];
+    float* sc = &scores_[size_t(thread) * rows_max * n_ctx_];
+    for (int bb = 0; bb < nb; ++bb) {
+      for (int j = 0; j < group; ++j) {
+        const float* src = &q_[size_t(b0 + bb) * Q + size_t(kvh * group + j) * D];
+        float* dst = qg + size_t(bb * group + j) * D;
+        for (int i = 0; i < D; ++i) dst[i] = src[i] * att_scale;
+        if (kv.rotates_k()) kv.rotate(dst);
+      }
+    }
+    if (kv_scores_) {
+      const int64_t kp = act_padded_k(D), nbk = kp / kActBlock;
+      int8_t* aq = &kv_aq_[size_t(thread) * rows_max * kp];
+      float* ad = &kv_ad_[size_t(thread) * rows_max * nbk];
+      float* ads = &kv_ads_[size_t(thread) * rows_max * nbk];
+      for (int r = 0; r < R; ++r) quantize_act_(qg + size_t(r) * D, D, kp, aq + r * kp, ad + r * nbk, ads + r * nbk, false);
+      kv_scores_(R, 0, T, D, ActQ8{aq, ad, ads, kp}, kv.keys(l, kvh), kv.k_row_bytes(), sc, size_t(T));
+    } else {
+      kr.gemm(R, 0, T, D, qg, size_t(D), kv.keys(l, kvh), kv.k_row_bytes(), QType::kF32, sc, size_t(T));
+    }
+    for (int r = 0; r < R; ++r) {
+      float* row = sc + size_t(r) * T;
+      const int n_keys = p0 + b0 + r / group + 1;
       kr.softmax(row, n_keys);
       std::fill(row + n_keys, row + T, 0.0f);
     }
-    kr.gemm_nn(n, D, T, sc, size_t(T), vc + size_t(kvh) * D, size_t(KV), &att_out_[size_t(h) * D], size_t(Q));
+    kr.gemm_nn(R, D, T, sc, size_t(T), kv.values(l, kvh), kv.v_row_bytes(), kv.v_qtype(), og, size_t(D));
+    for (int bb = 0; bb < nb; ++bb) {
+      for (int j = 0; j < group; ++j) {
+        float* o = og + size_t(bb * group + j) * D;
+        if (kv.rotates_v()) kv.unrotate(o);
+        std::copy(o, o + D, &att_out_[size_t(b0 + bb) * Q + size_t(kvh * group + j) * D]);
+      }
+    }
   });
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());

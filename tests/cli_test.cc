@@ -303,6 +303,29 @@ TEST(Cli, BenchAtDepth) {
   EXPECT_NE(bad.find("exceeds the model's trained context of " + std::to_string(trained) + " tokens"), std::string::npos) << bad;
 }
 
+// --kv picks the KV cache formats on run, ppl and bench: run -v states them with their bytes,
+// bench reports them and reads fewer KV bytes per token, an unknown one names the known ones.
+TEST(Cli, KvCacheFormats) {
+  int st;
+  std::string out = mxlm("run -m " + synth_model() + " -p 'hello' -n 4 --temp 0 -t 1 --ignore-eos -v --kv k4v4", &st);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("KV cache k4v4:"), std::string::npos) << out;
+  EXPECT_NE(out.find("generated 4 tokens"), std::string::npos) << out;
+  const std::string js = mxlm_stdout("bench -m " + synth_model() + " -p 0 -n 4 -t 1 -r 1 --kv k8v4 --json", &st);
+  ASSERT_EQ(st, 0) << js;
+  const nlohmann::json q = nlohmann::json::parse(js);
+  const nlohmann::json f = nlohmann::json::parse(mxlm_stdout("bench -m " + synth_model() + " -p 0 -n 4 -t 1 -r 1 --json", &st));
+  EXPECT_EQ(q[0]["kv"], "k8v4");
+  EXPECT_EQ(f[0]["kv"], "f32");
+  // int8 keys (a scale per head) and 4-bit values (scale and offset per 32) against 2 x 32 bits.
+  const double ratio = q[0]["kv_bytes_per_token"].get<double>() / f[0]["kv_bytes_per_token"].get<double>();
+  EXPECT_GT(ratio, (8 + 4) / 64.0);
+  EXPECT_LT(ratio, (8.5 + 5) / 64.0);
+  out = mxlm("run -m " + synth_model() + " -p 'hello' -n 1 --kv k3v3", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("--kv k3v3 is not a KV cache format; known: f32, k8v8, k8v4, k4v8, k4v4"), std::string::npos) << out;
+}
+
 // --memory map,huge loads the model twice and measures both (repetitions alternate); a name
 // that is not a weight memory is refused, naming the known ones.
 TEST(Cli, BenchComparesWeightMemories) {

@@ -18,6 +18,7 @@
 #include "kernels/common.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
+#include "kernels/quant.h"
 #include "kernels/qtype.h"
 #include "tests/test_util.h"
 
@@ -293,50 +294,65 @@ TEST_P(F32OpsTest, Sum) {
   EXPECT_EQ(kern().sum(nullptr, 0), 0.0f);
 }
 
-// y = x · b with b row-major: every shape class (one row, the 4-row tiles and their 1-3 row tails,
-// column counts that end mid-vector, head widths 64 and 128), an unaligned b with a padded row
-// stride, and nothing written outside y's [M][N] block. Each element is a K-term sum: bounded
-// like dot, exact on small integers, and a single row equals that row of a batch bit for bit.
+// y = x · B with B row-major, in f32 and in the KV cache formats: every shape class (one row, the
+// 4-row tiles and their 1-3 row tails, column counts that end mid-vector and mid-group, head widths
+// 64 and 128), unaligned rows with a padded stride, and nothing written outside y's [M][N] block.
+// Against the sum of x times B as dequantize_row (the format's spec) gives it, each element a
+// K-term sum bounded like dot; exact on small integers; a single row equals that row of a batch.
 TEST_P(F32OpsTest, GemmNn) {
   std::mt19937 rng(15);
-  for (int M : {1, 2, 3, 4, 5, 7, 9}) {
-    for (int N : {1, 5, 16, 17, 33, 64, 80, 128, 130}) {
-      for (int K : {0, 1, 3, 17, 64, 301}) {
-        const size_t ldx = size_t(K) + 3, ldb = size_t(N) + 5, ldy = size_t(N) + 2;
-        const std::vector<float> x = random_vec(rng, size_t(M) * ldx + 1);
-        const std::vector<float> b = random_vec(rng, size_t(K) * ldb + 1);
-        std::vector<float> y(size_t(M) * ldy + 1, kSentinel);
-        kern().gemm_nn(M, N, K, x.data() + 1, ldx, b.data() + 1, ldb, y.data(), ldy);
-        for (int m = 0; m < M; ++m) {
-          for (int n = 0; n < N; ++n) {
-            double ref = 0.0, mag = 0.0;
-            for (int k = 0; k < K; ++k) {
-              const double p = double(x[1 + m * ldx + k]) * b[1 + k * ldb + n];
-              ref += p;
-              mag += std::fabs(p);
+  for (QType bt : {QType::kF32, QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32}) {
+    for (int M : {1, 2, 3, 4, 5, 7, 9}) {
+      for (int N : {1, 5, 16, 17, 33, 64, 80, 128, 130}) {
+        for (int K : {0, 1, 3, 17, 64, 301}) {
+          const size_t ldx = size_t(K) + 3, ldy = size_t(N) + 2;
+          const size_t rb = *qtype_row_bytes(bt, uint64_t(N)) + 5;
+          const std::vector<float> x = random_vec(rng, size_t(M) * ldx + 1);
+          // B's rows one byte past an aligned start, and their values as the spec decodes them.
+          std::vector<uint8_t> braw(size_t(K) * rb + 1);
+          std::vector<float> bval(size_t(K) * N), bmax(size_t(K), 0.0f);
+          for (int k = 0; k < K; ++k) {
+            const std::vector<float> src = random_vec(rng, size_t(N), -2.0f, 2.0f);
+            uint8_t* row = braw.data() + 1 + size_t(k) * rb;
+            quantize_row(bt, src.data(), N, row);
+            dequantize_row(bt, row, N, &bval[size_t(k) * N]);
+            for (int n = 0; n < N; ++n) bmax[k] = std::max(bmax[k], std::fabs(bval[size_t(k) * N + n]));
+          }
+          std::vector<float> y(size_t(M) * ldy + 1, kSentinel);
+          kern().gemm_nn(M, N, K, x.data() + 1, ldx, braw.data() + 1, rb, bt, y.data(), ldy);
+          for (int m = 0; m < M; ++m) {
+            for (int n = 0; n < N; ++n) {
+              double ref = 0.0, mag = 0.0;
+              for (int k = 0; k < K; ++k) {
+                const double xv = x[1 + m * ldx + k];
+                ref += xv * bval[size_t(k) * N + n];
+                // d * q + m may round once differently from the spec (one fma): an error of the
+                // size of the group's range, not of the element (they cancel near zero).
+                mag += std::fabs(xv) * (std::fabs(bval[size_t(k) * N + n]) + bmax[k]);
+              }
+              ASSERT_LE(std::fabs(y[m * ldy + n] - ref), (K + 3) * kEps * mag + 1e-30)
+                  << qtype_info(bt).name << " M=" << M << " N=" << N << " K=" << K << " m=" << m << " n=" << n;
             }
-            ASSERT_LE(std::fabs(y[m * ldy + n] - ref), (K + 1) * kEps * mag + 1e-30)
-                << "M=" << M << " N=" << N << " K=" << K << " m=" << m << " n=" << n;
+            for (size_t n = size_t(N); n < ldy && m * ldy + n < y.size(); ++n) {
+              ASSERT_EQ(y[m * ldy + n], kSentinel) << "wrote past column N, M=" << M << " N=" << N << " K=" << K;
+            }
           }
-          for (size_t n = size_t(N); n < ldy && m * ldy + n < y.size(); ++n) {
-            ASSERT_EQ(y[m * ldy + n], kSentinel) << "wrote past column N, M=" << M << " N=" << N << " K=" << K;
-          }
-        }
-        if (K > 0 && M > 1) {
-          std::vector<float> y1(size_t(N), kSentinel);
-          kern().gemm_nn(1, N, K, x.data() + 1 + (M - 1) * ldx, ldx, b.data() + 1, ldb, y1.data(), size_t(N));
-          for (int n = 0; n < N; ++n) {
-            ASSERT_EQ(y1[n], y[(M - 1) * ldy + n]) << "one row differs from the batch, M=" << M << " N=" << N;
+          if (K > 0 && M > 1) {
+            std::vector<float> y1(size_t(N), kSentinel);
+            kern().gemm_nn(1, N, K, x.data() + 1 + (M - 1) * ldx, ldx, braw.data() + 1, rb, bt, y1.data(), size_t(N));
+            for (int n = 0; n < N; ++n) {
+              ASSERT_EQ(y1[n], y[(M - 1) * ldy + n]) << "one row differs from the batch, M=" << M << " N=" << N;
+            }
           }
         }
       }
     }
   }
-  // Small integers: exact whatever the order.
+  // Small integers in f32: exact whatever the order.
   const int M = 5, N = 70, K = 40;
   const std::vector<float> x = int_vec(rng, size_t(M) * K), b = int_vec(rng, size_t(K) * N);
   std::vector<float> y(size_t(M) * N);
-  kern().gemm_nn(M, N, K, x.data(), K, b.data(), N, y.data(), N);
+  kern().gemm_nn(M, N, K, x.data(), K, b.data(), sizeof(float) * N, QType::kF32, y.data(), N);
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < N; ++n) {
       double ref = 0.0;

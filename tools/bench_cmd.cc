@@ -18,7 +18,7 @@ namespace mxlm {
 namespace {
 
 struct BenchArgs {
-  std::string model, prefill = "auto";
+  std::string model, prefill = "auto", kv = "f32";
   std::vector<std::string> memory;
   int n_prompt = 128, n_gen = 64, reps = 3;
   std::vector<int> threads = {1, 2};
@@ -51,6 +51,7 @@ int run_bench_cmd(const BenchArgs& a) {
   bp.reps = a.reps;
   bp.threads = a.threads;
   bp.depths = a.depths;
+  bp.kv = parse_kv_option(a.kv);
   bp.act_per_token = a.act_per_token;
   bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(models, bp);
@@ -68,7 +69,7 @@ int run_bench_cmd(const BenchArgs& a) {
     for (const auto& r : results) {
       j.push_back({{"model", a.model}, {"size_bytes", model.weight_bytes()}, {"bits_per_weight", bits},
                    {"isa", std::string(isa_name(model.isa()))}, {"memory", r.label}, {"load_s", load_seconds(r.label)},
-                   {"threads", r.threads}, {"test", r.test}, {"depth", r.depth}, {"tok_s", r.tok_s_mean},
+                   {"threads", r.threads}, {"test", r.test}, {"depth", r.depth}, {"kv", kv_formats_name(bp.kv)}, {"tok_s", r.tok_s_mean},
                    {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s}, {"kv_bytes_per_token", r.kv_bytes_per_token},
                    {"kv_gb_s", r.kv_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
                    {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
@@ -125,6 +126,7 @@ Command add_bench_command(CLI::App& app) {
   bn->add_option("--memory", a->memory,
                  "weight memory: map, copy, huge, or a list (e.g. map,huge: each loaded, repetitions alternate)")
       ->delimiter(',');
+  bn->add_option("--kv", a->kv, kKvHelp);
   bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
   bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--json", a->json, "JSON output");

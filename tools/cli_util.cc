@@ -57,6 +57,12 @@ WeightMemory parse_weight_memory(const std::string& name, const char* option) {
   throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a weight memory; known: map, copy, huge");
 }
 
+KvFormats parse_kv_option(const std::string& spec) {
+  if (auto f = parse_kv_formats(spec)) return *f;
+  throw Error(ErrorCode::kInvalidArgument,
+              "--kv " + spec + " is not a KV cache format; known: f32, k8v8, k8v4, k4v8, k4v4 (k<bits>v<bits>, bits 32, 8 or 4)");
+}
+
 void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {
   app->add_option("--calib", a.calib, "calibration text (documents split at lines holding only 0x1E); default: text the model samples itself");
   app->add_option("--calib-tokens", a.calib_tokens, "calibration tokens")->check(CLI::PositiveNumber);

@@ -33,6 +33,11 @@ void progress_bar(const char* what, size_t done, size_t total);
 QType parse_qtype(const std::string& name, const char* option);
 // A weight memory name (map, copy, huge), or Error naming `option` and the known ones.
 WeightMemory parse_weight_memory(const std::string& name, const char* option);
+// --kv SPEC: the KV cache formats, or an Error naming the known ones.
+KvFormats parse_kv_option(const std::string& spec);
+inline constexpr const char* kKvHelp =
+    "KV cache formats: f32 (default), or k<bits>v<bits> with bits 8 (int8, a scale per token and head) or 4 (4-bit groups "
+    "of 32 with scale and offset) or 32, e.g. k8v8, k8v4, k4v4";
 
 // The method options `quantize` and `sweep` share: calibration, sensitivity, allocation and
 // encoder (the budget, statistics output and reporting stay each command's own).

@@ -101,11 +101,47 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
   __builtin_trap();  // not a float format: a caller bug
 }
 
-void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy) {
+// Element c of a row of N elements in a gemm_nn format (qtype.h's layouts).
+float ref_b(QType t, const uint8_t* row, int N, int c) {
+  auto f16 = [](const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return f16_to_f32(h);
+  };
+  switch (t) {
+    case QType::kF32: {
+      float f;
+      std::memcpy(&f, row + 4 * static_cast<size_t>(c), 4);
+      return f;
+    }
+    case QType::kQ8G32:
+    case QType::kQ8G64:
+    case QType::kQ8G128: {
+      const int G = t == QType::kQ8G32 ? 32 : t == QType::kQ8G64 ? 64 : 128;
+      const int nb = (N + G - 1) / G;
+      return f16(row + 2 * (c / G)) * (static_cast<float>(row[2 * nb + c]) - 128.0f);
+    }
+    case QType::kQ4AG32: {
+      const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+      const uint8_t byte = row[4 * nb + 16 * g + j % 16];
+      const int q = j < 16 ? byte & 15 : byte >> 4;
+      return f16(row + 2 * g) * static_cast<float>(q) + f16(row + 2 * nb + 2 * g);
+    }
+    default:
+      break;
+  }
+  __builtin_trap();  // not a gemm_nn format: a caller bug
+}
+
+void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype, float* y,
+             size_t ldy) {
+  const uint8_t* bb = static_cast<const uint8_t*>(b);
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < N; ++n) {
       double acc = 0.0;
-      for (int k = 0; k < K; ++k) acc += static_cast<double>(x[m * ldx + k]) * b[k * ldb + n];
+      for (int k = 0; k < K; ++k) {
+        acc += static_cast<double>(x[m * ldx + k]) * ref_b(btype, bb + k * b_row_bytes, N, n);
+      }
       y[m * ldy + n] = static_cast<float>(acc);
     }
   }
@@ -474,29 +510,74 @@ constexpr size_t kGemvShortRowBytes = 4096;
 
 #include "kernels/simd/f32_gemm_inl.h"
 
-// ---- gemm_nn: y = x · b with b row-major [K][N] -------------------------------------------------
-// Columns are lanes: an MR x NV tile keeps MR*NV vector accumulators, and per k loads NV vectors
-// of b's row k once and broadcasts x[m][k] for each of the MR rows. One row (decode's P·V) takes
-// up to kNnWide vectors at once so that a head's value row (64-128 floats) is read in one pass.
+// ---- gemm_nn: y = x · B with B row-major [K][N] ------------------------------------------------
+// Columns are lanes: an MR x NV tile keeps MR*NV vector accumulators, and per k dequantizes NV
+// vectors of B's row k once and broadcasts x[m][k] for each of the MR rows. One row (decode's P·V)
+// takes up to kNnWide vectors at once so that a head's value row (64-128 elements) is read in one
+// pass. Quantized rows: a vector never straddles a group (groups of 32 or more, vectors of 16 or
+// 8 starting at multiples of their width), so it takes one scale (and offset) and, when N ends
+// inside it, reads the group's zero padding (in the row) and stores only the lanes before N.
 #if defined(MXLM_TARGET_AVX512)
 constexpr int kNnMr = 4, kNnNv = 4, kNnWide = 8;
 #else
 constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 #endif
 
-// Rows [0, MR) x columns [0, (NV - 1) * kL + last), last in [1, kL].
-template <int MR, int NV>
-void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy, int last) {
+inline __attribute__((always_inline)) float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// kL unsigned bytes at p as floats (lo) or their high nibbles / low nibbles as floats.
+inline __attribute__((always_inline)) V u8_to_f(const uint8_t* p) {
+#if defined(MXLM_TARGET_AVX512)
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+}
+inline __attribute__((always_inline)) V nibbles_to_f(const uint8_t* p, bool high) {
+#if defined(MXLM_TARGET_AVX512)
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_cvtepi32_ps(high ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15)));
+#else
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_cvtepi32_ps(high ? _mm256_srli_epi32(b, 4) : _mm256_and_si256(b, _mm256_set1_epi32(15)));
+#endif
+}
+
+// Columns [c, c + kL) of a row of N elements in format T (c a multiple of kL); for f32, lanes
+// from `valid` on are not read (zeros).
+template <QType T>
+inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c, int valid) {
+  if constexpr (T == QType::kF32) {
+    const float* f = reinterpret_cast<const float*>(row) + c;
+    return valid >= kL ? Simd::load(f) : Simd::load_partial(f, valid);
+  } else if constexpr (T == QType::kQ4AG32) {
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const V q = nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
+    return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
+  } else {
+    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
+    const int nb = (N + G - 1) / G;
+    const float d = f16_at(row + 2 * (c / G));
+    return Simd::fma(u8_to_f(row + 2 * nb + c), Simd::set1(d), Simd::set1(-128.0f * d));
+  }
+}
+
+// Rows [0, MR) x columns [c0, c0 + (NV - 1) * kL + last), last in [1, kL].
+template <QType T, int MR, int NV>
+void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
+                  int last) {
   V acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV; ++v) acc[m][v] = Simd::zero();
   }
-  const bool full = last == kL;
   for (int k = 0; k < K; ++k) {
-    const float* bk = b + static_cast<size_t>(k) * ldb;
+    const uint8_t* row = b + static_cast<size_t>(k) * brb;
     V bv[NV];
-    for (int v = 0; v < NV - 1; ++v) bv[v] = Simd::load(bk + v * kL);
-    bv[NV - 1] = full ? Simd::load(bk + (NV - 1) * kL) : Simd::load_partial(bk + (NV - 1) * kL, last);
+    for (int v = 0; v < NV; ++v) bv[v] = load_b<T>(row, N, c0 + v * kL, v == NV - 1 ? last : kL);
     for (int m = 0; m < MR; ++m) {
       const V xm = Simd::set1(x[m * ldx + k]);
       for (int v = 0; v < NV; ++v) acc[m][v] = Simd::fma(xm, bv[v], acc[m][v]);
@@ -504,7 +585,7 @@ void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb,
   }
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV - 1; ++v) Simd::store(y + m * ldy + v * kL, acc[m][v]);
-    if (full) {
+    if (last == kL) {
       Simd::store(y + m * ldy + (NV - 1) * kL, acc[m][NV - 1]);
     } else {
       Simd::store_partial(y + m * ldy + (NV - 1) * kL, acc[m][NV - 1], last);
@@ -512,43 +593,60 @@ void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb,
   }
 }
 
-template <int MR>
-void gemm_nn_rows(int nv, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy,
-                  int last) {
+template <QType T, int MR>
+void gemm_nn_rows(int nv, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
+                  size_t ldy, int last) {
   switch (nv) {
-    case 1: return gemm_nn_tile<MR, 1>(K, x, ldx, b, ldb, y, ldy, last);
-    case 2: return gemm_nn_tile<MR, 2>(K, x, ldx, b, ldb, y, ldy, last);
-    case 3: return gemm_nn_tile<MR, 3>(K, x, ldx, b, ldb, y, ldy, last);
-    default: return gemm_nn_tile<MR, kNnNv>(K, x, ldx, b, ldb, y, ldy, last);
+    case 1: return gemm_nn_tile<T, MR, 1>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    case 2: return gemm_nn_tile<T, MR, 2>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    case 3: return gemm_nn_tile<T, MR, 3>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    default: return gemm_nn_tile<T, MR, kNnNv>(N, K, x, ldx, b, brb, c0, y, ldy, last);
   }
 }
 
-void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy) {
-  if (M <= 0 || N <= 0) return;
+template <QType T>
+void gemm_nn_t(int M, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, float* y, size_t ldy) {
   const int chunk = (M == 1 ? kNnWide : kNnNv) * kL;
-  for (int n0 = 0; n0 < N; n0 += chunk) {
-    const int nn = min_int(chunk, N - n0);
+  for (int c0 = 0; c0 < N; c0 += chunk) {
+    const int nn = min_int(chunk, N - c0);
     const int nv = (nn + kL - 1) / kL, last = nn - (nv - 1) * kL;
     if (M == 1) {
       switch (nv) {
-        case 5: gemm_nn_tile<1, 5>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
-        case 6: gemm_nn_tile<1, 6>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
-        case 7: gemm_nn_tile<1, 7>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
-        case 8: gemm_nn_tile<1, 8>(K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
-        default: gemm_nn_rows<1>(nv, K, x, ldx, b + n0, ldb, y + n0, ldy, last); continue;
+        case 5: gemm_nn_tile<T, 1, 5>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
+        case 6: gemm_nn_tile<T, 1, 6>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
+        case 7: gemm_nn_tile<T, 1, 7>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
+        case 8: gemm_nn_tile<T, 1, 8>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
+        default: gemm_nn_rows<T, 1>(nv, N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
       }
     }
     int m = 0;
-    for (; m + kNnMr <= M; m += kNnMr) gemm_nn_rows<kNnMr>(nv, K, x + m * ldx, ldx, b + n0, ldb, y + m * ldy + n0, ldy, last);
+    for (; m + kNnMr <= M; m += kNnMr) {
+      gemm_nn_rows<T, kNnMr>(nv, N, K, x + m * ldx, ldx, b, brb, c0, y + m * ldy + c0, ldy, last);
+    }
     const float* xm = x + m * ldx;
-    float* ym = y + m * ldy + n0;
+    float* ym = y + m * ldy + c0;
     switch (M - m) {
-      case 3: gemm_nn_rows<3>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
-      case 2: gemm_nn_rows<2>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
-      case 1: gemm_nn_rows<1>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      case 3: gemm_nn_rows<T, 3>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
+      case 2: gemm_nn_rows<T, 2>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
+      case 1: gemm_nn_rows<T, 1>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
       default: break;
     }
   }
+}
+
+void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype, float* y,
+             size_t ldy) {
+  if (M <= 0 || N <= 0) return;
+  const uint8_t* bb = static_cast<const uint8_t*>(b);
+  switch (btype) {
+    case QType::kF32: return gemm_nn_t<QType::kF32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ8G32: return gemm_nn_t<QType::kQ8G32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ8G64: return gemm_nn_t<QType::kQ8G64>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ8G128: return gemm_nn_t<QType::kQ8G128>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ4AG32: return gemm_nn_t<QType::kQ4AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    default: break;
+  }
+  __builtin_trap();  // not a gemm_nn format: a caller bug
 }
 
 // ---- vector ops -----------------------------------------------------------------------------

@@ -246,21 +246,51 @@ float sum(const float* x, size_t n) {
   return vaddvq_f32(s[0]);
 }
 
-// ---- gemm_nn: y = x · b with b row-major [K][N] (kernels/f32_ops.h) ------------------------------
-// As on x86: columns are lanes, an MR x NV tile of float32x4 accumulators, b's row k loaded once
-// per k for the MR rows, each y[m][n] one fma chain in ascending k.
-template <int MR, int NV>
-void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy, int last) {
+// ---- gemm_nn: y = x · B with B row-major [K][N] (kernels/f32_ops.h) ------------------------------
+// As on x86: columns are lanes, an MR x NV tile of float32x4 accumulators, B's row k dequantized
+// once per k for the MR rows (a vector of 4 never straddles a group), each y[m][n] one fma chain
+// in ascending k.
+MXLM_AI float f16_at(const uint8_t* p) {
+  uint16_t h;
+  __builtin_memcpy(&h, p, 2);
+  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+// Four bytes at p as a uint32x4_t.
+MXLM_AI uint32x4_t u8x4(const uint8_t* p) {
+  uint32_t w;
+  __builtin_memcpy(&w, p, 4);
+  return vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w)))));
+}
+
+template <QType T>
+MXLM_AI float32x4_t load_b(const uint8_t* row, int N, int c, int valid) {
+  if constexpr (T == QType::kF32) {
+    const float* f = reinterpret_cast<const float*>(row) + c;
+    return valid >= 4 ? vld1q_f32(f) : load_partial(f, valid);
+  } else if constexpr (T == QType::kQ4AG32) {
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const uint32x4_t b = u8x4(row + 4 * nb + 16 * g + j % 16);
+    const uint32x4_t q = j >= 16 ? vshrq_n_u32(b, 4) : vandq_u32(b, vdupq_n_u32(15));
+    return vfmaq_f32(vdupq_n_f32(f16_at(row + 2 * nb + 2 * g)), vcvtq_f32_u32(q), vdupq_n_f32(f16_at(row + 2 * g)));
+  } else {
+    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
+    const int nb = (N + G - 1) / G;
+    const float d = f16_at(row + 2 * (c / G));
+    return vfmaq_f32(vdupq_n_f32(-128.0f * d), vcvtq_f32_u32(u8x4(row + 2 * nb + c)), vdupq_n_f32(d));
+  }
+}
+
+template <QType T, int MR, int NV>
+void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
+                  int last) {
   float32x4_t acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV; ++v) acc[m][v] = vdupq_n_f32(0.0f);
   }
-  const bool full = last == 4;
   for (int k = 0; k < K; ++k) {
-    const float* bk = b + static_cast<size_t>(k) * ldb;
+    const uint8_t* row = b + static_cast<size_t>(k) * brb;
     float32x4_t bv[NV];
-    for (int v = 0; v < NV - 1; ++v) bv[v] = vld1q_f32(bk + 4 * v);
-    bv[NV - 1] = full ? vld1q_f32(bk + 4 * (NV - 1)) : load_partial(bk + 4 * (NV - 1), last);
+    for (int v = 0; v < NV; ++v) bv[v] = load_b<T>(row, N, c0 + 4 * v, v == NV - 1 ? last : 4);
     for (int m = 0; m < MR; ++m) {
       const float32x4_t xm = vdupq_n_f32(x[m * ldx + k]);
       for (int v = 0; v < NV; ++v) acc[m][v] = vfmaq_f32(acc[m][v], xm, bv[v]);
@@ -268,7 +298,7 @@ void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb,
   }
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV - 1; ++v) vst1q_f32(y + m * ldy + 4 * v, acc[m][v]);
-    if (full) {
+    if (last == 4) {
       vst1q_f32(y + m * ldy + 4 * (NV - 1), acc[m][NV - 1]);
     } else {
       store_partial(y + m * ldy + 4 * (NV - 1), acc[m][NV - 1], last);
@@ -276,33 +306,48 @@ void gemm_nn_tile(int K, const float* x, size_t ldx, const float* b, size_t ldb,
   }
 }
 
-template <int MR>
-void gemm_nn_rows(int nv, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy,
-                  int last) {
+template <QType T, int MR>
+void gemm_nn_rows(int nv, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
+                  size_t ldy, int last) {
   switch (nv) {
-    case 1: return gemm_nn_tile<MR, 1>(K, x, ldx, b, ldb, y, ldy, last);
-    case 2: return gemm_nn_tile<MR, 2>(K, x, ldx, b, ldb, y, ldy, last);
-    case 3: return gemm_nn_tile<MR, 3>(K, x, ldx, b, ldb, y, ldy, last);
-    default: return gemm_nn_tile<MR, 4>(K, x, ldx, b, ldb, y, ldy, last);
+    case 1: return gemm_nn_tile<T, MR, 1>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    case 2: return gemm_nn_tile<T, MR, 2>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    case 3: return gemm_nn_tile<T, MR, 3>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    default: return gemm_nn_tile<T, MR, 4>(N, K, x, ldx, b, brb, c0, y, ldy, last);
   }
 }
 
-void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const float* b, size_t ldb, float* y, size_t ldy) {
-  if (M <= 0 || N <= 0) return;
-  for (int n0 = 0; n0 < N; n0 += 16) {
-    const int nn = min_int(16, N - n0);
+template <QType T>
+void gemm_nn_t(int M, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, float* y, size_t ldy) {
+  for (int c0 = 0; c0 < N; c0 += 16) {
+    const int nn = min_int(16, N - c0);
     const int nv = (nn + 3) / 4, last = nn - 4 * (nv - 1);
     int m = 0;
-    for (; m + 4 <= M; m += 4) gemm_nn_rows<4>(nv, K, x + m * ldx, ldx, b + n0, ldb, y + m * ldy + n0, ldy, last);
+    for (; m + 4 <= M; m += 4) gemm_nn_rows<T, 4>(nv, N, K, x + m * ldx, ldx, b, brb, c0, y + m * ldy + c0, ldy, last);
     const float* xm = x + m * ldx;
-    float* ym = y + m * ldy + n0;
+    float* ym = y + m * ldy + c0;
     switch (M - m) {
-      case 3: gemm_nn_rows<3>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
-      case 2: gemm_nn_rows<2>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
-      case 1: gemm_nn_rows<1>(nv, K, xm, ldx, b + n0, ldb, ym, ldy, last); break;
+      case 3: gemm_nn_rows<T, 3>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
+      case 2: gemm_nn_rows<T, 2>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
+      case 1: gemm_nn_rows<T, 1>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
       default: break;
     }
   }
+}
+
+void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype, float* y,
+             size_t ldy) {
+  if (M <= 0 || N <= 0) return;
+  const uint8_t* bb = static_cast<const uint8_t*>(b);
+  switch (btype) {
+    case QType::kF32: return gemm_nn_t<QType::kF32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ8G32: return gemm_nn_t<QType::kQ8G32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ8G64: return gemm_nn_t<QType::kQ8G64>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ8G128: return gemm_nn_t<QType::kQ8G128>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kQ4AG32: return gemm_nn_t<QType::kQ4AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    default: break;
+  }
+  __builtin_trap();  // not a gemm_nn format: a caller bug
 }
 
 void axpy(float a, const float* x, float* y, int n) {

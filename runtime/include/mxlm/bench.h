@@ -39,6 +39,7 @@ struct BenchParams {
   // depth, untimed, and kept across repetitions.
   std::vector<int> depths = {0};
   bool act_per_token = false;
+  KvFormats kv;  // the KV cache formats of every context
   ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
 };
 

@@ -142,6 +142,16 @@ class MatmulObserver {
   virtual void observe(int layer, MatmulInput in, const float* x, int m, int k) = 0;
 };
 
+// KV cache formats (runtime/kv_cache.h has the layouts): f32, q8 (int8, a scale per token and
+// head), q4 (4-bit asymmetric groups of 32); keys and values choose independently.
+enum class KvType : uint8_t { kF32, kQ8, kQ4 };
+struct KvFormats {
+  KvType k = KvType::kF32, v = KvType::kF32;
+};
+// "f32", or "k<b>v<b>" with b in {32, 8, 4} ("k8v8", "k8v4", "k4v4", ...); nullopt otherwise.
+std::optional<KvFormats> parse_kv_formats(std::string_view spec);
+std::string kv_formats_name(KvFormats f);  // "f32", "k8v4", ...
+
 struct ContextParams {
   int n_ctx = 0;      // 0: the model's trained context
   int n_batch = 512;  // tokens evaluated per forward pass
@@ -155,6 +165,7 @@ struct ContextParams {
   // kernels for every weight (they measured 50-1000x faster than the oneDNN path at M = 16..128;
   // the numbers are in Context::matmul).
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
+  KvFormats kv;  // every layer's K and V cache formats
 };
 
 class ThreadPool;
@@ -224,6 +235,16 @@ class Context {
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
   std::unique_ptr<KvCache> kv_;  // runtime/kv_cache.h
+  QGemmFn kv_scores_ = nullptr;  // q·Kᵀ over quantized keys: their format's kernel
+  QuantizeActFn quantize_act_ = nullptr;
+  // Attention runs over chunks of up to kAttRows query rows (tokens x the query heads of one KV
+  // head); att_rows() is the most one chunk holds. Per thread: the rows, their outputs, scores
+  // [rows][n_ctx], and for quantized keys the rows as int8 [rows][kp] and block scales.
+  static constexpr int kAttRows = 64;
+  int att_rows() const;
+  std::vector<float> att_q_, att_o_;
+  std::vector<int8_t> kv_aq_;
+  std::vector<float> kv_ad_, kv_ads_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
