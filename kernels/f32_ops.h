@@ -14,6 +14,7 @@ namespace mxlm {
 
 struct F32Kernels {
   // y[m*ldy + n] = sum_k x[m*ldx + k] * W[n][k]  for m in [0, M), n in [n0, n1).
+  // W's rows in wtype: f32, f16, bf16, or a KV cache format (see gemm_nn), dequantized in registers.
   void (*gemm)(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes,
                QType wtype, float* y, size_t ldy);
   // y[m*ldy + n] = sum_k x[m*ldx + k] * B[k][n]  for m in [0, M), n in [0, N): the product with

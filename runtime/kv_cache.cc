@@ -45,8 +45,8 @@ QType kv_qtype(KvType t, int head_dim) {
   return QType::kF32;
 }
 
-KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormats formats, Isa isa)
-    : n_layers_(n_layers), n_ctx_(n_ctx), n_heads_(n_kv_heads), head_dim_(head_dim), formats_(formats), isa_(isa) {
+KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormats formats)
+    : n_layers_(n_layers), n_ctx_(n_ctx), n_heads_(n_kv_heads), head_dim_(head_dim), formats_(formats) {
   MXLM_ASSERT(n_layers > 0 && n_ctx > 0 && n_kv_heads > 0 && head_dim > 0);
   kq_ = kv_qtype(formats.k, head_dim);
   vq_ = kv_qtype(formats.v, head_dim);
@@ -56,7 +56,6 @@ KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormat
   v_row_ = v_seg_ * size_t(n_kv_heads);
   k_.assign(size_t(n_layers) * n_ctx * k_row_, 0);
   v_.assign(size_t(n_layers) * n_ctx * v_row_, 0);
-  tmp_.resize(std::max(k_seg_, v_seg_));
   const bool pow2 = (head_dim & (head_dim - 1)) == 0;
   rotate_k_ = pow2 && kq_ != QType::kF32;
   rotate_v_ = pow2 && vq_ != QType::kF32;
@@ -96,14 +95,14 @@ void KvCache::unrotate(float* x) const {
 }
 
 // Round-to-nearest from the range: q8 symmetric per row (head_dim <= its group), q4a per group.
-void KvCache::encode(QType t, const float* x, uint8_t* dst, bool pack) {
+void KvCache::encode(QType t, const float* x, uint8_t* dst) {
   const int D = head_dim_;
   if (t == QType::kF32) {
     std::memcpy(dst, x, sizeof(float) * D);
     return;
   }
   const QRowLayout L = qrow_layout(t, D);
-  uint8_t* out = tmp_.data();
+  uint8_t* out = dst;
   std::memset(out, 0, qtype_row_bytes(t, uint64_t(D)).value());
   const int G = qtype_info(t).block_elems;
   for (int64_t g = 0; g < L.nb; ++g) {
@@ -165,18 +164,10 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, bool pack) {
     }
     pack_group(qtype_info(t).bits, G, q, out + L.q_off + size_t(g) * L.qbytes);
   }
-  const QPackFn packer = pack ? find_qkernel(t, isa_).pack : nullptr;
-  if (packer) {
-    packer(out, dst, D);
-  } else {
-    std::memcpy(dst, out, qtype_row_bytes(t, uint64_t(D)).value());
-  }
 }
 
 void KvCache::store(int l, int pos, const float* k, const float* v) {
   MXLM_DASSERT(l >= 0 && l < n_layers_ && pos >= 0 && pos < n_ctx_);
-  uint8_t* kr = &k_[(size_t(l) * n_ctx_ + pos) * k_row_];
-  uint8_t* vr = &v_[(size_t(l) * n_ctx_ + pos) * v_row_];
   const size_t D = size_t(head_dim_);
   for (int h = 0; h < n_heads_; ++h) {
     const float* kh = k + size_t(h) * D;
@@ -185,14 +176,14 @@ void KvCache::store(int l, int pos, const float* k, const float* v) {
       rotate(rot_.data());
       kh = rot_.data();
     }
-    encode(kq_, kh, kr + size_t(h) * k_seg_, true);
+    encode(kq_, kh, &k_[((size_t(l) * n_heads_ + h) * n_ctx_ + pos) * k_seg_]);
     const float* vh = v + size_t(h) * D;
     if (rotate_v_) {
       std::copy(vh, vh + D, rot_.begin());
       rotate(rot_.data());
       vh = rot_.data();
     }
-    encode(vq_, vh, vr + size_t(h) * v_seg_, false);
+    encode(vq_, vh, &v_[((size_t(l) * n_heads_ + h) * n_ctx_ + pos) * v_seg_]);
   }
 }
 

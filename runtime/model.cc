@@ -351,15 +351,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   n_batch_ = std::clamp(params.n_batch, 1, n_ctx_);
   n_threads_ = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
   const size_t kv = size_t(c.n_kv_heads) * c.head_dim, q = size_t(c.n_heads) * c.head_dim;
-  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim, params.kv, model_->isa());
-  quantize_act_ = find_quantize_act(model_->isa());
-  if (kv_->k_qtype() != QType::kF32) {
-    kv_scores_ = find_qkernel(kv_->k_qtype(), model_->isa()).gemm;
-    const size_t kp = size_t(act_padded_k(c.head_dim));
-    kv_aq_.resize(size_t(n_threads_) * att_rows() * kp);
-    kv_ad_.resize(size_t(n_threads_) * att_rows() * kp / kActBlock);
-    kv_ads_.resize(kv_ad_.size());
-  }
+  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim, params.kv);
   const int half = c.head_dim / 2;
   rope_cos_.resize(size_t(n_ctx_) * half);
   rope_sin_.resize(size_t(n_ctx_) * half);
@@ -668,9 +660,11 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   // one KV head and a chunk of tokens: the queries of every head that shares the KV head (GQA)
   // for those tokens are gathered into rows r = token * group + j (scaled by 1/sqrt(D), and
   // rotated when the keys are), so that each key and value row is read once per chunk, not once
-  // per query head (TinyLlama: 8 query heads per KV head). scores = q·Kᵀ by the float GEMM for
-  // f32 keys or by the keys' quantized GEMM with the rows quantized to int8 like any matmul
-  // input; masked softmax; out = P·V by gemm_nn in the values' format, scattered back per head.
+  // per query head (TinyLlama: 8 query heads per KV head). scores = q·Kᵀ by the float GEMM in the
+  // keys' format; masked softmax; out = P·V by gemm_nn in the values' format; both dequantize
+  // the cache's rows in registers. (The int8 weight kernels were tried for q·Kᵀ first: built for
+  // rows of thousands of elements, they copy a row's partial last unit and its scales per row, and
+  // on rows of 64-128 that was 17 % of a Llama-7B decode token at depth 1024, 3x the dot itself.)
   const KvCache& kv = *kv_;
   const int rows_max = att_rows(), bchunk = rows_max / group, n_chunks = (n + bchunk - 1) / bchunk;
   pool_->run(HKV * n_chunks, [&](int task, int thread) {
@@ -687,16 +681,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
         if (kv.rotates_k()) kv.rotate(dst);
       }
     }
-    if (kv_scores_) {
-      const int64_t kp = act_padded_k(D), nbk = kp / kActBlock;
-      int8_t* aq = &kv_aq_[size_t(thread) * rows_max * kp];
-      float* ad = &kv_ad_[size_t(thread) * rows_max * nbk];
-      float* ads = &kv_ads_[size_t(thread) * rows_max * nbk];
-      for (int r = 0; r < R; ++r) quantize_act_(qg + size_t(r) * D, D, kp, aq + r * kp, ad + r * nbk, ads + r * nbk, false);
-      kv_scores_(R, 0, T, D, ActQ8{aq, ad, ads, kp}, kv.keys(l, kvh), kv.k_row_bytes(), sc, size_t(T));
-    } else {
-      kr.gemm(R, 0, T, D, qg, size_t(D), kv.keys(l, kvh), kv.k_row_bytes(), QType::kF32, sc, size_t(T));
-    }
+    kr.gemm(R, 0, T, D, qg, size_t(D), kv.keys(l, kvh), kv.k_row_bytes(), kv.k_qtype(), sc, size_t(T));
     for (int r = 0; r < R; ++r) {
       float* row = sc + size_t(r) * T;
       const int n_keys = p0 + b0 + r / group + 1;

@@ -362,6 +362,56 @@ TEST_P(F32OpsTest, GemmNn) {
   }
 }
 
+// gemm (y = x · Wᵀ) over rows in the KV cache formats: attention's q·Kᵀ over quantized keys.
+// Against the double sum with the rows as dequantize_row gives them; every tile shape, K tails
+// that end inside a group (the kernels read the group's padding and multiply it by zeros), an
+// [n0, n1) window, and a row of the batch alone equals its row in the batch bit for bit.
+TEST_P(F32OpsTest, GemmKvFormats) {
+  std::mt19937 rng(16);
+  for (QType wt : {QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32}) {
+    for (int M : {1, 2, 4, 5, 8, 9}) {
+      for (int K : {1, 17, 32, 64, 80, 128, 130}) {
+        const int N = 23, n0 = 2, n1 = 21;
+        const size_t ldx = size_t(K) + 1, ldy = size_t(N) + 3;
+        const size_t rb = *qtype_row_bytes(wt, uint64_t(K)) + 3;
+        const std::vector<float> x = random_vec(rng, size_t(M) * ldx);
+        std::vector<uint8_t> wraw(size_t(N) * rb + 1);
+        std::vector<float> wval(size_t(N) * K), wmax(size_t(N), 0.0f);
+        for (int n = 0; n < N; ++n) {
+          const std::vector<float> src = random_vec(rng, size_t(K), -2.0f, 2.0f);
+          uint8_t* row = wraw.data() + 1 + size_t(n) * rb;
+          quantize_row(wt, src.data(), K, row);
+          dequantize_row(wt, row, K, &wval[size_t(n) * K]);
+          for (int k = 0; k < K; ++k) wmax[n] = std::max(wmax[n], std::fabs(wval[size_t(n) * K + k]));
+        }
+        std::vector<float> y(size_t(M) * ldy, kSentinel);
+        kern().gemm(M, n0, n1, K, x.data(), ldx, wraw.data() + 1, rb, wt, y.data(), ldy);
+        for (int m = 0; m < M; ++m) {
+          for (int n = 0; n < N; ++n) {
+            if (n < n0 || n >= n1) {
+              ASSERT_EQ(y[m * ldy + n], kSentinel) << "wrote outside [n0, n1)";
+              continue;
+            }
+            double ref = 0.0, mag = 0.0;
+            for (int k = 0; k < K; ++k) {
+              const double xv = x[m * ldx + k];
+              ref += xv * wval[size_t(n) * K + k];
+              mag += std::fabs(xv) * (std::fabs(wval[size_t(n) * K + k]) + wmax[n]);
+            }
+            ASSERT_LE(std::fabs(y[m * ldy + n] - ref), (K + 3) * kEps * mag + 1e-30)
+                << qtype_info(wt).name << " M=" << M << " K=" << K << " m=" << m << " n=" << n;
+          }
+        }
+        std::vector<float> y1(size_t(N), kSentinel);
+        kern().gemm(1, n0, n1, K, x.data() + (M - 1) * ldx, ldx, wraw.data() + 1, rb, wt, y1.data(), size_t(N));
+        for (int n = n0; n < n1; ++n) {
+          ASSERT_EQ(y1[n], y[(M - 1) * ldy + n]) << qtype_info(wt).name << " one row differs from the batch, M=" << M;
+        }
+      }
+    }
+  }
+}
+
 TEST_P(F32OpsTest, Axpy) {
   std::mt19937 rng(12);
   for (int n : kSizes) {

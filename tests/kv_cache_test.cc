@@ -51,7 +51,7 @@ double norm(const std::vector<float>& v) {
 
 // The rotation is orthogonal: it keeps norms and inner products, and unrotate undoes it.
 TEST(KvCache, RotationIsOrthogonal) {
-  const KvCache kv(1, 4, 2, 64, *parse_kv_formats("k4v4"), Isa::kRef);
+  const KvCache kv(1, 4, 2, 64, *parse_kv_formats("k4v4"));
   ASSERT_TRUE(kv.rotates_k());
   ASSERT_TRUE(kv.rotates_v());
   std::mt19937 rng(5);
@@ -73,9 +73,9 @@ TEST(KvCache, RotationIsOrthogonal) {
   kv.unrotate(ra.data());
   for (int i = 0; i < 64; ++i) EXPECT_NEAR(ra[i], a[i], 1e-5 * norm(a)) << i;
   // Not a power of two, or f32: nothing is rotated.
-  EXPECT_FALSE(KvCache(1, 4, 2, 80, *parse_kv_formats("k4v4"), Isa::kRef).rotates_k());
-  EXPECT_FALSE(KvCache(1, 4, 2, 64, *parse_kv_formats("k32v4"), Isa::kRef).rotates_k());
-  EXPECT_TRUE(KvCache(1, 4, 2, 64, *parse_kv_formats("k32v4"), Isa::kRef).rotates_v());
+  EXPECT_FALSE(KvCache(1, 4, 2, 80, *parse_kv_formats("k4v4")).rotates_k());
+  EXPECT_FALSE(KvCache(1, 4, 2, 64, *parse_kv_formats("k32v4")).rotates_k());
+  EXPECT_TRUE(KvCache(1, 4, 2, 64, *parse_kv_formats("k32v4")).rotates_v());
 }
 
 // A stored row decodes (format spec, then unrotated) to the row within the format's error:
@@ -86,7 +86,7 @@ TEST(KvCache, StoredRowsDecodeWithinTheFormatsError) {
   for (int D : {64, 128, 80}) {
     for (const char* spec : {"f32", "k8v8", "k4v4", "k8v4"}) {
       const KvFormats f = *parse_kv_formats(spec);
-      KvCache kv(L, C, H, D, f, Isa::kRef);  // ref: keys in the file layout (no repacking)
+      KvCache kv(L, C, H, D, f);
       const double want_bytes = double(L) * H * (*qtype_row_bytes(kv_qtype(f.k, D), D) + *qtype_row_bytes(kv_qtype(f.v, D), D));
       EXPECT_EQ(double(kv.bytes_per_token()), want_bytes) << spec;
       EXPECT_EQ(kv.bytes(), kv.bytes_per_token() * C);

@@ -31,6 +31,15 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
       return gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     case QType::kBF16:
       return gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    // The KV cache formats (attention's q·Kᵀ over quantized keys), dequantized in registers.
+    case QType::kQ8G32:
+      return gemm_t<QType::kQ8G32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kQ8G64:
+      return gemm_t<QType::kQ8G64>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kQ8G128:
+      return gemm_t<QType::kQ8G128>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kQ4AG32:
+      return gemm_t<QType::kQ4AG32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     default:
       break;
   }

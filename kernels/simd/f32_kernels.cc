@@ -85,6 +85,8 @@ void ref_gemm_t(int M, int n0, int n1, int K, const float* x, size_t ldx, const 
   }
 }
 
+float ref_b(QType t, const uint8_t* row, int N, int c);
+
 void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes, QType wtype,
           float* y, size_t ldy) {
   const uint8_t* wb = static_cast<const uint8_t*>(w);
@@ -95,6 +97,18 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
       return ref_gemm_t<QType::kF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     case QType::kBF16:
       return ref_gemm_t<QType::kBF16>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kQ8G32:
+    case QType::kQ8G64:
+    case QType::kQ8G128:
+    case QType::kQ4AG32:
+      for (int m = 0; m < M; ++m) {
+        for (int n = n0; n < n1; ++n) {
+          double acc = 0.0;
+          for (int k = 0; k < K; ++k) acc += static_cast<double>(x[m * ldx + k]) * ref_b(wtype, wb + n * w_row_bytes, K, k);
+          y[m * ldy + n] = static_cast<float>(acc);
+        }
+      }
+      return;
     default:
       break;
   }
@@ -397,10 +411,73 @@ struct Simd {
 using V = Simd::V;
 constexpr int kL = Simd::kLanes;
 
+// ---- rows of the KV cache formats (qtype.h), dequantized kL elements at a time ----------------
+// A vector never straddles a group (groups of 32 or more, vectors of 16 or 8 starting at multiples
+// of their width): it takes one scale (and offset). Past the row's end it reads the group's zero
+// padding (in the row): q8 pads with zeros, q4a with its offset m, which the callers multiply by
+// zeros or do not store.
+
+inline __attribute__((always_inline)) float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// kL unsigned bytes at p as floats (lo) or their high nibbles / low nibbles as floats.
+inline __attribute__((always_inline)) V u8_to_f(const uint8_t* p) {
+#if defined(MXLM_TARGET_AVX512)
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+}
+inline __attribute__((always_inline)) V nibbles_to_f(const uint8_t* p, bool high) {
+#if defined(MXLM_TARGET_AVX512)
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_cvtepi32_ps(high ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15)));
+#else
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_cvtepi32_ps(high ? _mm256_srli_epi32(b, 4) : _mm256_and_si256(b, _mm256_set1_epi32(15)));
+#endif
+}
+
+// Columns [c, c + kL) of a row of N elements in format T (c a multiple of kL); for f32, lanes
+// from `valid` on are not read (zeros).
+template <QType T>
+inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c, int valid) {
+  if constexpr (T == QType::kF32) {
+    const float* f = reinterpret_cast<const float*>(row) + c;
+    return valid >= kL ? Simd::load(f) : Simd::load_partial(f, valid);
+  } else if constexpr (T == QType::kQ4AG32) {
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const V q = nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
+    return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
+  } else {
+    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
+    const int nb = (N + G - 1) / G;
+    const float d = f16_at(row + 2 * (c / G));
+    return Simd::fma(u8_to_f(row + 2 * nb + c), Simd::set1(d), Simd::set1(-128.0f * d));
+  }
+}
+
 // ---- gemm -----------------------------------------------------------------------------------
 
+constexpr bool is_kv_quant(QType t) {
+  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
+}
+// Weight elements [k, k + kL) of a row of K: float formats by Simd::load_w, KV formats by load_b.
 template <QType T>
-constexpr size_t kElemBytes = T == QType::kF32 ? 4 : 2;
+inline __attribute__((always_inline)) V load_wq(const uint8_t* row, int K, int k) {
+  if constexpr (is_kv_quant(T)) {
+    return load_b<T>(row, K, k, kL);
+  } else {
+    (void)K;
+    return Simd::load_w<T>(row, k);
+  }
+}
+
+template <QType T>
+constexpr size_t kElemBytes = T == QType::kF32 ? 4 : (T == QType::kF16 || T == QType::kBF16) ? 2 : 1;
 
 using TileFn = void (*)(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y,
                         size_t ldy);
@@ -425,7 +502,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
   for (; k <= K - kL; k += kL) {
     V wv[NR];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j) wv[j] = Simd::load_w<T>(wr[j], k);
+    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const V xv = Simd::load(xr[i] + k);
@@ -437,7 +514,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
     const int rem = K - k;
     V wv[NR];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j) wv[j] = Simd::load_w_partial<T>(wr[j], k, rem);
+    for (int j = 0; j < NR; ++j) wv[j] = is_kv_quant(T) ? load_b<T>(wr[j], K, k, kL) : Simd::load_w_partial<T>(wr[j], k, rem);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const V xv = Simd::load_partial(xr[i] + k, rem);
@@ -522,49 +599,6 @@ constexpr int kNnMr = 4, kNnNv = 4, kNnWide = 8;
 #else
 constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 #endif
-
-inline __attribute__((always_inline)) float f16_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-// kL unsigned bytes at p as floats (lo) or their high nibbles / low nibbles as floats.
-inline __attribute__((always_inline)) V u8_to_f(const uint8_t* p) {
-#if defined(MXLM_TARGET_AVX512)
-  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#else
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#endif
-}
-inline __attribute__((always_inline)) V nibbles_to_f(const uint8_t* p, bool high) {
-#if defined(MXLM_TARGET_AVX512)
-  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm512_cvtepi32_ps(high ? _mm512_srli_epi32(b, 4) : _mm512_and_si512(b, _mm512_set1_epi32(15)));
-#else
-  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_cvtepi32_ps(high ? _mm256_srli_epi32(b, 4) : _mm256_and_si256(b, _mm256_set1_epi32(15)));
-#endif
-}
-
-// Columns [c, c + kL) of a row of N elements in format T (c a multiple of kL); for f32, lanes
-// from `valid` on are not read (zeros).
-template <QType T>
-inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c, int valid) {
-  if constexpr (T == QType::kF32) {
-    const float* f = reinterpret_cast<const float*>(row) + c;
-    return valid >= kL ? Simd::load(f) : Simd::load_partial(f, valid);
-  } else if constexpr (T == QType::kQ4AG32) {
-    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
-    const V q = nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
-    return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
-  } else {
-    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
-    const int nb = (N + G - 1) / G;
-    const float d = f16_at(row + 2 * (c / G));
-    return Simd::fma(u8_to_f(row + 2 * nb + c), Simd::set1(d), Simd::set1(-128.0f * d));
-  }
-}
 
 // Rows [0, MR) x columns [c0, c0 + (NV - 1) * kL + last), last in [1, kL].
 template <QType T, int MR, int NV>

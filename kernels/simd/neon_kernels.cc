@@ -77,6 +77,39 @@ MXLM_AI void store_partial(float* p, float32x4_t v, int n) {
   __builtin_memcpy(p, b, sizeof(float) * static_cast<size_t>(n));
 }
 
+// ---- rows of the KV cache formats (qtype.h), dequantized 4 elements at a time -----------------
+// As on x86: a vector never straddles a group, and past the row's end reads the group's padding.
+
+MXLM_AI float f16_at(const uint8_t* p) {
+  uint16_t h;
+  __builtin_memcpy(&h, p, 2);
+  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+// Four bytes at p as a uint32x4_t.
+MXLM_AI uint32x4_t u8x4(const uint8_t* p) {
+  uint32_t w;
+  __builtin_memcpy(&w, p, 4);
+  return vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w)))));
+}
+
+template <QType T>
+MXLM_AI float32x4_t load_b(const uint8_t* row, int N, int c, int valid) {
+  if constexpr (T == QType::kF32) {
+    const float* f = reinterpret_cast<const float*>(row) + c;
+    return valid >= 4 ? vld1q_f32(f) : load_partial(f, valid);
+  } else if constexpr (T == QType::kQ4AG32) {
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const uint32x4_t b = u8x4(row + 4 * nb + 16 * g + j % 16);
+    const uint32x4_t q = j >= 16 ? vshrq_n_u32(b, 4) : vandq_u32(b, vdupq_n_u32(15));
+    return vfmaq_f32(vdupq_n_f32(f16_at(row + 2 * nb + 2 * g)), vcvtq_f32_u32(q), vdupq_n_f32(f16_at(row + 2 * g)));
+  } else {
+    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
+    const int nb = (N + G - 1) / G;
+    const float d = f16_at(row + 2 * (c / G));
+    return vfmaq_f32(vdupq_n_f32(-128.0f * d), vcvtq_f32_u32(u8x4(row + 2 * nb + c)), vdupq_n_f32(d));
+  }
+}
+
 // ---- gemm -----------------------------------------------------------------------------------
 //
 // A register-tiled dot-product kernel, as on x86: an MR x NR tile keeps MR*NR accumulators over
@@ -91,7 +124,7 @@ struct F8 {
 };
 
 template <QType T>
-constexpr size_t kElemBytes = T == QType::kF32 ? 4 : 2;
+constexpr size_t kElemBytes = T == QType::kF32 ? 4 : (T == QType::kF16 || T == QType::kBF16) ? 2 : 1;
 
 template <QType T>
 MXLM_AI F8 load_w(const uint8_t* row, int k) {
@@ -113,6 +146,19 @@ MXLM_AI F8 load_w_partial(const uint8_t* row, int k, int n) {
   uint8_t buf[32] = {};
   __builtin_memcpy(buf, row + kElemBytes<T> * static_cast<size_t>(k), kElemBytes<T> * static_cast<size_t>(n));
   return load_w<T>(buf, 0);
+}
+constexpr bool is_kv_quant(QType t) {
+  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
+}
+// Weight elements [k, k + 8) of a row of K (the KV formats read whole vectors, see load_b).
+template <QType T>
+MXLM_AI F8 load_wq(const uint8_t* row, int K, int k) {
+  if constexpr (is_kv_quant(T)) {
+    return {load_b<T>(row, K, k, 4), load_b<T>(row, K, k + 4, 4)};
+  } else {
+    (void)K;
+    return load_w<T>(row, k);
+  }
 }
 MXLM_AI F8 load_x(const float* p) { return {vld1q_f32(p), vld1q_f32(p + 4)}; }
 MXLM_AI F8 load_x_partial(const float* p, int n) {
@@ -146,7 +192,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
   for (; k <= K - 8; k += 8) {
     F8 wv[NR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) wv[j] = load_w<T>(wr[j], k);
+    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const F8 xv = load_x(xr[i] + k);
@@ -158,7 +204,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
     const int rem = K - k;
     F8 wv[NR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) wv[j] = load_w_partial<T>(wr[j], k, rem);
+    for (int j = 0; j < NR; ++j) wv[j] = is_kv_quant(T) ? load_wq<T>(wr[j], K, k) : load_w_partial<T>(wr[j], k, rem);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const F8 xv = load_x_partial(xr[i] + k, rem);
@@ -250,36 +296,6 @@ float sum(const float* x, size_t n) {
 // As on x86: columns are lanes, an MR x NV tile of float32x4 accumulators, B's row k dequantized
 // once per k for the MR rows (a vector of 4 never straddles a group), each y[m][n] one fma chain
 // in ascending k.
-MXLM_AI float f16_at(const uint8_t* p) {
-  uint16_t h;
-  __builtin_memcpy(&h, p, 2);
-  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
-}
-// Four bytes at p as a uint32x4_t.
-MXLM_AI uint32x4_t u8x4(const uint8_t* p) {
-  uint32_t w;
-  __builtin_memcpy(&w, p, 4);
-  return vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w)))));
-}
-
-template <QType T>
-MXLM_AI float32x4_t load_b(const uint8_t* row, int N, int c, int valid) {
-  if constexpr (T == QType::kF32) {
-    const float* f = reinterpret_cast<const float*>(row) + c;
-    return valid >= 4 ? vld1q_f32(f) : load_partial(f, valid);
-  } else if constexpr (T == QType::kQ4AG32) {
-    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
-    const uint32x4_t b = u8x4(row + 4 * nb + 16 * g + j % 16);
-    const uint32x4_t q = j >= 16 ? vshrq_n_u32(b, 4) : vandq_u32(b, vdupq_n_u32(15));
-    return vfmaq_f32(vdupq_n_f32(f16_at(row + 2 * nb + 2 * g)), vcvtq_f32_u32(q), vdupq_n_f32(f16_at(row + 2 * g)));
-  } else {
-    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
-    const int nb = (N + G - 1) / G;
-    const float d = f16_at(row + 2 * (c / G));
-    return vfmaq_f32(vdupq_n_f32(-128.0f * d), vcvtq_f32_u32(u8x4(row + 2 * nb + c)), vdupq_n_f32(d));
-  }
-}
-
 template <QType T, int MR, int NV>
 void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
                   int last) {

@@ -235,16 +235,12 @@ class Context {
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
   std::unique_ptr<KvCache> kv_;  // runtime/kv_cache.h
-  QGemmFn kv_scores_ = nullptr;  // q·Kᵀ over quantized keys: their format's kernel
-  QuantizeActFn quantize_act_ = nullptr;
   // Attention runs over chunks of up to kAttRows query rows (tokens x the query heads of one KV
-  // head); att_rows() is the most one chunk holds. Per thread: the rows, their outputs, scores
-  // [rows][n_ctx], and for quantized keys the rows as int8 [rows][kp] and block scales.
+  // head); att_rows() is the most one chunk holds. Per thread: the rows, their outputs and
+  // scores [rows][n_ctx].
   static constexpr int kAttRows = 64;
   int att_rows() const;
   std::vector<float> att_q_, att_o_;
-  std::vector<int8_t> kv_aq_;
-  std::vector<float> kv_ad_, kv_ads_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
