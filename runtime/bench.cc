@@ -125,25 +125,36 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
                                                    std::to_string(trained) + " tokens");
     }
   }
+  // Every model with every KV format, measured in alternating repetitions.
+  struct Variant {
+    const BenchModel* bm;
+    KvFormats kv;
+  };
+  std::vector<Variant> variants;
+  const std::vector<KvFormats> kvs = p.kvs.empty() ? std::vector<KvFormats>{KvFormats{}} : p.kvs;
+  for (const BenchModel& bm : models) {
+    for (KvFormats kv : kvs) variants.push_back({&bm, kv});
+  }
   for (int threads : p.threads) {
     const double bw = measure_read_bandwidth(threads);
     const double peak = measure_int8_peak(threads, models[0].model->isa());
     std::vector<std::unique_ptr<Context>> ctxs;
-    for (const BenchModel& bm : models) {
+    for (const Variant& var : variants) {
+      const BenchModel& bm = *var.bm;
       ContextParams cp;
       cp.n_threads = threads;
       cp.n_ctx = std::min(bm.model->config().n_ctx, max_depth + n_test + 1);
       // Filling a deep context goes in batches of up to 512 even when pp is skipped.
       cp.n_batch = std::max({1, p.n_prompt, std::min(max_depth, 512)});
       cp.act_per_token = p.act_per_token;
-      cp.kv = p.kv;
+      cp.kv = var.kv;
       cp.prefill = p.prefill;
       ctxs.push_back(std::make_unique<Context>(bm.model, cp));
     }
     // Deterministic pseudo-random tokens (the content does not change the work).
     std::vector<int> tokens(static_cast<size_t>(std::max({p.n_prompt, max_depth, 1})));
     for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919 + 13) % static_cast<size_t>(n_vocab));
-    const size_t nm = models.size();
+    const size_t nm = variants.size();
     for (int depth : depths) {
       // The context filled to `depth` once, then cut back to it before every repetition.
       for (size_t m = 0; m < nm; ++m) {
@@ -168,7 +179,8 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
       auto result = [&](size_t m, const std::string& test, const std::vector<double>& rates) {
         BenchResult b;
         b.threads = threads;
-        b.label = models[m].label;
+        b.label = variants[m].bm->label;
+        b.kv = kv_formats_name(variants[m].kv);
         b.test = test + at;
         b.depth = depth;
         mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
@@ -181,7 +193,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
         for (size_t m = 0; m < nm; ++m) {
           BenchResult b = result(m, "pp" + std::to_string(p.n_prompt), rates[m]);
           b.bandwidth_gb_s = bw / 1e9;
-          b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*models[m].model)) / 1e9;
+          b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*variants[m].bm->model)) / 1e9;
           b.peak_pct = peak > 0 ? 100.0 * b.gop_s / b.peak_gop_s : 0.0;
           out.push_back(b);
         }
@@ -197,7 +209,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
         // tests and right after the generation runs, so that the percentages err low.
         const double bw_tg = std::max(bw, measure_read_bandwidth(threads));
         for (size_t m = 0; m < nm; ++m) {
-          const uint64_t bpt = bytes_per_token(*models[m].model);
+          const uint64_t bpt = bytes_per_token(*variants[m].bm->model);
           BenchResult b = result(m, "tg" + std::to_string(p.n_gen), rates[m]);
           // Generated token i attends over depth + i + 1 cached tokens.
           b.kv_bytes_per_token = double(ctxs[m]->kv_bytes_per_token()) * (depth + (p.n_gen + 1) / 2.0);

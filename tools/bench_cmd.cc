@@ -18,7 +18,8 @@ namespace mxlm {
 namespace {
 
 struct BenchArgs {
-  std::string model, prefill = "auto", kv = "f32";
+  std::string model, prefill = "auto";
+  std::vector<std::string> kv = {"f32"};
   std::vector<std::string> memory;
   int n_prompt = 128, n_gen = 64, reps = 3;
   std::vector<int> threads = {1, 2};
@@ -51,7 +52,8 @@ int run_bench_cmd(const BenchArgs& a) {
   bp.reps = a.reps;
   bp.threads = a.threads;
   bp.depths = a.depths;
-  bp.kv = parse_kv_option(a.kv);
+  bp.kvs.clear();
+  for (const std::string& k : a.kv) bp.kvs.push_back(parse_kv_option(k));
   bp.act_per_token = a.act_per_token;
   bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(models, bp);
@@ -69,7 +71,7 @@ int run_bench_cmd(const BenchArgs& a) {
     for (const auto& r : results) {
       j.push_back({{"model", a.model}, {"size_bytes", model.weight_bytes()}, {"bits_per_weight", bits},
                    {"isa", std::string(isa_name(model.isa()))}, {"memory", r.label}, {"load_s", load_seconds(r.label)},
-                   {"threads", r.threads}, {"test", r.test}, {"depth", r.depth}, {"kv", kv_formats_name(bp.kv)}, {"tok_s", r.tok_s_mean},
+                   {"threads", r.threads}, {"test", r.test}, {"depth", r.depth}, {"kv", r.kv}, {"tok_s", r.tok_s_mean},
                    {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s}, {"kv_bytes_per_token", r.kv_bytes_per_token},
                    {"kv_gb_s", r.kv_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
                    {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
@@ -81,10 +83,10 @@ int run_bench_cmd(const BenchArgs& a) {
   }
   // Decode against the read bandwidth (weights and KV cache read per token; with --roofline, the
   // tok/s it allows), prefill against the int8 peak: both measured in this run, per thread count.
-  std::printf("| model | size | bpw | isa | memory | threads | test | t/s | weight GB/s | KV GB/s | read BW GB/s | %% of BW |%s"
+  std::printf("| model | size | bpw | isa | memory | kv | threads | test | t/s | weight GB/s | KV GB/s | read BW GB/s | %% of BW |%s"
               " int8 GOP/s | int8 peak GOP/s | %% of peak |\n",
               a.roofline ? " roofline t/s |" : "");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n", a.roofline ? "---|" : "");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n", a.roofline ? "---|" : "");
   for (const auto& r : results) {
     const bool tg = r.test.rfind("tg", 0) == 0;
     char gbs[32] = "-", kvs[32] = "-", pct[32] = "-", roof[32] = "-", gop[32] = "-", ppct[32] = "-";
@@ -98,9 +100,9 @@ int run_bench_cmd(const BenchArgs& a) {
       if (r.peak_gop_s > 0) std::snprintf(ppct, sizeof(ppct), "%.1f", r.peak_pct);
     }
     std::string roof_col = a.roofline ? std::string(" ") + roof + " |" : "";
-    std::printf("| %s | %s | %.2f | %s | %s | %d | %s | %.2f ± %.2f | %s | %s | %.1f | %s |%s %s | %.0f | %s |\n",
+    std::printf("| %s | %s | %.2f | %s | %s | %s | %d | %s | %.2f ± %.2f | %s | %s | %.1f | %s |%s %s | %.0f | %s |\n",
                 name.c_str(), human_bytes(model.weight_bytes()).c_str(), bits, std::string(isa_name(model.isa())).c_str(),
-                r.label.c_str(), r.threads, r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, kvs, r.bandwidth_gb_s, pct,
+                r.label.c_str(), r.kv.c_str(), r.threads, r.test.c_str(), r.tok_s_mean, r.tok_s_sd, gbs, kvs, r.bandwidth_gb_s, pct,
                 roof_col.c_str(), gop,
                 r.peak_gop_s, ppct);
   }
@@ -126,7 +128,8 @@ Command add_bench_command(CLI::App& app) {
   bn->add_option("--memory", a->memory,
                  "weight memory: map, copy, huge, or a list (e.g. map,huge: each loaded, repetitions alternate)")
       ->delimiter(',');
-  bn->add_option("--kv", a->kv, kKvHelp);
+  bn->add_option("--kv", a->kv, std::string(kKvHelp) + "; a list (f32,k4v4) measures each, repetitions alternating")
+      ->delimiter(',');
   bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
   bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--json", a->json, "JSON output");

@@ -11,7 +11,11 @@ void gemm_t(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint
             size_t ldy) {
   if (M <= 0 || n1 <= n0) return;
   if (M == 1) {
-    if (static_cast<size_t>(K) * kElemBytes<T> <= kGemvShortRowBytes) {
+    // KV cache rows (64-256 elements, contiguous per head): four at a time share the query's
+    // loads and one reduction.
+    if constexpr (is_kv_quant(T)) {
+      gemm_blocked<T, 1, 4>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
+    } else if (static_cast<size_t>(K) * kElemBytes<T> <= kGemvShortRowBytes) {
       gemm_blocked<T, 1, 1>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);
     } else {
       gemm_blocked<T, 1, kGemvNr>(M, n0, n1, K, x, ldx, w, w_row_bytes, y, ldy);

@@ -39,7 +39,8 @@ struct BenchParams {
   // depth, untimed, and kept across repetitions.
   std::vector<int> depths = {0};
   bool act_per_token = false;
-  KvFormats kv;  // the KV cache formats of every context
+  // KV cache formats: each model runs with each (as separate results, repetitions alternating).
+  std::vector<KvFormats> kvs = {KvFormats{}};
   ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
 };
 
@@ -52,6 +53,7 @@ struct BenchModel {
 struct BenchResult {
   int threads = 0;
   std::string label;               // BenchModel::label
+  std::string kv;                  // KV cache formats, "f32", "k4v4", ...
   std::string test;                // "pp128", "tg64", "tg64@d2048"
   int depth = 0;                   // tokens in the context before the test
   double tok_s_mean = 0, tok_s_sd = 0;
@@ -66,8 +68,9 @@ struct BenchResult {
   double peak_pct = 0;             // pp: gop_s / peak_gop_s × 100
 };
 
-// Every model at every thread count; the repetitions of the models alternate (rep 1 of each,
-// then rep 2 of each, ...), so that models compared in one run see the same machine.
+// Every model with every KV format at every thread count; the repetitions of these alternate
+// (rep 1 of each, then rep 2 of each, ...), so that what is compared in one run sees the same
+// machine.
 std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const BenchParams& params);
 
 }  // namespace mxlm
