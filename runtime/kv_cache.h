@@ -4,13 +4,14 @@
 // head's rows for every position, streams one contiguous run (Llama-7B, 2 threads, depth 2048,
 // f32 KV: a token-major cache, rows 16 KiB apart, decoded at 3.2 tok/s, 25 % of the bandwidth).
 //
-// Formats (KvType), chosen per layer for K and V independently:
+// Formats (KvType), chosen for K and V independently (today the same in every layer):
 //   f32  the floats;
 //   q8   int8 with one f16 scale per token and head: the weight format q8_g{head_dim} (q8_g32
 //        when head_dim is not 32, 64 or 128), w = d * (q - 128), d = max|x| / 127;
-//   q4   4-bit asymmetric groups of 32: q4a_g32, w = d * q + m, m = min, d = (max - min) / 15.
-// Rows are encoded by round-to-nearest from the group's range (no scale search: a token's rows
-// are written once per layer as it is evaluated, on the decode path). Attention reads them with
+//   q4   4-bit asymmetric groups of 32: q4a_g32, w = d * q + m, from m = min and d = (max -
+//        min) / 15 refined by two least-squares rounds (encode()).
+// Rows are encoded with no wide scale search (the weight quantizer's): a token's rows are written
+// once per layer as it is evaluated, on the decode path. Attention reads them with
 // the float kernels (kernels/f32_ops.h: gemm for q·Kᵀ, gemm_nn for P·V), which dequantize rows
 // in registers: the queries stay float.
 //
