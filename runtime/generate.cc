@@ -1,6 +1,8 @@
 #include "mxlm/generate.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 
 #include "kernels/common.h"
 
@@ -28,7 +30,7 @@ GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const Gener
   st.prompt_seconds = std::chrono::duration<double>(clock::now() - t0).count();
 
   auto t1 = clock::now();
-  const int limit = params.n_predict < 0 ? ctx.n_ctx() : params.n_predict;
+  const int limit = params.n_predict >= 0 ? params.n_predict : params.context_shift ? INT32_MAX : ctx.n_ctx();
   while (st.n_generated < limit) {
     const int tok = sampler.sample(logits, n_vocab, history);
     history.push_back(tok);
@@ -40,8 +42,13 @@ GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const Gener
     if (!on_token(tok)) break;
     if (st.n_generated >= limit) break;
     if (ctx.n_past() >= ctx.n_ctx()) {
-      st.context_full = true;
-      break;
+      const int keep = std::clamp(params.n_keep, 0, ctx.n_past() - 2);
+      if (!params.context_shift || ctx.n_past() - keep < 2) {
+        st.context_full = true;
+        break;
+      }
+      ctx.shift(keep, (ctx.n_past() - keep) / 2);
+      ++st.n_shifts;
     }
     const int one[1] = {tok};
     logits = ctx.eval(one, false);

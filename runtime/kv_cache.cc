@@ -187,4 +187,39 @@ void KvCache::store(int l, int pos, const float* k, const float* v) {
   }
 }
 
+void KvCache::shift(int n_keep, int n_discard, int n_past, const float* cos_d, const float* sin_d) {
+  MXLM_ASSERT(n_keep >= 0 && n_discard > 0 && n_keep + n_discard <= n_past && n_past <= n_ctx_);
+  const int D = head_dim_, half = D / 2, n_move = n_past - n_keep - n_discard;
+  std::vector<float> x(static_cast<size_t>(D));
+  for (int l = 0; l < n_layers_; ++l) {
+    for (int h = 0; h < n_heads_; ++h) {
+      uint8_t* kb = &k_[(size_t(l) * n_heads_ + h) * n_ctx_ * k_seg_];
+      uint8_t* vb = &v_[(size_t(l) * n_heads_ + h) * n_ctx_ * v_seg_];
+      std::memmove(vb + size_t(n_keep) * v_seg_, vb + size_t(n_keep + n_discard) * v_seg_, size_t(n_move) * v_seg_);
+      for (int t = n_keep; t < n_keep + n_move; ++t) {
+        const uint8_t* src = kb + size_t(t + n_discard) * k_seg_;
+        if (kq_ == QType::kF32) {
+          std::memcpy(x.data(), src, sizeof(float) * D);
+        } else {
+          dequantize_row(kq_, src, D, x.data());
+          if (rotate_k_) unrotate(x.data());
+        }
+        // RoPE by -n_discard positions: (a, b) -> (a cos + b sin, b cos - a sin).
+        for (int i = 0; i < half; ++i) {
+          const float a = x[i], b = x[i + half];
+          x[i] = a * cos_d[i] + b * sin_d[i];
+          x[i + half] = b * cos_d[i] - a * sin_d[i];
+        }
+        uint8_t* dst = kb + size_t(t) * k_seg_;
+        if (kq_ == QType::kF32) {
+          std::memcpy(dst, x.data(), sizeof(float) * D);
+        } else {
+          if (rotate_k_) rotate(x.data());
+          encode(kq_, x.data(), dst);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace mxlm

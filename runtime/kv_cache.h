@@ -70,6 +70,12 @@ class KvCache {
   void rotate(float* x) const;    // x ← x·H, one head (head_dim floats)
   void unrotate(float* x) const;  // x ← x·Hᵀ
 
+  // Context shift: drops positions [n_keep, n_keep + n_discard) of the first n_past and moves the
+  // rest down by n_discard, re-rotating their keys by RoPE's rotation of -n_discard positions
+  // (cos_d, sin_d: its head_dim / 2 angles, pairs (i, i + head_dim / 2) as the model rotates
+  // them). Quantized keys are decoded, rotated and encoded again.
+  void shift(int n_keep, int n_discard, int n_past, const float* cos_d, const float* sin_d);
+
   // Bytes of K and V per token over all layers, and of the whole cache.
   size_t bytes_per_token() const { return size_t(n_layers_) * (k_row_ + v_row_); }
   size_t bytes() const { return bytes_per_token() * size_t(n_ctx_); }

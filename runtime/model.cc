@@ -610,6 +610,17 @@ void Context::truncate(int n) {
   n_past_ = n;
 }
 
+void Context::shift(int n_keep, int n_discard) {
+  if (n_keep < 0 || n_discard < 1 || n_keep + n_discard > n_past_) {
+    throw Error(ErrorCode::kInvalidArgument, "context shift keeping " + std::to_string(n_keep) + " and dropping " +
+                                                 std::to_string(n_discard) + " tokens: the context holds " +
+                                                 std::to_string(n_past_));
+  }
+  const size_t half = size_t(model_->config().head_dim / 2);
+  kv_->shift(n_keep, n_discard, n_past_, &rope_cos_[size_t(n_discard) * half], &rope_sin_[size_t(n_discard) * half]);
+  n_past_ -= n_discard;
+}
+
 size_t Context::kv_bytes_per_token() const { return kv_->bytes_per_token(); }
 
 int Context::att_rows() const {

@@ -330,6 +330,18 @@ TEST(Cli, KvCacheFormats) {
   EXPECT_NE(out.find("--kv k3v3 is not a KV cache format; known: f32, k8v8, k8v4, k4v8, k4v4"), std::string::npos) << out;
 }
 
+// run goes on past a full context by shifting it (--keep tokens kept from the start), with any
+// KV format, and says so.
+TEST(Cli, RunShiftsAFullContext) {
+  for (const char* kv : {"f32", "k4v4"}) {
+    int st;
+    const std::string out = mxlm("run -m " + synth_model() + " -p 'hello' -n 60 -c 24 --keep 2 --temp 0 -t 1 --ignore-eos --kv " + kv, &st);
+    ASSERT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("generated 60 tokens"), std::string::npos) << out;
+    EXPECT_NE(out.find("(context shifted "), std::string::npos) << out;
+  }
+}
+
 // --memory map,huge loads the model twice and measures both (repetitions alternate); a name
 // that is not a weight memory is refused, naming the known ones.
 TEST(Cli, BenchComparesWeightMemories) {

@@ -118,3 +118,75 @@ TEST(KvCache, StoredRowsDecodeWithinTheFormatsError) {
 
 }  // namespace
 }  // namespace mxlm
+
+namespace mxlm {
+namespace {
+
+// shift() moves the kept rows down and re-rotates keys by RoPE of -n_discard positions: each
+// moved key equals the key RoPE'd directly at its new position (f32: up to rounding; quantized:
+// within the format's error), values move unchanged.
+TEST(KvCache, ShiftRerotatesKeysToTheirNewPositions) {
+  const int L = 2, C = 12, H = 2, D = 64, half = D / 2;
+  auto angles = [&](int p, std::vector<float>& cs, std::vector<float>& sn) {
+    cs.resize(half);
+    sn.resize(half);
+    for (int i = 0; i < half; ++i) {
+      const double a = p * std::pow(10000.0, -2.0 * i / D);
+      cs[i] = float(std::cos(a));
+      sn[i] = float(std::sin(a));
+    }
+  };
+  auto rope = [&](std::vector<float> v, int p) {
+    std::vector<float> cs, sn;
+    angles(p, cs, sn);
+    for (int i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cs[i] - b * sn[i];
+      v[i + half] = a * sn[i] + b * cs[i];
+    }
+    return v;
+  };
+  for (const char* spec : {"f32", "k8v8", "k4v4"}) {
+    KvCache kv(L, C, H, D, *parse_kv_formats(spec));
+    std::mt19937 rng(9);
+    std::vector<std::vector<float>> raw_k(C), raw_v(C);
+    for (int p = 0; p < 10; ++p) {
+      raw_k[p] = random_row(rng, H * D);
+      raw_v[p] = random_row(rng, H * D);
+      std::vector<float> k(H * D);
+      for (int h = 0; h < H; ++h) {
+        const std::vector<float> seg(raw_k[p].begin() + h * D, raw_k[p].begin() + (h + 1) * D);
+        const std::vector<float> r = rope(seg, p);
+        std::copy(r.begin(), r.end(), k.begin() + h * D);
+      }
+      for (int l = 0; l < L; ++l) kv.store(l, p, k.data(), raw_v[p].data());
+    }
+    std::vector<float> cs, sn;
+    angles(3, cs, sn);
+    kv.shift(2, 3, 10, cs.data(), sn.data());  // keeps 0, 1 and 5..9 -> 0, 1 and 2..6
+    for (int l = 0; l < L; ++l) {
+      for (int h = 0; h < H; ++h) {
+        for (int t = 0; t < 7; ++t) {
+          const int old = t < 2 ? t : t + 3;
+          const std::vector<float> seg(raw_k[old].begin() + h * D, raw_k[old].begin() + (h + 1) * D);
+          const std::vector<float> want = rope(seg, t);
+          std::vector<float> got(static_cast<size_t>(D));
+          dequantize_row(kv.k_qtype(), kv.keys(l, h) + t * kv.k_row_bytes(), D, got.data());
+          if (kv.rotates_k()) kv.unrotate(got.data());
+          std::vector<float> err(static_cast<size_t>(D));
+          for (int i = 0; i < D; ++i) err[i] = got[i] - want[i];
+          const double bound = std::string(spec) == "f32" ? 1e-5 : std::string(spec) == "k8v8" ? 0.02 : 0.2;
+          EXPECT_LE(norm(err) / norm(want), bound) << spec << " layer " << l << " head " << h << " new pos " << t;
+          std::vector<float> vgot(static_cast<size_t>(D));
+          dequantize_row(kv.v_qtype(), kv.values(l, h) + t * kv.v_row_bytes(), D, vgot.data());
+          if (kv.rotates_v()) kv.unrotate(vgot.data());
+          for (int i = 0; i < D; ++i) err[i] = vgot[i] - raw_v[old][h * D + i];
+          EXPECT_LE(norm(err), (std::string(spec) == "f32" ? 0.0 : 0.2) * norm(vgot) + 1e-6) << spec << " V, new pos " << t;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mxlm

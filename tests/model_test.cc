@@ -196,6 +196,38 @@ TEST_F(Tinymix, Greedy64MatchesReference) {
   EXPECT_EQ(checked, 2) << "prompts in reference.json";
 }
 
+// Generation that fills the context shifts it (keeping the first n_keep tokens, dropping the
+// older half of the rest) and goes on; without the shift it stops there.
+TEST_F(Tinymix, GenerateShiftsAFullContextAndGoesOn) {
+  auto m = model();
+  const std::vector<int> prompt = {1, 340, 654, 2360, 262, 594};
+  for (bool shift : {true, false}) {
+    ContextParams cp;
+    cp.n_ctx = 32;
+    cp.n_threads = 1;
+    Context ctx(m, cp);
+    GenerateParams gp;
+    gp.sampler.temperature = 0;
+    gp.n_predict = 80;
+    gp.stop_at_eos = false;
+    gp.context_shift = shift;
+    gp.n_keep = 1;
+    int n = 0;
+    const GenerateStats st = generate(ctx, prompt, gp, [&](int) { return ++n > 0; });
+    if (shift) {
+      EXPECT_EQ(st.n_generated, 80);
+      EXPECT_FALSE(st.context_full);
+      // 32 - 1 kept = 31, half dropped: 16 per shift from a full context of 32.
+      EXPECT_EQ(st.n_shifts, 4);
+      EXPECT_LE(ctx.n_past(), 32);
+    } else {
+      EXPECT_TRUE(st.context_full);
+      EXPECT_EQ(st.n_shifts, 0);
+      EXPECT_EQ(st.n_generated, 32 - 6 + 1);
+    }
+  }
+}
+
 // The weights are bf16: storing them as f32 or f16 is exact (bf16's 8-bit mantissa fits f16's 11
 // bits wherever the exponent is in f16's range: |w| in [6e-5, 65504], which holds for tinymix
 // except for tiny values that lose bits as f16 subnormals), so the three files agree closely.

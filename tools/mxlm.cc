@@ -74,7 +74,7 @@ struct SynthArgs {
 
 struct RunArgs {
   std::string model, prompt, prompt_file, memory = "huge", kv = "f32";
-  int n_predict = 128, threads = 0, ctx = 0;
+  int n_predict = 128, threads = 0, ctx = 0, keep = 1;
   bool verbose = false, no_bos = false, ignore_eos = false, act_per_token = false;
   SamplerParams sampler;
 };
@@ -107,6 +107,8 @@ int cmd_run(RunArgs a) {
   }
   GenerateParams gp;
   gp.n_predict = a.n_predict;
+  gp.context_shift = true;
+  gp.n_keep = a.keep;
   gp.sampler = a.sampler;
   gp.stop_at_eos = !a.ignore_eos;
   // Echo the prompt text, then stream the continuation.
@@ -125,9 +127,10 @@ int cmd_run(RunArgs a) {
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  std::fprintf(stderr, "mxlm: prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s%s\n", st.n_prompt,
+  std::fprintf(stderr, "mxlm: prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s%s%s\n", st.n_prompt,
                st.prompt_tok_per_s(), st.n_generated, st.gen_tok_per_s(),
-               st.hit_eos ? " (end of text)" : st.context_full ? " (context full)" : "");
+               st.hit_eos ? " (end of text)" : st.context_full ? " (context full)" : "",
+               st.n_shifts ? (" (context shifted " + std::to_string(st.n_shifts) + "x)").c_str() : "");
   return 0;
 }
 
@@ -239,9 +242,13 @@ int main(int argc, char** argv) {
   r->add_option("-m,--model", run.model, ".mxlm model")->required();
   r->add_option("-p,--prompt", run.prompt, "prompt text");
   r->add_option("-f,--file", run.prompt_file, "read the prompt from a file");
-  r->add_option("-n,--n-predict", run.n_predict, "tokens to generate (-1: until end of text or context)");
+  r->add_option("-n,--n-predict", run.n_predict, "tokens to generate (-1: until end of text)");
   r->add_option("-t,--threads", run.threads, "threads (default: all cores)");
   r->add_option("-c,--ctx", run.ctx, "context size (default: the model's)");
+  r->add_option("--keep", run.keep,
+                "when generation fills the context: tokens kept from its start (the older half of the rest is dropped and "
+                "generation goes on)")
+      ->check(CLI::NonNegativeNumber);
   r->add_option("--temp", run.sampler.temperature, "temperature (0: greedy)");
   r->add_option("--top-k", run.sampler.top_k, "top-k (0: off)");
   r->add_option("--top-p", run.sampler.top_p, "top-p (1: off)");

@@ -10,8 +10,12 @@
 namespace mxlm {
 
 struct GenerateParams {
-  int n_predict = 128;      // tokens to generate at most (-1: until EOS or the context is full)
+  int n_predict = 128;      // tokens to generate at most (-1: until EOS, or the context is full)
   bool stop_at_eos = true;
+  // When the context fills: keep its first n_keep tokens, drop the older half of the rest
+  // (Context::shift) and go on; false: stop (context_full).
+  bool context_shift = false;
+  int n_keep = 1;
   SamplerParams sampler;
 };
 
@@ -19,6 +23,7 @@ struct GenerateStats {
   int n_prompt = 0, n_generated = 0;
   double prompt_seconds = 0, gen_seconds = 0;
   bool hit_eos = false, context_full = false;
+  int n_shifts = 0;  // context shifts done
   double prompt_tok_per_s() const { return prompt_seconds > 0 ? n_prompt / prompt_seconds : 0; }
   double gen_tok_per_s() const { return gen_seconds > 0 ? n_generated / gen_seconds : 0; }
 };

@@ -203,6 +203,12 @@ class Context {
   // Forgets positions n .. n_past() - 1 (n <= n_past()): the cache keeps the first n tokens, so
   // evaluation goes on from a shared prefix (a benchmark's filled context, a regenerated reply).
   void truncate(int n);
+  // Context shift: forgets positions [n_keep, n_keep + n_discard) and moves the later ones down
+  // (their cached keys re-rotated), so evaluation goes on with n_past() - n_discard positions
+  // used, as if the kept tokens had been evaluated alone (up to rounding, and to requantizing
+  // quantized keys). Throws Error (kInvalidArgument) unless n_keep >= 0, n_discard >= 1 and
+  // n_keep + n_discard <= n_past().
+  void shift(int n_keep, int n_discard);
   // Bytes of keys and values one token holds in the cache, over all layers (what attention
   // reads per cached token and generated token).
   size_t kv_bytes_per_token() const;
