@@ -37,19 +37,6 @@ struct Rng {
   }
 };
 
-// In-place Walsh-Hadamard transform of p (a power of two) values, unnormalized.
-void fwht(double* v, int64_t p) {
-  for (int64_t h = 1; h < p; h *= 2) {
-    for (int64_t i = 0; i < p; i += 2 * h) {
-      for (int64_t j = i; j < i + h; ++j) {
-        const double a = v[j], b = v[j + h];
-        v[j] = a + b;
-        v[j + h] = a - b;
-      }
-    }
-  }
-}
-
 }  // namespace
 
 Rotation::Rotation(int64_t n, uint64_t seed) : n_(n) {

@@ -35,6 +35,21 @@
 
 namespace mxlm {
 
+// In-place Walsh-Hadamard transform of p (a power of two) values, unnormalized: v <- v·W by
+// butterflies of doubling span. Also rotates the KV cache's rows (runtime/kv_cache.h).
+template <class T>
+void fwht(T* v, int64_t p) {
+  for (int64_t h = 1; h < p; h *= 2) {
+    for (int64_t i = 0; i < p; i += 2 * h) {
+      for (int64_t j = i; j < i + h; ++j) {
+        const T a = v[j], b = v[j + h];
+        v[j] = a + b;
+        v[j + h] = a - b;
+      }
+    }
+  }
+}
+
 class Rotation {
  public:
   // Throws Error(kInvalidArgument) for n < 1 or n > 2^20.

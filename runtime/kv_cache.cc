@@ -10,6 +10,7 @@
 #include "kernels/common.h"
 #include "kernels/quant.h"
 #include "kernels/splitmix.h"
+#include "model/rotate.h"
 
 namespace mxlm {
 
@@ -46,16 +47,14 @@ QType kv_qtype(KvType t, int head_dim) {
 }
 
 KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormats formats)
-    : n_layers_(n_layers), n_ctx_(n_ctx), n_heads_(n_kv_heads), head_dim_(head_dim), formats_(formats) {
+    : n_layers_(n_layers), n_ctx_(n_ctx), n_heads_(n_kv_heads), head_dim_(head_dim) {
   MXLM_ASSERT(n_layers > 0 && n_ctx > 0 && n_kv_heads > 0 && head_dim > 0);
   kq_ = kv_qtype(formats.k, head_dim);
   vq_ = kv_qtype(formats.v, head_dim);
   k_seg_ = *qtype_row_bytes(kq_, uint64_t(head_dim));
   v_seg_ = *qtype_row_bytes(vq_, uint64_t(head_dim));
-  k_row_ = k_seg_ * size_t(n_kv_heads);
-  v_row_ = v_seg_ * size_t(n_kv_heads);
-  k_.assign(size_t(n_layers) * n_ctx * k_row_, 0);
-  v_.assign(size_t(n_layers) * n_ctx * v_row_, 0);
+  k_.assign(size_t(n_layers) * n_kv_heads * n_ctx * k_seg_, 0);
+  v_.assign(size_t(n_layers) * n_kv_heads * n_ctx * v_seg_, 0);
   const bool pow2 = (head_dim & (head_dim - 1)) == 0;
   rotate_k_ = pow2 && kq_ != QType::kF32;
   rotate_v_ = pow2 && vq_ != QType::kF32;
@@ -64,23 +63,6 @@ KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormat
   for (float& f : signs_) f = (splitmix64_next(state) >> 63) ? -1.0f : 1.0f;
   rot_.resize(size_t(head_dim));
 }
-
-namespace {
-
-// x ← x·W (unnormalized Walsh-Hadamard, n a power of two): butterflies of doubling span.
-void fwht(float* x, int n) {
-  for (int h = 1; h < n; h *= 2) {
-    for (int i = 0; i < n; i += 2 * h) {
-      for (int j = i; j < i + h; ++j) {
-        const float a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-    }
-  }
-}
-
-}  // namespace
 
 void KvCache::rotate(float* x) const {
   const float norm = 1.0f / std::sqrt(float(head_dim_));
@@ -102,8 +84,7 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst) {
     return;
   }
   const QRowLayout L = qrow_layout(t, D);
-  uint8_t* out = dst;
-  std::memset(out, 0, qtype_row_bytes(t, uint64_t(D)).value());
+  std::memset(dst, 0, qtype_row_bytes(t, uint64_t(D)).value());
   const int G = qtype_info(t).block_elems;
   for (int64_t g = 0; g < L.nb; ++g) {
     const int e0 = int(g) * G, n = std::min(G, D - e0);
@@ -150,8 +131,8 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst) {
         const float r = i < n && d > 0 ? std::nearbyint((x[e0 + i] - m) / d) : 0.0f;
         q[i] = uint8_t(std::clamp(r, 0.0f, 15.0f));
       }
-      std::memcpy(out + L.d_off + 2 * g, &best_d, 2);
-      std::memcpy(out + L.m_off + 2 * g, &best_m, 2);
+      std::memcpy(dst + L.d_off + 2 * g, &best_d, 2);
+      std::memcpy(dst + L.m_off + 2 * g, &best_m, 2);
     } else {
       // w = d * (q - 128): d = max|x| / 127 as f16.
       const uint16_t dh = f32_to_f16(std::max(std::fabs(lo), std::fabs(hi)) / 127.0f);
@@ -160,30 +141,27 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst) {
         const float r = i < n && d > 0 ? std::nearbyint(x[e0 + i] / d) : 0.0f;
         q[i] = uint8_t(std::clamp(r, -127.0f, 127.0f) + 128.0f);
       }
-      std::memcpy(out + L.d_off + 2 * g, &dh, 2);
+      std::memcpy(dst + L.d_off + 2 * g, &dh, 2);
     }
-    pack_group(qtype_info(t).bits, G, q, out + L.q_off + size_t(g) * L.qbytes);
+    pack_group(qtype_info(t).bits, G, q, dst + L.q_off + size_t(g) * L.qbytes);
   }
 }
 
 void KvCache::store(int l, int pos, const float* k, const float* v) {
   MXLM_DASSERT(l >= 0 && l < n_layers_ && pos >= 0 && pos < n_ctx_);
   const size_t D = size_t(head_dim_);
+  // One head's row: rotated first when its format is, then encoded at row `pos`.
+  auto put = [&](QType t, bool rot, const float* x, uint8_t* dst) {
+    if (rot) {
+      std::copy(x, x + D, rot_.begin());
+      rotate(rot_.data());
+      x = rot_.data();
+    }
+    encode(t, x, dst);
+  };
   for (int h = 0; h < n_heads_; ++h) {
-    const float* kh = k + size_t(h) * D;
-    if (rotate_k_) {
-      std::copy(kh, kh + D, rot_.begin());
-      rotate(rot_.data());
-      kh = rot_.data();
-    }
-    encode(kq_, kh, &k_[((size_t(l) * n_heads_ + h) * n_ctx_ + pos) * k_seg_]);
-    const float* vh = v + size_t(h) * D;
-    if (rotate_v_) {
-      std::copy(vh, vh + D, rot_.begin());
-      rotate(rot_.data());
-      vh = rot_.data();
-    }
-    encode(vq_, vh, &v_[((size_t(l) * n_heads_ + h) * n_ctx_ + pos) * v_seg_]);
+    put(kq_, rotate_k_, k + h * D, &k_[row(l, h, pos) * k_seg_]);
+    put(vq_, rotate_v_, v + h * D, &v_[row(l, h, pos) * v_seg_]);
   }
 }
 
@@ -193,8 +171,8 @@ void KvCache::shift(int n_keep, int n_discard, int n_past, const float* cos_d, c
   std::vector<float> x(static_cast<size_t>(D));
   for (int l = 0; l < n_layers_; ++l) {
     for (int h = 0; h < n_heads_; ++h) {
-      uint8_t* kb = &k_[(size_t(l) * n_heads_ + h) * n_ctx_ * k_seg_];
-      uint8_t* vb = &v_[(size_t(l) * n_heads_ + h) * n_ctx_ * v_seg_];
+      uint8_t* kb = &k_[row(l, h, 0) * k_seg_];
+      uint8_t* vb = &v_[row(l, h, 0) * v_seg_];
       std::memmove(vb + size_t(n_keep) * v_seg_, vb + size_t(n_keep + n_discard) * v_seg_, size_t(n_move) * v_seg_);
       for (int t = n_keep; t < n_keep + n_move; ++t) {
         const uint8_t* src = kb + size_t(t + n_discard) * k_seg_;

@@ -29,9 +29,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <optional>
-#include <string>
-#include <string_view>
 #include <vector>
 
 #include "kernels/qtype.h"
@@ -46,15 +43,12 @@ class KvCache {
  public:
   KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, KvFormats formats);
 
-  int n_ctx() const { return n_ctx_; }
-  KvFormats formats() const { return formats_; }
-
   // Token `pos` of layer l: its keys (after RoPE) and values, n_kv_heads * head_dim floats each.
   void store(int l, int pos, const float* k, const float* v);
 
   // Layer l's keys (values) of head h: row t at keys(l, h) + t * k_row_bytes(), in k_qtype().
-  const uint8_t* keys(int l, int h) const { return &k_[(size_t(l) * n_heads_ + h) * n_ctx_ * k_seg_]; }
-  const uint8_t* values(int l, int h) const { return &v_[(size_t(l) * n_heads_ + h) * n_ctx_ * v_seg_]; }
+  const uint8_t* keys(int l, int h) const { return &k_[row(l, h, 0) * k_seg_]; }
+  const uint8_t* values(int l, int h) const { return &v_[row(l, h, 0) * v_seg_]; }
   size_t k_row_bytes() const { return k_seg_; }
   size_t v_row_bytes() const { return v_seg_; }
   QType k_qtype() const { return kq_; }
@@ -77,16 +71,17 @@ class KvCache {
   void shift(int n_keep, int n_discard, int n_past, const float* cos_d, const float* sin_d);
 
   // Bytes of K and V per token over all layers, and of the whole cache.
-  size_t bytes_per_token() const { return size_t(n_layers_) * (k_row_ + v_row_); }
+  size_t bytes_per_token() const { return size_t(n_layers_) * n_heads_ * (k_seg_ + v_seg_); }
   size_t bytes() const { return bytes_per_token() * size_t(n_ctx_); }
 
  private:
   void encode(QType t, const float* x, uint8_t* dst);
+  // Index of layer l, head h, position t among all rows (times a row's bytes: its offset).
+  size_t row(int l, int h, int t) const { return (size_t(l) * n_heads_ + h) * n_ctx_ + t; }
 
   int n_layers_ = 0, n_ctx_ = 0, n_heads_ = 0, head_dim_ = 0;
-  KvFormats formats_;
   QType kq_ = QType::kF32, vq_ = QType::kF32;
-  size_t k_seg_ = 0, v_seg_ = 0, k_row_ = 0, v_row_ = 0;
+  size_t k_seg_ = 0, v_seg_ = 0;  // bytes of one head's row of K, V
   bool rotate_k_ = false, rotate_v_ = false;
   std::vector<float> signs_;  // s of the rotation, head_dim of ±1
   std::vector<float> rot_;    // a head's rotated row before encoding

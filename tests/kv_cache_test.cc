@@ -116,12 +116,6 @@ TEST(KvCache, StoredRowsDecodeWithinTheFormatsError) {
   }
 }
 
-}  // namespace
-}  // namespace mxlm
-
-namespace mxlm {
-namespace {
-
 // shift() moves the kept rows down and re-rotates keys by RoPE of -n_discard positions: each
 // moved key equals the key RoPE'd directly at its new position (f32: up to rounding; quantized:
 // within the format's error), values move unchanged.

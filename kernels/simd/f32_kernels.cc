@@ -465,14 +465,15 @@ inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c,
 constexpr bool is_kv_quant(QType t) {
   return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
 }
-// Weight elements [k, k + kL) of a row of K: float formats by Simd::load_w, KV formats by load_b.
+// Weight elements [k, k + n) of a row of K (n in [1, kL]; zeros after for the float formats,
+// the group's padding for the KV formats, which read whole vectors: see load_b).
 template <QType T>
-inline __attribute__((always_inline)) V load_wq(const uint8_t* row, int K, int k) {
+inline __attribute__((always_inline)) V load_wq(const uint8_t* row, int K, int k, int n) {
   if constexpr (is_kv_quant(T)) {
     return load_b<T>(row, K, k, kL);
   } else {
     (void)K;
-    return Simd::load_w<T>(row, k);
+    return n == kL ? Simd::load_w<T>(row, k) : Simd::load_w_partial<T>(row, k, n);
   }
 }
 
@@ -502,7 +503,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
   for (; k <= K - kL; k += kL) {
     V wv[NR];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k);
+    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k, kL);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const V xv = Simd::load(xr[i] + k);
@@ -514,7 +515,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
     const int rem = K - k;
     V wv[NR];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j) wv[j] = is_kv_quant(T) ? load_b<T>(wr[j], K, k, kL) : Simd::load_w_partial<T>(wr[j], k, rem);
+    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k, rem);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const V xv = Simd::load_partial(xr[i] + k, rem);

@@ -150,14 +150,15 @@ MXLM_AI F8 load_w_partial(const uint8_t* row, int k, int n) {
 constexpr bool is_kv_quant(QType t) {
   return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
 }
-// Weight elements [k, k + 8) of a row of K (the KV formats read whole vectors, see load_b).
+// Weight elements [k, k + n) of a row of K (n in [1, 8]; zeros after for the float formats, the
+// group's padding for the KV formats, which read whole vectors: see load_b).
 template <QType T>
-MXLM_AI F8 load_wq(const uint8_t* row, int K, int k) {
+MXLM_AI F8 load_wq(const uint8_t* row, int K, int k, int n) {
   if constexpr (is_kv_quant(T)) {
     return {load_b<T>(row, K, k, 4), load_b<T>(row, K, k + 4, 4)};
   } else {
     (void)K;
-    return load_w<T>(row, k);
+    return n == 8 ? load_w<T>(row, k) : load_w_partial<T>(row, k, n);
   }
 }
 MXLM_AI F8 load_x(const float* p) { return {vld1q_f32(p), vld1q_f32(p + 4)}; }
@@ -192,7 +193,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
   for (; k <= K - 8; k += 8) {
     F8 wv[NR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k);
+    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k, 8);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const F8 xv = load_x(xr[i] + k);
@@ -204,7 +205,7 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
     const int rem = K - k;
     F8 wv[NR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) wv[j] = is_kv_quant(T) ? load_wq<T>(wr[j], K, k) : load_w_partial<T>(wr[j], k, rem);
+    for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k, rem);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const F8 xv = load_x_partial(xr[i] + k, rem);
