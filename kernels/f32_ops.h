@@ -19,13 +19,16 @@ struct F32Kernels {
                QType wtype, float* y, size_t ldy);
   // y[m*ldy + n] = sum_k x[m*ldx + k] * B[k][n]  for m in [0, M), n in [0, N): the product with
   // a row-major right operand (attention's P·V over value rows stored per token). B's K rows
-  // start every b_row_bytes bytes, each a row of N elements in btype: kF32, or a KV cache format,
-  // kQ8G32/kQ8G64/kQ8G128 or kQ4AG32, dequantized in registers (qtype.h). The SIMD builds compute
+  // start every b_row_bytes bytes, each a row of N elements in btype: kF32, kF16, kBF16, or a KV
+  // cache format, kQ8G32/kQ8G64/kQ8G128, kQ4AG32 or kQ2AG32, dequantized in registers (qtype.h;
+  // the 2-bit keys' blocks are rows of 32 tokens per channel, runtime/kv_cache.h). The SIMD builds compute
   // each y[m][n] as one chain of fused multiply-adds x[m][k] * B[k][n] in ascending k from 0, with
   // B[k][n] dequantized alike whatever the tile, so it depends only on x row m, column n of B and
   // K: identical for a batch and a single row. The reference accumulates in double.
+  // accumulate: y[m][n] += instead of =, the chain starting from y's value (so a product split
+  // over ranges of k and accumulated in ascending order rounds as one call over all of them).
   void (*gemm_nn)(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype,
-                  float* y, size_t ldy);
+                  float* y, size_t ldy, bool accumulate);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);  // y += a * x
   // y = x / sqrt(mean(x^2) + eps) * w   (y may alias x)

@@ -128,12 +128,12 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
   // Every model with every KV format, measured in alternating repetitions.
   struct Variant {
     const BenchModel* bm;
-    KvFormats kv;
+    std::vector<KvFormats> kv;
   };
   std::vector<Variant> variants;
-  const std::vector<KvFormats> kvs = p.kvs.empty() ? std::vector<KvFormats>{KvFormats{}} : p.kvs;
+  const std::vector<std::vector<KvFormats>> kvs = p.kvs.empty() ? std::vector<std::vector<KvFormats>>{{KvFormats{}}} : p.kvs;
   for (const BenchModel& bm : models) {
-    for (KvFormats kv : kvs) variants.push_back({&bm, kv});
+    for (const std::vector<KvFormats>& kv : kvs) variants.push_back({&bm, kv});
   }
   for (int threads : p.threads) {
     const double bw = measure_read_bandwidth(threads);
@@ -147,7 +147,12 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
       // Filling a deep context goes in batches of up to 512 even when pp is skipped.
       cp.n_batch = std::max({1, p.n_prompt, std::min(max_depth, 512)});
       cp.act_per_token = p.act_per_token;
-      cp.kv = var.kv;
+      if (var.kv.size() == 1) {
+        cp.kv = var.kv[0];
+      } else {
+        cp.kv_layers = var.kv;
+      }
+      cp.kv_window = std::min(p.kv_window, cp.n_ctx);
       cp.prefill = p.prefill;
       ctxs.push_back(std::make_unique<Context>(bm.model, cp));
     }
@@ -180,7 +185,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
         BenchResult b;
         b.threads = threads;
         b.label = variants[m].bm->label;
-        b.kv = kv_formats_name(variants[m].kv);
+        b.kv = kv_plan_name(variants[m].kv);
         b.test = test + at;
         b.depth = depth;
         mean_sd(rates, &b.tok_s_mean, &b.tok_s_sd);
@@ -212,7 +217,10 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
           const uint64_t bpt = bytes_per_token(*variants[m].bm->model);
           BenchResult b = result(m, "tg" + std::to_string(p.n_gen), rates[m]);
           // Generated token i attends over depth + i + 1 cached tokens.
-          b.kv_bytes_per_token = double(ctxs[m]->kv_bytes_per_token()) * (depth + (p.n_gen + 1) / 2.0);
+          double kv_read = 0;
+          for (int i = 0; i < p.n_gen; ++i) kv_read += ctxs[m]->kv_read_bytes(depth + i + 1);
+          b.kv_bytes_per_token = kv_read / p.n_gen;
+          b.kv_bytes = double(ctxs[m]->kv_bytes());
           b.weight_gb_s = b.tok_s_mean * double(bpt) / 1e9;
           b.kv_gb_s = b.tok_s_mean * b.kv_bytes_per_token / 1e9;
           b.bandwidth_gb_s = bw_tg / 1e9;

@@ -12,6 +12,7 @@
 #include "kernels/f32_ops.h"
 #include "kernels/onednn_gemm.h"
 #include "model/file_util.h"
+#include "runtime/attention.h"
 #include "runtime/kv_cache.h"
 #include "runtime/thread_pool.h"
 #include "model/mxlm_file.h"
@@ -351,7 +352,17 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   n_batch_ = std::clamp(params.n_batch, 1, n_ctx_);
   n_threads_ = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
   const size_t kv = size_t(c.n_kv_heads) * c.head_dim, q = size_t(c.n_heads) * c.head_dim;
-  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim, params.kv);
+  std::vector<KvFormats> kv_plan = params.kv_layers;
+  if (kv_plan.empty()) kv_plan.assign(size_t(c.n_layers), params.kv);
+  if (kv_plan.size() != size_t(c.n_layers)) {
+    throw Error(ErrorCode::kInvalidArgument, "a KV plan of " + std::to_string(kv_plan.size()) + " layers for a model of " +
+                                                 std::to_string(c.n_layers));
+  }
+  if (params.kv_window < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "a KV window of " + std::to_string(params.kv_window) + " tokens: it must be >= 0");
+  }
+  // A window past the context keeps every position in f32: no longer than the context.
+  kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim, kv_plan, std::min(params.kv_window, n_ctx_));
   const int half = c.head_dim / 2;
   rope_cos_.resize(size_t(n_ctx_) * half);
   rope_sin_.resize(size_t(n_ctx_) * half);
@@ -376,6 +387,8 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   scores_.resize(size_t(n_threads_) * att_rows() * n_ctx_);
   att_q_.resize(size_t(n_threads_) * att_rows() * c.head_dim);
   att_o_.resize(att_q_.size());
+  att_o2_.resize(att_q_.size());
+  att_w_.resize(size_t(n_threads_) * attention_window_scratch(*kv_, att_rows(), att_rows() / (c.n_heads / c.n_kv_heads)));
   pool_ = std::make_unique<ThreadPool>(n_threads_);
   act_per_token_ = params.act_per_token;
   prefill_ = params.prefill;
@@ -607,6 +620,7 @@ void Context::truncate(int n) {
     throw Error(ErrorCode::kInvalidArgument, "truncate to " + std::to_string(n) + " tokens: the context holds " +
                                                  std::to_string(n_past_));
   }
+  kv_->truncate(n);
   n_past_ = n;
 }
 
@@ -622,6 +636,8 @@ void Context::shift(int n_keep, int n_discard) {
 }
 
 size_t Context::kv_bytes_per_token() const { return kv_->bytes_per_token(); }
+size_t Context::kv_bytes() const { return kv_->bytes(); }
+double Context::kv_read_bytes(int n) const { return kv_->read_bytes(n); }
 
 int Context::att_rows() const {
   const ModelConfig& c = model_->config();
@@ -665,49 +681,44 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   for (int b = 0; b < n; ++b) {
     for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
     for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
-    kv_->store(l, p0 + b, &k_[size_t(b) * KV], &v_[size_t(b) * KV]);
   }
-  // Causal attention over the cache's rows of keys and values (runtime/kv_cache.h). A task is
-  // one KV head and a chunk of tokens: the queries of every head that shares the KV head (GQA)
-  // for those tokens are gathered into rows r = token * group + j (scaled by 1/sqrt(D), and
-  // rotated when the keys are), so that each key and value row is read once per chunk, not once
-  // per query head (TinyLlama: 8 query heads per KV head). scores = q·Kᵀ by the float GEMM in the
-  // keys' format; masked softmax; out = P·V by gemm_nn in the values' format; both dequantize
-  // the cache's rows in registers. (The int8 weight kernels were tried for q·Kᵀ first: built for
-  // rows of thousands of elements, they copy a row's partial last unit and its scales per row, and
-  // on rows of 64-128 that was 17 % of a Llama-7B decode token at depth 1024, 3x the dot itself.)
+  kv_->round_window(l, n, k_.data(), v_.data(), size_t(KV));
+  kv_->store(l, p0, n, k_.data(), v_.data(), size_t(KV));
+  // Causal attention (runtime/attention.h). A task is one KV head and a chunk of tokens: the
+  // queries of every head that shares the KV head (GQA) for those tokens are gathered into rows
+  // r = token * group + j (scaled by 1/sqrt(D), and rotated when the keys are), so that each key
+  // and value row is read once per chunk, not once per query head (TinyLlama: 8 query heads per
+  // KV head). (The int8 weight kernels were tried for q·Kᵀ first: built for rows of thousands of
+  // elements, they copy a row's partial last unit and its scales per row, and on rows of 64-128
+  // that was 17 % of a Llama-7B decode token at depth 1024, 3x the dot itself.)
   const KvCache& kv = *kv_;
+  const bool rot_q = kv.keys(l).rotated;
+  const AttentionBatch batch{p0, k_.data(), v_.data(), size_t(KV)};
   const int rows_max = att_rows(), bchunk = rows_max / group, n_chunks = (n + bchunk - 1) / bchunk;
+  const size_t wsize = att_w_.size() / size_t(n_threads_);
   pool_->run(HKV * n_chunks, [&](int task, int thread) {
     const int kvh = task / n_chunks, b0 = (task % n_chunks) * bchunk, nb = std::min(bchunk, n - b0);
-    const int R = nb * group, T = p0 + b0 + nb;  // query rows, keys the chunk's last token sees
     float* qg = &att_q_[size_t(thread) * rows_max * D];
     float* og = &att_o_[size_t(thread) * rows_max * D];
-    float* sc = &scores_[size_t(thread) * rows_max * n_ctx_];
     for (int bb = 0; bb < nb; ++bb) {
       for (int j = 0; j < group; ++j) {
         const float* src = &q_[size_t(b0 + bb) * Q + size_t(kvh * group + j) * D];
         float* dst = qg + size_t(bb * group + j) * D;
         for (int i = 0; i < D; ++i) dst[i] = src[i] * att_scale;
-        if (kv.rotates_k()) kv.rotate(dst);
+        if (rot_q) kv.rotate(dst);
       }
     }
-    kr.gemm(R, 0, T, D, qg, size_t(D), kv.keys(l, kvh), kv.k_row_bytes(), kv.k_qtype(), sc, size_t(T));
-    for (int r = 0; r < R; ++r) {
-      float* row = sc + size_t(r) * T;
-      const int n_keys = p0 + b0 + r / group + 1;
-      kr.softmax(row, n_keys);
-      std::fill(row + n_keys, row + T, 0.0f);
-    }
-    kr.gemm_nn(R, D, T, sc, size_t(T), kv.values(l, kvh), kv.v_row_bytes(), kv.v_qtype(), og, size_t(D));
+    const AttentionScratch scratch{&scores_[size_t(thread) * rows_max * n_ctx_], &att_w_[size_t(thread) * wsize],
+                                   &att_o2_[size_t(thread) * rows_max * D]};
+    attend(kr, kv, l, kvh, batch, p0 + b0, nb, group, qg, scratch, og);
     for (int bb = 0; bb < nb; ++bb) {
       for (int j = 0; j < group; ++j) {
-        float* o = og + size_t(bb * group + j) * D;
-        if (kv.rotates_v()) kv.unrotate(o);
+        const float* o = og + size_t(bb * group + j) * D;
         std::copy(o, o + D, &att_out_[size_t(b0 + bb) * Q + size_t(kvh * group + j) * D]);
       }
     }
   });
+  kv_->settle(l, p0, n, k_.data(), v_.data(), size_t(KV));
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());
   for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];

@@ -327,7 +327,25 @@ TEST(Cli, KvCacheFormats) {
   EXPECT_LT(ratio, (8.5 + 5) / 64.0);
   out = mxlm("run -m " + synth_model() + " -p 'hello' -n 1 --kv k3v3", &st);
   EXPECT_EQ(st, 1);
-  EXPECT_NE(out.find("--kv k3v3 is not a KV cache format; known: f32, k8v8, k8v4, k4v8, k4v4"), std::string::npos) << out;
+  EXPECT_NE(out.find("--kv k3v3 is not a KV cache format; known: f32, f16, bf16, k<t>v<t> with t in 32, 16, bf16, 8, 4, 2"),
+            std::string::npos)
+      << out;
+  // A per-layer plan names every layer: a wrong count is an error naming both.
+  out = mxlm("run -m " + synth_model() + " -p 'hello' -n 1 --kv k8v8/k4v4/k2v2", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("a KV plan of 3 layers for a model of "), std::string::npos) << out;
+  // --kv auto needs its budget and text; they mean nothing to a named plan.
+  out = mxlm("run -m " + synth_model() + " -p 'hello' -n 1 --kv auto --kv-bits 5", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("--kv auto needs --kv-bits (the budget) and --kv-calib (the text that measures it)"), std::string::npos) << out;
+  out = mxlm("run -m " + synth_model() + " -p 'hello' -n 1 --kv k4v4 --kv-bits 5", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("--kv-bits and --kv-calib choose the formats of --kv auto, not of --kv k4v4"), std::string::npos) << out;
+  // 2-bit: run -v states the f16 windows beside the bytes per token.
+  out = mxlm("run -m " + synth_model() + " -p 'hello' -n 2 -v --kv k2v2 --kv-window 16", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("KV cache k2v2: "), std::string::npos) << out;
+  EXPECT_NE(out.find("of f16 windows)"), std::string::npos) << out;
 }
 
 // run goes on past a full context by shifting it (--keep tokens kept from the start), with any

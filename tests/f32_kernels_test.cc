@@ -301,7 +301,7 @@ TEST_P(F32OpsTest, Sum) {
 // K-term sum bounded like dot; exact on small integers; a single row equals that row of a batch.
 TEST_P(F32OpsTest, GemmNn) {
   std::mt19937 rng(15);
-  for (QType bt : {QType::kF32, QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32}) {
+  for (QType bt : {QType::kF32, QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32, QType::kQ2AG32, QType::kF16, QType::kBF16}) {
     for (int M : {1, 2, 3, 4, 5, 7, 9}) {
       for (int N : {1, 5, 16, 17, 33, 64, 80, 128, 130}) {
         for (int K : {0, 1, 3, 17, 64, 301}) {
@@ -319,7 +319,7 @@ TEST_P(F32OpsTest, GemmNn) {
             for (int n = 0; n < N; ++n) bmax[k] = std::max(bmax[k], std::fabs(bval[size_t(k) * N + n]));
           }
           std::vector<float> y(size_t(M) * ldy + 1, kSentinel);
-          kern().gemm_nn(M, N, K, x.data() + 1, ldx, braw.data() + 1, rb, bt, y.data(), ldy);
+          kern().gemm_nn(M, N, K, x.data() + 1, ldx, braw.data() + 1, rb, bt, y.data(), ldy, false);
           for (int m = 0; m < M; ++m) {
             for (int n = 0; n < N; ++n) {
               double ref = 0.0, mag = 0.0;
@@ -337,9 +337,18 @@ TEST_P(F32OpsTest, GemmNn) {
               ASSERT_EQ(y[m * ldy + n], kSentinel) << "wrote past column N, M=" << M << " N=" << N << " K=" << K;
             }
           }
+          if (K > 1 && GetParam() != Isa::kRef) {
+            // Accumulating: rows [0, k1) then [k1, K) onto them is one chain, bit for bit.
+            const int k1 = K / 3;
+            std::vector<float> ya(size_t(M) * ldy + 1, kSentinel);
+            kern().gemm_nn(M, N, k1, x.data() + 1, ldx, braw.data() + 1, rb, bt, ya.data(), ldy, false);
+            kern().gemm_nn(M, N, K - k1, x.data() + 1 + k1, ldx, braw.data() + 1 + size_t(k1) * rb, rb, bt, ya.data(), ldy,
+                           true);
+            ASSERT_EQ(ya, y) << qtype_info(bt).name << " split accumulation, M=" << M << " N=" << N << " K=" << K;
+          }
           if (K > 0 && M > 1) {
             std::vector<float> y1(size_t(N), kSentinel);
-            kern().gemm_nn(1, N, K, x.data() + 1 + (M - 1) * ldx, ldx, braw.data() + 1, rb, bt, y1.data(), size_t(N));
+            kern().gemm_nn(1, N, K, x.data() + 1 + (M - 1) * ldx, ldx, braw.data() + 1, rb, bt, y1.data(), size_t(N), false);
             for (int n = 0; n < N; ++n) {
               ASSERT_EQ(y1[n], y[(M - 1) * ldy + n]) << "one row differs from the batch, M=" << M << " N=" << N;
             }
@@ -352,7 +361,7 @@ TEST_P(F32OpsTest, GemmNn) {
   const int M = 5, N = 70, K = 40;
   const std::vector<float> x = int_vec(rng, size_t(M) * K), b = int_vec(rng, size_t(K) * N);
   std::vector<float> y(size_t(M) * N);
-  kern().gemm_nn(M, N, K, x.data(), K, b.data(), sizeof(float) * N, QType::kF32, y.data(), N);
+  kern().gemm_nn(M, N, K, x.data(), K, b.data(), sizeof(float) * N, QType::kF32, y.data(), N, false);
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < N; ++n) {
       double ref = 0.0;
@@ -368,7 +377,7 @@ TEST_P(F32OpsTest, GemmNn) {
 // [n0, n1) window, and a row of the batch alone equals its row in the batch bit for bit.
 TEST_P(F32OpsTest, GemmKvFormats) {
   std::mt19937 rng(16);
-  for (QType wt : {QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32}) {
+  for (QType wt : {QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32, QType::kQ2AG32}) {
     for (int M : {1, 2, 4, 5, 8, 9}) {
       for (int K : {1, 17, 32, 64, 80, 128, 130}) {
         const int N = 23, n0 = 2, n1 = 21;

@@ -20,6 +20,7 @@ namespace {
 struct BenchArgs {
   std::string model, prefill = "auto";
   std::vector<std::string> kv = {"f32"};
+  int kv_window = ContextParams{}.kv_window;
   std::vector<std::string> memory;
   int n_prompt = 128, n_gen = 64, reps = 3;
   std::vector<int> threads = {1, 2};
@@ -54,6 +55,7 @@ int run_bench_cmd(const BenchArgs& a) {
   bp.depths = a.depths;
   bp.kvs.clear();
   for (const std::string& k : a.kv) bp.kvs.push_back(parse_kv_option(k));
+  bp.kv_window = a.kv_window;
   bp.act_per_token = a.act_per_token;
   bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(models, bp);
@@ -72,7 +74,7 @@ int run_bench_cmd(const BenchArgs& a) {
       j.push_back({{"model", a.model}, {"size_bytes", model.weight_bytes()}, {"bits_per_weight", bits},
                    {"isa", std::string(isa_name(model.isa()))}, {"memory", r.label}, {"load_s", load_seconds(r.label)},
                    {"threads", r.threads}, {"test", r.test}, {"depth", r.depth}, {"kv", r.kv}, {"tok_s", r.tok_s_mean},
-                   {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s}, {"kv_bytes_per_token", r.kv_bytes_per_token},
+                   {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s}, {"kv_bytes_per_token", r.kv_bytes_per_token}, {"kv_bytes", r.kv_bytes},
                    {"kv_gb_s", r.kv_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
                    {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
                    {"peak_pct", r.peak_pct}, {"bytes_per_token", bytes_per_token(model)},
@@ -130,6 +132,7 @@ Command add_bench_command(CLI::App& app) {
       ->delimiter(',');
   bn->add_option("--kv", a->kv, std::string(kKvHelp) + "; a list (f32,k4v4) measures each, repetitions alternating")
       ->delimiter(',');
+  bn->add_option("--kv-window", a->kv_window, kKvWindowHelp)->check(CLI::NonNegativeNumber);
   bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
   bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--json", a->json, "JSON output");

@@ -6,6 +6,8 @@
 
 #include "kernels/common.h"
 #include "model/file_util.h"
+#include "mxlm/perplexity.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/commands.h"
 
 namespace mxlm {
@@ -57,10 +59,60 @@ WeightMemory parse_weight_memory(const std::string& name, const char* option) {
   throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a weight memory; known: map, copy, huge");
 }
 
-KvFormats parse_kv_option(const std::string& spec) {
-  if (auto f = parse_kv_formats(spec)) return *f;
-  throw Error(ErrorCode::kInvalidArgument,
-              "--kv " + spec + " is not a KV cache format; known: f32, k8v8, k8v4, k4v8, k4v4 (k<bits>v<bits>, bits 32, 8 or 4)");
+std::vector<KvFormats> parse_kv_option(const std::string& spec) {
+  if (auto plan = parse_kv_plan(spec)) return *plan;
+  throw Error(ErrorCode::kInvalidArgument, "--kv " + spec +
+                                               " is not a KV cache format; known: f32, f16, bf16, k<t>v<t> with t in 32, 16, "
+                                               "bf16, 8, 4, 2 (k8v8, k4v4, k2v2 ...), or one per layer joined by '/'");
+}
+
+void set_kv(ContextParams& cp, const std::vector<KvFormats>& plan) {
+  cp.kv = plan.size() == 1 ? plan[0] : KvFormats{};
+  cp.kv_layers = plan.size() == 1 ? std::vector<KvFormats>{} : plan;
+}
+
+void add_kv_options(CLI::App* app, KvArgs& a) {
+  app->add_option("--kv", a.kv, std::string(kKvHelp) + "; or auto: each layer's formats by measured sensitivity (--kv-bits, --kv-calib)");
+  app->add_option("--kv-window", a.window, kKvWindowHelp)->check(CLI::NonNegativeNumber);
+  app->add_option("--kv-bits", a.bits, "--kv auto: bits per cached K/V element, scales included (k4v4 = 5, k2v2 = 3)")
+      ->check(CLI::PositiveNumber);
+  app->add_option("--kv-calib", a.calib, "--kv auto: calibration text whose next-token KL divergences measure each layer's formats");
+  app->add_option("--kv-calib-windows", a.calib_windows, "--kv auto: windows of 512 tokens of the calibration text")
+      ->check(CLI::PositiveNumber);
+}
+
+void apply_kv(const KvArgs& a, const std::shared_ptr<const Model>& model, int threads, ContextParams& cp) {
+  cp.kv_window = a.window;
+  if (a.kv != "auto") {
+    if (a.bits > 0 || !a.calib.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "--kv-bits and --kv-calib choose the formats of --kv auto, not of --kv " + a.kv);
+    }
+    set_kv(cp, parse_kv_option(a.kv));
+    return;
+  }
+  if (a.bits <= 0 || a.calib.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "--kv auto needs --kv-bits (the budget) and --kv-calib (the text that measures it)");
+  }
+  const std::string text = read_file(a.calib);
+  if (size_t bad = find_invalid_utf8(text); bad != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "'" + a.calib + "' is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
+  }
+  const ModelConfig& c = model->config();
+  const std::vector<int> stream = tokenize_documents(model->tokenizer(), text, c.bos_id, c.eos_id);
+  KvProfileParams kp;
+  kp.ctx = std::min(kp.ctx, c.n_ctx);
+  kp.windows = a.calib_windows;
+  kp.threads = threads;
+  kp.kv_window = a.window;
+  const KvProfile prof = measure_kv_profile(model, stream, kp, [](int done, int total) {
+    std::fprintf(stderr, "\rmxlm: measuring KV formats: %d/%d", done, total);
+    if (done == total) std::fputc('\n', stderr);
+  });
+  const int n_ctx = cp.n_ctx > 0 ? cp.n_ctx : c.n_ctx;
+  const KvPlan plan = plan_kv(prof, a.bits, n_ctx);
+  std::fprintf(stderr, "mxlm: KV plan (auto, %.2f bits per element read at ctx %d, predicted KL %.4g, measured in %.1f s): --kv %s\n", plan.bits, n_ctx,
+               plan.predicted_kl, prof.seconds, kv_plan_name(plan.layers).c_str());
+  set_kv(cp, plan.layers);
 }
 
 void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {

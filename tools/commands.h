@@ -10,6 +10,7 @@
 
 #include "kernels/qtype.h"
 #include "mxlm/autoquant.h"
+#include "mxlm/kv_auto.h"
 #include "mxlm/model.h"
 
 namespace mxlm {
@@ -34,10 +35,27 @@ QType parse_qtype(const std::string& name, const char* option);
 // A weight memory name (map, copy, huge), or Error naming `option` and the known ones.
 WeightMemory parse_weight_memory(const std::string& name, const char* option);
 // --kv SPEC: the KV cache formats, or an Error naming the known ones.
-KvFormats parse_kv_option(const std::string& spec);
+// --kv: a KV plan (one spec, or one per layer joined by '/'), set on cp (kv or kv_layers).
+std::vector<KvFormats> parse_kv_option(const std::string& spec);
+void set_kv(ContextParams& cp, const std::vector<KvFormats>& plan);
 inline constexpr const char* kKvHelp =
-    "KV cache formats: f32 (default), or k<bits>v<bits> with bits 8 (int8, a scale per token and head) or 4 (4-bit groups "
-    "of 32 with scale and offset) or 32, e.g. k8v8, k8v4, k4v4";
+    "KV cache formats: f32 (default), f16, bf16, or k<t>v<t> for keys and values with t 32, 16, bf16, 8 (int8, a scale "
+    "per token and head), 4 (4-bit groups of 32 with scale and offset) or 2 (2-bit, keys per channel over 32 tokens, "
+    "recent tokens in f32: --kv-window), e.g. k8v8, k8v4, k4v4, k2v2; or one per layer joined by '/'";
+inline constexpr const char* kKvWindowHelp = "2-bit KV formats: the recent tokens kept in f32 (KIVI's residual)";
+
+// --kv with --kv-window, and --kv auto's budget and calibration (mxlm/kv_auto.h).
+struct KvArgs {
+  std::string kv = "f32";
+  int window = ContextParams{}.kv_window;
+  double bits = 0;
+  std::string calib;
+  int calib_windows = KvProfileParams{}.windows;
+};
+void add_kv_options(CLI::App* app, KvArgs& a);
+// Sets cp's KV plan: the one named, or for "auto" the plan measured on --kv-calib within
+// --kv-bits (printed to stderr, so that it can be passed as --kv later).
+void apply_kv(const KvArgs& a, const std::shared_ptr<const Model>& model, int threads, ContextParams& cp);
 
 // The method options `quantize` and `sweep` share: calibration, sensitivity, allocation and
 // encoder (the budget, statistics output and reporting stay each command's own).

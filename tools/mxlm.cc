@@ -73,7 +73,8 @@ struct SynthArgs {
 };
 
 struct RunArgs {
-  std::string model, prompt, prompt_file, memory = "huge", kv = "f32";
+  std::string model, prompt, prompt_file, memory = "huge";
+  KvArgs kv;
   int n_predict = 128, threads = 0, ctx = 0, keep = 1;
   bool verbose = false, no_bos = false, ignore_eos = false, act_per_token = false;
   SamplerParams sampler;
@@ -90,7 +91,7 @@ int cmd_run(RunArgs a) {
   cp.n_ctx = a.ctx;
   cp.n_threads = a.threads;
   cp.act_per_token = a.act_per_token;
-  cp.kv = parse_kv_option(a.kv);
+  apply_kv(a.kv, model, a.threads, cp);
   Context ctx(model, cp);
   const Tokenizer& tok = model->tokenizer();
   std::vector<int> prompt = tok.encode(a.prompt, !a.no_bos);
@@ -98,9 +99,9 @@ int cmd_run(RunArgs a) {
     std::fprintf(stderr, "mxlm: model %s: %s, isa %s, %d threads, ctx %d\n", a.model.c_str(),
                  human_bytes(model->weight_bytes()).c_str(), std::string(isa_name(model->isa())).c_str(), ctx.n_threads(), ctx.n_ctx());
     std::fprintf(stderr, "mxlm: kernels: %s\n", model->kernel_summary().c_str());
-    std::fprintf(stderr, "mxlm: KV cache %s: %s per token, %s at ctx %d\n", kv_formats_name(cp.kv).c_str(),
-                 human_bytes(ctx.kv_bytes_per_token()).c_str(),
-                 human_bytes(uint64_t(ctx.kv_bytes_per_token()) * uint64_t(ctx.n_ctx())).c_str(), ctx.n_ctx());
+    std::fprintf(stderr, "mxlm: KV cache %s: %s per token, %s at ctx %d (with %s of f16 windows)\n", kv_plan_name(cp.kv_layers.empty() ? std::vector<KvFormats>{cp.kv} : cp.kv_layers).c_str(),
+                 human_bytes(ctx.kv_bytes_per_token()).c_str(), human_bytes(ctx.kv_bytes()).c_str(), ctx.n_ctx(),
+                 human_bytes(ctx.kv_bytes() - uint64_t(ctx.kv_bytes_per_token()) * uint64_t(ctx.n_ctx())).c_str());
     std::fprintf(stderr, "mxlm: prompt: %zu tokens:", prompt.size());
     for (int t : prompt) std::fprintf(stderr, " %d", t);
     std::fputc('\n', stderr);
@@ -135,7 +136,8 @@ int cmd_run(RunArgs a) {
 }
 
 struct PplArgs {
-  std::string model, file, kl_base, memory = "huge", kv = "f32";
+  std::string model, file, kl_base, memory = "huge";
+  KvArgs kv;
   int ctx = 512, windows = 0, threads = 0;
   bool json = false, act_per_token = false;
 };
@@ -155,7 +157,7 @@ int cmd_ppl(const PplArgs& a) {
   cp.n_batch = a.ctx;
   cp.n_threads = a.threads;
   cp.act_per_token = a.act_per_token;
-  cp.kv = parse_kv_option(a.kv);
+  apply_kv(a.kv, model, a.threads, cp);
   Context ctx(model, cp);
   const std::vector<int> stream = tokenize_documents(model->tokenizer(), text, model->config().bos_id, model->config().eos_id);
   PplParams pp;
@@ -170,7 +172,7 @@ int cmd_ppl(const PplArgs& a) {
     }
     ContextParams bp = cp;
     bp.act_per_token = false;
-    bp.kv = KvFormats{};  // the base keeps its KV cache exact
+    set_kv(bp, {KvFormats{}});  // the base keeps its KV cache exact
     base = std::make_unique<Context>(base_model, bp);
     pp.base = base.get();
   }
@@ -260,7 +262,7 @@ int main(int argc, char** argv) {
   r->add_flag("--ignore-eos", run.ignore_eos, "keep generating after end of text");
   r->add_flag("-v,--verbose", run.verbose, "print model, ISA, kernels and prompt tokens to stderr");
   r->add_flag("--act-per-token", run.act_per_token, "one activation scale per token instead of per 32 values");
-  r->add_option("--kv", run.kv, kKvHelp);
+  add_kv_options(r, run.kv);
   r->add_option("--memory", run.memory, "weight memory: huge (default: read into memory on huge pages), copy (4 KiB pages) or map (the file mapping: no copy)");
 
   PplArgs ppl;
@@ -272,7 +274,7 @@ int main(int argc, char** argv) {
   p->add_option("-t,--threads", ppl.threads, "threads (default: all cores)");
   p->add_flag("--json", ppl.json, "print the result as JSON");
   p->add_flag("--act-per-token", ppl.act_per_token, "one activation scale per token instead of per 32 values");
-  p->add_option("--kv", ppl.kv, kKvHelp);
+  add_kv_options(p, ppl.kv);
   p->add_option("--memory", ppl.memory, "weight memory: huge (default: read into memory on huge pages), copy (4 KiB pages) or map (the file mapping: no copy)");
   p->add_option("--kl-base", ppl.kl_base, "base .mxlm (e.g. unquantized): also report KL divergence, top-1 agreement, delta ppl");
 

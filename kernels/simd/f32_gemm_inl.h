@@ -44,6 +44,8 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
       return gemm_t<QType::kQ8G128>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     case QType::kQ4AG32:
       return gemm_t<QType::kQ4AG32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
+    case QType::kQ2AG32:
+      return gemm_t<QType::kQ2AG32>(M, n0, n1, K, x, ldx, wb, w_row_bytes, y, ldy);
     default:
       break;
   }

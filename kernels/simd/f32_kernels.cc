@@ -101,6 +101,7 @@ void gemm(int M, int n0, int n1, int K, const float* x, size_t ldx, const void* 
     case QType::kQ8G64:
     case QType::kQ8G128:
     case QType::kQ4AG32:
+    case QType::kQ2AG32:
       for (int m = 0; m < M; ++m) {
         for (int n = n0; n < n1; ++n) {
           double acc = 0.0;
@@ -141,6 +142,15 @@ float ref_b(QType t, const uint8_t* row, int N, int c) {
       const int q = j < 16 ? byte & 15 : byte >> 4;
       return f16(row + 2 * g) * static_cast<float>(q) + f16(row + 2 * nb + 2 * g);
     }
+    case QType::kQ2AG32: {
+      const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+      const int q = (row[4 * nb + 8 * g + j % 8] >> (2 * (j / 8))) & 3;
+      return f16(row + 2 * g) * static_cast<float>(q) + f16(row + 2 * nb + 2 * g);
+    }
+    case QType::kF16:
+      return ref_weight<QType::kF16>(row, c);
+    case QType::kBF16:
+      return ref_weight<QType::kBF16>(row, c);
     default:
       break;
   }
@@ -148,11 +158,11 @@ float ref_b(QType t, const uint8_t* row, int N, int c) {
 }
 
 void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype, float* y,
-             size_t ldy) {
+             size_t ldy, bool accumulate) {
   const uint8_t* bb = static_cast<const uint8_t*>(b);
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < N; ++n) {
-      double acc = 0.0;
+      double acc = accumulate ? static_cast<double>(y[m * ldy + n]) : 0.0;
       for (int k = 0; k < K; ++k) {
         acc += static_cast<double>(x[m * ldx + k]) * ref_b(btype, bb + k * b_row_bytes, N, n);
       }
@@ -448,9 +458,28 @@ inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c,
   if constexpr (T == QType::kF32) {
     const float* f = reinterpret_cast<const float*>(row) + c;
     return valid >= kL ? Simd::load(f) : Simd::load_partial(f, valid);
+  } else if constexpr (T == QType::kF16 || T == QType::kBF16) {
+    return valid >= kL ? Simd::load_w<T>(row, c) : Simd::load_w_partial<T>(row, c, valid);
   } else if constexpr (T == QType::kQ4AG32) {
     const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
     const V q = nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
+    return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
+  } else if constexpr (T == QType::kQ2AG32) {
+    // A group's 8 bytes: byte j, bits 2s..2s+1 hold element j + 8s.
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const uint8_t* qp = row + 4 * nb + 8 * g;
+#if defined(MXLM_TARGET_AVX512)
+    // Elements j .. j + 15 (j = 0 or 16): the 8 bytes twice, shifted by 2s and 2s + 2.
+    long long w;
+    __builtin_memcpy(&w, qp, 8);
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_set1_epi64x(w));
+    const __m512i sh = _mm512_add_epi32(_mm512_set1_epi32(2 * (j / 8)),
+                                        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0));
+    const V q = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(b, sh), _mm512_set1_epi32(3)));
+#else
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qp)));
+    const V q = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, 2 * (j / 8)), _mm256_set1_epi32(3)));
+#endif
     return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
   } else {
     constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
@@ -463,7 +492,8 @@ inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c,
 // ---- gemm -----------------------------------------------------------------------------------
 
 constexpr bool is_kv_quant(QType t) {
-  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
+  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32 ||
+         t == QType::kQ2AG32;
 }
 // Weight elements [k, k + n) of a row of K (n in [1, kL]; zeros after for the float formats,
 // the group's padding for the KV formats, which read whole vectors: see load_b).
@@ -604,10 +634,13 @@ constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 // Rows [0, MR) x columns [c0, c0 + (NV - 1) * kL + last), last in [1, kL].
 template <QType T, int MR, int NV>
 void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
-                  int last) {
+                  int last, bool acc_in) {
   V acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
-    for (int v = 0; v < NV; ++v) acc[m][v] = Simd::zero();
+    for (int v = 0; v < NV; ++v) {
+      const float* yv = y + m * ldy + v * kL;
+      acc[m][v] = !acc_in ? Simd::zero() : v < NV - 1 || last == kL ? Simd::load(yv) : Simd::load_partial(yv, last);
+    }
   }
   for (int k = 0; k < K; ++k) {
     const uint8_t* row = b + static_cast<size_t>(k) * brb;
@@ -630,55 +663,59 @@ void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, si
 
 template <QType T, int MR>
 void gemm_nn_rows(int nv, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
-                  size_t ldy, int last) {
+                  size_t ldy, int last, bool acc_in) {
   switch (nv) {
-    case 1: return gemm_nn_tile<T, MR, 1>(N, K, x, ldx, b, brb, c0, y, ldy, last);
-    case 2: return gemm_nn_tile<T, MR, 2>(N, K, x, ldx, b, brb, c0, y, ldy, last);
-    case 3: return gemm_nn_tile<T, MR, 3>(N, K, x, ldx, b, brb, c0, y, ldy, last);
-    default: return gemm_nn_tile<T, MR, kNnNv>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    case 1: return gemm_nn_tile<T, MR, 1>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    case 2: return gemm_nn_tile<T, MR, 2>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    case 3: return gemm_nn_tile<T, MR, 3>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    default: return gemm_nn_tile<T, MR, kNnNv>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
   }
 }
 
 template <QType T>
-void gemm_nn_t(int M, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, float* y, size_t ldy) {
+void gemm_nn_t(int M, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, float* y, size_t ldy,
+               bool acc_in) {
   const int chunk = (M == 1 ? kNnWide : kNnNv) * kL;
   for (int c0 = 0; c0 < N; c0 += chunk) {
     const int nn = min_int(chunk, N - c0);
     const int nv = (nn + kL - 1) / kL, last = nn - (nv - 1) * kL;
     if (M == 1) {
       switch (nv) {
-        case 5: gemm_nn_tile<T, 1, 5>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
-        case 6: gemm_nn_tile<T, 1, 6>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
-        case 7: gemm_nn_tile<T, 1, 7>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
-        case 8: gemm_nn_tile<T, 1, 8>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
-        default: gemm_nn_rows<T, 1>(nv, N, K, x, ldx, b, brb, c0, y + c0, ldy, last); continue;
+        case 5: gemm_nn_tile<T, 1, 5>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last, acc_in); continue;
+        case 6: gemm_nn_tile<T, 1, 6>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last, acc_in); continue;
+        case 7: gemm_nn_tile<T, 1, 7>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last, acc_in); continue;
+        case 8: gemm_nn_tile<T, 1, 8>(N, K, x, ldx, b, brb, c0, y + c0, ldy, last, acc_in); continue;
+        default: gemm_nn_rows<T, 1>(nv, N, K, x, ldx, b, brb, c0, y + c0, ldy, last, acc_in); continue;
       }
     }
     int m = 0;
     for (; m + kNnMr <= M; m += kNnMr) {
-      gemm_nn_rows<T, kNnMr>(nv, N, K, x + m * ldx, ldx, b, brb, c0, y + m * ldy + c0, ldy, last);
+      gemm_nn_rows<T, kNnMr>(nv, N, K, x + m * ldx, ldx, b, brb, c0, y + m * ldy + c0, ldy, last, acc_in);
     }
     const float* xm = x + m * ldx;
     float* ym = y + m * ldy + c0;
     switch (M - m) {
-      case 3: gemm_nn_rows<T, 3>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
-      case 2: gemm_nn_rows<T, 2>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
-      case 1: gemm_nn_rows<T, 1>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
+      case 3: gemm_nn_rows<T, 3>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last, acc_in); break;
+      case 2: gemm_nn_rows<T, 2>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last, acc_in); break;
+      case 1: gemm_nn_rows<T, 1>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last, acc_in); break;
       default: break;
     }
   }
 }
 
 void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype, float* y,
-             size_t ldy) {
+             size_t ldy, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   const uint8_t* bb = static_cast<const uint8_t*>(b);
   switch (btype) {
-    case QType::kF32: return gemm_nn_t<QType::kF32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ8G32: return gemm_nn_t<QType::kQ8G32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ8G64: return gemm_nn_t<QType::kQ8G64>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ8G128: return gemm_nn_t<QType::kQ8G128>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ4AG32: return gemm_nn_t<QType::kQ4AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kF32: return gemm_nn_t<QType::kF32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ8G32: return gemm_nn_t<QType::kQ8G32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ8G64: return gemm_nn_t<QType::kQ8G64>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ8G128: return gemm_nn_t<QType::kQ8G128>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ4AG32: return gemm_nn_t<QType::kQ4AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ2AG32: return gemm_nn_t<QType::kQ2AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kF16: return gemm_nn_t<QType::kF16>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kBF16: return gemm_nn_t<QType::kBF16>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
     default: break;
   }
   __builtin_trap();  // not a gemm_nn format: a caller bug

@@ -97,6 +97,18 @@ MXLM_AI float32x4_t load_b(const uint8_t* row, int N, int c, int valid) {
   if constexpr (T == QType::kF32) {
     const float* f = reinterpret_cast<const float*>(row) + c;
     return valid >= 4 ? vld1q_f32(f) : load_partial(f, valid);
+  } else if constexpr (T == QType::kF16 || T == QType::kBF16) {
+    uint16_t h[4] = {0, 0, 0, 0};
+    __builtin_memcpy(h, row + 2 * static_cast<size_t>(c), 2 * static_cast<size_t>(valid >= 4 ? 4 : valid));
+    const uint16x4_t u = vld1_u16(h);
+    if constexpr (T == QType::kBF16) return vreinterpretq_f32_u32(vshll_n_u16(u, 16));
+    return vcvt_f32_f16(vreinterpret_f16_u16(u));
+  } else if constexpr (T == QType::kQ2AG32) {
+    // A group's 8 bytes: byte j, bits 2s..2s+1 hold element j + 8s.
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const uint32x4_t b = u8x4(row + 4 * nb + 8 * g + j % 8);
+    const uint32x4_t q = vandq_u32(vshlq_u32(b, vdupq_n_s32(-2 * (j / 8))), vdupq_n_u32(3));
+    return vfmaq_f32(vdupq_n_f32(f16_at(row + 2 * nb + 2 * g)), vcvtq_f32_u32(q), vdupq_n_f32(f16_at(row + 2 * g)));
   } else if constexpr (T == QType::kQ4AG32) {
     const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
     const uint32x4_t b = u8x4(row + 4 * nb + 16 * g + j % 16);
@@ -148,7 +160,8 @@ MXLM_AI F8 load_w_partial(const uint8_t* row, int k, int n) {
   return load_w<T>(buf, 0);
 }
 constexpr bool is_kv_quant(QType t) {
-  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
+  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32 ||
+         t == QType::kQ2AG32;
 }
 // Weight elements [k, k + n) of a row of K (n in [1, 8]; zeros after for the float formats, the
 // group's padding for the KV formats, which read whole vectors: see load_b).
@@ -299,10 +312,13 @@ float sum(const float* x, size_t n) {
 // in ascending k.
 template <QType T, int MR, int NV>
 void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
-                  int last) {
+                  int last, bool acc_in) {
   float32x4_t acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
-    for (int v = 0; v < NV; ++v) acc[m][v] = vdupq_n_f32(0.0f);
+    for (int v = 0; v < NV; ++v) {
+      const float* yv = y + m * ldy + 4 * v;
+      acc[m][v] = !acc_in ? vdupq_n_f32(0.0f) : v < NV - 1 || last == 4 ? vld1q_f32(yv) : load_partial(yv, last);
+    }
   }
   for (int k = 0; k < K; ++k) {
     const uint8_t* row = b + static_cast<size_t>(k) * brb;
@@ -325,43 +341,47 @@ void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, si
 
 template <QType T, int MR>
 void gemm_nn_rows(int nv, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
-                  size_t ldy, int last) {
+                  size_t ldy, int last, bool acc_in) {
   switch (nv) {
-    case 1: return gemm_nn_tile<T, MR, 1>(N, K, x, ldx, b, brb, c0, y, ldy, last);
-    case 2: return gemm_nn_tile<T, MR, 2>(N, K, x, ldx, b, brb, c0, y, ldy, last);
-    case 3: return gemm_nn_tile<T, MR, 3>(N, K, x, ldx, b, brb, c0, y, ldy, last);
-    default: return gemm_nn_tile<T, MR, 4>(N, K, x, ldx, b, brb, c0, y, ldy, last);
+    case 1: return gemm_nn_tile<T, MR, 1>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    case 2: return gemm_nn_tile<T, MR, 2>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    case 3: return gemm_nn_tile<T, MR, 3>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    default: return gemm_nn_tile<T, MR, 4>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
   }
 }
 
 template <QType T>
-void gemm_nn_t(int M, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, float* y, size_t ldy) {
+void gemm_nn_t(int M, int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, float* y, size_t ldy,
+               bool acc_in) {
   for (int c0 = 0; c0 < N; c0 += 16) {
     const int nn = min_int(16, N - c0);
     const int nv = (nn + 3) / 4, last = nn - 4 * (nv - 1);
     int m = 0;
-    for (; m + 4 <= M; m += 4) gemm_nn_rows<T, 4>(nv, N, K, x + m * ldx, ldx, b, brb, c0, y + m * ldy + c0, ldy, last);
+    for (; m + 4 <= M; m += 4) gemm_nn_rows<T, 4>(nv, N, K, x + m * ldx, ldx, b, brb, c0, y + m * ldy + c0, ldy, last, acc_in);
     const float* xm = x + m * ldx;
     float* ym = y + m * ldy + c0;
     switch (M - m) {
-      case 3: gemm_nn_rows<T, 3>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
-      case 2: gemm_nn_rows<T, 2>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
-      case 1: gemm_nn_rows<T, 1>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last); break;
+      case 3: gemm_nn_rows<T, 3>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last, acc_in); break;
+      case 2: gemm_nn_rows<T, 2>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last, acc_in); break;
+      case 1: gemm_nn_rows<T, 1>(nv, N, K, xm, ldx, b, brb, c0, ym, ldy, last, acc_in); break;
       default: break;
     }
   }
 }
 
 void gemm_nn(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype, float* y,
-             size_t ldy) {
+             size_t ldy, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   const uint8_t* bb = static_cast<const uint8_t*>(b);
   switch (btype) {
-    case QType::kF32: return gemm_nn_t<QType::kF32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ8G32: return gemm_nn_t<QType::kQ8G32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ8G64: return gemm_nn_t<QType::kQ8G64>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ8G128: return gemm_nn_t<QType::kQ8G128>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
-    case QType::kQ4AG32: return gemm_nn_t<QType::kQ4AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy);
+    case QType::kF32: return gemm_nn_t<QType::kF32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ8G32: return gemm_nn_t<QType::kQ8G32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ8G64: return gemm_nn_t<QType::kQ8G64>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ8G128: return gemm_nn_t<QType::kQ8G128>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ4AG32: return gemm_nn_t<QType::kQ4AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kQ2AG32: return gemm_nn_t<QType::kQ2AG32>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kF16: return gemm_nn_t<QType::kF16>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
+    case QType::kBF16: return gemm_nn_t<QType::kBF16>(M, N, K, x, ldx, bb, b_row_bytes, y, ldy, accumulate);
     default: break;
   }
   __builtin_trap();  // not a gemm_nn format: a caller bug

@@ -40,7 +40,8 @@ struct BenchParams {
   std::vector<int> depths = {0};
   bool act_per_token = false;
   // KV cache formats: each model runs with each (as separate results, repetitions alternating).
-  std::vector<KvFormats> kvs = {KvFormats{}};
+  std::vector<std::vector<KvFormats>> kvs = {{KvFormats{}}};  // KV plans (parse_kv_plan), each measured
+  int kv_window = ContextParams{}.kv_window;
   ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
 };
 
@@ -59,6 +60,7 @@ struct BenchResult {
   double tok_s_mean = 0, tok_s_sd = 0;
   double weight_gb_s = 0;          // tg: bytes_per_token × tok/s
   double kv_bytes_per_token = 0;   // tg: KV cache bytes a generated token reads (mean over the run)
+  double kv_bytes = 0;             // the whole cache at the bench's context
   double kv_gb_s = 0;              // tg: kv_bytes_per_token × tok/s
   double bandwidth_gb_s = 0;       // measured read bandwidth at this thread count
   double bandwidth_pct = 0;        // tg: (weight_gb_s + kv_gb_s) / bandwidth_gb_s × 100

@@ -142,15 +142,22 @@ class MatmulObserver {
   virtual void observe(int layer, MatmulInput in, const float* x, int m, int k) = 0;
 };
 
-// KV cache formats (runtime/kv_cache.h has the layouts): f32, q8 (int8, a scale per token and
-// head), q4 (4-bit asymmetric groups of 32); keys and values choose independently.
-enum class KvType : uint8_t { kF32, kQ8, kQ4 };
+// KV cache formats (runtime/kv_cache.h has the layouts): f32, f16, bf16, q8 (int8, a scale per
+// token and head), q4 (4-bit asymmetric groups of 32), q2 (2-bit KIVI-style: keys per channel
+// over blocks of 32 tokens, values per token, the recent tokens in f32); keys and values choose
+// independently, and each layer its own.
+enum class KvType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kQ2 };
 struct KvFormats {
   KvType k = KvType::kF32, v = KvType::kF32;
 };
-// "f32", or "k<b>v<b>" with b in {32, 8, 4} ("k8v8", "k8v4", "k4v4", ...); nullopt otherwise.
+// "f32", "f16", "bf16", or "k<t>v<t>" with t in {32, 16, bf16, 8, 4, 2} ("k8v8", "k8v4", "k2v2",
+// "k16v4" ...); nullopt otherwise.
 std::optional<KvFormats> parse_kv_formats(std::string_view spec);
 std::string kv_formats_name(KvFormats f);  // "f32", "k8v4", ...
+// A per-layer plan: one spec for every layer ("k4v4"), or one per layer joined by '/'
+// ("k8v8/k4v4/k4v2/...").
+std::optional<std::vector<KvFormats>> parse_kv_plan(std::string_view spec);
+std::string kv_plan_name(const std::vector<KvFormats>& plan);  // one spec when uniform
 
 struct ContextParams {
   int n_ctx = 0;      // 0: the model's trained context
@@ -165,7 +172,9 @@ struct ContextParams {
   // kernels for every weight (they measured 50-1000x faster than the oneDNN path at M = 16..128;
   // the numbers are in Context::matmul).
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
-  KvFormats kv;  // every layer's K and V cache formats
+  KvFormats kv;                    // every layer's K and V cache formats, unless kv_layers
+  std::vector<KvFormats> kv_layers;  // one per layer (a per-layer plan): overrides kv
+  int kv_window = 64;              // 2-bit formats: recent tokens kept in f32 (KIVI's residual)
 };
 
 class ThreadPool;
@@ -199,7 +208,7 @@ class Context {
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   int n_threads() const { return n_threads_; }
-  void reset() { n_past_ = 0; }
+  void reset() { truncate(0); }
   // Forgets positions n .. n_past() - 1 (n <= n_past()): the cache keeps the first n tokens, so
   // evaluation goes on from a shared prefix (a benchmark's filled context, a regenerated reply).
   void truncate(int n);
@@ -212,6 +221,9 @@ class Context {
   // Bytes of keys and values one token holds in the cache, over all layers (what attention
   // reads per cached token and generated token).
   size_t kv_bytes_per_token() const;
+  size_t kv_bytes() const;  // the whole cache at n_ctx(), with the 2-bit formats' f32 windows
+  // Bytes of the cache a token at position n - 1 reads (n positions held), over all layers.
+  double kv_read_bytes(int n) const;
   const Model& model() const { return *model_; }
 
  private:
@@ -246,7 +258,7 @@ class Context {
   // scores [rows][n_ctx].
   static constexpr int kAttRows = 64;
   int att_rows() const;
-  std::vector<float> att_q_, att_o_;
+  std::vector<float> att_q_, att_o_, att_o2_, att_w_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
