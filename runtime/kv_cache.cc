@@ -107,6 +107,24 @@ double kv_read_bytes(KvType t, bool is_k, int n_kv_heads, int head_dim, int n, i
   return per_token * qe + double(n - qe) * head_dim * sizeof(uint16_t) * n_kv_heads;
 }
 
+KvCacheSize kv_cache_size(const ModelConfig& c, const std::vector<KvFormats>& plan, int n_ctx, int window) {
+  MXLM_ASSERT(plan.size() == 1 || plan.size() == size_t(c.n_layers));
+  KvCacheSize s;
+  window = std::min(window, n_ctx);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const KvFormats f = plan[plan.size() == 1 ? 0 : size_t(l)];
+    for (bool is_k : {true, false}) {
+      const KvType t = is_k ? f.k : f.v;
+      const uint64_t per_token = kv_bytes_per_token(t, is_k, c.n_kv_heads, c.head_dim);
+      s.per_token += per_token;
+      // Per-channel blocks: whole blocks only (KvCache::init).
+      s.total += t == KvType::kQ2 && is_k ? uint64_t(n_ctx / KvCache::kBlock) * KvCache::kBlock * per_token : uint64_t(n_ctx) * per_token;
+      if (t == KvType::kQ2) s.total += uint64_t(window + KvCache::kBlock) * c.head_dim * sizeof(uint16_t) * c.n_kv_heads;
+    }
+  }
+  return s;
+}
+
 KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, const std::vector<KvFormats>& formats,
                  int window)
     : n_layers_(n_layers), n_ctx_(n_ctx), n_heads_(n_kv_heads), head_dim_(head_dim), window_(window) {

@@ -41,6 +41,9 @@ TEST(Cli, ConvertInspectVerify) {
   EXPECT_NE(out.find("172"), std::string::npos);  // hidden size 172 appears in shapes
   EXPECT_NE(out.find("verified"), std::string::npos);
   EXPECT_NE(out.find("isa:"), std::string::npos);
+  // The KV cache beside the weights: stories260K holds 5 layers x 4 KV heads x 8 x 2 f32 per token.
+  EXPECT_NE(out.find("KV cache (--kv)  per token   at the trained context of 2048 tokens"), std::string::npos) << out;
+  EXPECT_NE(out.find("1280 B   2.50 MiB"), std::string::npos) << out;
 }
 
 TEST(Cli, RunGreedyMatchesLlama2c) {

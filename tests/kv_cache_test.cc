@@ -124,6 +124,13 @@ TEST(KvCache, StoredRowsDecodeWithinTheFormatsError) {
       const int n_win = (f.k == KvType::kQ2) + (f.v == KvType::kQ2);
       EXPECT_EQ(kv.window_bytes(), size_t(L) * n_win * H * (W + KvCache::kBlock) * D * 2) << spec;  // f16 rows
       EXPECT_EQ(kv.bytes(), kv.bytes_per_token() * C + kv.window_bytes());
+      ModelConfig cfg;
+      cfg.n_layers = L;
+      cfg.n_kv_heads = H;
+      cfg.head_dim = D;
+      const KvCacheSize size = kv_cache_size(cfg, {f}, C, W);  // what inspect states
+      EXPECT_EQ(size.per_token, kv.bytes_per_token()) << spec;
+      if (f.k != KvType::kQ2) EXPECT_EQ(size.total, kv.bytes()) << spec;  // per-channel keys: whole blocks
       std::mt19937 rng(D);
       std::vector<std::vector<float>> ks(C), vs(C);
       for (int p = 0; p < C; ++p) {

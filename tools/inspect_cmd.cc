@@ -78,6 +78,14 @@ int run_inspect(const std::string& path, bool verify, bool json, const std::stri
   }
   std::printf("\n%zu tensors, %s of weights, %.2f bits per weight\n", f.tensors().size(), human_bytes(total).c_str(), f.bits_per_weight());
   if (verify) std::printf("checksums:  all %zu tensors and the tokenizer verified\n", f.tensors().size());
+  // What the KV cache costs beside the weights (run, ppl and bench take --kv; runtime/kv_cache.h).
+  const int window = ContextParams{}.kv_window;
+  std::printf("\nKV cache (--kv)  per token   at the trained context of %d tokens\n", c.n_ctx);
+  for (const char* spec : {"f32", "f16", "k8v8", "k4v4", "k2v2"}) {
+    const KvCacheSize kv = kv_cache_size(c, {*parse_kv_formats(spec)}, c.n_ctx, window);
+    std::printf("%-16s %10s   %s%s\n", spec, human_bytes(kv.per_token).c_str(), human_bytes(kv.total).c_str(),
+                std::string(spec) == "k2v2" ? " (with the f16 windows of --kv-window 64)" : "");
+  }
   return 0;
 }
 

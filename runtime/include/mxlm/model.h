@@ -158,6 +158,13 @@ std::string kv_formats_name(KvFormats f);  // "f32", "k8v4", ...
 // ("k8v8/k4v4/k4v2/...").
 std::optional<std::vector<KvFormats>> parse_kv_plan(std::string_view spec);
 std::string kv_plan_name(const std::vector<KvFormats>& plan);  // one spec when uniform
+// Bytes of a model's KV cache in the formats of `plan` (one per layer, or one for every layer):
+// per cached token over all layers, and in all at a context of n_ctx tokens with the 2-bit
+// formats' f16 windows of `window` tokens (as a Context allocates them).
+struct KvCacheSize {
+  uint64_t per_token = 0, total = 0;
+};
+KvCacheSize kv_cache_size(const ModelConfig& c, const std::vector<KvFormats>& plan, int n_ctx, int window);
 
 struct ContextParams {
   int n_ctx = 0;      // 0: the model's trained context
