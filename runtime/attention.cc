@@ -22,7 +22,7 @@ void attend(const F32Kernels& kr, const KvCache& kv, int l, int h, const Attenti
   // Full-precision rows of positions [lo, T) of tensor t: the window's (f16) before p0, then the
   // batch's (f32, rounded to f16 alike). fn(first position, rows, row stride in bytes, format,
   // count).
-  auto f32_runs = [&](const KvCache::Tensor& t, const float* x, int lo, auto fn) {
+  auto window_runs = [&](const KvCache::Tensor& t, const float* x, int lo, auto fn) {
     if (lo < p0) fn(lo, kv.window_row(t, h, lo), size_t(D) * sizeof(uint16_t), QType::kF16, p0 - lo);
     const int b = std::max(lo, p0);
     if (b < T) fn(b, x + size_t(b - p0) * batch.ld + size_t(h) * D, ldb, QType::kF32, T - b);
@@ -41,7 +41,7 @@ void attend(const F32Kernels& kr, const KvCache& kv, int l, int h, const Attenti
   if (K.windowed) {
     const int lo = kv.quant_end(K, pf), nw = T - lo;
     float* ws = s.wscores;
-    f32_runs(K, batch.k, lo, [&](int p, const void* rows, size_t stride, QType type, int cnt) {
+    window_runs(K, batch.k, lo, [&](int p, const void* rows, size_t stride, QType type, int cnt) {
       kr.gemm(R, 0, cnt, D, q, size_t(D), rows, stride, type, ws + (p - lo), size_t(nw));
     });
     for (int r = 0; r < R; ++r) {
@@ -57,7 +57,7 @@ void attend(const F32Kernels& kr, const KvCache& kv, int l, int h, const Attenti
   }
 
   // out = P·V: the quantized values' part, then the window's. A row's probabilities over its
-  // f32 positions move to wscores (zeros before them), leaving zeros in the scores.
+  // window positions move to wscores (zeros before them), leaving zeros in the scores.
   const int vq_hi = kv.quant_end(V, pl);
   int vlo = T;
   if (V.windowed) {
@@ -81,7 +81,7 @@ void attend(const F32Kernels& kr, const KvCache& kv, int l, int h, const Attenti
     // One chain over the window's positions in ascending order, whichever part of them the
     // batch holds: the same rounding for a prompt in one batch or token by token.
     const int nw = T - vlo;
-    f32_runs(V, batch.v, vlo, [&](int p, const void* rows, size_t stride, QType type, int cnt) {
+    window_runs(V, batch.v, vlo, [&](int p, const void* rows, size_t stride, QType type, int cnt) {
       kr.gemm_nn(R, D, cnt, s.wscores + (p - vlo), size_t(nw), rows, stride, type, s.out2, size_t(D), p > vlo);
     });
     for (size_t i = 0; i < size_t(R) * D; ++i) out[i] += s.out2[i];

@@ -4,8 +4,8 @@
 // row r = token r / group. The query at position p attends to positions 0 .. p:
 //   scores = q·Kᵀ  over the quantized keys of [0, quant_end(p)) (per-token rows: the float gemm
 //                  in their format; per-channel blocks: gemm_nn, a block being head_dim rows of
-//                  32 tokens) and the f32 keys of [quant_end(p), p] (the window's rows before the
-//                  batch, the batch's own rows after);
+//                  32 tokens) and the window's keys of [quant_end(p), p] (its f16 rows before the
+//                  batch, the batch's own rows, rounded to f16 alike, after);
 //   P = softmax(scores);  out = P·V  alike over the values.
 // Rows of one chunk can differ in quant_end (a batch crossing a block boundary of the window):
 // both forms are computed over the positions where they differ and each row takes its own, so a
@@ -19,8 +19,9 @@
 
 namespace mxlm {
 
-// The batch being evaluated: its keys (after RoPE) and values in f32, row b (position p0 + b)
-// at k + b * ld, head h at + h * head_dim.
+// The batch being evaluated: its keys (after RoPE) and values in f32 (rounded to f16 where the
+// layer keeps a window: KvCache::round_window), row b (position p0 + b) at k + b * ld, head h at
+// + h * head_dim.
 struct AttentionBatch {
   int p0;
   const float* k;

@@ -16,13 +16,13 @@
 //        spread over all the others), and a window of the most recent tokens kept in f16.
 //
 // The window. A query at position p reads positions [0, quant_end(p)) quantized and
-// [quant_end(p), p] in f32, with quant_end(p) = kBlock * floor((p + 1 - window) / kBlock) (at
-// least 0): between `window` and `window + kBlock - 1` recent tokens at full precision, and a
+// [quant_end(p), p] from the window in f16, with quant_end(p) = kBlock * floor((p + 1 - window) / kBlock) (at
+// least 0): between `window` and `window + kBlock - 1` recent tokens at 16 bits, and a
 // key block quantized once it is whole and out of the window. This is a function of the query's
 // position alone, so a prompt evaluated in one batch or token by token attends to the same
 // numbers (the batch reads the f32 rows of its own tokens from the Context's scratch, and the
 // rows before it from the window buffer). Quantized rows and blocks are written as soon as they
-// are whole (store()); the f32 window buffer keeps the rows a later query may still need
+// are whole (store()); the f16 window buffer keeps the rows a later query may still need
 // (settle(), after the layer's attention).
 //
 // Per-token rows are encoded with no wide scale search (the weight quantizer's): a token's rows
@@ -59,7 +59,7 @@ QType kv_qtype(KvType t, int head_dim);
 uint64_t kv_bytes_per_token(KvType t, bool is_k, int n_kv_heads, int head_dim);
 // Bytes of one layer's keys or values a token at position n - 1 reads (n positions cached),
 // over its KV heads: n rows, or for a 2-bit tensor the quantized rows before quant_end and the
-// window's f32 rows after.
+// window's f16 rows after.
 double kv_read_bytes(KvType t, bool is_k, int n_kv_heads, int head_dim, int n, int window);
 
 class KvCache {
@@ -74,13 +74,13 @@ class KvCache {
     size_t head_bytes = 0;      // bytes of one head's rows or blocks
     bool rotated = false;       // stored times H (see rotate())
     bool per_channel = false;   // blocks of kBlock tokens, head_dim rows of kBlock each
-    bool windowed = false;      // recent positions in f32 (the window)
+    bool windowed = false;      // recent positions in f16 (the window)
     std::vector<uint8_t> q;     // [head] rows (n_ctx) or blocks (n_ctx / kBlock)
     std::vector<uint16_t> win;  // f16 [head][window + kBlock][head_dim]: positions [win0, win1)
     int win0 = 0, win1 = 0;
   };
 
-  // formats: one per layer. window: the recent tokens the 2-bit formats keep in f32 (>= 0).
+  // formats: one per layer. window: the recent tokens the 2-bit formats keep in f16 (>= 0).
   KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, const std::vector<KvFormats>& formats, int window);
 
   const Tensor& keys(int l) const { return k_[size_t(l)]; }
@@ -108,10 +108,10 @@ class KvCache {
   // (v + b * ld), n_kv_heads * head_dim floats. Encodes their per-token rows and every key block
   // they complete; p0 is at most the positions the layer holds (fewer: it forgets the later ones).
   void store(int l, int p0, int n, const float* k, const float* v, size_t ld);
-  // After layer l's attention over that batch: the window buffer keeps the f32 rows a later
+  // After layer l's attention over that batch: the window buffer keeps the f16 rows a later
   // query still reads (from its own rows and the batch's).
   void settle(int l, int p0, int n, const float* k, const float* v, size_t ld);
-  // The cache holds positions [0, n) now (n <= what it held): for a window, its f32 rows of the
+  // The cache holds positions [0, n) now (n <= what it held): for a window, its f16 rows of the
   // positions it reads again (decoded from the quantized rows where the window had dropped them).
   void truncate(int n);
 
@@ -132,7 +132,7 @@ class KvCache {
   void shift(int n_keep, int n_discard, int n_past, const float* cos_d, const float* sin_d);
 
   // Bytes of K and V per token over all layers (per-channel blocks: a block's bytes / kBlock),
-  // the f32 windows' bytes, and the whole cache's.
+  // the f16 windows' bytes, and the whole cache's.
   size_t bytes_per_token() const;
   size_t window_bytes() const;
   size_t bytes() const { return bytes_per_token() * size_t(n_ctx_) + window_bytes(); }

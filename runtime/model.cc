@@ -361,7 +361,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   if (params.kv_window < 0) {
     throw Error(ErrorCode::kInvalidArgument, "a KV window of " + std::to_string(params.kv_window) + " tokens: it must be >= 0");
   }
-  // A window past the context keeps every position in f32: no longer than the context.
+  // A window past the context keeps every position in it: no longer than the context.
   kv_ = std::make_unique<KvCache>(c.n_layers, n_ctx_, c.n_kv_heads, c.head_dim, kv_plan, std::min(params.kv_window, n_ctx_));
   const int half = c.head_dim / 2;
   rope_cos_.resize(size_t(n_ctx_) * half);

@@ -41,8 +41,8 @@ void set_kv(ContextParams& cp, const std::vector<KvFormats>& plan);
 inline constexpr const char* kKvHelp =
     "KV cache formats: f32 (default), f16, bf16, or k<t>v<t> for keys and values with t 32, 16, bf16, 8 (int8, a scale "
     "per token and head), 4 (4-bit groups of 32 with scale and offset) or 2 (2-bit, keys per channel over 32 tokens, "
-    "recent tokens in f32: --kv-window), e.g. k8v8, k8v4, k4v4, k2v2; or one per layer joined by '/'";
-inline constexpr const char* kKvWindowHelp = "2-bit KV formats: the recent tokens kept in f32 (KIVI's residual)";
+    "recent tokens in f16: --kv-window), e.g. k8v8, k8v4, k4v4, k2v2; or one per layer joined by '/'";
+inline constexpr const char* kKvWindowHelp = "2-bit KV formats: the recent tokens kept in f16 (KIVI's residual)";
 
 // --kv with --kv-window, and --kv auto's budget and calibration (mxlm/kv_auto.h).
 struct KvArgs {

@@ -31,7 +31,7 @@ struct KvProfileParams {
   int ctx = 512;      // tokens per window
   int windows = 2;    // windows of calibration text
   int threads = 0;    // 0: all cores
-  int kv_window = 64; // the 2-bit formats' f32 window, as the plan will run
+  int kv_window = 64;  // the 2-bit formats' f16 window, as the plan will run
 };
 
 struct KvProfile {

@@ -144,7 +144,7 @@ class MatmulObserver {
 
 // KV cache formats (runtime/kv_cache.h has the layouts): f32, f16, bf16, q8 (int8, a scale per
 // token and head), q4 (4-bit asymmetric groups of 32), q2 (2-bit KIVI-style: keys per channel
-// over blocks of 32 tokens, values per token, the recent tokens in f32); keys and values choose
+// over blocks of 32 tokens, values per token, the recent tokens in f16); keys and values choose
 // independently, and each layer its own.
 enum class KvType : uint8_t { kF32, kF16, kBF16, kQ8, kQ4, kQ2 };
 struct KvFormats {
@@ -181,7 +181,7 @@ struct ContextParams {
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
   KvFormats kv;                    // every layer's K and V cache formats, unless kv_layers
   std::vector<KvFormats> kv_layers;  // one per layer (a per-layer plan): overrides kv
-  int kv_window = 64;              // 2-bit formats: recent tokens kept in f32 (KIVI's residual)
+  int kv_window = 64;              // 2-bit formats: recent tokens kept in f16 (KIVI's residual)
 };
 
 class ThreadPool;
@@ -228,7 +228,7 @@ class Context {
   // Bytes of keys and values one token holds in the cache, over all layers (what attention
   // reads per cached token and generated token).
   size_t kv_bytes_per_token() const;
-  size_t kv_bytes() const;  // the whole cache at n_ctx(), with the 2-bit formats' f32 windows
+  size_t kv_bytes() const;  // the whole cache at n_ctx(), with the 2-bit formats' f16 windows
   // Bytes of the cache a token at position n - 1 reads (n positions held), over all layers.
   double kv_read_bytes(int n) const;
   const Model& model() const { return *model_; }
