@@ -147,11 +147,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
       // Filling a deep context goes in batches of up to 512 even when pp is skipped.
       cp.n_batch = std::max({1, p.n_prompt, std::min(max_depth, 512)});
       cp.act_per_token = p.act_per_token;
-      if (var.kv.size() == 1) {
-        cp.kv = var.kv[0];
-      } else {
-        cp.kv_layers = var.kv;
-      }
+      cp.kv_layers = var.kv;
       cp.kv_window = std::min(p.kv_window, cp.n_ctx);
       cp.prefill = p.prefill;
       ctxs.push_back(std::make_unique<Context>(bm.model, cp));

@@ -11,22 +11,9 @@
 #include "kernels/common.h"
 #include "model/allocate.h"
 #include "runtime/kv_cache.h"
+#include "runtime/log_softmax.h"
 
 namespace mxlm {
-
-namespace {
-
-// Log-softmax of one row of logits, in float (the reference's log-probabilities are stored).
-void log_softmax(const float* l, int n, float* lp) {
-  float mx = l[0];
-  for (int v = 1; v < n; ++v) mx = std::max(mx, l[v]);
-  double sum = 0;
-  for (int v = 0; v < n; ++v) sum += std::exp(double(l[v]) - mx);
-  const double lse = std::log(sum) + mx;
-  for (int v = 0; v < n; ++v) lp[v] = float(double(l[v]) - lse);
-}
-
-}  // namespace
 
 KvProfile measure_kv_profile(const std::shared_ptr<const Model>& model, const std::vector<int>& stream,
                              const KvProfileParams& params, const std::function<void(int, int)>& progress) {

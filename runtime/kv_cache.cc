@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "kernels/common.h"
 #include "kernels/quant.h"
@@ -296,8 +297,7 @@ void KvCache::encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at) {
 void KvCache::store(int l, int p0, int n, const float* k, const float* v, size_t ld) {
   MXLM_ASSERT(l >= 0 && l < n_layers_ && p0 >= 0 && n > 0 && p0 + n <= n_ctx_);
   const size_t D = size_t(head_dim_);
-  for (Tensor* t : {&k_[size_t(l)], &v_[size_t(l)]}) {
-    const float* x = t == &k_[size_t(l)] ? k : v;
+  for (auto [t, x] : {std::pair{&k_[size_t(l)], k}, std::pair{&v_[size_t(l)], v}}) {
     if (t->windowed && t->win1 != p0) {
       // A batch overwriting later positions (eval_layer over another sequence): as truncate.
       MXLM_ASSERT(p0 < t->win1);
@@ -322,9 +322,8 @@ void KvCache::store(int l, int p0, int n, const float* k, const float* v, size_t
 
 void KvCache::round_window(int l, int n, float* k, float* v, size_t ld) const {
   const size_t D = size_t(head_dim_);
-  for (const Tensor* t : {&k_[size_t(l)], &v_[size_t(l)]}) {
+  for (auto [t, x] : {std::pair{&k_[size_t(l)], k}, std::pair{&v_[size_t(l)], v}}) {
     if (!t->windowed) continue;
-    float* x = t == &k_[size_t(l)] ? k : v;
     for (int b = 0; b < n; ++b) {
       float* r = x + size_t(b) * ld;
       for (size_t i = 0; i < size_t(n_heads_) * D; ++i) r[i] = f16_to_f32(f32_to_f16(r[i]));
@@ -334,9 +333,8 @@ void KvCache::round_window(int l, int n, float* k, float* v, size_t ld) const {
 
 void KvCache::settle(int l, int p0, int n, const float* k, const float* v, size_t ld) {
   const size_t D = size_t(head_dim_);
-  for (Tensor* t : {&k_[size_t(l)], &v_[size_t(l)]}) {
+  for (auto [t, x] : {std::pair{&k_[size_t(l)], k}, std::pair{&v_[size_t(l)], v}}) {
     if (!t->windowed) continue;
-    const float* x = t == &k_[size_t(l)] ? k : v;
     const int lo = quant_end(*t, p0 + n - 1), hi = p0 + n;
     MXLM_ASSERT(lo >= t->win0 && hi - lo <= win_cap_);
     for (int h = 0; h < n_heads_; ++h) {
@@ -492,10 +490,11 @@ void KvCache::shift(int n_keep, int n_discard, int n_past, const float* cos_d, c
 
 size_t KvCache::bytes_per_token() const {
   size_t b = 0;
-  for (const std::vector<Tensor>* ts : {&k_, &v_}) {
-    for (const Tensor& t : *ts) b += t.per_channel ? t.seg / kBlock : t.seg;
+  for (int l = 0; l < n_layers_; ++l) {
+    b += kv_bytes_per_token(k_[size_t(l)].type, true, n_heads_, head_dim_) +
+         kv_bytes_per_token(v_[size_t(l)].type, false, n_heads_, head_dim_);
   }
-  return b * size_t(n_heads_);
+  return b;
 }
 
 size_t KvCache::window_bytes() const {
@@ -508,14 +507,11 @@ size_t KvCache::window_bytes() const {
 
 double KvCache::read_bytes(int n) const {
   double b = 0;
-  for (const std::vector<Tensor>* ts : {&k_, &v_}) {
-    for (const Tensor& t : *ts) {
-      const int qe = n > 0 ? quant_end(t, n - 1) : 0;
-      b += t.per_channel ? double(qe / kBlock) * double(t.seg) : double(qe) * double(t.seg);
-      b += double(n - qe) * head_dim_ * sizeof(uint16_t);
-    }
+  for (int l = 0; l < n_layers_; ++l) {
+    b += kv_read_bytes(k_[size_t(l)].type, true, n_heads_, head_dim_, n, window_) +
+         kv_read_bytes(v_[size_t(l)].type, false, n_heads_, head_dim_, n, window_);
   }
-  return b * n_heads_;
+  return b;
 }
 
 }  // namespace mxlm

@@ -353,7 +353,7 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   n_threads_ = params.n_threads > 0 ? params.n_threads : omp_get_num_procs();
   const size_t kv = size_t(c.n_kv_heads) * c.head_dim, q = size_t(c.n_heads) * c.head_dim;
   std::vector<KvFormats> kv_plan = params.kv_layers;
-  if (kv_plan.empty()) kv_plan.assign(size_t(c.n_layers), params.kv);
+  if (kv_plan.size() <= 1) kv_plan.assign(size_t(c.n_layers), kv_plan.empty() ? params.kv : kv_plan[0]);
   if (kv_plan.size() != size_t(c.n_layers)) {
     throw Error(ErrorCode::kInvalidArgument, "a KV plan of " + std::to_string(kv_plan.size()) + " layers for a model of " +
                                                  std::to_string(c.n_layers));

@@ -5,24 +5,10 @@
 #include <cmath>
 
 #include "kernels/common.h"
+#include "runtime/log_softmax.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {
-
-namespace {
-
-// Log-softmax of one row of logits, in double: lp[v] = l[v] - max - log(sum exp(l - max)).
-void log_softmax(const float* l, int n, std::vector<double>* lp) {
-  float mx = l[0];
-  for (int v = 1; v < n; ++v) mx = std::max(mx, l[v]);
-  double sum = 0;
-  for (int v = 0; v < n; ++v) sum += std::exp(double(l[v]) - mx);
-  const double lse = std::log(sum) + mx;
-  lp->resize(static_cast<size_t>(n));
-  for (int v = 0; v < n; ++v) (*lp)[v] = double(l[v]) - lse;
-}
-
-}  // namespace
 
 std::vector<int> tokenize_documents(const Tokenizer& tok, const std::string& text, int bos_id, int eos_id) {
   static const std::string kSep = "\n\x1e\n";
@@ -77,7 +63,7 @@ PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplPara
   auto t0 = std::chrono::steady_clock::now();
   double nll = 0, base_nll = 0;
   int64_t count = 0, agree = 0;
-  std::vector<double> kl, lp, lq;
+  std::vector<double> kl, lp(static_cast<size_t>(n_vocab)), lq(static_cast<size_t>(n_vocab));
   if (base) kl.reserve(static_cast<size_t>(windows) * params.ctx);
   std::vector<float> base_logits;
   for (int w = 0; w < windows; ++w) {
@@ -92,12 +78,12 @@ PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplPara
     const float* logits = ctx.eval(std::span<const int>(tokens, params.ctx), true);
     for (int i = 0; i < params.ctx; ++i) {
       const float* l = logits + int64_t{i} * n_vocab;
-      log_softmax(l, n_vocab, &lq);
+      log_softmax(l, n_vocab, lq.data());
       nll -= lq[tokens[i + 1]];
       ++count;
       if (!base) continue;
       const float* b = base_logits.data() + int64_t{i} * n_vocab;
-      log_softmax(b, n_vocab, &lp);
+      log_softmax(b, n_vocab, lp.data());
       base_nll -= lp[tokens[i + 1]];
       // KL(P || Q) = sum_v p_v (log p_v - log q_v): exactly 0 when the logits are identical.
       double d = 0;

@@ -308,7 +308,6 @@ TEST(Eval, TinymixQuantizedKvPerplexity) {
     cp.n_batch = 512;
     cp.n_threads = 2;
     cp.kv_layers = *parse_kv_plan(spec);
-    if (cp.kv_layers.size() == 1) cp.kv_layers.assign(size_t(m->config().n_layers), cp.kv_layers[0]);
     Context ctx(m, cp);
     PplParams pp;
     pp.ctx = 512;

@@ -66,11 +66,6 @@ std::vector<KvFormats> parse_kv_option(const std::string& spec) {
                                                "bf16, 8, 4, 2 (k8v8, k4v4, k2v2 ...), or one per layer joined by '/'");
 }
 
-void set_kv(ContextParams& cp, const std::vector<KvFormats>& plan) {
-  cp.kv = plan.size() == 1 ? plan[0] : KvFormats{};
-  cp.kv_layers = plan.size() == 1 ? std::vector<KvFormats>{} : plan;
-}
-
 void add_kv_options(CLI::App* app, KvArgs& a) {
   app->add_option("--kv", a.kv, std::string(kKvHelp) + "; or auto: each layer's formats by measured sensitivity (--kv-bits, --kv-calib)");
   app->add_option("--kv-window", a.window, kKvWindowHelp)->check(CLI::NonNegativeNumber);
@@ -87,7 +82,7 @@ void apply_kv(const KvArgs& a, const std::shared_ptr<const Model>& model, int th
     if (a.bits > 0 || !a.calib.empty()) {
       throw Error(ErrorCode::kInvalidArgument, "--kv-bits and --kv-calib choose the formats of --kv auto, not of --kv " + a.kv);
     }
-    set_kv(cp, parse_kv_option(a.kv));
+    cp.kv_layers = parse_kv_option(a.kv);
     return;
   }
   if (a.bits <= 0 || a.calib.empty()) {
@@ -112,7 +107,7 @@ void apply_kv(const KvArgs& a, const std::shared_ptr<const Model>& model, int th
   const KvPlan plan = plan_kv(prof, a.bits, n_ctx);
   std::fprintf(stderr, "mxlm: KV plan (auto, %.2f bits per element read at ctx %d, predicted KL %.4g, measured in %.1f s): --kv %s\n", plan.bits, n_ctx,
                plan.predicted_kl, prof.seconds, kv_plan_name(plan.layers).c_str());
-  set_kv(cp, plan.layers);
+  cp.kv_layers = plan.layers;
 }
 
 void add_autoquant_options(CLI::App* app, AutoQuantArgs& a) {

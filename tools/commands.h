@@ -35,9 +35,8 @@ QType parse_qtype(const std::string& name, const char* option);
 // A weight memory name (map, copy, huge), or Error naming `option` and the known ones.
 WeightMemory parse_weight_memory(const std::string& name, const char* option);
 // --kv SPEC: the KV cache formats, or an Error naming the known ones.
-// --kv: a KV plan (one spec, or one per layer joined by '/'), set on cp (kv or kv_layers).
+// --kv: a KV plan (one spec, or one per layer joined by '/'), for ContextParams::kv_layers.
 std::vector<KvFormats> parse_kv_option(const std::string& spec);
-void set_kv(ContextParams& cp, const std::vector<KvFormats>& plan);
 inline constexpr const char* kKvHelp =
     "KV cache formats: f32 (default), f16, bf16, or k<t>v<t> for keys and values with t 32, 16, bf16, 8 (int8, a scale "
     "per token and head), 4 (4-bit groups of 32 with scale and offset) or 2 (2-bit, keys per channel over 32 tokens, "

@@ -99,7 +99,7 @@ int cmd_run(RunArgs a) {
     std::fprintf(stderr, "mxlm: model %s: %s, isa %s, %d threads, ctx %d\n", a.model.c_str(),
                  human_bytes(model->weight_bytes()).c_str(), std::string(isa_name(model->isa())).c_str(), ctx.n_threads(), ctx.n_ctx());
     std::fprintf(stderr, "mxlm: kernels: %s\n", model->kernel_summary().c_str());
-    std::fprintf(stderr, "mxlm: KV cache %s: %s per token, %s at ctx %d (with %s of f16 windows)\n", kv_plan_name(cp.kv_layers.empty() ? std::vector<KvFormats>{cp.kv} : cp.kv_layers).c_str(),
+    std::fprintf(stderr, "mxlm: KV cache %s: %s per token, %s at ctx %d (with %s of f16 windows)\n", kv_plan_name(cp.kv_layers).c_str(),
                  human_bytes(ctx.kv_bytes_per_token()).c_str(), human_bytes(ctx.kv_bytes()).c_str(), ctx.n_ctx(),
                  human_bytes(ctx.kv_bytes() - uint64_t(ctx.kv_bytes_per_token()) * uint64_t(ctx.n_ctx())).c_str());
     std::fprintf(stderr, "mxlm: prompt: %zu tokens:", prompt.size());
@@ -172,7 +172,7 @@ int cmd_ppl(const PplArgs& a) {
     }
     ContextParams bp = cp;
     bp.act_per_token = false;
-    set_kv(bp, {KvFormats{}});  // the base keeps its KV cache exact
+    bp.kv_layers.clear();  // the base keeps its KV cache exact (f32)
     base = std::make_unique<Context>(base_model, bp);
     pp.base = base.get();
   }

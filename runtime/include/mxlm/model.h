@@ -180,7 +180,7 @@ struct ContextParams {
   // the numbers are in Context::matmul).
   enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
   KvFormats kv;                    // every layer's K and V cache formats, unless kv_layers
-  std::vector<KvFormats> kv_layers;  // one per layer (a per-layer plan): overrides kv
+  std::vector<KvFormats> kv_layers;  // a plan (parse_kv_plan): one per layer, or one for all; overrides kv
   int kv_window = 64;              // 2-bit formats: recent tokens kept in f16 (KIVI's residual)
 };
 
