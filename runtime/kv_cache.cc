@@ -297,7 +297,10 @@ void KvCache::encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at) {
 void KvCache::store(int l, int p0, int n, const float* k, const float* v, size_t ld) {
   MXLM_ASSERT(l >= 0 && l < n_layers_ && p0 >= 0 && n > 0 && p0 + n <= n_ctx_);
   const size_t D = size_t(head_dim_);
-  for (auto [t, x] : {std::pair{&k_[size_t(l)], k}, std::pair{&v_[size_t(l)], v}}) {
+  for (auto [tensor, src] : {std::pair{&k_[size_t(l)], k}, std::pair{&v_[size_t(l)], v}}) {
+    // Plain copies: clang before 16 cannot capture structured bindings in the lambda below.
+    Tensor* const t = tensor;
+    const float* const x = src;
     if (t->windowed && t->win1 != p0) {
       // A batch overwriting later positions (eval_layer over another sequence): as truncate.
       MXLM_ASSERT(p0 < t->win1);
