@@ -4,9 +4,10 @@
 // rows stream from DRAM as in a real decode token (L3 is 32 MiB).
 // Counter: kvGBps, the cache bytes a token reads (KvCache::read_bytes) per second; the time is
 // one layer's 32 heads. Measured (Zen 5, one thread, AVX-512), time against f32 in the same run
-// (3227 us, DRAM-bound): f16 0.31, k8v8 0.29, k4v4 0.35, k2v2 0.38, for 0.50 / 0.25 / 0.16 / 0.11
-// of its bytes: the quantized formats are bound by decoding each element for one product (no
-// GQA), not by the bytes.
+// (2430-2750 us, DRAM-bound): f16 0.34, k8v8 0.27, k4v4 0.29, k2v2 0.47, for 0.50 / 0.25 / 0.16 /
+// 0.11 of its bytes (before gemm_i8 read the int8 and int4 keys: k8v8 0.29, k4v4 0.35): the
+// quantized formats are bound by decoding each element for one product (no GQA), now mostly in
+// P·V, not by the bytes.
 //
 // Names: attention/<isa>/<kv>/T:<depth>; filter with --benchmark_filter=attention/avx512.
 
@@ -22,6 +23,8 @@
 #include "benchmarks/bench_util.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
+#include "kernels/quant.h"
+#include "kernels/qtype.h"
 #include "mxlm/model.h"
 #include "runtime/attention.h"
 #include "runtime/kv_cache.h"
@@ -67,6 +70,43 @@ void bm_attend(benchmark::State& state, Isa isa, const std::string& spec, int T)
   state.counters["kvGBps"] = benchmark::Counter(layer_bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// q·Kᵀ alone over one layer's keys (32 heads x T rows of head_dim 128) in a KV key format, through
+// the float gemm (dequantizing each element) or gemm_i8 (int8 query, integer dots): the kernels'
+// ratio in one run. Layers rotate through > 64 MiB as above. Measured (Zen 5, one thread, three
+// alternating runs): AVX-512 q4a_g32 float 520-800 us, int8 200-210; q8_g128 450-700, 250-340;
+// AVX2 q4a_g32 970-1350 vs 250-290, q8_g128 790-1080 vs 280-330.
+void bm_scores(benchmark::State& state, Isa isa, QType kt, bool i8, int T) {
+  const F32Kernels& kr = f32_kernels(isa);
+  const size_t rb = *qtype_row_bytes(kt, kDim);
+  const size_t layer = size_t(kHeads) * size_t(T) * rb;
+  const int L = std::max(2, int(bench::kRotateBytes / layer) + 2);
+  std::vector<uint8_t> keys(size_t(L) * layer);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> row(kDim);
+  for (size_t r = 0; r < size_t(L) * kHeads * size_t(T); ++r) {
+    for (float& x : row) x = g(rng);
+    quantize_row(kt, row.data(), kDim, &keys[r * rb]);
+  }
+  std::vector<float> q(kDim), s(static_cast<size_t>(T));
+  for (float& x : q) x = 0.1f * g(rng);
+  int l = 0;
+  for (auto _ : state) {
+    for (int h = 0; h < kHeads; ++h) {
+      const uint8_t* k = &keys[size_t(l) * layer + size_t(h) * T * rb];
+      if (i8) {
+        kr.gemm_i8(1, T, kDim, q.data(), kDim, k, rb, kt, s.data(), size_t(T));
+      } else {
+        kr.gemm(1, 0, T, kDim, q.data(), kDim, k, rb, kt, s.data(), size_t(T));
+      }
+    }
+    benchmark::DoNotOptimize(s.data());
+    benchmark::ClobberMemory();
+    if (++l == L) l = 0;
+  }
+  state.counters["GBps"] = benchmark::Counter(double(layer) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Registered at static initialization so the benchmarks run whichever main the binary links.
 const bool kRegistered = [] {
   for (Isa isa : available_isas()) {
@@ -78,6 +118,19 @@ const bool kRegistered = [] {
           ->Unit(benchmark::kMicrosecond)
           ->MinTime(0.5)
           ->UseRealTime();
+    }
+  }
+  for (Isa isa : available_isas()) {
+    if (isa == Isa::kRef) continue;
+    for (QType kt : {QType::kQ8G128, QType::kQ4AG32}) {
+      for (bool i8 : {false, true}) {
+        const std::string name = "scores/" + std::string(isa_name(isa)) + "/" + std::string(qtype_info(kt).name) +
+                                 (i8 ? "/int8" : "/float") + "/T:2048";
+        benchmark::RegisterBenchmark(name.c_str(), bm_scores, isa, kt, i8, 2048)
+            ->Unit(benchmark::kMicrosecond)
+            ->MinTime(0.5)
+            ->UseRealTime();
+      }
     }
   }
   return true;

@@ -8,29 +8,34 @@ namespace mxlm {
 namespace kernels {
 namespace ref {
 void register_f32(F32Kernels* out);
+void register_kv(F32Kernels* out);  // kernels/simd/kv_kernels.cc
 }
 #ifdef MXLM_HAVE_AVX2
 namespace avx2 {
 void register_f32(F32Kernels* out);
+void register_kv(F32Kernels* out);  // kernels/simd/kv_kernels.cc
 }
 #endif
 #ifdef MXLM_HAVE_AVX512
 namespace avx512 {
 void register_f32(F32Kernels* out);
+void register_kv(F32Kernels* out);  // kernels/simd/kv_kernels.cc
 }
 #endif
 #ifdef MXLM_HAVE_NEON
 namespace neon {
 void register_f32(F32Kernels* out);
+void register_kv(F32Kernels* out);  // kernels/simd/kv_kernels.cc
 }
 #endif
 }  // namespace kernels
 
 namespace {
 
-F32Kernels make_table(void (*reg)(F32Kernels*)) {
+F32Kernels make_table(void (*reg)(F32Kernels*), void (*reg_kv)(F32Kernels*)) {
   F32Kernels t{};
   reg(&t);
+  reg_kv(&t);
   return t;
 }
 
@@ -39,13 +44,13 @@ F32Kernels make_table(void (*reg)(F32Kernels*)) {
 const F32Kernels& f32_kernels(Isa isa) {
   // Registering only fills function pointers (no CPU-specific instructions run), so building a
   // table is safe even for an ISA the CPU lacks; callers must still check isa_available.
-  static const F32Kernels ref_table = make_table(&kernels::ref::register_f32);
+  static const F32Kernels ref_table = make_table(&kernels::ref::register_f32, &kernels::ref::register_kv);
   switch (isa) {
     case Isa::kRef:
       return ref_table;
     case Isa::kAvx2: {
 #ifdef MXLM_HAVE_AVX2
-      static const F32Kernels table = make_table(&kernels::avx2::register_f32);
+      static const F32Kernels table = make_table(&kernels::avx2::register_f32, &kernels::avx2::register_kv);
       return table;
 #else
       break;
@@ -53,7 +58,7 @@ const F32Kernels& f32_kernels(Isa isa) {
     }
     case Isa::kAvx512: {
 #ifdef MXLM_HAVE_AVX512
-      static const F32Kernels table = make_table(&kernels::avx512::register_f32);
+      static const F32Kernels table = make_table(&kernels::avx512::register_f32, &kernels::avx512::register_kv);
       return table;
 #else
       break;
@@ -61,7 +66,7 @@ const F32Kernels& f32_kernels(Isa isa) {
     }
     case Isa::kNeon: {
 #ifdef MXLM_HAVE_NEON
-      static const F32Kernels table = make_table(&kernels::neon::register_f32);
+      static const F32Kernels table = make_table(&kernels::neon::register_f32, &kernels::neon::register_kv);
       return table;
 #else
       break;

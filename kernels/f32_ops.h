@@ -29,6 +29,13 @@ struct F32Kernels {
   // over ranges of k and accumulated in ascending order rounds as one call over all of them).
   void (*gemm_nn)(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype,
                   float* y, size_t ldy, bool accumulate);
+  // Attention scores over int8 keys (kernels/simd/kv_kernels.cc states the arithmetic):
+  // y[m*ldy + n] = x[m] · W[n] for n in [0, N), with x's rows quantized to int8 (a scale per 32
+  // elements, quantize_act_row_ref's rule) and W's rows in a format gemm_i8_reads, K <=
+  // kGemmI8MaxK. The integer dots are exact and the float steps fixed, so the result is bitwise
+  // the same on every ISA, for any M, and for any split of N.
+  void (*gemm_i8)(int M, int N, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes, QType wtype,
+                  float* y, size_t ldy);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);  // y += a * x
   // y = x / sqrt(mean(x^2) + eps) * w   (y may alias x)
@@ -41,6 +48,13 @@ struct F32Kernels {
   // a core reads memory as fast as it can (the read-bandwidth probe of runtime/bench.cc).
   float (*sum)(const float* x, size_t n);
 };
+
+// The key formats gemm_i8 reads: the KV cache's int8 and int4 rows (runtime/kv_cache.h), whose
+// elements are exact integers under f16 scales. K is at most kGemmI8MaxK.
+constexpr bool gemm_i8_reads(QType t) {
+  return t == QType::kQ8G32 || t == QType::kQ8G64 || t == QType::kQ8G128 || t == QType::kQ4AG32;
+}
+inline constexpr int kGemmI8MaxK = 1024;
 
 // The kernel table for `isa`; `isa` must be available (isa_available).
 const F32Kernels& f32_kernels(Isa isa);

@@ -35,6 +35,9 @@ void attend(const F32Kernels& kr, const KvCache& kv, int l, int h, const Attenti
     for (int b = 0; b < kq_hi / G; ++b) {
       kr.gemm_nn(R, G, D, q, size_t(D), kv.rows(K, h) + size_t(b) * K.seg, rb, K.qtype, sc + size_t(b) * G, size_t(T), false);
     }
+  } else if (gemm_i8_reads(K.qtype) && D <= kGemmI8MaxK) {
+    // int8 and int4 keys: the query quantized to int8 per row, exact integer dots (f32_ops.h).
+    kr.gemm_i8(R, kq_hi, D, q, size_t(D), kv.rows(K, h), K.seg, K.qtype, sc, size_t(T));
   } else {
     kr.gemm(R, 0, kq_hi, D, q, size_t(D), kv.rows(K, h), K.seg, K.qtype, sc, size_t(T));
   }

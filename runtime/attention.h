@@ -2,9 +2,10 @@
 //
 // The chunk is tokens at positions pf .. pf + nb - 1, each with `group` query heads (GQA): query
 // row r = token r / group. The query at position p attends to positions 0 .. p:
-//   scores = q·Kᵀ  over the quantized keys of [0, quant_end(p)) (per-token rows: the float gemm
-//                  in their format; per-channel blocks: gemm_nn, a block being head_dim rows of
-//                  32 tokens) and the window's keys of [quant_end(p), p] (its f16 rows before the
+//   scores = q·Kᵀ  over the quantized keys of [0, quant_end(p)) (per-token int8 / int4 rows:
+//                  gemm_i8, the query quantized to int8 per row and exact integer dots; other
+//                  per-token rows: the float gemm in their format; per-channel blocks: gemm_nn, a
+//                  block being head_dim rows of 32 tokens) and the window's keys of [quant_end(p), p] (its f16 rows before the
 //                  batch, the batch's own rows, rounded to f16 alike, after);
 //   P = softmax(scores);  out = P·V  alike over the values.
 // Rows of one chunk can differ in quant_end (a batch crossing a block boundary of the window):

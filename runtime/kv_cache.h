@@ -26,9 +26,10 @@
 // (settle(), after the layer's attention).
 //
 // Per-token rows are encoded with no wide scale search (the weight quantizer's): a token's rows
-// are written once per layer as it is evaluated, on the decode path. Attention reads them with the
-// float kernels (kernels/f32_ops.h: gemm for q·Kᵀ over per-token keys, gemm_nn for q·Kᵀ over a
-// per-channel key block and for P·V), which dequantize in registers: the queries stay float.
+// are written once per layer as it is evaluated, on the decode path. Attention reads them in place
+// (kernels/f32_ops.h): gemm_i8 for q·Kᵀ over int8 and int4 keys (the query quantized to int8,
+// exact integer dots), gemm for other per-token keys, gemm_nn for q·Kᵀ over a per-channel key
+// block and for P·V, the float kernels dequantizing in registers.
 //
 // Why rows per token for values: a generated token appends one row of each, which a
 // block-quantized format encodes in place; the transposed value layout this replaced ([kv_dim]

@@ -421,6 +421,82 @@ TEST_P(F32OpsTest, GemmKvFormats) {
   }
 }
 
+// gemm_i8: bitwise equal to the reference on every ISA (exact integer dots, fixed float steps),
+// for any M and any N (tiles of 16 / 8 / 4 keys and their tails, short last chunks), and within
+// the derived bounds of the exact product of the quantized query and of the float query.
+TEST_P(F32OpsTest, GemmI8) {
+  std::mt19937 rng(18);
+  const F32Kernels& ref = f32_kernels(Isa::kRef);
+  for (QType wt : {QType::kQ8G32, QType::kQ8G64, QType::kQ8G128, QType::kQ4AG32}) {
+    for (int K : {1, 17, 32, 64, 80, 96, 128, 130, 256}) {
+      for (int N : {1, 5, 8, 16, 17, 40}) {
+        const int M = 3;
+        const size_t ldx = size_t(K) + 1, ldy = size_t(N) + 3;
+        const size_t rb = *qtype_row_bytes(wt, uint64_t(K)) + 3;
+        std::vector<float> x = random_vec(rng, size_t(M) * ldx);
+        x[3 % K] *= 9.0f;  // an outlier channel: its group's scale follows it
+        std::fill(x.begin() + 2 * ldx, x.begin() + 2 * ldx + K, 0.0f);  // row 2: a zero query
+        std::vector<uint8_t> wraw(size_t(N) * rb + 1);
+        std::vector<float> wval(size_t(N) * K);
+        for (int n = 0; n < N; ++n) {
+          const std::vector<float> src = random_vec(rng, size_t(K), -2.0f, 2.0f + float(n % 3));
+          uint8_t* row = wraw.data() + 1 + size_t(n) * rb;
+          quantize_row(wt, src.data(), K, row);
+          dequantize_row(wt, row, K, &wval[size_t(n) * K]);
+        }
+        std::vector<float> y(size_t(M) * ldy, kSentinel), yr(size_t(M) * ldy, kSentinel), y1(size_t(N), kSentinel);
+        kern().gemm_i8(M, N, K, x.data(), ldx, wraw.data() + 1, rb, wt, y.data(), ldy);
+        ref.gemm_i8(M, N, K, x.data(), ldx, wraw.data() + 1, rb, wt, yr.data(), ldy);
+        kern().gemm_i8(1, N, K, x.data() + ldx, ldx, wraw.data() + 1, rb, wt, y1.data(), size_t(N));
+        const int64_t kp = (K + 31) / 32 * 32;
+        std::vector<int8_t> qa(static_cast<size_t>(kp));
+        std::vector<float> qd(size_t(kp / 32)), qds(size_t(kp / 32));
+        for (int m = 0; m < M; ++m) {
+          quantize_act_row_ref(&x[m * ldx], K, kp, qa.data(), qd.data(), qds.data(), false);
+          for (int n = 0; n < N + 3; ++n) {
+            const float got = y[m * ldy + n];
+            const std::string at = std::string(qtype_info(wt).name) + " K=" + std::to_string(K) + " N=" +
+                                   std::to_string(N) + " m=" + std::to_string(m) + " n=" + std::to_string(n);
+            if (n >= N) {
+              ASSERT_EQ(got, kSentinel) << "wrote past N: " << at;
+              continue;
+            }
+            ASSERT_EQ(std::memcmp(&got, &yr[m * ldy + n], sizeof(float)), 0) << got << " vs ref " << yr[m * ldy + n] << ": " << at;
+            if (m == 1) {
+              ASSERT_EQ(std::memcmp(&got, &y1[n], sizeof(float)), 0) << "one row differs from the batch: " << at;
+            }
+            if (m == 2) {
+              ASSERT_EQ(got, 0.0f) << at;
+            }
+            // The exact product of the dequantized query and key, up to float rounding of the
+            // fma chain over at most 2 K / 32 + 1 terms each below d * sum |a| (|w| + max|w|).
+            // q4a: the offset m_g multiplies the float query's group sum (kv_kernels.cc).
+            const uint8_t* row = wraw.data() + 1 + size_t(n) * rb;
+            auto offset = [&](int g) {
+              if (wt != QType::kQ4AG32) return 0.0;
+              uint16_t h;
+              std::memcpy(&h, row + 2 * ((K + 31) / 32) + 2 * g, 2);
+              return double(f16_to_f32(h));
+            };
+            double exact = 0.0, mag = 0.0, qerr = 0.0, xw = 0.0;
+            for (int k = 0; k < K; ++k) {
+              const double w = wval[size_t(n) * K + k], d = qd[size_t(k / 32)], mo = offset(k / 32);
+              const double xk = x[m * ldx + k];
+              exact += d * qa[size_t(k)] * (w - mo) + xk * mo;
+              mag += (d * std::abs(qa[size_t(k)]) + std::fabs(xk)) * (std::fabs(w) + 8.0);
+              qerr += 0.5 * d * std::fabs(w - mo);
+              xw += xk * w;
+            }
+            ASSERT_LE(std::fabs(got - exact), (2 * K / 32 + 3) * kEps * mag + 1e-30) << at;
+            // Against the float query: rounding each element to int8 moves it by at most d_g / 2.
+            ASSERT_LE(std::fabs(got - xw), qerr * (1 + 1e-5) + (2 * K / 32 + 3) * kEps * mag + 1e-30) << at;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_P(F32OpsTest, Axpy) {
   std::mt19937 rng(12);
   for (int n : kSizes) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -130,7 +131,9 @@ TEST(KvCache, StoredRowsDecodeWithinTheFormatsError) {
       cfg.head_dim = D;
       const KvCacheSize size = kv_cache_size(cfg, {f}, C, W);  // what inspect states
       EXPECT_EQ(size.per_token, kv.bytes_per_token()) << spec;
-      if (f.k != KvType::kQ2) EXPECT_EQ(size.total, kv.bytes()) << spec;  // per-channel keys: whole blocks
+      if (f.k != KvType::kQ2) {
+        EXPECT_EQ(size.total, kv.bytes()) << spec;  // per-channel keys: whole blocks
+      }
       std::mt19937 rng(D);
       std::vector<std::vector<float>> ks(C), vs(C);
       for (int p = 0; p < C; ++p) {
@@ -353,6 +356,25 @@ TEST(Attention, EveryIsaAgainstTheDecodedCache) {
               for (int r = 0; r < nb * group; ++r) {
                 const int p = p0 + b0 + r / group;
                 const float* qr = &qs[(size_t(p) * H * group + size_t(h * group + r % group)) * D];
+                std::vector<float> qeff(qr, qr + D);
+                // q4 keys: their offsets multiply the float query's group sums X_g, not d_g * S_g
+                // (kernels/simd/kv_kernels.cc): key t's score gains sum_g m_g (X_g - d_g S_g).
+                std::vector<double> xs_err;
+                const int ng = (D + 31) / 32;
+                if (gemm_i8_reads(K.qtype) && !K.per_channel) {
+                  // The keys read by gemm_i8: the query it multiplies is the (rotated) query
+                  // quantized to int8 in groups of 32.
+                  const int64_t kp = (D + 31) / 32 * 32;
+                  std::vector<int8_t> qa(static_cast<size_t>(kp));
+                  std::vector<float> qd(size_t(kp / 32)), qds(size_t(kp / 32));
+                  quantize_act_row_ref(&q[size_t(r) * D], D, kp, qa.data(), qd.data(), qds.data(), false);
+                  for (int i = 0; i < D; ++i) qeff[size_t(i)] = qd[size_t(i / 32)] * qa[size_t(i)];
+                  if (K.qtype == QType::kQ4AG32) {
+                    xs_err.assign(size_t(ng), 0.0);
+                    for (int i = 0; i < D; ++i) xs_err[size_t(i / 32)] += double(q[size_t(r) * D + i]) - qeff[size_t(i)];
+                  }
+                  if (K.rotated) kv.unrotate(qeff.data());
+                }
                 std::vector<double> s(size_t(p) + 1);
                 std::vector<float> row(static_cast<size_t>(D));
                 double mx = -1e300;
@@ -363,7 +385,15 @@ TEST(Attention, EveryIsaAgainstTheDecodedCache) {
                     std::copy_n(&ks[(size_t(t) * H + h) * D], D, row.data());
                   }
                   double d = 0;
-                  for (int i = 0; i < D; ++i) d += double(qr[i]) * row[size_t(i)];
+                  for (int i = 0; i < D; ++i) d += double(qeff[size_t(i)]) * row[size_t(i)];
+                  if (!xs_err.empty() && t < kv.quant_end(K, p)) {
+                    const uint8_t* kr = kv.rows(K, h) + size_t(t) * K.seg;
+                    for (int g = 0; g < ng; ++g) {
+                      uint16_t m;
+                      std::memcpy(&m, kr + 2 * ng + 2 * g, 2);
+                      d += double(f16_to_f32(m)) * xs_err[size_t(g)];
+                    }
+                  }
                   s[size_t(t)] = d;
                   mx = std::max(mx, d);
                 }
