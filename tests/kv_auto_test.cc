@@ -42,7 +42,9 @@ TEST(KvAuto, PlanWithinTheBudget) {
       bytes += kv_read_bytes(f.k, true, 4, 64, n, 64) + kv_read_bytes(f.v, false, 4, 64, n, 64);
     }
     EXPECT_NEAR(plan.bits, bytes / n * 8 / (2.0 * L * 4 * 64), 0.01) << bits;
-    if (bits >= 5.0) EXPECT_EQ(plan.layers[2].k, bits >= 40 ? KvType::kF32 : KvType::kQ8) << bits;
+    if (bits >= 5.0) {
+      EXPECT_EQ(plan.layers[2].k, bits >= 40 ? KvType::kF32 : KvType::kQ8) << bits;
+    }
   }
   EXPECT_EQ(plan_kv(p, 40.0, n).predicted_kl, 0.0);
   // The smallest plan, every tensor 2-bit: 3 bits per element plus the f16 window's share.
