@@ -75,18 +75,6 @@ double measure_int8_peak(int threads, Isa isa) {
   return best;
 }
 
-uint64_t bytes_per_token(const Model& model) {
-  uint64_t total = 0;
-  for (const auto& t : model.file().tensors()) {
-    if (t.name == tensor_names::kTokEmbd && !model.config().tied_embeddings) {
-      total += t.bytes / static_cast<uint64_t>(t.rows());
-    } else {
-      total += t.bytes;
-    }
-  }
-  return total;
-}
-
 uint64_t macs_per_token(const Model& model) {
   uint64_t total = 0;
   model.for_each_matmul_weight([&](const Weight& w) { total += uint64_t(w.n) * uint64_t(w.k); });
@@ -210,7 +198,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
         // tests and right after the generation runs, so that the percentages err low.
         const double bw_tg = std::max(bw, measure_read_bandwidth(threads));
         for (size_t m = 0; m < nm; ++m) {
-          const uint64_t bpt = bytes_per_token(*variants[m].bm->model);
+          const uint64_t bpt = variants[m].bm->model->bytes_per_token();
           BenchResult b = result(m, "tg" + std::to_string(p.n_gen), rates[m]);
           // Generated token i attends over depth + i + 1 cached tokens.
           double kv_read = 0;

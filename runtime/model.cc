@@ -3,6 +3,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -328,6 +332,68 @@ std::string Model::kernel_summary() const {
   std::string r;
   for (const auto& k : seen) r += (r.empty() ? "" : ", ") + k;
   return r;
+}
+
+std::shared_ptr<const Model> Model::open(const std::string& path, const LoadOptions& options, std::string* notice) {
+  if (notice) notice->clear();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto imported = [&](ImportedModel m) {
+    auto model = from_imported(std::make_shared<const ImportedModel>(std::move(m)));
+    if (notice) {
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), "%.1f s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      *notice = "imported '" + path + "' (" + source_format_name(model->source_->format) + ") in memory in " + buf +
+                "; converting it once (mxlm convert " + path + " -o model.mxlm) loads faster";
+    }
+    return model;
+  };
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return imported(import_hf(path, {}));
+  char magic[8] = {};
+  {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw Error(ErrorCode::kIo, "cannot open model '" + path + "': " + std::strerror(errno));
+    const size_t got = std::fread(magic, 1, sizeof(magic), f);
+    std::fclose(f);
+    if (got < 4) throw Error(ErrorCode::kFormat, "'" + path + "' is not a model: " + std::to_string(got) + " bytes long");
+  }
+  if (std::memcmp(magic, kMxlmMagic, sizeof(magic)) == 0) return load(path, options);
+  if (std::memcmp(magic, "GGUF", 4) == 0) return imported(import_gguf(path, {}));
+  throw Error(ErrorCode::kFormat, "'" + path +
+                                      "' is not a model mxlm runs: neither an .mxlm file, a GGUF file nor an HF model directory "
+                                      "(a llama2.c checkpoint converts with mxlm convert CHECKPOINT --tokenizer TOKENIZER -o model.mxlm)");
+}
+
+uint64_t Model::bytes_per_token() const {
+  if (file_) {
+    uint64_t total = 0;
+    for (const auto& t : file_->tensors()) {
+      const bool table = t.name == tensor_names::kTokEmbd && !config_.tied_embeddings;
+      total += table ? t.bytes / static_cast<uint64_t>(t.rows()) : t.bytes;
+    }
+    return total;
+  }
+  auto bytes = [](const Weight& w) {
+    uint64_t b = 0;
+    for (const WeightSegment& s : w.segments) b += uint64_t(s.row_bytes) * uint64_t(s.row_end - s.row_begin);
+    return b;
+  };
+  uint64_t total = 0;
+  for_each_matmul_weight([&](const Weight& w) { total += bytes(w); });
+  if (!config_.tied_embeddings) total += bytes(tok_embd_) / uint64_t(tok_embd_.n);
+  return total + sizeof(float) * uint64_t(config_.n_embd) * uint64_t(2 * config_.n_layers + 1);
+}
+
+double Model::bits_per_weight() const {
+  if (file_) return file_->bits_per_weight();
+  double bits = 0, elems = 0;
+  auto add = [&](const Weight& w) {
+    for (const WeightSegment& s : w.segments) bits += 8.0 * double(s.row_bytes) * double(s.row_end - s.row_begin);
+    elems += double(w.n) * double(w.k);
+  };
+  for_each_matmul_weight(add);
+  if (!config_.tied_embeddings) add(tok_embd_);
+  return elems > 0 ? bits / elems : 0.0;
 }
 
 uint64_t Model::weight_bytes() const {

@@ -103,6 +103,67 @@ TEST(Cli, ErrorsAreClear) {
   EXPECT_EQ(content, "precious");
 }
 
+// run, ppl and bench take a GGUF file or an HF directory as they are (imported in memory, with a
+// hint to convert): the same greedy text and perplexity as the converted .mxlm, whose weights are
+// the same numbers (f32 from the GGUF, bf16 from the bf16 safetensors).
+TEST(Cli, RunPplBenchTakeGgufAndHfDirectories) {
+  const std::string gguf = test::shared_path("models/stories260K/stories260K.gguf");
+  int st;
+  auto greedy = [&](const std::string& m) {
+    std::string out;
+    st = test::run_command(test::mxlm_binary() + " run -m " + m + " -p 'Once upon a time' -n 40 --temp 0 -t 1 2>/dev/null", &out, false);
+    EXPECT_EQ(st, 0) << m << ": " << out;
+    return out;
+  };
+  const std::string from_gguf = greedy(gguf);
+  EXPECT_EQ(from_gguf, greedy(converted_stories()));
+  EXPECT_GT(from_gguf.size(), std::string("Once upon a time").size() + 40);
+  std::string out = mxlm("run -m " + gguf + " -p 'Once upon a time' -n 4 -t 1", &st);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("in memory"), std::string::npos) << out;
+  EXPECT_NE(out.find("mxlm convert " + gguf), std::string::npos) << out;
+
+  const std::string hf = test::shared_path("models/tinymix-26m");
+  const std::string tm = test::scratch_dir() + "/cli_tinymix_bf16.mxlm";
+  out = mxlm("convert " + hf + " -o " + tm + " -q", &st);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_EQ(greedy(hf), greedy(tm));
+  auto ppl = [&](const std::string& m) {
+    std::string o;
+    st = test::run_command(test::mxlm_binary() + " ppl -m " + m + " -f " + test::shared_path("text/tinymix-val.txt") +
+                               " --ctx 64 --windows 2 -t 1 --json 2>/dev/null",
+                           &o, false);
+    EXPECT_EQ(st, 0) << o;
+    return nlohmann::json::parse(o, nullptr, false);
+  };
+  const nlohmann::json a = ppl(hf), b = ppl(tm);
+  ASSERT_FALSE(a.is_discarded());
+  ASSERT_FALSE(b.is_discarded());
+  EXPECT_EQ(a["ppl"].get<double>(), b["ppl"].get<double>());
+
+  // bench: one "imported" variant, its bytes per token those of the converted file's weights.
+  std::string jo;
+  st = test::run_command(test::mxlm_binary() + " bench -m " + hf + " -p 8 -n 4 -r 1 -t 1 --json 2>/dev/null", &jo, false);
+  ASSERT_EQ(st, 0) << jo;
+  const nlohmann::json j = nlohmann::json::parse(jo, nullptr, false);
+  ASSERT_TRUE(j.is_array() && !j.empty()) << jo;
+  EXPECT_NEAR(j[0]["bits_per_weight"].get<double>(), 16.0, 1e-9) << jo;
+  EXPECT_EQ(j[0]["memory"], "imported") << jo;
+  std::string jm;
+  st = test::run_command(test::mxlm_binary() + " bench -m " + tm + " -p 8 -n 4 -r 1 -t 1 --memory map --json 2>/dev/null", &jm, false);
+  ASSERT_EQ(st, 0) << jm;
+  EXPECT_EQ(j[0]["bytes_per_token"], nlohmann::json::parse(jm)[0]["bytes_per_token"]);
+  out = mxlm("bench -m " + hf + " -p 8 -n 4 -r 1 -t 1 --memory map,copy", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("is imported"), std::string::npos) << out;
+
+  // What is not a model says which kinds are.
+  out = mxlm("run -m " + test::shared_path("models/stories260K/stories260K.bin") + " -p hi", &st);
+  EXPECT_EQ(st, 1);
+  EXPECT_NE(out.find("neither an .mxlm file, a GGUF file nor an HF model directory"), std::string::npos) << out;
+  EXPECT_NE(out.find("--tokenizer"), std::string::npos) << out;
+}
+
 TEST(Cli, ForcedIsaAndVerboseKernels) {
   int st;
   std::string out = mxlm("run -m " + converted_stories() + " -p 'Once upon a time' -n 4 --temp 0 -v", &st);

@@ -44,8 +44,19 @@ int run_bench_cmd(const BenchArgs& a) {
     LoadOptions lo;
     lo.memory = m;
     const auto t0 = std::chrono::steady_clock::now();
-    models.push_back({std::string(weight_memory_name(m)), Model::load(a.model, lo)});
+    std::string notice;
+    auto model = Model::open(a.model, lo, &notice);
     load_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (model->imported()) {
+      // An imported model's tensors live in the source's mapping or in f32 copies: one variant.
+      std::fprintf(stderr, "mxlm: %s\n", notice.c_str());
+      if (memories.size() > 1) {
+        throw Error(ErrorCode::kInvalidArgument, "--memory compares the loads of an .mxlm file; '" + a.model + "' is imported");
+      }
+      models.push_back({"imported", std::move(model)});
+      break;
+    }
+    models.push_back({std::string(weight_memory_name(m)), std::move(model)});
   }
   BenchParams bp;
   bp.n_prompt = a.n_prompt;
@@ -60,8 +71,9 @@ int run_bench_cmd(const BenchArgs& a) {
   bp.prefill = parse_prefill(a.prefill);
   const auto results = run_bench(models, bp);
   const Model& model = *models[0].model;
-  const double bits = model.file().bits_per_weight();
-  const std::string name = model.file().header().value("provenance", nlohmann::json::object()).value("shape", a.model);
+  const double bits = model.bits_per_weight();
+  const std::string name =
+      model.imported() ? a.model : model.file().header().value("provenance", nlohmann::json::object()).value("shape", a.model);
   auto load_seconds = [&](const std::string& label) {
     for (size_t i = 0; i < models.size(); ++i) {
       if (models[i].label == label) return load_s[i];
@@ -77,7 +89,7 @@ int run_bench_cmd(const BenchArgs& a) {
                    {"tok_s_sd", r.tok_s_sd}, {"weight_gb_s", r.weight_gb_s}, {"kv_bytes_per_token", r.kv_bytes_per_token}, {"kv_bytes", r.kv_bytes},
                    {"kv_gb_s", r.kv_gb_s}, {"bandwidth_gb_s", r.bandwidth_gb_s}, {"bandwidth_pct", r.bandwidth_pct},
                    {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
-                   {"peak_pct", r.peak_pct}, {"bytes_per_token", bytes_per_token(model)},
+                   {"peak_pct", r.peak_pct}, {"bytes_per_token", model.bytes_per_token()},
                    {"macs_per_token", macs_per_token(model)}, {"kernels", model.kernel_summary()}});
     }
     std::cout << j.dump(2) << "\n";
@@ -118,7 +130,7 @@ int run_bench_cmd(const BenchArgs& a) {
 Command add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* bn = app.add_subcommand("bench", "Prompt-processing and generation speed against the measured memory bandwidth and int8 peak");
-  bn->add_option("-m,--model", a->model, ".mxlm model")->required();
+  bn->add_option("-m,--model", a->model, "model: .mxlm file, GGUF file or HF directory")->required();
   bn->add_option("-p,--n-prompt", a->n_prompt, "prompt tokens per pp run (0: skip)")->check(CLI::NonNegativeNumber);
   bn->add_option("-n,--n-gen", a->n_gen, "generated tokens per tg run (0: skip)")->check(CLI::NonNegativeNumber);
   bn->add_option("-r,--reps", a->reps, "repetitions")->check(CLI::PositiveNumber);

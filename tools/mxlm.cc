@@ -59,10 +59,15 @@ int cmd_convert(const ConvertArgs& a) {
   return 0;
 }
 
-LoadOptions load_options(const std::string& memory) {
+// The model of -m: an .mxlm file, or a GGUF file or HF directory imported in memory (with a
+// notice that converting it once loads faster).
+std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory) {
   LoadOptions lo;
   lo.memory = parse_weight_memory(memory, "--memory");
-  return lo;
+  std::string notice;
+  auto model = Model::open(path, lo, &notice);
+  if (!notice.empty()) std::fprintf(stderr, "mxlm: %s\n", notice.c_str());
+  return model;
 }
 
 struct SynthArgs {
@@ -86,7 +91,7 @@ int cmd_run(RunArgs a) {
   if (size_t bad = find_invalid_utf8(a.prompt); bad != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "the prompt is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
   }
-  auto model = Model::load(a.model, load_options(a.memory));
+  auto model = open_model(a.model, a.memory);
   ContextParams cp;
   cp.n_ctx = a.ctx;
   cp.n_threads = a.threads;
@@ -143,7 +148,7 @@ struct PplArgs {
 };
 
 int cmd_ppl(const PplArgs& a) {
-  auto model = Model::load(a.model, load_options(a.memory));
+  auto model = open_model(a.model, a.memory);
   const std::string text = read_file(a.file);
   if (size_t bad = find_invalid_utf8(text); bad != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "'" + a.file + "' is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
@@ -165,7 +170,7 @@ int cmd_ppl(const PplArgs& a) {
   pp.windows = a.windows;
   std::unique_ptr<Context> base;
   if (!a.kl_base.empty()) {
-    auto base_model = Model::load(a.kl_base);
+    auto base_model = open_model(a.kl_base, "huge");
     if (a.ctx > base_model->config().n_ctx) {
       throw Error(ErrorCode::kInvalidArgument, "--ctx " + std::to_string(a.ctx) + " exceeds the base model's context of " +
                                                    std::to_string(base_model->config().n_ctx) + " tokens");
@@ -241,7 +246,7 @@ int main(int argc, char** argv) {
 
   RunArgs run;
   auto* r = app.add_subcommand("run", "Generate text from a prompt");
-  r->add_option("-m,--model", run.model, ".mxlm model")->required();
+  r->add_option("-m,--model", run.model, "model: .mxlm file, GGUF file or HF directory")->required();
   r->add_option("-p,--prompt", run.prompt, "prompt text");
   r->add_option("-f,--file", run.prompt_file, "read the prompt from a file");
   r->add_option("-n,--n-predict", run.n_predict, "tokens to generate (-1: until end of text)");
@@ -267,7 +272,7 @@ int main(int argc, char** argv) {
 
   PplArgs ppl;
   auto* p = app.add_subcommand("ppl", "Perplexity of a model on a text");
-  p->add_option("-m,--model", ppl.model, ".mxlm model")->required();
+  p->add_option("-m,--model", ppl.model, "model: .mxlm file, GGUF file or HF directory")->required();
   p->add_option("-f,--file", ppl.file, "text file (documents separated by lines holding only 0x1E)")->required();
   p->add_option("--ctx", ppl.ctx, "predictions per window")->check(CLI::PositiveNumber);
   p->add_option("--windows", ppl.windows, "number of windows (default: all)")->check(CLI::NonNegativeNumber);
@@ -276,7 +281,7 @@ int main(int argc, char** argv) {
   p->add_flag("--act-per-token", ppl.act_per_token, "one activation scale per token instead of per 32 values");
   add_kv_options(p, ppl.kv);
   p->add_option("--memory", ppl.memory, "weight memory: huge (default: read into memory on huge pages), copy (4 KiB pages) or map (the file mapping: no copy)");
-  p->add_option("--kl-base", ppl.kl_base, "base .mxlm (e.g. unquantized): also report KL divergence, top-1 agreement, delta ppl");
+  p->add_option("--kl-base", ppl.kl_base, "base model (e.g. unquantized; .mxlm, GGUF or HF directory): also report KL divergence, top-1 agreement, delta ppl");
 
   CLI11_PARSE(app, argc, argv);
   remove_temporaries_on_signal();

@@ -23,9 +23,6 @@ double measure_read_bandwidth(int threads, size_t bytes = size_t{1} << 30);
 // the ISA has none (ref).
 double measure_int8_peak(int threads, Isa isa);
 
-// Weight bytes one decoded token reads: every tensor except the embedding table (one row).
-uint64_t bytes_per_token(const Model& model);
-
 // Multiply-adds of one token's matmuls (every weight but an untied embedding table): a prefill's
 // int8 operations are 2 × this per token.
 uint64_t macs_per_token(const Model& model);

@@ -88,6 +88,13 @@ class Model {
   // RoPE-permuted, quantized or misaligned ones are converted to f32 once. Checks the tensor set
   // against the config (check_tensor_set).
   static std::shared_ptr<const Model> from_imported(std::shared_ptr<const ImportedModel> source);
+  // Any model a user names: an .mxlm file (load, with `options`), or a GGUF file or an HF model
+  // directory imported in memory (from_imported; `options` do not apply). Tells them apart by
+  // content, not by name. *notice, when given, receives a line for the user when the model was
+  // imported (that converting it once loads faster), else is cleared. Throws Error naming the path
+  // and the kinds it reads when it is none of them.
+  static std::shared_ptr<const Model> open(const std::string& path, const LoadOptions& options = {},
+                                           std::string* notice = nullptr);
   ~Model();
 
   const ModelConfig& config() const { return config_; }
@@ -108,6 +115,12 @@ class Model {
     }
   }
   uint64_t weight_bytes() const;  // bytes of all tensors (what a token reads, roughly)
+  // Bytes one decoded token reads: every matmul weight as the kernels read it, the norms and one
+  // embedding row (all of a tied table, which the head reads).
+  uint64_t bytes_per_token() const;
+  // Bits per weight over the 2-D tensors as stored (an imported model: as the kernels read them).
+  double bits_per_weight() const;
+  bool imported() const { return file_ == nullptr; }
   // The embedding of token `id` as floats (dequantized, outliers added): n_embd values.
   void embedding_row(int id, float* out) const;
   // "format:isa" of every distinct (format, kernel ISA) pair, for logs ("/repacked" when the
