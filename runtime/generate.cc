@@ -10,6 +10,12 @@ namespace mxlm {
 
 GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const GenerateParams& params,
                        const std::function<bool(int)>& on_token) {
+  Sampler sampler(params.sampler);
+  return generate(ctx, sampler, prompt, params, on_token);
+}
+
+GenerateStats generate(Context& ctx, Sampler& sampler, const std::vector<int>& prompt, const GenerateParams& params,
+                       const std::function<bool(int)>& on_token) {
   using clock = std::chrono::steady_clock;
   if (prompt.empty()) throw Error(ErrorCode::kInvalidArgument, "empty prompt: there is nothing to continue");
   const int room = ctx.n_ctx() - ctx.n_past();
@@ -22,7 +28,6 @@ GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const Gener
   const int eos = ctx.model().config().eos_id;
   GenerateStats st;
   st.n_prompt = static_cast<int>(prompt.size());
-  Sampler sampler(params.sampler);
   std::vector<int> history = prompt;
 
   auto t0 = clock::now();
@@ -39,7 +44,10 @@ GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const Gener
       st.hit_eos = true;
       break;
     }
-    if (!on_token(tok)) break;
+    if (!on_token(tok)) {
+      st.stopped = true;
+      break;
+    }
     if (st.n_generated >= limit) break;
     if (ctx.n_past() >= ctx.n_ctx()) {
       const int keep = std::clamp(params.n_keep, 0, ctx.n_past() - 2);

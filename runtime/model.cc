@@ -17,6 +17,7 @@
 #include "kernels/onednn_gemm.h"
 #include "model/file_util.h"
 #include "runtime/attention.h"
+#include "runtime/core_budget.h"
 #include "runtime/kv_cache.h"
 #include "runtime/thread_pool.h"
 #include "model/mxlm_file.h"
@@ -39,6 +40,15 @@ void for_each_outlier(const TensorOutliers& o, int64_t row, F&& f) {
     std::memcpy(&v, o.values + 2 * size_t(j), 2);
     f(col, f16_to_f32(v));
   }
+}
+
+Isa checked_isa(Isa isa) {
+  if (!isa_available(isa)) {
+    std::string avail;
+    for (Isa a : available_isas()) avail += (avail.empty() ? "" : ", ") + std::string(isa_name(a));
+    throw Error(ErrorCode::kUnsupported, "ISA " + std::string(isa_name(isa)) + " was asked for, but this build or CPU cannot run it; available: " + avail);
+  }
+  return isa;
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -196,7 +206,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     throw Error(ErrorCode::kFormat, "'" + path + "': the tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) +
                                         " pieces, more than the model's vocabulary of " + std::to_string(c.n_vocab));
   }
-  m->isa_ = selected_isa();
+  m->isa_ = options.isa ? checked_isa(*options.isa) : selected_isa();
   using namespace tensor_names;
   const int64_t q = int64_t{c.n_heads} * c.head_dim, kv = int64_t{c.n_kv_heads} * c.head_dim;
   const bool huge = options.memory == WeightMemory::kHuge;
@@ -243,14 +253,14 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   return m;
 }
 
-std::shared_ptr<const Model> Model::from_imported(std::shared_ptr<const ImportedModel> source) {
+std::shared_ptr<const Model> Model::from_imported(std::shared_ptr<const ImportedModel> source, std::optional<Isa> isa) {
   check_tensor_set(*source);
   std::shared_ptr<Model> m(new Model());
   m->source_ = source;
   m->config_ = source->config;
   const ModelConfig& c = m->config_;
   m->tokenizer_ = Tokenizer::from_spm_proto(source->tokenizer_proto);
-  m->isa_ = selected_isa();
+  m->isa_ = isa ? checked_isa(*isa) : selected_isa();
   std::map<std::string, const SourceTensor*> by_name;
   for (const SourceTensor& t : source->tensors) by_name[t.name] = &t;
   // The tensor's rows as a float format the f32 kernels read in place, converting to f32 when
@@ -338,7 +348,7 @@ std::shared_ptr<const Model> Model::open(const std::string& path, const LoadOpti
   if (notice) notice->clear();
   const auto t0 = std::chrono::steady_clock::now();
   auto imported = [&](ImportedModel m) {
-    auto model = from_imported(std::make_shared<const ImportedModel>(std::move(m)));
+    auto model = from_imported(std::make_shared<const ImportedModel>(std::move(m)), options.isa);
     if (notice) {
       char buf[64];
       std::snprintf(buf, sizeof(buf), "%.1f s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -615,6 +625,7 @@ const float* Context::eval(std::span<const int> tokens, bool all_logits) {
     const int nb = static_cast<int>(std::min<size_t>(n_batch_, n - i));
     const bool last = i + nb == n;
     float* out = all_logits ? logits_.data() + i * c.n_vocab : logits_.data();
+    const CoreLease lease(CoreBudget::process(), n_threads_);  // runtime/core_budget.h
     forward_batch(tokens.data() + i, nb, all_logits, all_logits || last ? out : nullptr);
   }
   return logits_.data();

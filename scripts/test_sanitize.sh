@@ -51,7 +51,7 @@ asan_filter=${MXLM_ASAN_FILTER:-"-*Perplexity*:*TinymixRepacked*:*PredictedKlRan
 # AutoQuant.MoreBits*). Not here: the kernel tests (one
 # thread: they split [n0, n1) by hand), Eval.* and Prefill.* (contexts pinned to one thread),
 # synth and bench (the CLI tests run them with -t 1); all of them run under ASan.
-tsan_filter=${MXLM_TSAN_FILTER:-"ThreadPool.*:WeightMemory.*:Tinymix.LogitsMatchFloat64Reference:Tinymix.Greedy64MatchesReference:MixedPrecision.*:Sources/Stories260K.*:Cli.ThreadCount*:Cli.QuantizeInspectRun:Formats/TinymixRepacked.*/nu3_g32:Calibration.StatisticsEqual*:EncodeDeterminism.*:AutoQuant.MoreBits*"}
+tsan_filter=${MXLM_TSAN_FILTER:-"ThreadPool.*:CApi.FourThreads*:CoreBudget.*:WeightMemory.*:Tinymix.LogitsMatchFloat64Reference:Tinymix.Greedy64MatchesReference:MixedPrecision.*:Sources/Stories260K.*:Cli.ThreadCount*:Cli.QuantizeInspectRun:Formats/TinymixRepacked.*/nu3_g32:Calibration.StatisticsEqual*:EncodeDeterminism.*:AutoQuant.MoreBits*"}
 
 # The SIMD kernel sets this CPU can run (kernels/CMakeLists.txt, MXLM_ISAS): the tests skip the
 # others, so compiling them under sanitizers would only cost time (AVX-512's qgemm_x86.cc alone

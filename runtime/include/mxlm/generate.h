@@ -23,6 +23,7 @@ struct GenerateStats {
   int n_prompt = 0, n_generated = 0;
   double prompt_seconds = 0, gen_seconds = 0;
   bool hit_eos = false, context_full = false;
+  bool stopped = false;  // on_token returned false
   int n_shifts = 0;  // context shifts done
   double prompt_tok_per_s() const { return prompt_seconds > 0 ? n_prompt / prompt_seconds : 0; }
   double gen_tok_per_s() const { return gen_seconds > 0 ? n_generated / gen_seconds : 0; }
@@ -33,6 +34,11 @@ struct GenerateStats {
 // Throws Error (kInvalidArgument) for an empty prompt and (kContextFull) when the prompt
 // does not fit the context with room for one generated token.
 GenerateStats generate(Context& ctx, const std::vector<int>& prompt, const GenerateParams& params,
+                       const std::function<bool(int)>& on_token);
+// The same with the caller's sampler (params.sampler is not used): its generator goes on from
+// where earlier calls left it. The context ends holding the prompt and every generated token but
+// the last (which was sampled, not evaluated).
+GenerateStats generate(Context& ctx, Sampler& sampler, const std::vector<int>& prompt, const GenerateParams& params,
                        const std::function<bool(int)>& on_token);
 
 }  // namespace mxlm

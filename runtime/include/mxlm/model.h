@@ -75,6 +75,9 @@ std::optional<WeightMemory> weight_memory_from_name(std::string_view name);
 struct LoadOptions {
   bool verify = false;  // recompute every tensor checksum at load
   WeightMemory memory = WeightMemory::kHuge;
+  // The kernels' ISA: unset, selected_isa() (MXLM_ISA, else the best available); set, that one
+  // (Error kUnsupported when this build or CPU cannot run it).
+  std::optional<Isa> isa;
 };
 
 class Model {
@@ -87,9 +90,10 @@ class Model {
   // from the source mapping (no copy: a 7B bf16 model costs its page cache, not 28 GB of f32);
   // RoPE-permuted, quantized or misaligned ones are converted to f32 once. Checks the tensor set
   // against the config (check_tensor_set).
-  static std::shared_ptr<const Model> from_imported(std::shared_ptr<const ImportedModel> source);
+  static std::shared_ptr<const Model> from_imported(std::shared_ptr<const ImportedModel> source,
+                                                    std::optional<Isa> isa = std::nullopt);
   // Any model a user names: an .mxlm file (load, with `options`), or a GGUF file or an HF model
-  // directory imported in memory (from_imported; `options` do not apply). Tells them apart by
+  // directory imported in memory (from_imported; of `options` only the ISA applies). Tells them apart by
   // content, not by name. *notice, when given, receives a line for the user when the model was
   // imported (that converting it once loads faster), else is cleared. Throws Error naming the path
   // and the kinds it reads when it is none of them.
@@ -210,7 +214,9 @@ class Context {
   // Evaluates `tokens` at positions n_past() .. n_past() + size - 1 (in batches of n_batch) and
   // returns their logits: [size][n_vocab] when all_logits, else [1][n_vocab] for the last token.
   // The pointer stays valid until the next eval. Throws Error (kContextFull) when the tokens do
-  // not fit, (kInvalidArgument) for an empty list or an id outside the vocabulary.
+  // not fit, (kInvalidArgument) for an empty list or an id outside the vocabulary. Each batch
+  // first leases its threads' cores from the process (runtime/core_budget.h), so contexts
+  // evaluated on several threads at once share the cores instead of oversubscribing them.
   const float* eval(std::span<const int> tokens, bool all_logits = false);
 
   // Layer-by-layer evaluation, for calibration and sensitivity runs that hold every token's
