@@ -1,0 +1,38 @@
+# cmake --install: the mxlm tool, libmxlm (shared and static, runtime/CMakeLists.txt), the public
+# headers, mxlmConfig.cmake (find_package(mxlm) -> mxlm::mxlm, mxlm::mxlm_static) and mxlm.pc.
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS mxlm RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS mxlm_shared LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(FILES ${MXLM_STATIC_LIB} DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(FILES runtime/include/mxlm.h runtime/include/mxlm.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+
+# What libmxlm.a needs beside it, as absolute paths of the libraries this build linked.
+set(_deps ${SPM_LINK_LIBRARIES} ${OpenBLAS_LIBRARIES} ${OpenMP_CXX_LIBRARIES})
+if(MXLM_WITH_ONEDNN)
+  list(APPEND _deps "$<TARGET_LINKER_FILE:DNNL::dnnl>")
+endif()
+list(APPEND _deps stdc++ m)
+list(REMOVE_DUPLICATES _deps)
+set(MXLM_STATIC_DEPS "${_deps}")
+set(MXLM_PC_PRIVATE "")
+foreach(d IN LISTS _deps)
+  if(d MATCHES "^/|^\\$<")
+    string(APPEND MXLM_PC_PRIVATE " ${d}")
+  else()
+    string(APPEND MXLM_PC_PRIVATE " -l${d}")
+  endif()
+endforeach()
+string(STRIP "${MXLM_PC_PRIVATE}" MXLM_PC_PRIVATE)
+
+set(_cfgdir ${CMAKE_INSTALL_LIBDIR}/cmake/mxlm)
+file(RELATIVE_PATH MXLM_REL_INCDIR ${CMAKE_INSTALL_PREFIX}/${_cfgdir} ${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_INCLUDEDIR})
+file(RELATIVE_PATH MXLM_PC_REL_PREFIX ${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_LIBDIR}/pkgconfig ${CMAKE_INSTALL_PREFIX})
+configure_file(cmake/mxlmConfig.cmake.in ${CMAKE_BINARY_DIR}/mxlmConfig.cmake.gen @ONLY)
+file(GENERATE OUTPUT ${CMAKE_BINARY_DIR}/mxlmConfig.cmake INPUT ${CMAKE_BINARY_DIR}/mxlmConfig.cmake.gen)
+configure_file(cmake/mxlm.pc.in ${CMAKE_BINARY_DIR}/mxlm.pc.gen @ONLY)
+file(GENERATE OUTPUT ${CMAKE_BINARY_DIR}/mxlm.pc INPUT ${CMAKE_BINARY_DIR}/mxlm.pc.gen)
+write_basic_package_version_file(${CMAKE_BINARY_DIR}/mxlmConfigVersion.cmake COMPATIBILITY SameMinorVersion)
+install(FILES ${CMAKE_BINARY_DIR}/mxlmConfig.cmake ${CMAKE_BINARY_DIR}/mxlmConfigVersion.cmake DESTINATION ${_cfgdir})
+install(FILES ${CMAKE_BINARY_DIR}/mxlm.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
