@@ -7,6 +7,7 @@ pkgs=(g++ cmake make pkg-config ninja-build
       libsentencepiece-dev sentencepiece libcli11-dev
       googletest libgtest-dev libbenchmark-dev nlohmann-json3-dev libeigen3-dev
       libopenblas-pthread-dev
+      libedit-dev tmux
       g++-aarch64-linux-gnu qemu-user
       clang libclang-rt-14-dev libomp-14-dev)
 missing=()

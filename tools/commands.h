@@ -24,6 +24,7 @@ Command add_quantize_command(CLI::App& app);
 Command add_sweep_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_chat_command(CLI::App& app);
 
 // "12.34 MiB"-style sizes.
 std::string human_bytes(uint64_t b);

@@ -1,5 +1,5 @@
-// mxlm: the command-line frontend: parses and dispatches (convert, run, ppl, bench, synth here;
-// quantize, sweep and inspect in their own files).
+// mxlm: the command-line frontend: parses and dispatches (convert, run, ppl, synth here;
+// quantize, sweep, inspect, bench and chat in their own files).
 #include <omp.h>
 #include <unistd.h>
 
@@ -229,6 +229,7 @@ int main(int argc, char** argv) {
   const Command sw = add_sweep_command(app);
 
   const Command bn = add_bench_command(app);
+  const Command ch = add_chat_command(app);
 
   SynthArgs synth;
   auto* sy = app.add_subcommand("synth", "Write a model of a real shape with random weights (for benchmarks)");
@@ -290,6 +291,7 @@ int main(int argc, char** argv) {
     if (*qz.app) return qz.run();
     if (*sw.app) return sw.run();
     if (*bn.app) return bn.run();
+    if (*ch.app) return ch.run();
     if (*sy) {
       SynthOptions so;
       so.shape = synth.shape;

@@ -1,0 +1,215 @@
+// mxlm chat as people use it: scripted through stdin (turns, commands, KV reuse measured in
+// tokens evaluated, /save and /load, bad input) and in a real terminal driven through tmux
+// (streamed turns, a full context, /reset, Ctrl-C in the middle of a reply and at the prompt,
+// /exit). The plain template's rendering and the conversation JSON directly.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include "kernels/common.h"
+#include "mxlm/chat.h"
+#include "tests/test_util.h"
+
+namespace mxlm {
+namespace {
+
+// tinymix-26m in bf16 (the HF directory converted once per test process).
+std::string tinymix() {
+  static std::string path;
+  if (path.empty()) {
+    path = test::scratch_dir() + "/chat_tinymix.mxlm";
+    std::string out;
+    const int st = test::run_command(test::mxlm_binary() + " convert " + test::shared_path("models/tinymix-26m") + " -o " + path + " -q", &out);
+    EXPECT_EQ(st, 0) << out;
+  }
+  return path;
+}
+
+// Runs chat with `input` on stdin; returns stdout (stderr too when merge).
+std::string scripted(const std::string& input, const std::string& flags = "", bool merge = false) {
+  const std::string in = test::scratch_dir() + "/chat_input.txt";
+  std::ofstream(in, std::ios::binary) << input;
+  std::string out;
+  const int st = test::run_command(test::mxlm_binary() + " chat -m " + tinymix() + " --temp 0 -t 1 -n 16 " + flags + " < " + in +
+                                       (merge ? "" : " 2>/dev/null"),
+                                   &out, merge);
+  EXPECT_EQ(st, 0) << out;
+  return out;
+}
+
+// The "evaluated N new tokens" counts of every /stats in the output.
+std::vector<int> evaluated(const std::string& out) {
+  std::vector<int> r;
+  const std::regex re("evaluated (\\d+) new tokens");
+  for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) r.push_back(std::stoi((*it)[1]));
+  return r;
+}
+
+TEST(ChatTemplate, PlainRendersTurnsAndStops) {
+  const ChatTemplate t = ChatTemplate::plain();
+  const std::vector<ChatMessage> m = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "Why?"}};
+  EXPECT_EQ(t.render(m, true), "Be brief.\n\nUser: Hi\nAssistant: Hello!\nUser: Why?\nAssistant:");
+  EXPECT_EQ(t.render(m, false), "Be brief.\n\nUser: Hi\nAssistant: Hello!\nUser: Why?\n");
+  EXPECT_EQ(t.reply_content(" Sure.  "), "Sure.  ");
+  // A reply's own leading whitespace renders as generated.
+  for (const std::string g : {" Sure.", "  Sure.", "\n\tSure.", "Sure."}) {
+    EXPECT_EQ(t.render({{"user", "Hi"}, {"assistant", t.reply_content(g)}}, false), "User: Hi\nAssistant:" + (g[0] == 'S' ? " " + g : g) + "\n") << g;
+  }
+  EXPECT_THROW(t.render({{"tool", "x"}}, true), Error);
+  // A streamed reply holds back exactly what could start a stop string.
+  EXPECT_EQ(stop_holdback("Fine.\nUs", t.stop_strings()), 3u);
+  EXPECT_EQ(stop_holdback("Fine.\n", t.stop_strings()), 1u);
+  EXPECT_EQ(stop_holdback("Fine.", t.stop_strings()), 0u);
+  EXPECT_EQ(stop_holdback("", t.stop_strings()), 0u);
+}
+
+TEST(ChatTemplate, ConversationJsonRoundTripsAndRejectsBadInput) {
+  const std::vector<ChatMessage> m = {{"system", "S"}, {"user", "ü \"q\""}, {"assistant", "a\nb"}};
+  EXPECT_EQ(chat_from_json(chat_to_json(m), "x"), m);
+  for (const char* bad : {R"({"messages": 3})", R"({"messages": [{"role": "user"}]})", R"({"messages": [{"role": "bot", "content": "x"}]})",
+                          R"({"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]})", R"([1, 2])"}) {
+    try {
+      chat_from_json(nlohmann::json::parse(bad), "'f.json'");
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat);
+      EXPECT_NE(std::string(e.what()).find("'f.json'"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Each turn evaluates only its own tokens: the second turn costs the same whether the first was
+// short or long.
+TEST(Chat, ScriptedTurnsReuseTheCache) {
+  std::string long_first = "Tell me";
+  for (int i = 0; i < 40; ++i) long_first += " about the old house by the sea";
+  const std::string a = scripted("Hi\n/stats\nWhat did the dog do next?\n/stats\n");
+  const std::string b = scripted(long_first + "\n/stats\nWhat did the dog do next?\n/stats\n");
+  const std::vector<int> ea = evaluated(a), eb = evaluated(b);
+  ASSERT_EQ(ea.size(), 2u) << a;
+  ASSERT_EQ(eb.size(), 2u) << b;
+  EXPECT_GT(eb[0], ea[0] + 200) << b;  // the long first turn is long
+  EXPECT_EQ(ea[1], eb[1]) << a << "\n---\n" << b;
+  EXPECT_LT(ea[1], 24) << a;  // "\nUser: What did the dog do next?\nAssistant:" and the reply's last token
+  EXPECT_NE(a.find("turns 2"), std::string::npos) << a;
+  // Replies are printed one per line of output, without the framing.
+  EXPECT_EQ(a.find("Assistant:"), std::string::npos) << a;
+  // The notice that the model has no template goes to stderr.
+  const std::string c = scripted("Hi\n", "", true);
+  EXPECT_NE(c.find("no chat template"), std::string::npos) << c;
+}
+
+TEST(Chat, SaveLoadSystemAndBadInput) {
+  const std::string conv = test::scratch_dir() + "/conv.json";
+  std::string out = scripted("/system You are terse.\nHi\nAnd then?\n/save " + conv + "\n");
+  EXPECT_NE(out.find("(saved 5 messages"), std::string::npos) << out;
+  std::ifstream f(conv);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["messages"].size(), 5u) << j.dump();
+  EXPECT_EQ(j["messages"][0]["role"], "system");
+  EXPECT_EQ(j["messages"][0]["content"], "You are terse.");
+  EXPECT_EQ(j["messages"][3]["content"], "And then?");
+
+  // A loaded conversation goes on: the same reply to the same next turn as the original run.
+  const std::string next = scripted("/system You are terse.\nHi\nAnd then?\nWhy?\n");
+  const std::string loaded = scripted("/load " + conv + "\nWhy?\n");
+  EXPECT_NE(loaded.find("(loaded 5 messages"), std::string::npos) << loaded;
+  auto last_line = [](const std::string& s) {
+    std::string t = s;
+    while (!t.empty() && t.back() == '\n') t.pop_back();
+    return t.substr(t.rfind('\n') + 1);
+  };
+  EXPECT_EQ(last_line(loaded), last_line(next)) << loaded << "\n---\n" << next;
+
+  // Bad input is reported and the chat goes on; nothing the user had is overwritten.
+  std::ofstream(test::scratch_dir() + "/notjson.txt") << "{nope";
+  out = scripted("/load " + test::scratch_dir() + "/missing.json\n/load " + test::scratch_dir() +
+                 "/notjson.txt\nbad \xff byte\n/frobnicate\n/save\nHi\n/stats\n/save /nonexistent-dir/x.json\n");
+  EXPECT_NE(out.find("missing.json"), std::string::npos) << out;
+  EXPECT_NE(out.find("is not JSON"), std::string::npos) << out;
+  EXPECT_NE(out.find("not valid UTF-8"), std::string::npos) << out;
+  EXPECT_NE(out.find("unknown command /frobnicate"), std::string::npos) << out;
+  EXPECT_NE(out.find("/save needs a file name"), std::string::npos) << out;
+  EXPECT_NE(out.find("turns 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("/nonexistent-dir"), std::string::npos) << out;
+}
+
+// A tmux session running chat on a pty.
+class Tmux {
+ public:
+  explicit Tmux(const std::string& command) : sock_("mxlm" + std::to_string(::getpid())) {
+    const int st = test::run_command("tmux -L " + sock_ + " new-session -d -s chat -x 160 -y 50 \"" + command + "; echo EXITED rc=\\$?; sleep 120\"");
+    EXPECT_EQ(st, 0);
+  }
+  ~Tmux() { test::run_command("tmux -L " + sock_ + " kill-server"); }
+  void keys(const std::string& k) { test::run_command("tmux -L " + sock_ + " send-keys -t chat " + k); }
+  std::string screen() {
+    std::string out;
+    test::run_command("tmux -L " + sock_ + " capture-pane -t chat -p -S -2000", &out, false);
+    return out;
+  }
+  // Waits (up to 60 s) until the screen holds `n` matches of `re`; returns the screen.
+  std::string wait_for(const std::string& re, int n = 1) {
+    const std::regex r(re);
+    std::string s;
+    for (int i = 0; i < 1200; ++i) {
+      s = screen();
+      if (std::distance(std::sregex_iterator(s.begin(), s.end(), r), std::sregex_iterator()) >= n) return s;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "timed out waiting for /" << re << "/ x" << n << " on:\n" << s;
+    return s;
+  }
+
+ private:
+  std::string sock_;
+};
+
+TEST(Chat, InATerminal) {
+  if (test::run_command("command -v tmux >/dev/null") != 0) GTEST_SKIP() << "tmux is not installed (scripts/setup.sh installs it)";
+  const std::string dir = test::scratch_dir();
+  // Replies of 300 tokens in a context of 512: the second turn does not fit beside the first.
+  Tmux t("MXLM_CHAT_HISTORY=" + dir + "/history " + test::mxlm_binary() + " chat -m " + tinymix() +
+         " --temp 0 -t 1 -n 300 --ignore-eos 2>" + dir + "/chat_err.txt");
+  // A prompt, with what was typed after it or empty (capture-pane may trim its trailing space).
+  const std::string prompt = "\n>( |\n)";
+  t.wait_for(prompt);
+  t.keys("'Hello there' Enter");
+  t.wait_for(prompt, 2);
+  t.keys("'What happened next?' Enter");
+  std::string s = t.wait_for(prompt, 3);
+  EXPECT_NE(s.find("(context full: dropped the 2 oldest messages)"), std::string::npos) << s;
+  t.keys("/stats Enter");
+  s = t.wait_for("turns 2 \\| last turn: evaluated \\d+ new tokens");
+  t.keys("/reset Enter");
+  t.wait_for("\\(conversation reset\\)");
+  // Ctrl-C once the reply is streaming: it stops there and the conversation goes on.
+  t.keys("'Tell me a story' Enter");
+  t.wait_for("> Tell me a story\n.*\\S");
+  t.keys("C-c");
+  s = t.wait_for("\\(stopped\\)");
+  t.wait_for("\\(stopped\\)\n>( |\n)");
+  t.keys("/stats Enter");
+  s = t.wait_for("turns 3 \\| last turn: evaluated \\d+ new tokens \\([0-9.]+ tok/s\\), replied (\\d+) tokens");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(s, m, std::regex("turns 3 .* replied (\\d+) tokens")));
+  EXPECT_LT(std::stoi(m[1]), 300) << s;  // stopped before -n
+  EXPECT_GT(std::stoi(m[1]), 0) << s;
+  // Ctrl-C at the prompt clears the line; /exit quits.
+  t.keys("'half a line' C-c");
+  t.wait_for("Ctrl-D or /exit quits");
+  t.keys("/exit Enter");
+  s = t.wait_for("EXITED rc=0");
+  std::ifstream h(dir + "/history");
+  const std::string history((std::istreambuf_iterator<char>(h)), {});
+  EXPECT_NE(history.find("story"), std::string::npos) << history;  // libedit's format escapes the spaces
+}
+
+}  // namespace
+}  // namespace mxlm
