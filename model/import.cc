@@ -115,6 +115,7 @@ ImportedModel import_mxlm(const std::string& path) {
   m.format = SourceFormat::kMxlm;
   m.config = file->config();
   m.tokenizer_proto = std::string(file->tokenizer_blob());
+  m.chat_template = file->chat_template();
   m.provenance = file->header().value("provenance", nlohmann::json::object());
   m.provenance["requantized_from"] = path;
   for (const TensorEntry& t : file->tensors()) {
@@ -177,6 +178,7 @@ void write_model(const ImportedModel& m, const std::string& out_path, const std:
   MxlmWriteInput in;
   in.config = m.config;
   in.tokenizer_blob = m.tokenizer_proto;
+  in.chat_template = m.chat_template;
   in.provenance = m.provenance;
   in.provenance["source_format"] = source_format_name(m.format);
   in.quantization = quantization;

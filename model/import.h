@@ -34,6 +34,9 @@ struct ImportedModel {
   ModelConfig config;
   SourceFormat format = SourceFormat::kHf;
   std::string tokenizer_proto;  // serialized sentencepiece ModelProto
+  // The model's chat template (Jinja2; runtime/jinja.h), empty when it has none: HF
+  // chat_template.jinja or tokenizer_config.json "chat_template", GGUF tokenizer.chat_template.
+  std::string chat_template;
   nlohmann::json provenance = nlohmann::json::object();
   std::vector<SourceTensor> tensors;
   std::vector<std::shared_ptr<const void>> files;  // keep the source data mapped
@@ -75,6 +78,11 @@ void read_safetensors(const MappedFile& map, std::map<std::string, SafeTensor>* 
 // config.json text -> a validated ModelConfig (and the architectures[0] name). `path` names the
 // file in messages.
 ModelConfig parse_config(const std::string& text, const std::string& path, std::string* arch_name = nullptr);
+// The chat template of an HF directory: chat_template.jinja (where transformers writes it
+// since 4.43), else tokenizer_config.json's "chat_template" (a string, or a list of
+// {"name", "template"} of which "default" or the first is taken); "" when neither has one. A
+// tokenizer_config.json that is not JSON is an error naming it.
+std::string read_chat_template(const std::string& dir);
 // model.safetensors.index.json text -> the shard file names in order of first appearance (and
 // the tensor -> shard map). Rejects shard paths that are absolute or contain "..".
 std::vector<std::string> parse_index(const std::string& text, const std::string& path,

@@ -126,6 +126,7 @@ ImportedModel import_gguf(std::shared_ptr<const gguf::File> file, const ImportOp
   m.tokenizer_proto = build_spm_model_proto(vocab, spm);
   m.provenance = {{"source", path}, {"gguf_version", g.version()}};
   if (const gguf::Value* v = g.find("general.name")) m.provenance["name"] = v->as_string("general.name");
+  if (const gguf::Value* v = g.find("tokenizer.chat_template")) m.chat_template = v->as_string("tokenizer.chat_template");
   // Keep the mapping alive through a MappedFile-owning holder.
   m.files.push_back(file);
   return m;

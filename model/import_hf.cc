@@ -260,6 +260,32 @@ std::vector<std::string> parse_index(const std::string& text, const std::string&
 
 }  // namespace hf
 
+namespace hf {
+
+std::string read_chat_template(const std::string& dir) {
+  const std::string jinja_path = (fs::path(dir) / "chat_template.jinja").string();
+  if (file_exists(jinja_path)) return read_file(jinja_path);
+  const std::string cfg_path = (fs::path(dir) / "tokenizer_config.json").string();
+  if (!file_exists(cfg_path)) return "";
+  const nlohmann::json cfg = nlohmann::json::parse(read_file(cfg_path), nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object()) throw Error(ErrorCode::kFormat, "'" + cfg_path + "' is not a JSON object");
+  const auto it = cfg.find("chat_template");
+  if (it == cfg.end() || it->is_null()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array()) {
+    std::string first;
+    for (const auto& e : *it) {
+      if (!e.is_object() || !e.contains("template") || !e["template"].is_string()) continue;
+      if (e.value("name", "") == "default") return e["template"].get<std::string>();
+      if (first.empty()) first = e["template"].get<std::string>();
+    }
+    return first;
+  }
+  throw Error(ErrorCode::kFormat, "'" + cfg_path + "': \"chat_template\" is neither a string nor a list of named templates");
+}
+
+}  // namespace hf
+
 ImportedModel import_hf(const std::string& dir, const ImportOptions& options) {
   ImportedModel m;
   m.format = SourceFormat::kHf;
@@ -341,6 +367,7 @@ ImportedModel import_hf(const std::string& dir, const ImportOptions& options) {
     throw Error(ErrorCode::kIo, "'" + dir + "' has no tokenizer.model (only SentencePiece tokenizers are supported so far)");
   }
   m.tokenizer_proto = read_file(tok_path);
+  m.chat_template = hf::read_chat_template(dir);
   m.provenance = {{"source", dir}, {"architecture", arch_name}};
   return m;
 }

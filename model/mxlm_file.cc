@@ -314,6 +314,7 @@ void MxlmFile::parse() {
   const auto& jtok = header_.value("tokenizer", nlohmann::json());
   if (!jtok.is_object()) fail(path, "header lacks 'tokenizer'");
   tokenizer_kind_ = get_field<std::string>(path, jtok, "kind", "tokenizer");
+  if (jtok.contains("chat_template")) chat_template_ = get_field<std::string>(path, jtok, "chat_template", "tokenizer");
   const auto tok_off = as_uint(path, field(path, jtok, "offset", "tokenizer"), "tokenizer offset");
   const auto tok_bytes = as_uint(path, field(path, jtok, "bytes", "tokenizer"), "tokenizer bytes");
   tokenizer_crc_ = static_cast<uint32_t>(as_uint(path, field(path, jtok, "crc32c", "tokenizer"), "tokenizer crc32c", UINT32_MAX));
@@ -454,6 +455,7 @@ void write_mxlm(const std::string& path, const MxlmWriteInput& input, const std:
       {"quantization", input.quantization},
       {"tensors", tensors},
   };
+  if (!input.chat_template.empty()) header["tokenizer"]["chat_template"] = input.chat_template;
   const std::string text = header.dump(1);
   out.write_zeros(align_up(out.tell(), kMxlmAlign) - out.tell());
   pre.header_offset = out.tell();

@@ -98,6 +98,8 @@ class MxlmFile {
   // quantizer's --bpw budget count (scales, codebooks, outliers and norm vectors included).
   double bits_per_weight() const;
   std::string_view tokenizer_kind() const { return tokenizer_kind_; }
+  // The model's chat template (Jinja2), "" when the file has none.
+  const std::string& chat_template() const { return chat_template_; }
   std::string_view tokenizer_blob() const { return tokenizer_blob_; }
 
   // Recomputes every checksum (tensors and tokenizer). Throws Error (kFormat) naming the first
@@ -119,6 +121,7 @@ class MxlmFile {
   nlohmann::json header_;
   std::vector<TensorEntry> tensors_;
   std::string tokenizer_kind_;
+  std::string chat_template_;
   std::string_view tokenizer_blob_;
   uint32_t tokenizer_crc_ = 0;
 };
@@ -149,6 +152,7 @@ struct MxlmWriteInput {
   ModelConfig config;
   std::string tokenizer_kind = "sentencepiece";
   std::string tokenizer_blob;
+  std::string chat_template;  // header "tokenizer": {"chat_template": ...} when not empty
   nlohmann::json provenance = nlohmann::json::object();
   nlohmann::json quantization = nlohmann::json::object();
   std::vector<TensorToWrite> tensors;

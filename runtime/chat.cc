@@ -3,8 +3,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <ctime>
 
 #include "kernels/common.h"
+#include "model/file_util.h"
+#include "mxlm/model.h"
+#include "runtime/jinja.h"
+#include "tokenizer/tokenizer.h"
 
 namespace mxlm {
 
@@ -15,7 +20,72 @@ ChatTemplate ChatTemplate::plain() {
   return t;
 }
 
+ChatTemplate ChatTemplate::jinja(const std::string& source, std::string name, std::string bos_token, std::string eos_token) {
+  ChatTemplate t;
+  t.name_ = std::move(name);
+  t.jinja_ = std::make_shared<const jinja::Template>(source);
+  t.bos_ = std::move(bos_token);
+  t.eos_ = std::move(eos_token);
+  // What the template renders around a reply, from a probe conversation: the text between the
+  // generation prompt and the reply, and the end-of-turn marker after it.
+  const std::string marker = "\x02mxlm-reply\x02";
+  try {
+    const std::vector<ChatMessage> q = {{"user", "Hi"}};
+    const std::string prompt = t.render(q, true);
+    const std::string with = t.render({{"user", "Hi"}, {"assistant", marker}}, false);
+    const size_t at = with.find(marker);
+    if (at != std::string::npos && at >= prompt.size() && with.compare(0, prompt.size(), prompt) == 0) {
+      t.sep_ = with.substr(prompt.size(), at - prompt.size());
+    }
+    if (at != std::string::npos) {
+      std::string after = with.substr(at + marker.size());
+      const size_t b = after.find_first_not_of(" \t\n");
+      after = b == std::string::npos ? "" : after.substr(b);
+      const size_t e = after.find_first_of(" \t\n");
+      if (e != std::string::npos) after.resize(e);
+      if (!after.empty()) t.stops_.push_back(after);
+    }
+  } catch (const Error&) {
+    // A template that rejects the probe (it wants a system message first, ...): no stop
+    // strings beyond EOS; the conversation's own rendering reports its errors.
+  }
+  return t;
+}
+
+ChatTemplate ChatTemplate::for_model(const Model& model, bool* fallback) {
+  const std::string& src = model.chat_template();
+  if (fallback) *fallback = src.empty();
+  if (src.empty()) return plain();
+  const Tokenizer& tok = model.tokenizer();
+  const ModelConfig& c = model.config();
+  auto piece = [&](int id) { return id >= 0 && id < tok.n_vocab() ? tok.piece(id) : std::string(); };
+  return jinja(src, "the model's", piece(c.bos_id), piece(c.eos_id));
+}
+
+ChatTemplate ChatTemplate::from_spec(const std::string& spec, const Model& model) {
+  if (spec == "plain") return plain();
+  if (spec.empty() || spec == "model") return for_model(model);
+  if (!file_exists(spec)) {
+    throw Error(ErrorCode::kInvalidArgument, "--chat-template " + spec + ": neither plain, model nor a template file");
+  }
+  const Tokenizer& tok = model.tokenizer();
+  const ModelConfig& c = model.config();
+  auto piece = [&](int id) { return id >= 0 && id < tok.n_vocab() ? tok.piece(id) : std::string(); };
+  return jinja(read_file(spec), "'" + spec + "'", piece(c.bos_id), piece(c.eos_id));
+}
+
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  if (jinja_) {
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+    for (const ChatMessage& m : messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
+    nlohmann::ordered_json ctx = {{"messages", msgs},     {"add_generation_prompt", add_generation_prompt},
+                                  {"bos_token", bos_},    {"eos_token", eos_},
+                                  {"tools", nullptr},     {"documents", nullptr}};
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&now, &tm);
+    return jinja_->render(ctx, tm);
+  }
   std::string out;
   for (const ChatMessage& m : messages) {
     if (m.role == "system") {
@@ -36,6 +106,11 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
 }
 
 std::string ChatTemplate::reply_content(std::string generated) const {
+  if (jinja_) {
+    if (!sep_.empty() && generated.compare(0, sep_.size(), sep_) == 0) generated.erase(0, sep_.size());
+    else if (!generated.empty() && generated[0] == ' ' && !sep_.empty() && sep_.back() == ' ') generated.erase(0, 1);
+    return generated;
+  }
   if (generated.size() >= 2 && generated[0] == ' ' && !std::isspace(static_cast<unsigned char>(generated[1]))) generated.erase(0, 1);
   return generated;
 }

@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -213,6 +215,48 @@ TEST(CApi, TurnsReuseTheCache) {
   for (int i = 0; i < nv; ++i) ASSERT_NEAR(la[i], last[i], 1e-4f * (1 + std::abs(last[i]))) << i;
   mxlm_context_free(a);
   mxlm_context_free(b);
+}
+
+// The model's own chat template through the C API renders as Jinja2 rendered it (the reference
+// of tests/data/chat_templates); a model without one gets the plain fallback.
+TEST(CApi, ChatTemplate) {
+  namespace fs = std::filesystem;
+  const std::string dir = mxlm::test::scratch_dir() + "/tinymix-tmpl";
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(mxlm::test::shared_path("models/tinymix-26m"))) {
+    fs::create_symlink(e.path(), dir + "/" + e.path().filename().string());
+  }
+  const std::string data = std::string(MXLM_SOURCE_DIR) + "/tests/data/chat_templates/";
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), {});
+  };
+  std::ofstream(dir + "/tokenizer_config.json") << nlohmann::json({{"chat_template", slurp(data + "TinyLlama-1.1B-Chat-v1.0.jinja")}}).dump();
+  const mxlm_chat_message msgs[] = {{"system", "You are a helpful assistant."}, {"user", "What is 2+2?"}, {"assistant", "2+2 is 4."},
+                                    {"user", "And 3+3?"}};
+  ModelHandle with(dir);
+  mxlm_model_info info;
+  ASSERT_EQ(mxlm_model_get_info(with.m, &info), MXLM_OK);
+  EXPECT_EQ(info.has_chat_template, 1);
+  size_t len = 0;
+  ASSERT_EQ(mxlm_chat_apply_template(with.m, msgs, 4, 1, nullptr, 0, &len), MXLM_ERR_BUFFER_TOO_SMALL);
+  std::vector<char> buf(len + 1);
+  ASSERT_EQ(mxlm_chat_apply_template(with.m, msgs, 4, 1, buf.data(), buf.size(), &len), MXLM_OK) << mxlm_last_error();
+  EXPECT_EQ(std::string(buf.data(), len), slurp(data + "TinyLlama-1.1B-Chat-v1.0.system.txt"));
+
+  ModelHandle without(mxlm::test::shared_path("models/tinymix-26m"));
+  ASSERT_EQ(mxlm_model_get_info(without.m, &info), MXLM_OK);
+  EXPECT_EQ(info.has_chat_template, 0);
+  char small[256];
+  ASSERT_EQ(mxlm_chat_apply_template(without.m, msgs + 1, 1, 1, small, sizeof(small), &len), MXLM_OK);
+  EXPECT_STREQ(small, "User: What is 2+2?\nAssistant:");
+  const mxlm_chat_message bad_role[] = {{"robot", "x"}};
+  EXPECT_EQ(mxlm_chat_apply_template(without.m, bad_role, 1, 1, small, sizeof(small), &len), MXLM_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(mxlm_last_error()).find("robot"), std::string::npos);
+  const mxlm_chat_message bad_utf8[] = {{"user", "a\xff"}};
+  EXPECT_EQ(mxlm_chat_apply_template(without.m, bad_utf8, 1, 1, small, sizeof(small), &len), MXLM_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(mxlm_last_error()).find("UTF-8"), std::string::npos);
+  EXPECT_EQ(mxlm_chat_apply_template(nullptr, msgs, 1, 1, small, sizeof(small), &len), MXLM_ERR_INVALID_ARGUMENT);
 }
 
 TEST(CApi, SamplerIsSeeded) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -138,6 +139,50 @@ TEST(Chat, SaveLoadSystemAndBadInput) {
   EXPECT_NE(out.find("/save needs a file name"), std::string::npos) << out;
   EXPECT_NE(out.find("turns 1"), std::string::npos) << out;
   EXPECT_NE(out.find("/nonexistent-dir"), std::string::npos) << out;
+}
+
+// A model's own template travels from the HF directory (tokenizer_config.json) into the .mxlm
+// file, and chat renders turns with it (the model's special tokens as their ids); an imported
+// directory does the same. Each turn still evaluates only its new tokens.
+TEST(Chat, TheModelsOwnTemplate) {
+  namespace fs = std::filesystem;
+  const std::string dir = test::scratch_dir() + "/tinymix-chat";
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(test::shared_path("models/tinymix-26m"))) {
+    fs::create_symlink(e.path(), dir + "/" + e.path().filename().string());
+  }
+  const std::string tmpl = std::string(MXLM_SOURCE_DIR) + "/tests/data/chat_templates/TinyLlama-1.1B-Chat-v1.0.jinja";
+  std::ifstream tf(tmpl, std::ios::binary);
+  const std::string source((std::istreambuf_iterator<char>(tf)), {});
+  std::ofstream(dir + "/tokenizer_config.json") << nlohmann::json({{"chat_template", source}, {"bos_token", "<s>"}}).dump();
+  const std::string out_model = test::scratch_dir() + "/tinymix-chat.mxlm";
+  std::string out;
+  ASSERT_EQ(test::run_command(test::mxlm_binary() + " convert " + dir + " -o " + out_model + " -q", &out), 0) << out;
+  const std::string in = test::scratch_dir() + "/turns.txt";
+  std::ofstream(in) << "Hi\n/stats\nWhat did the dog do next?\n/stats\n";
+  for (const std::string& m : {out_model, dir}) {
+    std::string o;
+    ASSERT_EQ(test::run_command(test::mxlm_binary() + " chat -m " + m + " --system 'Be kind.' --temp 0 -t 1 -n 12 < " + in, &o), 0) << o;
+    EXPECT_NE(o.find("chat template: the model's"), std::string::npos) << o;
+    EXPECT_EQ(o.find("plain"), std::string::npos) << o;
+    const std::vector<int> ev = evaluated(o);
+    ASSERT_EQ(ev.size(), 2u) << o;
+    // Turn 1: BOS, "<|system|>\nBe kind.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"; turn 2 only
+    // "</s>\n<|user|>\nWhat did the dog do next?</s>\n<|assistant|>\n" and the reply's last token.
+    EXPECT_GT(ev[0], 15) << o;
+    EXPECT_LT(ev[1], 40) << o;
+  }
+  // --chat-template overrides: plain, or a file; a missing file is a clear error.
+  std::string o;
+  EXPECT_EQ(test::run_command(test::mxlm_binary() + " chat -m " + out_model + " --chat-template plain -t 1 -n 4 < " + in, &o), 0) << o;
+  EXPECT_NE(o.find("--chat-template plain"), std::string::npos) << o;
+  EXPECT_EQ(test::run_command(test::mxlm_binary() + " chat -m " + out_model + " --chat-template /nonexistent.jinja -t 1 < " + in, &o), 1);
+  EXPECT_NE(o.find("neither plain, model nor a template file"), std::string::npos) << o;
+  // A template that does not parse names its line.
+  const std::string bad = test::scratch_dir() + "/bad.jinja";
+  std::ofstream(bad) << "{% for m in messages %}\n{{ m.content }";
+  EXPECT_EQ(test::run_command(test::mxlm_binary() + " chat -m " + out_model + " --chat-template " + bad + " -t 1 < " + in, &o), 1);
+  EXPECT_NE(o.find("chat template, line 2"), std::string::npos) << o;
 }
 
 // A tmux session running chat on a pty.

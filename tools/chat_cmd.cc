@@ -14,6 +14,7 @@
 #include <editline/readline.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -39,7 +40,7 @@ std::atomic<bool> g_interrupted{false};
 extern "C" void on_sigint(int) { g_interrupted.store(true); }
 
 struct ChatArgs {
-  std::string model, system, memory = "huge";
+  std::string model, system, memory = "huge", chat_template = "model";
   KvArgs kv;
   int ctx = 0, threads = 0, n_predict = -1;
   bool ignore_eos = false;
@@ -56,13 +57,21 @@ std::string trim(std::string s) {
 class Chat {
  public:
   Chat(std::shared_ptr<const Model> model, const ContextParams& cp, const ChatArgs& a)
-      : model_(std::move(model)), ctx_(model_, cp), tok_(model_->tokenizer()), tmpl_(ChatTemplate::plain()),
+      : model_(std::move(model)), ctx_(model_, cp), tok_(model_->tokenizer()), tmpl_(ChatTemplate::from_spec(a.chat_template, *model_)),
         sampler_(a.sampler), args_(a), tty_(::isatty(0) && ::isatty(1)) {
     if (!a.system.empty()) messages_.push_back({"system", a.system});
+    for (int id = 0; id < tok_.n_vocab(); ++id) {
+      if (tok_.is_control(id) && tok_.piece(id).size() > 1) specials_.emplace_back(tok_.piece(id), id);
+    }
   }
 
   int run() {
-    std::fprintf(stderr, "mxlm: the model has no chat template: turns are framed as plain \"User:\" / \"Assistant:\" lines\n");
+    if (!tmpl_.is_jinja()) {
+      std::fprintf(stderr, "mxlm: %s: turns are framed as plain \"User:\" / \"Assistant:\" lines\n",
+                   model_->chat_template().empty() ? "the model has no chat template" : "--chat-template plain");
+    } else {
+      std::fprintf(stderr, "mxlm: chat template: %s\n", tmpl_.name().c_str());
+    }
     if (tty_) {
       std::printf("mxlm chat: %s, context %d tokens. /help for commands; Ctrl-C stops a reply, Ctrl-D or /exit quits.\n",
                   args_.model.c_str(), ctx_.n_ctx());
@@ -145,6 +154,7 @@ class Chat {
         messages_ = keep;
         ctx_.reset();
         cached_.clear();
+        cached_text_.clear();
         say("(conversation reset)");
       } else if (cmd == "/system") {
         if (!messages_.empty() && messages_[0].role == "system") messages_.erase(messages_.begin());
@@ -188,70 +198,122 @@ class Chat {
   // The conversation rendered with the generation prompt, fitted into the context (the oldest
   // turns dropped, with a notice, until it leaves room for a reply); nullopt when even the last
   // message alone does not fit.
-  // Tokens of text that continues earlier text (no dummy-prefix space in front): encoded behind a
-  // line break, whose tokens are then dropped. Line breaks are byte pieces that merge with
-  // nothing in Llama-family vocabularies; where one does, the text is encoded alone.
-  std::vector<int> encode_continuation(const std::string& text) const {
-    if (text.empty()) return {};
-    std::vector<int> ids = tok_.encode("\n" + text, false);
-    std::string lead;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      lead += tok_.token_bytes(ids[i], i == 0);
-      if (lead == "\n") return std::vector<int>(ids.begin() + long(i) + 1, ids.end());
-      if (!lead.empty()) break;
+  // Tokens of text, with the text each stands for in the rendered conversation. The template's
+  // special tokens (control pieces such as <s>, </s>, <|im_end|>) written as text become their
+  // ids; the text between them is encoded as SentencePiece encodes a whole text (a dummy-prefix
+  // space in front, as llama.cpp and the slow HF tokenizers do after a special token), except
+  // where it continues earlier text (`continuation`: it then takes none, through a line break
+  // encoded in front and dropped). BOS comes first at the start of a conversation whose text does
+  // not begin with it.
+  struct Tokens {
+    std::vector<int> ids;
+    std::vector<std::string> texts;
+  };
+  Tokens encode(const std::string& text, bool continuation) const {
+    Tokens out;
+    const int bos = model_->config().bos_id;
+    if (!continuation && (bos < 0 || bos >= tok_.n_vocab() || text.compare(0, tok_.piece(bos).size(), tok_.piece(bos)) != 0)) {
+      if (bos >= 0 && bos < tok_.n_vocab()) {
+        out.ids.push_back(bos);
+        out.texts.emplace_back();
+      }
     }
-    return tok_.encode(text, false);
+    size_t pos = 0;
+    bool first_segment = true;
+    while (pos < text.size()) {
+      // The earliest special token at or after pos (the longest at one position).
+      size_t at = std::string::npos;
+      int id = -1;
+      for (const auto& [piece, pid] : specials_) {
+        const size_t f = text.find(piece, pos);
+        if (f != std::string::npos && (f < at || (f == at && piece.size() > tok_.piece(id).size()))) {
+          at = f;
+          id = pid;
+        }
+      }
+      const std::string seg = text.substr(pos, at == std::string::npos ? std::string::npos : at - pos);
+      if (!seg.empty()) {
+        std::vector<int> ids;
+        const bool cont = first_segment && continuation;
+        if (cont) {
+          ids = tok_.encode("\n" + seg, false);
+          std::string lead;
+          size_t drop = 0;
+          for (size_t i = 0; i < ids.size() && lead.size() < 1; ++i) {
+            lead += tok_.token_bytes(ids[i], i == 0);
+            drop = i + 1;
+          }
+          if (lead == "\n") ids.erase(ids.begin(), ids.begin() + long(drop));
+          else ids = tok_.encode(seg, false);
+        } else {
+          ids = tok_.encode(seg, false);
+        }
+        for (size_t i = 0; i < ids.size(); ++i) {
+          out.ids.push_back(ids[i]);
+          out.texts.push_back(tok_.token_bytes(ids[i], i == 0 && !cont));
+        }
+      }
+      first_segment = false;
+      if (at == std::string::npos) break;
+      out.ids.push_back(id);
+      out.texts.push_back(tok_.piece(id));
+      pos = at + tok_.piece(id).size();
+    }
+    return out;
   }
 
-  // Brings the context to the rendered conversation `toks` (BOS first) and returns the tokens it
-  // must evaluate. The context keeps the longest run of the tokens it holds (sampled replies
-  // included, as sampled) whose text begins the conversation's text; the rest of the text is
-  // encoded as its continuation. So earlier turns are never evaluated again, whatever tokens a
-  // fresh encoding of their text would give. At least one token is evaluated (its logits start
-  // the reply).
-  std::vector<int> sync(const std::string& text, const std::vector<int>& toks) {
+  // Brings the context to the rendered conversation `text` and returns the tokens it must
+  // evaluate. The context keeps the longest run of the tokens it holds (sampled replies
+  // included, as sampled) whose texts begin the conversation's text; the rest is encoded as its
+  // continuation. So earlier turns are never evaluated again, whatever tokens a fresh encoding
+  // of their text would give. At least one token is evaluated (its logits start the reply).
+  Tokens sync(const std::string& text) {
     size_t k = 0, bytes = 0;
-    if (!cached_.empty() && !toks.empty() && cached_[0] == toks[0]) {
-      k = 1;  // BOS
-      std::string acc;
-      for (size_t i = 1; i < cached_.size(); ++i) {
-        acc += tok_.token_bytes(cached_[i], i == 1);
-        if (acc.size() > text.size() || text.compare(0, acc.size(), acc) != 0) break;
-        k = i + 1;
-        bytes = acc.size();
-      }
+    for (size_t i = 0; i < cached_.size(); ++i) {
+      const std::string& t = cached_text_[i];
+      if (text.compare(bytes, t.size(), t) != 0 || bytes + t.size() > text.size()) break;
+      bytes += t.size();
+      k = i + 1;
     }
-    std::vector<int> fresh;
-    if (k == 0) {
-      fresh = toks;
-    } else {
-      if (bytes == text.size()) {  // all held: evaluate the last token again for its logits
-        --k;
-        bytes = 0;
-        for (size_t i = 1; i < k; ++i) bytes += tok_.token_bytes(cached_[i], i == 1).size();
-      }
-      // Nothing after BOS kept: the text's own encoding (its first piece takes the dummy prefix).
-      fresh = bytes == 0 ? std::vector<int>(toks.begin() + 1, toks.end()) : encode_continuation(text.substr(bytes));
-      if (fresh.empty()) fresh = {cached_[--k]};
+    if (k > 0 && bytes == text.size()) {  // all held: evaluate the last token again for its logits
+      --k;
+      bytes -= cached_text_[k].size();
+    }
+    Tokens fresh = encode(text.substr(bytes), k > 0);
+    if (fresh.ids.empty() && k > 0) {
+      --k;
+      fresh.ids = {cached_[k]};
+      fresh.texts = {cached_text_[k]};
     }
     ctx_.truncate(int(k));
     cached_.resize(k);
+    cached_text_.resize(k);
     return fresh;
   }
 
-  std::optional<std::pair<std::string, std::vector<int>>> fitted_prompt() {
+  // The conversation rendered with the generation prompt, fitted into the context (the oldest
+  // turns dropped, with a notice, until it leaves room for a reply); nullopt when even the last
+  // message alone does not fit or the template rejects the conversation.
+  std::optional<std::string> fitted_prompt() {
     const int reserve = std::max(1, args_.n_predict > 0 ? std::min(args_.n_predict, ctx_.n_ctx() / 2) : ctx_.n_ctx() / 4);
     int dropped = 0;
     for (;;) {
-      std::string text = tmpl_.render(messages_, true);
-      std::vector<int> toks = tok_.encode(text, true);
-      if (int(toks.size()) + reserve <= ctx_.n_ctx()) {
+      std::string text;
+      try {
+        text = tmpl_.render(messages_, true);
+      } catch (const Error& e) {
+        say(std::string("error: ") + e.what());
+        messages_.pop_back();
+        return std::nullopt;
+      }
+      const size_t n = encode(text, false).ids.size();
+      if (int(n) + reserve <= ctx_.n_ctx()) {
         if (dropped) say("(context full: dropped the " + std::to_string(dropped) + " oldest messages)");
-        return std::make_pair(std::move(text), std::move(toks));
+        return text;
       }
       const size_t first = !messages_.empty() && messages_[0].role == "system" ? 1 : 0;
       if (messages_.size() <= first + 1) {
-        say("error: the message is " + std::to_string(toks.size()) + " tokens with the template; the context holds " +
+        say("error: the message is " + std::to_string(n) + " tokens with the template; the context holds " +
             std::to_string(ctx_.n_ctx()) + " with room for a reply (raise -c or shorten it)");
         messages_.pop_back();
         return std::nullopt;
@@ -266,11 +328,13 @@ class Chat {
     messages_.push_back({"user", user});
     const auto prompt = fitted_prompt();
     if (!prompt) return;
-    const std::vector<int> fresh = sync(prompt->first, prompt->second);
+    const Tokens fresh_tokens = sync(*prompt);
+    const std::vector<int>& fresh = fresh_tokens.ids;
     g_interrupted.store(false);
     const auto t0 = clock::now();
     const float* logits = ctx_.eval(fresh);
     cached_.insert(cached_.end(), fresh.begin(), fresh.end());
+    cached_text_.insert(cached_text_.end(), fresh_tokens.texts.begin(), fresh_tokens.texts.end());
     last_prompt_ = int(fresh.size());
     last_prompt_s_ = std::chrono::duration<double>(clock::now() - t0).count();
 
@@ -299,7 +363,13 @@ class Chat {
       }
       const int t = sampler_.sample(logits, n_vocab, cached_);
       if (!args_.ignore_eos && t == eos) break;
-      reply += dec.push(t);
+      // A special token that ends the turn (the template's end-of-turn marker).
+      if (!args_.ignore_eos && tok_.is_control(t) &&
+          std::find(stops.begin(), stops.end(), tok_.piece(t)) != stops.end()) {
+        break;
+      }
+      const std::string piece = dec.push(t);
+      reply += piece;
       bool stop = false;
       for (const std::string& s : stops) {
         if (size_t at = reply.find(s); at != std::string::npos) {
@@ -317,6 +387,7 @@ class Chat {
       const int one[1] = {t};
       logits = ctx_.eval(one);
       cached_.push_back(t);
+      cached_text_.push_back(tok_.is_control(t) ? tok_.piece(t) : tok_.token_bytes(t, false));
     }
     reply += dec.flush();
     for (const std::string& s : stops) {
@@ -342,6 +413,8 @@ class Chat {
   std::string history_;
   std::vector<ChatMessage> messages_;
   std::vector<int> cached_;  // the tokens the context holds, in order
+  std::vector<std::string> cached_text_;  // the text each stands for in the rendered conversation
+  std::vector<std::pair<std::string, int>> specials_;  // control pieces written as text, and their ids
   const std::vector<std::string> no_stops_;
   int turns_ = 0, last_prompt_ = 0, last_reply_ = 0;
   double last_prompt_s_ = 0, last_reply_s_ = 0;
@@ -355,6 +428,8 @@ Command add_chat_command(CLI::App& app) {
   CLI::App* c = app.add_subcommand("chat", "Chat with a model in the terminal (one turn per line of stdin without one)");
   c->add_option("-m,--model", a->model, "model: .mxlm file, GGUF file or HF directory")->required();
   c->add_option("--system", a->system, "system message");
+  c->add_option("--chat-template", a->chat_template,
+                "model (default: the model's own template, else plain), plain (User:/Assistant: lines) or a Jinja2 template file");
   c->add_option("-c,--ctx", a->ctx, "context size (default: the model's)")->check(CLI::NonNegativeNumber);
   c->add_option("-n,--n-predict", a->n_predict, "tokens per reply at most (-1: until the reply ends)");
   c->add_option("-t,--threads", a->threads, "threads (default: all cores)");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/common.h"
+#include "mxlm/chat.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"
 #include "mxlm/sampler.h"
@@ -178,6 +179,7 @@ mxlm_status mxlm_model_get_info(const mxlm_model* model, mxlm_model_info* info) 
     info->weight_bytes = m.weight_bytes();
     info->bits_per_weight = m.bits_per_weight();
     info->isa = mxlm::isa_name(m.isa()).data();  // a literal: NUL-terminated
+    info->has_chat_template = !m.chat_template().empty();
   });
 }
 
@@ -341,6 +343,38 @@ mxlm_status mxlm_decoder_flush(mxlm_decoder* decoder, const char** text, size_t*
 }
 
 void mxlm_decoder_free(mxlm_decoder* decoder) { delete decoder; }
+
+// ---- Chat templates ----
+
+mxlm_status mxlm_chat_apply_template(const mxlm_model* model, const mxlm_chat_message* messages, size_t n_messages,
+                                     int32_t add_generation_prompt, char* text, size_t capacity, size_t* len) {
+  return guard(__func__, [&] {
+    require(model, "model");
+    require(len, "len");
+    *len = 0;
+    if (n_messages > 0) require(messages, "messages");
+    if (capacity > 0) require(text, "text");
+    std::vector<mxlm::ChatMessage> msgs;
+    for (size_t i = 0; i < n_messages; ++i) {
+      const std::string at = "messages[" + std::to_string(i) + "]";
+      if (!messages[i].role || !messages[i].content) invalid(at + " has a NULL role or content");
+      mxlm::ChatMessage m{messages[i].role, messages[i].content};
+      if (m.role != "system" && m.role != "user" && m.role != "assistant") invalid(at + " has role '" + m.role + "' (system, user or assistant)");
+      if (size_t bad = mxlm::find_invalid_utf8(m.content); bad != std::string::npos) {
+        invalid(at + " content is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
+      }
+      msgs.push_back(std::move(m));
+    }
+    const std::string s = mxlm::ChatTemplate::for_model(*model->model).render(msgs, add_generation_prompt != 0);
+    *len = s.size();
+    if (s.size() + 1 > capacity) {
+      throw ApiError{MXLM_ERR_BUFFER_TOO_SMALL, "the text has " + std::to_string(s.size()) + " bytes (+1 for the NUL), the buffer room for " +
+                                                    std::to_string(capacity)};
+    }
+    std::memcpy(text, s.data(), s.size());
+    text[s.size()] = '\0';
+  });
+}
 
 // ---- Evaluation ----
 

@@ -95,6 +95,7 @@ typedef struct mxlm_model_info {
   uint64_t weight_bytes;            /* all tensors */
   double bits_per_weight;           /* over the 2-D tensors */
   const char* isa;                  /* the kernels' ISA, e.g. "avx512" (static storage) */
+  int32_t has_chat_template;        /* the model carries its own chat template */
 } mxlm_model_info;
 MXLM_API mxlm_status mxlm_model_get_info(const mxlm_model* model, mxlm_model_info* info);
 
@@ -146,6 +147,22 @@ MXLM_API mxlm_status mxlm_decoder_push(mxlm_decoder* decoder, int32_t token, con
 /* What is still held (an incomplete character becomes U+FFFD), and a fresh start. */
 MXLM_API mxlm_status mxlm_decoder_flush(mxlm_decoder* decoder, const char** text, size_t* len);
 MXLM_API void mxlm_decoder_free(mxlm_decoder* decoder);
+
+/* ---- Chat templates -------------------------------------------------------------------- */
+
+typedef struct mxlm_chat_message {
+  const char* role;    /* "system", "user" or "assistant" */
+  const char* content; /* UTF-8 */
+} mxlm_chat_message;
+
+/* Renders a conversation with the model's own chat template (Jinja2, rendered as Hugging Face
+ * transformers renders it), or with the plain "User: / Assistant:" fallback when the model has
+ * none; with add_generation_prompt, followed by what opens the assistant's reply. Tokenize the
+ * text with add_bos unless it begins with the model's BOS text. *len receives the length; when
+ * len + 1 exceeds capacity, MXLM_ERR_BUFFER_TOO_SMALL (text may then be NULL). A template that
+ * rejects the conversation (raise_exception) is MXLM_ERR_INVALID_ARGUMENT with its message. */
+MXLM_API mxlm_status mxlm_chat_apply_template(const mxlm_model* model, const mxlm_chat_message* messages, size_t n_messages,
+                                              int32_t add_generation_prompt, char* text, size_t capacity, size_t* len);
 
 /* ---- Evaluation ------------------------------------------------------------------------ */
 

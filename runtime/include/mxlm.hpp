@@ -95,6 +95,19 @@ class Model {
     return text;
   }
 
+  // The conversation rendered with the model's chat template (or the plain fallback).
+  std::string apply_chat_template(const std::vector<std::pair<std::string, std::string>>& messages, bool add_generation_prompt) const {
+    std::vector<mxlm_chat_message> m;
+    for (const auto& [role, content] : messages) m.push_back({role.c_str(), content.c_str()});
+    size_t len = 0;
+    mxlm_status s = mxlm_chat_apply_template(get(), m.data(), m.size(), add_generation_prompt, nullptr, 0, &len);
+    if (s != MXLM_ERR_BUFFER_TOO_SMALL && s != MXLM_OK) check(s);
+    std::string text(len + 1, '\0');
+    check(mxlm_chat_apply_template(get(), m.data(), m.size(), add_generation_prompt, text.data(), text.size(), &len));
+    text.resize(len);
+    return text;
+  }
+
  private:
   using Handle = detail::Handle<mxlm_model, mxlm_model_free>;
   Handle h_;

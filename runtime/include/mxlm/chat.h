@@ -1,10 +1,11 @@
 // Conversations as prompt text: the messages of a chat and the template that renders them.
 //
-// Today one template exists: the plain fallback for models that carry none (base models such as
-// tinymix-26m). Models' own templates (HF chat_template, GGUF tokenizer.chat_template) render
-// through the same interface once the template engine lands (issue 12, item 1).
+// A model's own template (HF chat_template, GGUF tokenizer.chat_template, kept in the .mxlm file)
+// renders through the Jinja2 interpreter (runtime/jinja.h) as transformers renders it; a model
+// without one (a base model such as tinymix-26m) gets the plain fallback.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,6 +13,11 @@
 #include <nlohmann/json.hpp>
 
 namespace mxlm {
+
+namespace jinja {
+class Template;
+}
+class Model;
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
@@ -28,8 +34,18 @@ class ChatTemplate {
   //   Assistant:               (the generation prompt)
   // A reply ends at end of text or where it starts a new "User:" line.
   static ChatTemplate plain();
+  // A Jinja2 template (Error kFormat when it does not parse), rendered with the model's BOS and
+  // EOS strings as bos_token / eos_token. Its stop strings are what it renders after an
+  // assistant message (its end-of-turn marker: "</s>", "<|im_end|>", "<end_of_turn>", ...).
+  static ChatTemplate jinja(const std::string& source, std::string name, std::string bos_token, std::string eos_token);
+  // The model's own template; the plain fallback when it has none (*fallback then set).
+  static ChatTemplate for_model(const Model& model, bool* fallback = nullptr);
+  // --chat-template SPEC: "plain", "model" (the model's own, or plain), or a file holding a
+  // Jinja2 template.
+  static ChatTemplate from_spec(const std::string& spec, const Model& model);
 
   const std::string& name() const { return name_; }
+  bool is_jinja() const { return jinja_ != nullptr; }
   // The conversation as prompt text (without BOS: the tokenizer adds it); with
   // add_generation_prompt, followed by what opens the assistant's reply.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
@@ -44,6 +60,9 @@ class ChatTemplate {
  private:
   std::string name_;
   std::vector<std::string> stops_;
+  std::shared_ptr<const jinja::Template> jinja_;
+  std::string bos_, eos_;
+  std::string sep_;  // what the template puts between the generation prompt and a reply
 };
 
 // A conversation as JSON ({"messages": [{"role", "content"}...]}) and back; from_json throws

@@ -103,6 +103,8 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  // The model's chat template (Jinja2), "" when it carries none.
+  const std::string& chat_template() const { return file_ ? file_->chat_template() : source_->chat_template; }
   // The .mxlm file (a loaded model only: throws for one made from_imported).
   const MxlmFile& file() const;
   Isa isa() const { return isa_; }
