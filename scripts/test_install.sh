@@ -7,7 +7,7 @@
 #  3. examples/ builds against the prefix through find_package(mxlm) (shared and static) and
 #     through pkg-config (C with cc, C++ with c++), and every build runs: the C generator's greedy
 #     text equals the CLI's reference, the chat loop answers two turns, evaluating only each
-#     turn's new tokens.
+#     turn's new tokens; the README's C example compiles as printed and runs.
 # Usage: scripts/test_install.sh BUILD_DIR   (MXLM_SHARED: the shared data folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,17 +68,25 @@ check_chat "$work/ex/chat" "chat (find_package)"
 # The static build does not need libmxlm.so at run time.
 if ldd "$work/ex/generate_static" | grep -q libmxlm; then fail "generate_static links libmxlm.so"; fi
 
+# The README's C example, as printed there.
+awk '/^\/\* gen.c:/ {on = 1} on && /^```/ {exit} on {print}' README.md >"$work/gen.c"
+[ -s "$work/gen.c" ] || fail "README.md has no gen.c example"
+
 # 3b. pkg-config.
 export PKG_CONFIG_PATH=$libdir/pkgconfig
 [ "$(pkg-config --modversion mxlm)" = 0.1.0 ] || fail "pkg-config --modversion: $(pkg-config --modversion mxlm)"
 # shellcheck disable=SC2046
 cc -std=c99 -Wall -Werror "$src/examples/generate.c" $(pkg-config --cflags --libs mxlm) -o "$work/generate_pc" || fail "cc with pkg-config"
 # shellcheck disable=SC2046
+cc -std=c99 -Wall -Werror "$work/gen.c" $(pkg-config --cflags --libs mxlm) -o "$work/readme_gen" || fail "the README's C example does not compile"
+# shellcheck disable=SC2046
 c++ -std=c++17 -Wall -Werror "$src/examples/chat.cpp" $(pkg-config --cflags --libs mxlm) -o "$work/chat_pc" || fail "c++ with pkg-config"
 # shellcheck disable=SC2046
 cc -std=c99 "$src/examples/generate.c" $(pkg-config --cflags mxlm) "$libdir/libmxlm.a" $(pkg-config --libs-only-other --static mxlm) \
   $(pkg-config --static --libs mxlm | tr ' ' '\n' | grep -v -e '^-lmxlm$' -e '^-L' | tr '\n' ' ') -o "$work/generate_pc_static" ||
   fail "cc with pkg-config --static"
+LD_LIBRARY_PATH=$libdir "$work/readme_gen" "$model" >"$work/readme.txt" 2>&1 || { cat "$work/readme.txt" >&2; fail "README example failed"; }
+[ "$(wc -c <"$work/readme.txt")" -gt 20 ] || fail "README example printed: $(cat "$work/readme.txt")"
 check_generate "$work/generate_pc" "generate (pkg-config)"
 check_generate "$work/generate_pc_static" "generate (pkg-config, static)"
 check_chat "$work/chat_pc" "chat (pkg-config)"
