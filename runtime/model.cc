@@ -95,14 +95,18 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
     // oneDNN path (the Context refuses it). A copy would double the resident size of every
     // format whose AVX2 or AVX-512 kernel repacks (all 4-bit formats on AVX2).
     const int64_t rows = row_end - row_begin;
-#pragma omp parallel
+    // Scratch rows allocated before the region: nothing inside it can throw (an exception
+    // leaving an OpenMP region terminates the process; the C API promises none escapes).
+    const int nt = omp_get_max_threads();
+    std::vector<uint8_t> scratch(s.row_bytes * size_t(nt));
+#pragma omp parallel num_threads(nt)
     {
-      std::vector<uint8_t> scratch(s.row_bytes);
+      uint8_t* mine = scratch.data() + s.row_bytes * size_t(omp_get_thread_num());
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         uint8_t* row = in_place + s.row_bytes * size_t(r);
-        qk.pack(row, scratch.data(), k);
-        std::memcpy(row, scratch.data(), s.row_bytes);
+        qk.pack(row, mine, k);
+        std::memcpy(row, mine, s.row_bytes);
       }
     }
     s.qdata = in_place;

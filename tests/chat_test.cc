@@ -172,6 +172,11 @@ TEST(Chat, TheModelsOwnTemplate) {
     EXPECT_GT(ev[0], 15) << o;
     EXPECT_LT(ev[1], 40) << o;
   }
+  {
+    std::string o;
+    ASSERT_EQ(test::run_command(test::mxlm_binary() + " inspect " + out_model, &o), 0) << o;
+    EXPECT_NE(o.find("chat template: " + std::to_string(source.size()) + " bytes of Jinja2"), std::string::npos) << o;
+  }
   // --chat-template overrides: plain, or a file; a missing file is a clear error.
   std::string o;
   EXPECT_EQ(test::run_command(test::mxlm_binary() + " chat -m " + out_model + " --chat-template plain -t 1 -n 4 < " + in, &o), 0) << o;
@@ -220,7 +225,9 @@ TEST(Chat, InATerminal) {
   if (test::run_command("command -v tmux >/dev/null") != 0) GTEST_SKIP() << "tmux is not installed (scripts/setup.sh installs it)";
   const std::string dir = test::scratch_dir();
   // Replies of 300 tokens in a context of 512: the second turn does not fit beside the first.
-  Tmux t("MXLM_CHAT_HISTORY=" + dir + "/history " + test::mxlm_binary() + " chat -m " + tinymix() +
+  // Turns rendered with a real template (TinyLlama-Chat's), which tinymix does not carry.
+  const std::string tmpl = std::string(MXLM_SOURCE_DIR) + "/tests/data/chat_templates/TinyLlama-1.1B-Chat-v1.0.jinja";
+  Tmux t("MXLM_CHAT_HISTORY=" + dir + "/history " + test::mxlm_binary() + " chat -m " + tinymix() + " --chat-template " + tmpl +
          " --temp 0 -t 1 -n 300 --ignore-eos 2>" + dir + "/chat_err.txt");
   // A prompt, with what was typed after it or empty (capture-pane may trim its trailing space).
   const std::string prompt = "\n>( |\n)";
@@ -251,6 +258,9 @@ TEST(Chat, InATerminal) {
   t.wait_for("Ctrl-D or /exit quits");
   t.keys("/exit Enter");
   s = t.wait_for("EXITED rc=0");
+  std::ifstream e(dir + "/chat_err.txt");
+  const std::string err((std::istreambuf_iterator<char>(e)), {});
+  EXPECT_NE(err.find("chat template: '" + tmpl + "'"), std::string::npos) << err;
   std::ifstream h(dir + "/history");
   const std::string history((std::istreambuf_iterator<char>(h)), {});
   EXPECT_NE(history.find("story"), std::string::npos) << history;  // libedit's format escapes the spaces

@@ -57,7 +57,8 @@ int run_inspect(const std::string& path, bool verify, bool json, const std::stri
   const ModelConfig& c = f.config();
   std::printf("file:       %s (%s, .mxlm version %u)\n", path.c_str(), human_bytes(f.file_bytes()).c_str(), f.version());
   std::printf("config:     %s\n", c.to_json().dump().c_str());
-  std::printf("tokenizer:  %s, %s\n", std::string(f.tokenizer_kind()).c_str(), human_bytes(f.tokenizer_blob().size()).c_str());
+  std::printf("tokenizer:  %s, %s; chat template: %s\n", std::string(f.tokenizer_kind()).c_str(), human_bytes(f.tokenizer_blob().size()).c_str(),
+              f.chat_template().empty() ? "none (mxlm chat uses the plain fallback)" : (std::to_string(f.chat_template().size()) + " bytes of Jinja2").c_str());
   std::printf("provenance: %s\n", f.header().value("provenance", nlohmann::json::object()).dump().c_str());
   std::printf("isa:        %s\n", std::string(isa_name(selected_isa())).c_str());
   std::printf("\n%-28s %-8s %-16s %12s\n", "tensor", "format", "shape", "bytes");
