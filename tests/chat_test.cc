@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "kernels/common.h"
+#include "model/import.h"
 #include "mxlm/chat.h"
 #include "tests/test_util.h"
 
@@ -82,6 +83,33 @@ TEST(ChatTemplate, ConversationJsonRoundTripsAndRejectsBadInput) {
       EXPECT_EQ(e.code(), ErrorCode::kFormat);
       EXPECT_NE(std::string(e.what()).find("'f.json'"), std::string::npos) << e.what();
     }
+  }
+}
+
+// Where an HF directory keeps its template: chat_template.jinja first, else tokenizer_config.json
+// as a string or as a list of named templates ("default", else the first).
+TEST(ChatTemplate, HfDirectoryForms) {
+  namespace fs = std::filesystem;
+  const std::string d = test::scratch_dir() + "/hf-forms";
+  fs::create_directories(d);
+  EXPECT_EQ(hf::read_chat_template(d), "");
+  std::ofstream(d + "/tokenizer_config.json") << R"({"chat_template": "A"})";
+  EXPECT_EQ(hf::read_chat_template(d), "A");
+  std::ofstream(d + "/tokenizer_config.json") << R"({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})";
+  EXPECT_EQ(hf::read_chat_template(d), "D");
+  std::ofstream(d + "/tokenizer_config.json") << R"({"chat_template": [{"name": "rag", "template": "R"}]})";
+  EXPECT_EQ(hf::read_chat_template(d), "R");
+  std::ofstream(d + "/tokenizer_config.json") << R"({"bos_token": "<s>"})";
+  EXPECT_EQ(hf::read_chat_template(d), "");
+  std::ofstream(d + "/chat_template.jinja") << "J";
+  EXPECT_EQ(hf::read_chat_template(d), "J");
+  fs::remove(d + "/chat_template.jinja");
+  std::ofstream(d + "/tokenizer_config.json") << "{not json";
+  try {
+    hf::read_chat_template(d);
+    ADD_FAILURE() << "bad JSON accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
   }
 }
 

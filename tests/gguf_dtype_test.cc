@@ -349,5 +349,32 @@ TEST(GgufDtype, Bf16ImportsCorrectlyRoundedWeightsAndCloseLogits) {
   expect_correct_import({"bf16", kBF16, QType::kBF16, &round_bf16, 1.0 / 256});
 }
 
+
+// tokenizer.chat_template travels from a GGUF file into the imported model and the .mxlm file
+// converted from it (and back through a re-quantization's import).
+TEST(GgufChatTemplate, ImportedAndKeptInTheMxlmFile) {
+  Gguf g = read_gguf(test::shared_path("models/stories260K/stories260K.gguf"));
+  const std::string tmpl = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{{ eos_token }}\n{% endfor %}ünï";
+  auto put_str = [&](const std::string& s) {
+    const uint64_t n = s.size();
+    g.kv_bytes.append(reinterpret_cast<const char*>(&n), 8);
+    g.kv_bytes += s;
+  };
+  put_str("tokenizer.chat_template");
+  const uint32_t string_type = 8;
+  g.kv_bytes.append(reinterpret_cast<const char*>(&string_type), 4);
+  put_str(tmpl);
+  ++g.n_kv;
+  const std::string path = test::scratch_dir() + "/stories260K_chat.gguf";
+  write_gguf(path, g);
+  const ImportedModel m = import_model(path);
+  EXPECT_EQ(m.chat_template, tmpl);
+  const std::string out = test::scratch_dir() + "/stories260K_chat.mxlm";
+  convert_to_mxlm(m, out, QType::kF32);
+  EXPECT_EQ(Model::load(out)->chat_template(), tmpl);
+  EXPECT_EQ(import_mxlm(out).chat_template, tmpl);
+  EXPECT_TRUE(import_model(test::shared_path("models/stories260K/stories260K.gguf")).chat_template.empty());
+}
+
 }  // namespace
 }  // namespace mxlm
