@@ -97,7 +97,13 @@ namespace {
 
 constexpr int kMaxDepth = 1000;
 constexpr size_t kMaxOutput = size_t{64} << 20;
-constexpr int64_t kMaxRange = 1 << 20;
+// Work a render may do, counted in evaluated nodes, loop iterations and elements of lists and
+// strings it builds: every real template of tests/data/chat_templates renders a 2,000-message
+// conversation within it (ChatTemplates.LongConversationsFitTheWorkBudget); nested loops over
+// large ranges would take
+// forever, and growing lists or strings would take all memory.
+constexpr int64_t kMaxSteps = 250'000;
+constexpr int64_t kMaxRange = kMaxSteps;
 
 [[noreturn]] void parse_error(int line, const std::string& msg) {
   throw Error(ErrorCode::kFormat, "chat template, line " + std::to_string(line) + ": " + msg);
@@ -1182,6 +1188,7 @@ struct Ctx {
   std::string* out;
   int depth = 0;
   std::tm now{};
+  int64_t steps = 0;
 };
 
 namespace {
@@ -1191,10 +1198,24 @@ enum class Flow { kNormal, kBreak, kContinue };
 Value eval(const Expr& e, Ctx& c);
 Flow exec(const std::vector<NodeP>& body, Ctx& c);
 
+void charge(Ctx& c, int64_t n, int line) {
+  c.steps += n;
+  if (c.steps > kMaxSteps) render_error(line, "the template does more than " + std::to_string(kMaxSteps) + " steps of work (runaway loop?)");
+}
+
+// What a value costs to have built: its elements or bytes.
+int64_t size_cost(const Value& v) {
+  if (v.k == Value::K::kList) return int64_t(v.list->size());
+  if (v.k == Value::K::kStr) return int64_t(v.s.size() / 16);
+  if (v.k == Value::K::kDict) return int64_t(v.dict->items.size());
+  return 0;
+}
+
 struct DepthGuard {
   Ctx& c;
   DepthGuard(Ctx& ctx, int line) : c(ctx) {
     if (++c.depth > kMaxDepth) render_error(line, "nesting deeper than " + std::to_string(kMaxDepth) + " (runaway recursion?)");
+    charge(c, 1, line);
   }
   ~DepthGuard() { --c.depth; }
 };
@@ -1886,9 +1907,15 @@ Value eval(const Expr& e, Ctx& c) {
       Args a;
       for (const ExprP& x : e.args) a.pos.push_back(eval(*x, c));
       for (const auto& [k, x] : e.kwargs) a.kw.emplace_back(k, eval(*x, c));
-      return call(f, a, c, e.line);
+      Value r = call(f, a, c, e.line);
+      charge(c, size_cost(r), e.line);
+      return r;
     }
-    case Expr::T::kFilter: return eval_args_and_filter(e, eval(*e.a, c), c);
+    case Expr::T::kFilter: {
+      Value r = eval_args_and_filter(e, eval(*e.a, c), c);
+      charge(c, size_cost(r), e.line);
+      return r;
+    }
     case Expr::T::kTest: {
       const Value v = eval(*e.a, c);
       std::vector<Value> args;
@@ -1910,7 +1937,11 @@ Value eval(const Expr& e, Ctx& c) {
       Value a = eval(*e.a, c);
       return truthy(a) ? a : eval(*e.b, c);
     }
-    case Expr::T::kBin: return binary(e.name, eval(*e.a, c), eval(*e.b, c), e.line);
+    case Expr::T::kBin: {
+      Value r = binary(e.name, eval(*e.a, c), eval(*e.b, c), e.line);
+      charge(c, size_cost(r), e.line);
+      return r;
+    }
     case Expr::T::kCond:
       if (truthy(eval(*e.b, c))) return eval(*e.a, c);
       return e.c ? eval(*e.c, c) : Value::undefined("(if without else)");
@@ -1946,6 +1977,7 @@ void assign(Ctx& c, const std::vector<std::string>& targets, const Value& v, int
 }
 
 Flow exec_node(const Node& n, Ctx& c) {
+  charge(c, 1, n.line);
   switch (n.t) {
     case Node::T::kBody: return exec(n.body, c);
     case Node::T::kText: emit(c, n.text, n.line); return Flow::kNormal;
@@ -1974,7 +2006,9 @@ Flow exec_node(const Node& n, Ctx& c) {
       }
       const int64_t len = int64_t(items.size());
       Flow result = Flow::kNormal;
+      charge(c, len, n.line);
       for (int64_t i = 0; i < len; ++i) {
+        charge(c, 1, n.line);
         loop_scope.vars.clear();
         auto loop = std::make_shared<Dict>();
         loop->set("index", Value::integer(i + 1));
@@ -2123,7 +2157,7 @@ std::string Template::render(const nlohmann::ordered_json& context, const std::t
     for (const auto& [k, v] : a.kw) d->set(k, v);
     return Value::of_dict(d);
   });
-  root.vars["range"] = Value::func([](Args& a, Ctx&) {
+  root.vars["range"] = Value::func([](Args& a, Ctx& cc) {
     int64_t lo = 0, hi = 0, step = 1;
     if (a.pos.size() == 1) hi = to_int(a.pos[0], a.line);
     else if (a.pos.size() >= 2) {
@@ -2132,11 +2166,12 @@ std::string Template::render(const nlohmann::ordered_json& context, const std::t
       if (a.pos.size() >= 3) step = to_int(a.pos[2], a.line);
     }
     if (step == 0) render_error(a.line, "range() step cannot be zero");
+    const int64_t n = step > 0 ? (hi > lo ? (hi - lo + step - 1) / step : 0) : (lo > hi ? (lo - hi - step - 1) / -step : 0);
+    if (n > kMaxRange) render_error(a.line, "range() longer than " + std::to_string(kMaxRange));
+    charge(cc, n, a.line);  // before building it
     List l;
-    for (int64_t i = lo; step > 0 ? i < hi : i > hi; i += step) {
-      if (int64_t(l.size()) >= kMaxRange) render_error(a.line, "range() longer than " + std::to_string(kMaxRange));
-      l.push_back(Value::integer(i));
-    }
+    l.reserve(size_t(n));
+    for (int64_t i = 0; i < n; ++i) l.push_back(Value::integer(lo + i * step));
     return Value::of_list(std::move(l));
   });
   if (context.is_object()) {

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
-all_targets=(mxlm gguf safetensors hf_json llama2c llama2c_tokenizer spm prompt)
+all_targets=(mxlm gguf safetensors hf_json llama2c llama2c_tokenizer spm prompt chat_template)
 [ $# -gt 0 ] && targets=("$@") || targets=("${all_targets[@]}")
 build=build-fuzz
 export MXLM_SHARED=${MXLM_SHARED:-$(cd .. && pwd)/shared}
@@ -41,6 +41,8 @@ for t in "${targets[@]}"; do
   rm -rf "$work"
   mkdir -p "$work/corpus" "$findings"
   cp fuzz/corpus/"$t"/* "$work/corpus/" 2>/dev/null || true
+  # The chat templates' seeds are the real templates the tests render.
+  if [ "$t" = chat_template ]; then cp tests/data/chat_templates/*.jinja "$work/corpus/"; fi
   dict=()
   [ -f "fuzz/dict/$t.dict" ] && dict=(-dict="fuzz/dict/$t.dict")
   log="$work/log.txt"

@@ -88,6 +88,30 @@ TEST(ChatTemplates, RealTemplatesRenderLikeJinja2) {
   std::printf("chat templates: %d, renderings equal to Jinja2's: %d, raised as Jinja2 did: %d\n", templates, rendered, raised);
 }
 
+// The work budget that stops runaway templates leaves room for long conversations: every real
+// template renders 2,000 messages.
+TEST(ChatTemplates, LongConversationsFitTheWorkBudget) {
+  const nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(slurp(data_dir() + "/cases.json"));
+  nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+  for (int i = 0; i < 2000; ++i) msgs.push_back({{"role", i % 2 ? "assistant" : "user"}, {"content", "message " + std::to_string(i)}});
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(data_dir())) {
+    if (entry.path().extension() != ".jinja") continue;
+    const std::string name = entry.path().stem().string();
+    nlohmann::ordered_json ctx = manifest["special_tokens"][name];
+    ctx["messages"] = msgs;
+    ctx["add_generation_prompt"] = false;
+    try {
+      const std::string out = jinja::Template(slurp(entry.path())).render(ctx, fixed_now());
+      EXPECT_NE(out.find("message 1999"), std::string::npos) << name;
+      ++n;
+    } catch (const Error& e) {
+      ADD_FAILURE() << name << ": " << e.what();
+    }
+  }
+  EXPECT_GE(n, 15);
+}
+
 TEST(Jinja, WhitespaceControl) {
   // trim_blocks and lstrip_blocks, as transformers sets them; '-' and '+' override.
   EXPECT_EQ(render("a\n  {% if true %}\n  b\n  {% endif %}\nc"), "a\n  b\nc");
@@ -189,6 +213,9 @@ TEST(Jinja, ErrorsNameTheProblemAndLine) {
   fails("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", ErrorCode::kInvalidArgument, "nesting deeper");
   fails("{% for i in range(100000000) %}{% endfor %}", ErrorCode::kInvalidArgument, "range() longer");
   fails("{{ 'x' * 100000000 }}", ErrorCode::kInvalidArgument, "too large");
+  fails("{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}", ErrorCode::kInvalidArgument, "steps of work");
+  fails("{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", ErrorCode::kInvalidArgument,
+        "steps of work");
 }
 
 }  // namespace
