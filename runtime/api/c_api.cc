@@ -101,6 +101,18 @@ void check_piece_id(const mxlm::Tokenizer& tok, int32_t id) {
   }
 }
 
+// Text out through a caller's buffer: *len is its length; it is written with a NUL when it fits,
+// else MXLM_ERR_BUFFER_TOO_SMALL.
+void copy_text(const std::string& s, char* text, size_t capacity, size_t* len) {
+  *len = s.size();
+  if (s.size() + 1 > capacity) {
+    throw ApiError{MXLM_ERR_BUFFER_TOO_SMALL,
+                   "the text has " + std::to_string(s.size()) + " bytes (+1 for the NUL), the buffer room for " + std::to_string(capacity)};
+  }
+  std::memcpy(text, s.data(), s.size());
+  text[s.size()] = '\0';
+}
+
 }  // namespace
 
 extern "C" {
@@ -299,14 +311,7 @@ mxlm_status mxlm_detokenize(const mxlm_model* model, const int32_t* tokens, size
     const mxlm::Tokenizer& tok = model->model->tokenizer();
     std::vector<int> ids(tokens, tokens + n_tokens);
     for (int id : ids) check_piece_id(tok, id);
-    const std::string s = tok.decode(ids);
-    *len = s.size();
-    if (s.size() + 1 > capacity) {
-      throw ApiError{MXLM_ERR_BUFFER_TOO_SMALL, "the text has " + std::to_string(s.size()) + " bytes (+1 for the NUL), the buffer room for " +
-                                                    std::to_string(capacity)};
-    }
-    std::memcpy(text, s.data(), s.size());
-    text[s.size()] = '\0';
+    copy_text(tok.decode(ids), text, capacity, len);
   });
 }
 
@@ -365,14 +370,7 @@ mxlm_status mxlm_chat_apply_template(const mxlm_model* model, const mxlm_chat_me
       }
       msgs.push_back(std::move(m));
     }
-    const std::string s = mxlm::ChatTemplate::for_model(*model->model).render(msgs, add_generation_prompt != 0);
-    *len = s.size();
-    if (s.size() + 1 > capacity) {
-      throw ApiError{MXLM_ERR_BUFFER_TOO_SMALL, "the text has " + std::to_string(s.size()) + " bytes (+1 for the NUL), the buffer room for " +
-                                                    std::to_string(capacity)};
-    }
-    std::memcpy(text, s.data(), s.size());
-    text[s.size()] = '\0';
+    copy_text(mxlm::ChatTemplate::for_model(*model->model).render(msgs, add_generation_prompt != 0), text, capacity, len);
   });
 }
 
