@@ -195,9 +195,6 @@ class Chat {
     say(buf);
   }
 
-  // The conversation rendered with the generation prompt, fitted into the context (the oldest
-  // turns dropped, with a notice, until it leaves room for a reply); nullopt when even the last
-  // message alone does not fit.
   // Tokens of text, with the text each stands for in the rendered conversation. The template's
   // special tokens (control pieces such as <s>, </s>, <|im_end|>) written as text become their
   // ids; the text between them is encoded as SentencePiece encodes a whole text (a dummy-prefix
@@ -271,7 +268,7 @@ class Chat {
     size_t k = 0, bytes = 0;
     for (size_t i = 0; i < cached_.size(); ++i) {
       const std::string& t = cached_text_[i];
-      if (text.compare(bytes, t.size(), t) != 0 || bytes + t.size() > text.size()) break;
+      if (bytes + t.size() > text.size() || text.compare(bytes, t.size(), t) != 0) break;
       bytes += t.size();
       k = i + 1;
     }
@@ -318,8 +315,14 @@ class Chat {
         messages_.pop_back();
         return std::nullopt;
       }
+      // A whole exchange at a time: templates that want user and assistant to alternate still
+      // render what is left.
       messages_.erase(messages_.begin() + long(first));
       ++dropped;
+      if (messages_.size() > first + 1 && messages_[first].role == "assistant") {
+        messages_.erase(messages_.begin() + long(first));
+        ++dropped;
+      }
     }
   }
 
