@@ -52,14 +52,22 @@ ChatTemplate ChatTemplate::jinja(const std::string& source, std::string name, st
   return t;
 }
 
+namespace {
+
+// A Jinja2 template rendered with the model's BOS and EOS pieces as bos_token / eos_token.
+ChatTemplate jinja_for(const Model& model, const std::string& source, std::string name) {
+  const Tokenizer& tok = model.tokenizer();
+  auto piece = [&](int id) { return id >= 0 && id < tok.n_vocab() ? tok.piece(id) : std::string(); };
+  return ChatTemplate::jinja(source, std::move(name), piece(model.config().bos_id), piece(model.config().eos_id));
+}
+
+}  // namespace
+
 ChatTemplate ChatTemplate::for_model(const Model& model, bool* fallback) {
   const std::string& src = model.chat_template();
   if (fallback) *fallback = src.empty();
   if (src.empty()) return plain();
-  const Tokenizer& tok = model.tokenizer();
-  const ModelConfig& c = model.config();
-  auto piece = [&](int id) { return id >= 0 && id < tok.n_vocab() ? tok.piece(id) : std::string(); };
-  return jinja(src, "the model's", piece(c.bos_id), piece(c.eos_id));
+  return jinja_for(model, src, "the model's");
 }
 
 ChatTemplate ChatTemplate::from_spec(const std::string& spec, const Model& model) {
@@ -68,10 +76,7 @@ ChatTemplate ChatTemplate::from_spec(const std::string& spec, const Model& model
   if (!file_exists(spec)) {
     throw Error(ErrorCode::kInvalidArgument, "--chat-template " + spec + ": neither plain, model nor a template file");
   }
-  const Tokenizer& tok = model.tokenizer();
-  const ModelConfig& c = model.config();
-  auto piece = [&](int id) { return id >= 0 && id < tok.n_vocab() ? tok.piece(id) : std::string(); };
-  return jinja(read_file(spec), "'" + spec + "'", piece(c.bos_id), piece(c.eos_id));
+  return jinja_for(model, read_file(spec), "'" + spec + "'");
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {

@@ -447,11 +447,7 @@ Command add_chat_command(CLI::App& app) {
   add_kv_options(c, a->kv);
   c->add_option("--memory", a->memory, "weight memory: huge (default), copy or map");
   return {c, [a] {
-            LoadOptions lo;
-            lo.memory = parse_weight_memory(a->memory, "--memory");
-            std::string notice;
-            auto model = Model::open(a->model, lo, &notice);
-            if (!notice.empty()) std::fprintf(stderr, "mxlm: %s\n", notice.c_str());
+            auto model = open_model(a->model, a->memory);
             ContextParams cp;
             cp.n_ctx = a->ctx;
             cp.n_threads = a->threads;

@@ -59,6 +59,15 @@ WeightMemory parse_weight_memory(const std::string& name, const char* option) {
   throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a weight memory; known: map, copy, huge");
 }
 
+std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory) {
+  LoadOptions lo;
+  lo.memory = parse_weight_memory(memory, "--memory");
+  std::string notice;
+  auto model = Model::open(path, lo, &notice);
+  if (!notice.empty()) std::fprintf(stderr, "mxlm: %s\n", notice.c_str());
+  return model;
+}
+
 std::vector<KvFormats> parse_kv_option(const std::string& spec) {
   if (auto plan = parse_kv_plan(spec)) return *plan;
   throw Error(ErrorCode::kInvalidArgument, "--kv " + spec +

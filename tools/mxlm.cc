@@ -59,16 +59,6 @@ int cmd_convert(const ConvertArgs& a) {
   return 0;
 }
 
-// The model of -m: an .mxlm file, or a GGUF file or HF directory imported in memory (with a
-// notice that converting it once loads faster).
-std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory) {
-  LoadOptions lo;
-  lo.memory = parse_weight_memory(memory, "--memory");
-  std::string notice;
-  auto model = Model::open(path, lo, &notice);
-  if (!notice.empty()) std::fprintf(stderr, "mxlm: %s\n", notice.c_str());
-  return model;
-}
 
 struct SynthArgs {
   std::string shape = "tinyllama-1.1b", qtype = "q4_g32", output;
