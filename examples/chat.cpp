@@ -1,14 +1,17 @@
 // chat: a multi-turn loop over the C++ wrapper (mxlm.hpp): one user turn per line of stdin, the
-// reply streamed to stdout. Each turn evaluates only its new tokens: the context keeps the
-// conversation, and the reply's last token (sampled, not yet evaluated) opens the next turn.
+// reply streamed to stdout.
 //
 //   chat MODEL [N_PREDICT]
 //
-// The turns are framed as plain "User: ... / Assistant:" text and a reply ends at its first line
-// break; a model's own chat template is what `mxlm chat` renders.
+// Each turn renders the whole conversation with the model's chat template (the plain "User: /
+// Assistant:" fallback for a model without one) and evaluates only what the context does not
+// hold yet: the rendered text behind the previous turn's, tokenized with its special tokens as
+// their ids. A reply ends where the template ends a turn (EOS or its end-of-turn token), at
+// N_PREDICT tokens, or, with the plain fallback, at its first line break.
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <mxlm.hpp>
@@ -20,33 +23,55 @@ int main(int argc, char** argv) {
   }
   try {
     mxlm::Model model(argv[1]);
+    const bool templated = model.info().has_chat_template != 0;
     mxlm::Context ctx(model);
     mxlm_sampler_params sp = mxlm_sampler_default_params();
     sp.temperature = 0;  // greedy: the same replies every run
     mxlm::Sampler sampler(sp);
-    const int n_predict = argc > 2 ? std::atoi(argv[2]) : 64;
-    std::vector<int32_t> pending;  // the last reply token, evaluated with the next turn
+    mxlm_generate_params gp = mxlm::generate_params(argc > 2 ? std::atoi(argv[2]) : 64);
+    gp.stop_at_end_of_turn = 1;
+
+    std::vector<std::pair<std::string, std::string>> messages;
+    std::string held;                // the rendered conversation the context holds (or is about to)
+    std::vector<int32_t> pending;    // a reply's last token: sampled, not yet evaluated
     std::string line;
-    bool first = true;
     while (std::getline(std::cin, line)) {
-      std::vector<int32_t> turn = pending;
-      for (int32_t t : model.tokenize((first ? "" : "\n") + std::string("User: ") + line + "\nAssistant:", first)) turn.push_back(t);
-      first = false;
+      messages.emplace_back("user", line);
+      const std::string text = model.apply_chat_template(messages, true);
+      std::vector<int32_t> turn;
+      if (!held.empty() && text.compare(0, held.size(), held) == 0) {
+        turn = pending;  // the context holds `held`: evaluate what follows it
+        for (int32_t t : model.tokenize_chat(text.substr(held.size()), true)) turn.push_back(t);
+      } else {
+        ctx.reset();  // the template rewrote earlier text: evaluate the whole conversation
+        turn = model.tokenize_chat(text, false);
+      }
+      std::string reply;
       int32_t last = -1;
-      const mxlm_generate_stats st =
-          ctx.generate(sampler, turn, mxlm::generate_params(n_predict, true), [&](int32_t id, std::string_view text) {
-            last = id;
-            if (text.find('\n') != std::string_view::npos) return false;  // the reply's line is done
-            std::cout << text << std::flush;
-            return true;
-          });
+      const mxlm_generate_stats st = ctx.generate(sampler, turn, gp, [&](int32_t id, std::string_view piece) {
+        if (!templated && piece.find('\n') != std::string_view::npos) return false;  // the reply's line is done
+        last = id;
+        reply += piece;
+        std::cout << piece << std::flush;
+        return true;
+      });
       std::cout << "\n";
       std::cerr << "chat: turn evaluated " << st.n_prompt << " new tokens, context " << ctx.info().n_past << " tokens\n";
-      // A reply cut at n_predict ends with a token that was sampled, not evaluated: it opens the
-      // next turn. One that broke the line or ended the text is dropped (the next turn starts
-      // with its own line break).
+      // The context now holds the turn and the reply's tokens but the one that ended it: EOS or
+      // an end-of-turn token (the next rendering writes it again), a line break the plain
+      // fallback stopped at, or, for a reply cut at N_PREDICT, its last token, which opens the
+      // next turn.
+      messages.emplace_back("assistant", reply);
+      held = text + reply;
       pending.clear();
-      if (!st.stopped && !st.hit_eos && last >= 0) pending.push_back(last);
+      if (!st.hit_eos && !st.stopped && last >= 0) pending.push_back(last);
+      if (st.context_full) {
+        std::cerr << "chat: the context is full; the conversation starts over\n";
+        messages.clear();
+        held.clear();
+        pending.clear();
+        ctx.reset();
+      }
     }
   } catch (const mxlm::Error& e) {
     std::cerr << "chat: " << e.what() << " (" << mxlm_status_name(e.status()) << ")\n";

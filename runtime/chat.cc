@@ -159,4 +159,64 @@ size_t stop_holdback(std::string_view text, const std::vector<std::string>& stop
   return hold;
 }
 
+ChatEncoder::ChatEncoder(const Model& model) : tok_(model.tokenizer()), bos_(model.config().bos_id) {
+  for (int id = 0; id < tok_.n_vocab(); ++id) {
+    if (tok_.is_control(id) && tok_.piece(id).size() > 1) specials_.emplace_back(tok_.piece(id), id);
+  }
+}
+
+ChatEncoder::Tokens ChatEncoder::encode(std::string_view text, bool add_bos, bool continuation) const {
+  Tokens out;
+  if (add_bos && bos_ >= 0 && bos_ < tok_.n_vocab() && text.substr(0, tok_.piece(bos_).size()) != tok_.piece(bos_)) {
+    out.ids.push_back(bos_);
+    out.texts.emplace_back();
+  }
+  size_t pos = 0;
+  bool first_segment = true;
+  while (pos < text.size()) {
+    // The earliest special token at or after pos (the longest at one position).
+    size_t at = std::string_view::npos;
+    int id = -1;
+    size_t id_len = 0;
+    for (const auto& [piece, pid] : specials_) {
+      const size_t f = text.find(piece, pos);
+      if (f != std::string_view::npos && (f < at || (f == at && piece.size() > id_len))) {
+        at = f;
+        id = pid;
+        id_len = piece.size();
+      }
+    }
+    const std::string_view seg = text.substr(pos, at == std::string_view::npos ? std::string_view::npos : at - pos);
+    if (!seg.empty()) {
+      std::vector<int> ids;
+      const bool cont = first_segment && continuation;
+      if (cont) {
+        // Behind a line break, the segment's first token carries no dummy-prefix space; the
+        // break's own token(s) are dropped when they spell exactly "\n".
+        ids = tok_.encode("\n" + std::string(seg), false);
+        std::string lead;
+        size_t drop = 0;
+        for (size_t i = 0; i < ids.size() && lead.empty(); ++i) {
+          lead += tok_.token_bytes(ids[i], i == 0);
+          drop = i + 1;
+        }
+        if (lead == "\n") ids.erase(ids.begin(), ids.begin() + long(drop));
+        else ids = tok_.encode(seg, false);
+      } else {
+        ids = tok_.encode(seg, false);
+      }
+      for (size_t i = 0; i < ids.size(); ++i) {
+        out.ids.push_back(ids[i]);
+        out.texts.push_back(tok_.token_bytes(ids[i], i == 0 && !cont));
+      }
+    }
+    first_segment = false;
+    if (at == std::string_view::npos) break;
+    out.ids.push_back(id);
+    out.texts.push_back(tok_.piece(id));
+    pos = at + id_len;
+  }
+  return out;
+}
+
 }  // namespace mxlm

@@ -40,7 +40,8 @@ GenerateStats generate(Context& ctx, Sampler& sampler, const std::vector<int>& p
     const int tok = sampler.sample(logits, n_vocab, history);
     history.push_back(tok);
     ++st.n_generated;
-    if (params.stop_at_eos && tok == eos) {
+    if ((params.stop_at_eos && tok == eos) ||
+        std::find(params.stop_tokens.begin(), params.stop_tokens.end(), tok) != params.stop_tokens.end()) {
       st.hit_eos = true;
       break;
     }

@@ -159,6 +159,24 @@ const float* bind_norm(const MxlmFile& f, const std::string& name, int64_t n) {
   return reinterpret_cast<const float*>(t.segments[0].data);
 }
 
+// Caps the OpenMP regions this thread starts while it lives at n threads (n > 0; else no
+// change). nthreads-var is a per-thread ICV: other threads' regions keep their own.
+class ScopedOmpThreads {
+ public:
+  explicit ScopedOmpThreads(int n) : saved_(omp_get_max_threads()), set_(n > 0) {
+    if (set_) omp_set_num_threads(n);
+  }
+  ~ScopedOmpThreads() {
+    if (set_) omp_set_num_threads(saved_);
+  }
+  ScopedOmpThreads(const ScopedOmpThreads&) = delete;
+  ScopedOmpThreads& operator=(const ScopedOmpThreads&) = delete;
+
+ private:
+  int saved_;
+  bool set_;
+};
+
 }  // namespace
 
 std::string_view weight_memory_name(WeightMemory m) {
@@ -194,6 +212,8 @@ const MxlmFile& Model::file() const {
 }
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
+  if (options.threads < 0) throw Error(ErrorCode::kInvalidArgument, "load threads " + std::to_string(options.threads) + " is negative");
+  const ScopedOmpThreads threads(options.threads);
   std::shared_ptr<Model> m(new Model());
   m->file_ = options.memory == WeightMemory::kMap
                  ? std::make_unique<MxlmFile>(path)
@@ -350,6 +370,8 @@ std::string Model::kernel_summary() const {
 
 std::shared_ptr<const Model> Model::open(const std::string& path, const LoadOptions& options, std::string* notice) {
   if (notice) notice->clear();
+  if (options.threads < 0) throw Error(ErrorCode::kInvalidArgument, "load threads " + std::to_string(options.threads) + " is negative");
+  const ScopedOmpThreads threads(options.threads);
   const auto t0 = std::chrono::steady_clock::now();
   auto imported = [&](ImportedModel m) {
     auto model = from_imported(std::make_shared<const ImportedModel>(std::move(m)), options.isa);

@@ -25,7 +25,7 @@ libdir=$(dirname "$(find "$prefix" -name libmxlm.so -print -quit)")
 [ -f "$prefix/include/mxlm.h" ] && [ -f "$prefix/include/mxlm.hpp" ] || fail "headers not installed"
 [ -x "$prefix/bin/mxlm" ] || fail "mxlm not installed"
 soname=$(objdump -p "$libdir/libmxlm.so" | awk '/SONAME/ {print $2}')
-[ "$soname" = libmxlm.so.0 ] || fail "SONAME is '$soname', not libmxlm.so.0"
+[ "$soname" = libmxlm.so.0.2 ] || fail "SONAME is '$soname', not libmxlm.so.0.2"
 
 # 2. Exported symbols and header hygiene.
 bad=$(nm -D --defined-only "$libdir/libmxlm.so" | awk '{print $NF}' | grep -v '^mxlm_' || true)
@@ -74,7 +74,7 @@ awk '/^\/\* gen.c:/ {on = 1} on && /^```/ {exit} on {print}' README.md >"$work/g
 
 # 3b. pkg-config.
 export PKG_CONFIG_PATH=$libdir/pkgconfig
-[ "$(pkg-config --modversion mxlm)" = 0.1.0 ] || fail "pkg-config --modversion: $(pkg-config --modversion mxlm)"
+[ "$(pkg-config --modversion mxlm)" = 0.2.0 ] || fail "pkg-config --modversion: $(pkg-config --modversion mxlm)"
 # shellcheck disable=SC2046
 cc -std=c99 -Wall -Werror "$src/examples/generate.c" $(pkg-config --cflags --libs mxlm) -o "$work/generate_pc" || fail "cc with pkg-config"
 # shellcheck disable=SC2046

@@ -94,7 +94,12 @@ run_shards() {  # dir name filter
     if ! wait "${pids[$i]}"; then
       rc=1
       echo "sanitize: $name shard $i FAILED ($dir/sanitize-$i.log):" >&2
-      tail -n 80 "$dir/sanitize-$i.log" >&2
+      # What failed, wherever it sits in the log (skip notices can bury it): gtest's failure
+      # blocks and failed tests, and a sanitizer's report, then the log's end.
+      grep -n -A12 -E '^\[  FAILED  \]|: Failure$|^==[0-9]+==ERROR|runtime error:|^WARNING: ThreadSanitizer' \
+        "$dir/sanitize-$i.log" | head -n 200 >&2 || true
+      echo "sanitize: ... the log's last lines:" >&2
+      tail -n 30 "$dir/sanitize-$i.log" >&2
     fi
   done
   local n

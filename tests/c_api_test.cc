@@ -26,8 +26,8 @@ std::string stories() { return mxlm::test::shared_path("models/stories260K/stori
 // A loaded model for a test, freed at scope exit.
 struct ModelHandle {
   mxlm_model* m = nullptr;
-  explicit ModelHandle(const std::string& path) {
-    EXPECT_EQ(mxlm_model_load(path.c_str(), nullptr, &m), MXLM_OK) << mxlm_last_error();
+  explicit ModelHandle(const std::string& path, const mxlm_model_params* params = nullptr) {
+    EXPECT_EQ(mxlm_model_load(path.c_str(), params, &m), MXLM_OK) << mxlm_last_error();
   }
   ~ModelHandle() { mxlm_model_free(m); }
 };
@@ -68,7 +68,7 @@ Collected greedy(mxlm_context* ctx, const std::vector<int32_t>& prompt, int n, m
 
 TEST(CApi, VersionAndInfo) {
   int major = -1, minor = -1, patch = -1;
-  EXPECT_STREQ(mxlm_version(&major, &minor, &patch), "0.1.0");
+  EXPECT_STREQ(mxlm_version(&major, &minor, &patch), MXLM_PROJECT_VERSION);  // mxlm.h agrees with CMake
   EXPECT_EQ(major, MXLM_VERSION_MAJOR);
   EXPECT_EQ(minor, MXLM_VERSION_MINOR);
   EXPECT_EQ(patch, MXLM_VERSION_PATCH);
@@ -97,9 +97,12 @@ TEST(CApi, VersionAndInfo) {
   mxlm_context_free(ctx);
 }
 
-// The CLI's greedy reference text (tests/cli_test.cc RunGreedyMatchesLlama2c), through the C API.
+// The CLI's greedy reference text (tests/cli_test.cc RunGreedyMatchesLlama2c), through the C API,
+// from a model loaded (imported from GGUF) on one thread.
 TEST(CApi, GreedyGenerationMatchesTheReference) {
-  ModelHandle m(stories());
+  mxlm_model_params mp = mxlm_model_default_params();
+  mp.n_threads = 1;
+  ModelHandle m(stories(), &mp);
   mxlm_context* ctx = nullptr;
   ASSERT_EQ(mxlm_context_create(m.m, nullptr, &ctx), MXLM_OK);
   const std::string prompt = "Once upon a time";
@@ -244,6 +247,78 @@ TEST(CApi, ChatTemplate) {
   ASSERT_EQ(mxlm_chat_apply_template(with.m, msgs, 4, 1, buf.data(), buf.size(), &len), MXLM_OK) << mxlm_last_error();
   EXPECT_EQ(std::string(buf.data(), len), slurp(data + "TinyLlama-1.1B-Chat-v1.0.system.txt"));
 
+  // The rendered text's special tokens: "</s>" after each message is EOS with
+  // MXLM_TOKENIZE_SPECIAL, plain text pieces without it.
+  const std::string text(buf.data(), len);
+  auto count = [](const std::vector<int32_t>& ids, int32_t id) { return std::count(ids.begin(), ids.end(), id); };
+  auto tokens = [&](const std::string& t, int32_t flags) {
+    size_t n = 0;
+    EXPECT_EQ(mxlm_tokenize(with.m, t.data(), t.size(), flags, nullptr, 0, &n), MXLM_ERR_BUFFER_TOO_SMALL) << mxlm_last_error();
+    std::vector<int32_t> ids(n);
+    EXPECT_EQ(mxlm_tokenize(with.m, t.data(), t.size(), flags, ids.data(), n, &n), MXLM_OK) << mxlm_last_error();
+    return ids;
+  };
+  const std::vector<int32_t> special = tokens(text, MXLM_TOKENIZE_SPECIAL | MXLM_TOKENIZE_BOS);
+  ASSERT_FALSE(special.empty());
+  EXPECT_EQ(special[0], info.bos);
+  EXPECT_EQ(count(special, info.eos), 4);  // each of the four messages ends with it
+  const std::vector<int32_t> plain = tokens(text, MXLM_TOKENIZE_BOS);
+  EXPECT_EQ(count(plain, info.eos), 0);
+  EXPECT_GT(plain.size(), special.size());
+  // Text that begins with the BOS piece gets no second BOS.
+  EXPECT_EQ(count(tokens("<s>" + text, MXLM_TOKENIZE_SPECIAL | MXLM_TOKENIZE_BOS), info.bos), 1);
+  // A continuation: no BOS, and its first word has no dummy-prefix space ("Then" continues
+  // "...said" as one word would, where a fresh text begins with "▁Then").
+  const std::vector<int32_t> cont = tokens("Then</s>", MXLM_TOKENIZE_SPECIAL | MXLM_TOKENIZE_CONTINUE);
+  const std::vector<int32_t> fresh = tokens("Then</s>", MXLM_TOKENIZE_SPECIAL);
+  ASSERT_FALSE(cont.empty());
+  EXPECT_NE(cont.front(), info.bos);
+  EXPECT_EQ(cont.back(), info.eos);
+  EXPECT_EQ(fresh.back(), info.eos);
+  char piece[64];
+  size_t plen = 0;
+  ASSERT_EQ(mxlm_detokenize(with.m, fresh.data(), fresh.size() - 1, piece, sizeof(piece), &plen), MXLM_OK);
+  EXPECT_STREQ(piece, "Then");
+  EXPECT_NE(cont, fresh);
+  size_t n = 0;
+  EXPECT_EQ(mxlm_tokenize(with.m, "a", 1, 8, nullptr, 0, &n), MXLM_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(mxlm_last_error()).find("flags 8"), std::string::npos) << mxlm_last_error();
+  EXPECT_EQ(mxlm_tokenize(with.m, "a", 1, MXLM_TOKENIZE_CONTINUE, nullptr, 0, &n), MXLM_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(mxlm_last_error()).find("goes with MXLM_TOKENIZE_SPECIAL"), std::string::npos) << mxlm_last_error();
+
+  // stop_at_end_of_turn: the template ends a reply with "</s>", EOS here; with stop_at_eos off,
+  // the reply ends there all the same, as the unstopped greedy text shows.
+  {
+    const std::vector<int32_t> prompt = tokens(text, MXLM_TOKENIZE_SPECIAL | MXLM_TOKENIZE_BOS);
+    std::vector<std::vector<int32_t>> got;
+    std::vector<mxlm_generate_stats> stats;
+    for (int end_of_turn : {0, 1}) {
+      mxlm_context* c = nullptr;
+      ASSERT_EQ(mxlm_context_create(with.m, nullptr, &c), MXLM_OK);
+      mxlm_sampler_params sp = mxlm_sampler_default_params();
+      sp.temperature = 0;
+      mxlm_sampler* s = nullptr;
+      ASSERT_EQ(mxlm_sampler_create(&sp, &s), MXLM_OK);
+      mxlm_generate_params gp = mxlm_generate_default_params();
+      EXPECT_EQ(gp.stop_at_end_of_turn, 0);
+      gp.n_predict = 120;
+      gp.stop_at_eos = 0;
+      gp.stop_at_end_of_turn = end_of_turn;
+      Collected col;
+      mxlm_generate_stats st;
+      ASSERT_EQ(mxlm_generate(c, s, prompt.data(), prompt.size(), &gp, collect, &col, &st), MXLM_OK) << mxlm_last_error();
+      got.push_back(col.ids);
+      stats.push_back(st);
+      mxlm_sampler_free(s);
+      mxlm_context_free(c);
+    }
+    const auto eos_at = std::find(got[0].begin(), got[0].end(), info.eos);
+    ASSERT_NE(eos_at, got[0].end()) << "the greedy reply never ends its turn: nothing to check";
+    EXPECT_EQ(got[1], std::vector<int32_t>(got[0].begin(), eos_at));
+    EXPECT_TRUE(stats[1].hit_eos);
+    EXPECT_FALSE(stats[0].hit_eos);
+  }
+
   ModelHandle without(mxlm::test::shared_path("models/tinymix-26m"));
   ASSERT_EQ(mxlm_model_get_info(without.m, &info), MXLM_OK);
   EXPECT_EQ(info.has_chat_template, 0);
@@ -312,6 +387,9 @@ TEST(CApi, BadInputIsAnErrorWithAMessage) {
   mp = mxlm_model_default_params();
   mp.memory = "swap";
   expect(mxlm_model_load(stories().c_str(), &mp, &m), MXLM_ERR_INVALID_ARGUMENT, "swap");
+  mp = mxlm_model_default_params();
+  mp.n_threads = -1;
+  expect(mxlm_model_load(stories().c_str(), &mp, &m), MXLM_ERR_INVALID_ARGUMENT, "n_threads -1 is negative");
 
   ModelHandle model(stories());
   mxlm_model_info info;

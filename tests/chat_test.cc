@@ -221,7 +221,8 @@ TEST(Chat, TheModelsOwnTemplate) {
 // A tmux session running chat on a pty.
 class Tmux {
  public:
-  explicit Tmux(const std::string& command) : sock_("mxlm" + std::to_string(::getpid())) {
+  // A server of its own per session: a new one on a killed one's socket can fail to start.
+  explicit Tmux(const std::string& command) : sock_("mxlm" + std::to_string(::getpid()) + "-" + std::to_string(count_++)) {
     const int st = test::run_command("tmux -L " + sock_ + " new-session -d -s chat -x 160 -y 50 \"" + command + "; echo EXITED rc=\\$?; sleep 120\"");
     EXPECT_EQ(st, 0);
   }
@@ -232,11 +233,13 @@ class Tmux {
     test::run_command("tmux -L " + sock_ + " capture-pane -t chat -p -S -2000", &out, false);
     return out;
   }
-  // Waits (up to 60 s) until the screen holds `n` matches of `re`; returns the screen.
+  // Waits until the screen holds `n` matches of `re` and returns the screen. Up to 4 minutes:
+  // under ASan on a loaded 2-core CI host a turn of tinymix-26m takes seconds, not milliseconds.
   std::string wait_for(const std::string& re, int n = 1) {
     const std::regex r(re);
     std::string s;
-    for (int i = 0; i < 1200; ++i) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(4);
+    while (std::chrono::steady_clock::now() < deadline) {
       s = screen();
       if (std::distance(std::sregex_iterator(s.begin(), s.end(), r), std::sregex_iterator()) >= n) return s;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -244,54 +247,106 @@ class Tmux {
     ADD_FAILURE() << "timed out waiting for /" << re << "/ x" << n << " on:\n" << s;
     return s;
   }
+  // The "evaluated N new tokens" of the last /stats line on the screen (-1 when there is none).
+  static int last_evaluated(const std::string& screen) {
+    int n = -1;
+    const std::regex r("last turn: evaluated (\\d+) new tokens");
+    for (auto it = std::sregex_iterator(screen.begin(), screen.end(), r); it != std::sregex_iterator(); ++it) n = std::stoi((*it)[1]);
+    return n;
+  }
 
  private:
+  static inline int count_ = 0;
   std::string sock_;
 };
 
+// Two sessions in a real terminal (tmux), turns rendered with a real template (TinyLlama-Chat's,
+// which tinymix does not carry) in tinymix's 512-token context.
+//  1. Replies of 40 tokens: a long first turn, then a short one that evaluates only its own
+//     tokens (KV reuse: far fewer than the first turn's, which the context keeps), then a third
+//     that no longer fits beside them and drops the oldest exchange, /reset and /exit.
+//  2. Replies of up to 450 tokens: Ctrl-C in the middle of one stops it and keeps the
+//     conversation, Ctrl-C at the prompt clears the line, Ctrl-D quits.
 TEST(Chat, InATerminal) {
   if (test::run_command("command -v tmux >/dev/null") != 0) GTEST_SKIP() << "tmux is not installed (scripts/setup.sh installs it)";
   const std::string dir = test::scratch_dir();
-  // Replies of 300 tokens in a context of 512: the second turn does not fit beside the first.
-  // Turns rendered with a real template (TinyLlama-Chat's), which tinymix does not carry.
   const std::string tmpl = std::string(MXLM_SOURCE_DIR) + "/tests/data/chat_templates/TinyLlama-1.1B-Chat-v1.0.jinja";
-  Tmux t("MXLM_CHAT_HISTORY=" + dir + "/history " + test::mxlm_binary() + " chat -m " + tinymix() + " --chat-template " + tmpl +
-         " --temp 0 -t 1 -n 300 --ignore-eos 2>" + dir + "/chat_err.txt");
+  const std::string chat = test::mxlm_binary() + " chat -m " + tinymix() + " --chat-template " + tmpl + " --temp 0 -t 1 --ignore-eos";
   // A prompt, with what was typed after it or empty (capture-pane may trim its trailing space).
   const std::string prompt = "\n>( |\n)";
-  t.wait_for(prompt);
-  t.keys("'Hello there' Enter");
-  t.wait_for(prompt, 2);
-  t.keys("'What happened next?' Enter");
-  std::string s = t.wait_for(prompt, 3);
-  EXPECT_NE(s.find("(context full: dropped the 2 oldest messages)"), std::string::npos) << s;
-  t.keys("/stats Enter");
-  s = t.wait_for("turns 2 \\| last turn: evaluated \\d+ new tokens");
-  t.keys("/reset Enter");
-  t.wait_for("\\(conversation reset\\)");
-  // Ctrl-C once the reply is streaming: it stops there and the conversation goes on.
-  t.keys("'Tell me a story' Enter");
-  t.wait_for("> Tell me a story\n.*\\S");
-  t.keys("C-c");
-  s = t.wait_for("\\(stopped\\)");
-  t.wait_for("\\(stopped\\)\n>( |\n)");
-  t.keys("/stats Enter");
-  s = t.wait_for("turns 3 \\| last turn: evaluated \\d+ new tokens \\([0-9.]+ tok/s\\), replied (\\d+) tokens");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(s, m, std::regex("turns 3 .* replied (\\d+) tokens")));
-  EXPECT_LT(std::stoi(m[1]), 300) << s;  // stopped before -n
-  EXPECT_GT(std::stoi(m[1]), 0) << s;
-  // Ctrl-C at the prompt clears the line; /exit quits.
-  t.keys("'half a line' C-c");
-  t.wait_for("Ctrl-D or /exit quits");
-  t.keys("/exit Enter");
-  s = t.wait_for("EXITED rc=0");
+  std::string long_turn;
+  for (const char* s : {"Once upon a time there was a little girl named Lily who lived in a small house near the big forest",
+                        "Every morning she walked to the river with her dog Max and her friend Tom to look at the fish",
+                        "One day they found a shiny red box under an old tree and they did not know what was inside it",
+                        "Lily wanted to open the box but Tom said that they should ask her mother first because it was not theirs",
+                        "So they carried the box home and her mother smiled and told them a story about the old man who lost it",
+                        "The next day they went back to the forest to find the old man and give the box back to him",
+                        "He was very happy to see the box again and he gave them each a small cake and a big red apple",
+                        "When the sun went down they walked home together and told everyone what a good day it had been"}) {
+    long_turn += std::string(long_turn.empty() ? "" : " and then ") + s;
+  }
+  {
+    Tmux t("MXLM_CHAT_HISTORY=" + dir + "/history " + chat + " -n 40 2>" + dir + "/chat_err.txt");
+    t.wait_for(prompt);
+    t.keys("'" + long_turn + "' Enter");
+    t.wait_for(prompt, 2);
+    t.keys("/stats Enter");
+    std::string s = t.wait_for("turns 1 \\| last turn: evaluated \\d+ new tokens");
+    const int first = Tmux::last_evaluated(s);
+    t.keys("'What happened next?' Enter");
+    t.wait_for(prompt, 4);
+    t.keys("/stats Enter");
+    s = t.wait_for("turns 2 \\| last turn: evaluated \\d+ new tokens");
+    const int second = Tmux::last_evaluated(s);
+    EXPECT_GT(first, 200) << s;
+    // The second turn evaluates its own framing and text (and the first reply's last token),
+    // not the first turn again: its cost does not grow with the first turn's length
+    // (Chat.ScriptedTurnsReuseTheCache: the same count after a first turn of 12 or ~330 tokens).
+    EXPECT_LT(second, 60) << s;
+    EXPECT_LT(second * 3, first) << s;
+    EXPECT_GT(second, 5) << s;
+    int held = -1;
+    const std::regex used("context (\\d+) of 512 tokens");
+    for (auto it = std::sregex_iterator(s.begin(), s.end(), used); it != std::sregex_iterator(); ++it) held = std::stoi((*it)[1]);
+    EXPECT_GT(held, first + second + 40) << s;  // both turns and both replies stay
+    // A third long turn leaves no room for a reply of 40 beside the first exchange: it goes.
+    t.keys("'" + long_turn + "' Enter");
+    s = t.wait_for(prompt, 6);
+    EXPECT_NE(s.find("(context full: dropped the 2 oldest messages)"), std::string::npos) << s;
+    t.keys("/reset Enter");
+    t.wait_for("\\(conversation reset\\)");
+    t.keys("/stats Enter");
+    t.wait_for("context 0 of 512 tokens");
+    t.keys("/exit Enter");
+    t.wait_for("EXITED rc=0");
+  }
   std::ifstream e(dir + "/chat_err.txt");
   const std::string err((std::istreambuf_iterator<char>(e)), {});
   EXPECT_NE(err.find("chat template: '" + tmpl + "'"), std::string::npos) << err;
+  {
+    Tmux t("MXLM_CHAT_HISTORY=" + dir + "/history " + chat + " -n 450 2>/dev/null");
+    t.wait_for(prompt);
+    // Ctrl-C once the reply is streaming: it stops there and the conversation goes on.
+    t.keys("'Tell me a story' Enter");
+    t.wait_for("> Tell me a story\n.*\\S");
+    t.keys("C-c");
+    t.wait_for("\\(stopped\\)\n>( |\n)");
+    t.keys("/stats Enter");
+    const std::string s = t.wait_for("turns 1 \\| last turn: evaluated \\d+ new tokens \\([0-9.]+ tok/s\\), replied (\\d+) tokens");
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(s, m, std::regex("turns 1 .* replied (\\d+) tokens")));
+    EXPECT_LT(std::stoi(m[1]), 450) << s;  // stopped before -n
+    EXPECT_GT(std::stoi(m[1]), 0) << s;
+    // Ctrl-C at the prompt clears the line; Ctrl-D quits.
+    t.keys("'half a line' C-c");
+    t.wait_for("\\(Ctrl-D or /exit quits\\)");
+    t.keys("C-d");
+    t.wait_for("EXITED rc=0");
+  }
   std::ifstream h(dir + "/history");
   const std::string history((std::istreambuf_iterator<char>(h)), {});
   EXPECT_NE(history.find("story"), std::string::npos) << history;  // libedit's format escapes the spaces
+  EXPECT_NE(history.find("happened"), std::string::npos) << history;  // kept from the first session
 }
 
 }  // namespace

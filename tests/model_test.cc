@@ -1,6 +1,7 @@
 // End to end on real models: import, convert, forward, greedy decoding and perplexity against
 // the stored references in ../shared/ref.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -191,6 +192,20 @@ TEST_F(Tinymix, Greedy64MatchesReference) {
       return true;
     });
     EXPECT_EQ(got, want);
+    // A stop token (a chat template's end of turn) ends the text where it first comes, as EOS
+    // would: not passed on, flagged hit_eos.
+    const int stop = want[10];
+    const size_t first = size_t(std::find(want.begin(), want.end(), stop) - want.begin());
+    Context ctx2(m);
+    gp.stop_tokens = {stop};
+    std::vector<int> until;
+    const GenerateStats st = generate(ctx2, ids, gp, [&](int t) {
+      until.push_back(t);
+      return true;
+    });
+    EXPECT_EQ(until, std::vector<int>(want.begin(), want.begin() + long(first)));
+    EXPECT_TRUE(st.hit_eos);
+    EXPECT_EQ(st.n_generated, int(first) + 1);
     ++checked;
   }
   EXPECT_EQ(checked, 2) << "prompts in reference.json";
@@ -473,10 +488,16 @@ TEST(WeightMemory, CopyAndHugeGiveTheMappedFilesLogits) {
     SCOPED_TRACE(qtype_info(t).name);
     const std::string path = quantized_tinymix(t, "r_");
     std::vector<std::vector<float>> logits;
-    for (WeightMemory m : {WeightMemory::kMap, WeightMemory::kCopy, WeightMemory::kHuge}) {
+    // The last load runs its reading and repacking on one thread (LoadOptions::threads): the
+    // same bytes, and the caller's OpenMP thread count is as it was.
+    const int caller_threads = omp_get_max_threads();
+    for (auto [m, threads] : {std::pair{WeightMemory::kMap, 0}, {WeightMemory::kCopy, 0}, {WeightMemory::kHuge, 0},
+                              {WeightMemory::kHuge, 1}}) {
       LoadOptions lo;
       lo.memory = m;
+      lo.threads = threads;
       auto model = Model::load(path, lo);
+      EXPECT_EQ(omp_get_max_threads(), caller_threads);
       EXPECT_EQ(weight_memory_from_name(weight_memory_name(m)), m);
       const bool repacks = find_qkernel(t, model->isa()).pack != nullptr;
       EXPECT_EQ(model->kernel_summary().find("/repacked") != std::string::npos, repacks) << model->kernel_summary();
@@ -500,7 +521,11 @@ TEST(WeightMemory, CopyAndHugeGiveTheMappedFilesLogits) {
     }
     EXPECT_EQ(std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)), 0) << "copy";
     EXPECT_EQ(std::memcmp(logits[0].data(), logits[2].data(), logits[0].size() * sizeof(float)), 0) << "huge";
+    EXPECT_EQ(std::memcmp(logits[0].data(), logits[3].data(), logits[0].size() * sizeof(float)), 0) << "huge, 1 load thread";
   }
+  LoadOptions negative;
+  negative.threads = -2;
+  EXPECT_THROW(Model::load(quantized_tinymix(QType::kQ4G64, "r_"), negative), Error);
   EXPECT_FALSE(weight_memory_from_name("hugepages").has_value());
 }
 

@@ -58,11 +58,8 @@ class Chat {
  public:
   Chat(std::shared_ptr<const Model> model, const ContextParams& cp, const ChatArgs& a)
       : model_(std::move(model)), ctx_(model_, cp), tok_(model_->tokenizer()), tmpl_(ChatTemplate::from_spec(a.chat_template, *model_)),
-        sampler_(a.sampler), args_(a), tty_(::isatty(0) && ::isatty(1)) {
+        sampler_(a.sampler), args_(a), tty_(::isatty(0) && ::isatty(1)), encoder_(*model_) {
     if (!a.system.empty()) messages_.push_back({"system", a.system});
-    for (int id = 0; id < tok_.n_vocab(); ++id) {
-      if (tok_.is_control(id) && tok_.piece(id).size() > 1) specials_.emplace_back(tok_.piece(id), id);
-    }
   }
 
   int run() {
@@ -195,75 +192,12 @@ class Chat {
     say(buf);
   }
 
-  // Tokens of text, with the text each stands for in the rendered conversation. The template's
-  // special tokens (control pieces such as <s>, </s>, <|im_end|>) written as text become their
-  // ids; the text between them is encoded as SentencePiece encodes a whole text (a dummy-prefix
-  // space in front, as llama.cpp and the slow HF tokenizers do after a special token), except
-  // where it continues earlier text (`continuation`: it then takes none, through a line break
-  // encoded in front and dropped). BOS comes first at the start of a conversation whose text does
-  // not begin with it.
-  struct Tokens {
-    std::vector<int> ids;
-    std::vector<std::string> texts;
-  };
-  Tokens encode(const std::string& text, bool continuation) const {
-    Tokens out;
-    const int bos = model_->config().bos_id;
-    if (!continuation && (bos < 0 || bos >= tok_.n_vocab() || text.compare(0, tok_.piece(bos).size(), tok_.piece(bos)) != 0)) {
-      if (bos >= 0 && bos < tok_.n_vocab()) {
-        out.ids.push_back(bos);
-        out.texts.emplace_back();
-      }
-    }
-    size_t pos = 0;
-    bool first_segment = true;
-    while (pos < text.size()) {
-      // The earliest special token at or after pos (the longest at one position).
-      size_t at = std::string::npos;
-      int id = -1;
-      for (const auto& [piece, pid] : specials_) {
-        const size_t f = text.find(piece, pos);
-        if (f != std::string::npos && (f < at || (f == at && piece.size() > tok_.piece(id).size()))) {
-          at = f;
-          id = pid;
-        }
-      }
-      const std::string seg = text.substr(pos, at == std::string::npos ? std::string::npos : at - pos);
-      if (!seg.empty()) {
-        std::vector<int> ids;
-        const bool cont = first_segment && continuation;
-        if (cont) {
-          ids = tok_.encode("\n" + seg, false);
-          std::string lead;
-          size_t drop = 0;
-          for (size_t i = 0; i < ids.size() && lead.size() < 1; ++i) {
-            lead += tok_.token_bytes(ids[i], i == 0);
-            drop = i + 1;
-          }
-          if (lead == "\n") ids.erase(ids.begin(), ids.begin() + long(drop));
-          else ids = tok_.encode(seg, false);
-        } else {
-          ids = tok_.encode(seg, false);
-        }
-        for (size_t i = 0; i < ids.size(); ++i) {
-          out.ids.push_back(ids[i]);
-          out.texts.push_back(tok_.token_bytes(ids[i], i == 0 && !cont));
-        }
-      }
-      first_segment = false;
-      if (at == std::string::npos) break;
-      out.ids.push_back(id);
-      out.texts.push_back(tok_.piece(id));
-      pos = at + tok_.piece(id).size();
-    }
-    return out;
-  }
-
   // Brings the context to the rendered conversation `text` and returns the tokens it must
   // evaluate. The context keeps the longest run of the tokens it holds (sampled replies
   // included, as sampled) whose texts begin the conversation's text; the rest is encoded as its
   // continuation. So earlier turns are never evaluated again, whatever tokens a fresh encoding
   // of their text would give. At least one token is evaluated (its logits start the reply).
+  using Tokens = ChatEncoder::Tokens;
   Tokens sync(const std::string& text) {
     size_t k = 0, bytes = 0;
     for (size_t i = 0; i < cached_.size(); ++i) {
@@ -276,7 +210,7 @@ class Chat {
       --k;
       bytes -= cached_text_[k].size();
     }
-    Tokens fresh = encode(text.substr(bytes), k > 0);
+    Tokens fresh = encoder_.encode(std::string_view(text).substr(bytes), k == 0, k > 0);
     if (fresh.ids.empty() && k > 0) {
       --k;
       fresh.ids = {cached_[k]};
@@ -303,7 +237,7 @@ class Chat {
         messages_.pop_back();
         return std::nullopt;
       }
-      const size_t n = encode(text, false).ids.size();
+      const size_t n = encoder_.encode(text, true, false).ids.size();
       if (int(n) + reserve <= ctx_.n_ctx()) {
         if (dropped) say("(context full: dropped the " + std::to_string(dropped) + " oldest messages)");
         return text;
@@ -417,7 +351,7 @@ class Chat {
   std::vector<ChatMessage> messages_;
   std::vector<int> cached_;  // the tokens the context holds, in order
   std::vector<std::string> cached_text_;  // the text each stands for in the rendered conversation
-  std::vector<std::pair<std::string, int>> specials_;  // control pieces written as text, and their ids
+  ChatEncoder encoder_;  // the template's special tokens written as text become their ids
   const std::vector<std::string> no_stops_;
   int turns_ = 0, last_prompt_ = 0, last_reply_ = 0;
   double last_prompt_s_ = 0, last_reply_s_ = 0;
@@ -447,7 +381,7 @@ Command add_chat_command(CLI::App& app) {
   add_kv_options(c, a->kv);
   c->add_option("--memory", a->memory, "weight memory: huge (default), copy or map");
   return {c, [a] {
-            auto model = open_model(a->model, a->memory);
+            auto model = open_model(a->model, a->memory, a->threads);
             ContextParams cp;
             cp.n_ctx = a->ctx;
             cp.n_threads = a->threads;

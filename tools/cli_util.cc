@@ -59,8 +59,9 @@ WeightMemory parse_weight_memory(const std::string& name, const char* option) {
   throw Error(ErrorCode::kInvalidArgument, std::string(option) + " " + name + " is not a weight memory; known: map, copy, huge");
 }
 
-std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory) {
+std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory, int threads) {
   LoadOptions lo;
+  lo.threads = threads;
   lo.memory = parse_weight_memory(memory, "--memory");
   std::string notice;
   auto model = Model::open(path, lo, &notice);

@@ -36,8 +36,9 @@ QType parse_qtype(const std::string& name, const char* option);
 // A weight memory name (map, copy, huge), or Error naming `option` and the known ones.
 WeightMemory parse_weight_memory(const std::string& name, const char* option);
 // The model of -m: an .mxlm file, or a GGUF file or HF directory imported in memory (with a
-// notice on stderr that converting it once loads faster); `memory` is --memory's value.
-std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory);
+// notice on stderr that converting it once loads faster); `memory` is --memory's value, `threads`
+// caps the load's own threads as -t caps inference's (0: all cores).
+std::shared_ptr<const Model> open_model(const std::string& path, const std::string& memory, int threads = 0);
 // --kv SPEC: the KV cache formats, or an Error naming the known ones.
 // --kv: a KV plan (one spec, or one per layer joined by '/'), for ContextParams::kv_layers.
 std::vector<KvFormats> parse_kv_option(const std::string& spec);

@@ -81,7 +81,7 @@ int cmd_run(RunArgs a) {
   if (size_t bad = find_invalid_utf8(a.prompt); bad != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "the prompt is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
   }
-  auto model = open_model(a.model, a.memory);
+  auto model = open_model(a.model, a.memory, a.threads);
   ContextParams cp;
   cp.n_ctx = a.ctx;
   cp.n_threads = a.threads;
@@ -138,7 +138,7 @@ struct PplArgs {
 };
 
 int cmd_ppl(const PplArgs& a) {
-  auto model = open_model(a.model, a.memory);
+  auto model = open_model(a.model, a.memory, a.threads);
   const std::string text = read_file(a.file);
   if (size_t bad = find_invalid_utf8(text); bad != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "'" + a.file + "' is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
@@ -160,7 +160,7 @@ int cmd_ppl(const PplArgs& a) {
   pp.windows = a.windows;
   std::unique_ptr<Context> base;
   if (!a.kl_base.empty()) {
-    auto base_model = open_model(a.kl_base, "huge");
+    auto base_model = open_model(a.kl_base, "huge", a.threads);
     if (a.ctx > base_model->config().n_ctx) {
       throw Error(ErrorCode::kInvalidArgument, "--ctx " + std::to_string(a.ctx) + " exceeds the base model's context of " +
                                                    std::to_string(base_model->config().n_ctx) + " tokens");

@@ -20,10 +20,13 @@
 
 struct mxlm_model {
   std::shared_ptr<const mxlm::Model> model;
+  std::unique_ptr<mxlm::ChatEncoder> chat_encoder;  // MXLM_TOKENIZE_SPECIAL (made at load: one vocabulary scan)
+  std::vector<int> end_of_turn;  // control tokens the chat template ends a reply with (stop_at_end_of_turn)
 };
 
 struct mxlm_context {
   std::shared_ptr<const mxlm::Model> model;
+  std::vector<int> end_of_turn;  // the model handle's
   std::unique_ptr<mxlm::Context> ctx;
   const float* logits = nullptr;  // of the last mxlm_eval
   int32_t rows = 0;
@@ -113,6 +116,26 @@ void copy_text(const std::string& s, char* text, size_t capacity, size_t* len) {
   text[s.size()] = '\0';
 }
 
+// The control tokens a model's chat template writes right after a reply's content (its
+// end-of-turn marker as a single token): none when it has no template or one that does not parse.
+std::vector<int> end_of_turn_tokens(const mxlm::Model& m) {
+  std::vector<int> ids;
+  try {
+    bool fallback = false;
+    const mxlm::ChatTemplate t = mxlm::ChatTemplate::for_model(m, &fallback);
+    if (fallback) return ids;
+    const mxlm::Tokenizer& tok = m.tokenizer();
+    for (const std::string& stop : t.stop_strings()) {
+      for (int id = 0; id < tok.n_vocab(); ++id) {
+        if (tok.is_control(id) && tok.piece(id) == stop) ids.push_back(id);
+      }
+    }
+  } catch (const mxlm::Error&) {
+    // mxlm_chat_apply_template reports the template's error.
+  }
+  return ids;
+}
+
 }  // namespace
 
 extern "C" {
@@ -145,7 +168,7 @@ const char* mxlm_status_name(mxlm_status status) {
 
 // ---- Models ----
 
-mxlm_model_params mxlm_model_default_params(void) { return mxlm_model_params{nullptr, 0, nullptr}; }
+mxlm_model_params mxlm_model_default_params(void) { return mxlm_model_params{nullptr, 0, nullptr, 0}; }
 
 mxlm_status mxlm_model_load(const char* path, const mxlm_model_params* params, mxlm_model** model) {
   return guard(__func__, [&] {
@@ -155,6 +178,8 @@ mxlm_status mxlm_model_load(const char* path, const mxlm_model_params* params, m
     const mxlm_model_params p = params ? *params : mxlm_model_default_params();
     mxlm::LoadOptions lo;
     lo.verify = p.verify != 0;
+    if (p.n_threads < 0) invalid("n_threads " + std::to_string(p.n_threads) + " is negative (0: all cores)");
+    lo.threads = p.n_threads;
     if (p.isa && *p.isa) {
       lo.isa = mxlm::isa_from_name(p.isa);
       if (!lo.isa) invalid(std::string("isa \"") + p.isa + "\" is not one of ref, avx2, avx512, neon");
@@ -166,6 +191,8 @@ mxlm_status mxlm_model_load(const char* path, const mxlm_model_params* params, m
     }
     auto handle = std::make_unique<mxlm_model>();
     handle->model = mxlm::Model::open(path, lo);
+    handle->chat_encoder = std::make_unique<mxlm::ChatEncoder>(*handle->model);
+    handle->end_of_turn = end_of_turn_tokens(*handle->model);
     *model = handle.release();
   });
 }
@@ -226,6 +253,7 @@ mxlm_status mxlm_context_create(const mxlm_model* model, const mxlm_context_para
     }
     auto handle = std::make_unique<mxlm_context>();
     handle->model = model->model;
+    handle->end_of_turn = model->end_of_turn;
     handle->ctx = std::make_unique<mxlm::Context>(model->model, cp);
     *ctx = handle.release();
   });
@@ -278,7 +306,7 @@ mxlm_status mxlm_context_get_info(const mxlm_context* ctx, mxlm_context_info* in
 
 // ---- Tokens and text ----
 
-mxlm_status mxlm_tokenize(const mxlm_model* model, const char* text, size_t len, int32_t add_bos, int32_t* tokens,
+mxlm_status mxlm_tokenize(const mxlm_model* model, const char* text, size_t len, int32_t flags, int32_t* tokens,
                           size_t capacity, size_t* n_tokens) {
   return guard(__func__, [&] {
     require(model, "model");
@@ -290,7 +318,15 @@ mxlm_status mxlm_tokenize(const mxlm_model* model, const char* text, size_t len,
     if (size_t bad = mxlm::find_invalid_utf8(s); bad != std::string_view::npos) {
       invalid("the text is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + ")");
     }
-    const std::vector<int> ids = model->model->tokenizer().encode(s, add_bos != 0);
+    constexpr int32_t kAll = MXLM_TOKENIZE_BOS | MXLM_TOKENIZE_SPECIAL | MXLM_TOKENIZE_CONTINUE;
+    if (flags & ~kAll) invalid("tokenize flags " + std::to_string(flags) + " name bits beyond MXLM_TOKENIZE_BOS|SPECIAL|CONTINUE (7)");
+    const bool bos = flags & MXLM_TOKENIZE_BOS;
+    if ((flags & MXLM_TOKENIZE_CONTINUE) && !(flags & MXLM_TOKENIZE_SPECIAL)) {
+      invalid("MXLM_TOKENIZE_CONTINUE goes with MXLM_TOKENIZE_SPECIAL (text that continues a rendered conversation)");
+    }
+    const std::vector<int> ids = (flags & MXLM_TOKENIZE_SPECIAL)
+                                     ? model->chat_encoder->encode(s, bos, (flags & MXLM_TOKENIZE_CONTINUE) != 0).ids
+                                     : model->model->tokenizer().encode(s, bos);
     *n_tokens = ids.size();
     if (ids.size() > capacity) {
       throw ApiError{MXLM_ERR_BUFFER_TOO_SMALL,
@@ -445,7 +481,7 @@ mxlm_status mxlm_sampler_sample(mxlm_sampler* sampler, const float* logits, int3
 
 mxlm_generate_params mxlm_generate_default_params(void) {
   const mxlm::GenerateParams d;
-  return mxlm_generate_params{d.n_predict, d.stop_at_eos, d.context_shift, d.n_keep};
+  return mxlm_generate_params{d.n_predict, d.stop_at_eos, d.context_shift, d.n_keep, 0};
 }
 
 mxlm_status mxlm_generate(mxlm_context* ctx, mxlm_sampler* sampler, const int32_t* prompt, size_t n_prompt,
@@ -464,6 +500,7 @@ mxlm_status mxlm_generate(mxlm_context* ctx, mxlm_sampler* sampler, const int32_
     gp.stop_at_eos = p.stop_at_eos != 0;
     gp.context_shift = p.context_shift != 0;
     gp.n_keep = p.n_keep;
+    if (p.stop_at_end_of_turn) gp.stop_tokens = ctx->end_of_turn;
     const std::vector<int> ids(prompt, prompt + n_prompt);
     const mxlm::Tokenizer& tok = ctx->model->tokenizer();
     mxlm::StreamDecoder dec(tok);

@@ -41,7 +41,7 @@
 #endif
 
 #define MXLM_VERSION_MAJOR 0
-#define MXLM_VERSION_MINOR 1
+#define MXLM_VERSION_MINOR 2
 #define MXLM_VERSION_PATCH 0
 
 #ifdef __cplusplus
@@ -79,6 +79,7 @@ typedef struct mxlm_model_params {
   const char* isa;    /* NULL or "": MXLM_ISA, else the best this CPU runs; or "ref", "avx2", "avx512", "neon" */
   int32_t verify;     /* nonzero: recompute every tensor checksum at load */
   const char* memory; /* NULL or "": "huge"; "map", "copy" or "huge" (mxlm run --memory) */
+  int32_t n_threads;  /* threads for the load itself (reading, repacking, importing); 0: all cores */
 } mxlm_model_params;
 MXLM_API mxlm_model_params mxlm_model_default_params(void);
 
@@ -129,10 +130,17 @@ MXLM_API mxlm_status mxlm_context_get_info(const mxlm_context* ctx, mxlm_context
 
 /* ---- Tokens and text ------------------------------------------------------------------- */
 
-/* Tokenizes len bytes of UTF-8 text (BOS first when add_bos). *n_tokens receives the count; when
- * it exceeds capacity nothing is written and MXLM_ERR_BUFFER_TOO_SMALL is returned (tokens may
- * then be NULL: a call with capacity 0 asks for the count). */
-MXLM_API mxlm_status mxlm_tokenize(const mxlm_model* model, const char* text, size_t len, int32_t add_bos,
+/* Flags of mxlm_tokenize (or-ed; 0 and 1 read as the add_bos flag of earlier versions). */
+#define MXLM_TOKENIZE_BOS 1      /* BOS first (with SPECIAL: unless the text begins with the BOS piece) */
+#define MXLM_TOKENIZE_SPECIAL 2  /* control pieces written in the text (<s>, </s>, <|im_end|>, ...) become
+                                  * their ids: text from mxlm_chat_apply_template */
+#define MXLM_TOKENIZE_CONTINUE 4 /* with SPECIAL: the text continues text already evaluated (a new turn
+                                  * rendered behind the last): no dummy-prefix space in front */
+
+/* Tokenizes len bytes of UTF-8 text as `flags` say. *n_tokens receives the count; when it exceeds
+ * capacity nothing is written and MXLM_ERR_BUFFER_TOO_SMALL is returned (tokens may then be NULL:
+ * a call with capacity 0 asks for the count). */
+MXLM_API mxlm_status mxlm_tokenize(const mxlm_model* model, const char* text, size_t len, int32_t flags,
                                    int32_t* tokens, size_t capacity, size_t* n_tokens);
 /* The text of n tokens (control tokens give none). *len receives its length; when len + 1 (for the
  * terminating NUL) exceeds capacity, MXLM_ERR_BUFFER_TOO_SMALL. */
@@ -204,6 +212,8 @@ typedef struct mxlm_generate_params {
   int32_t stop_at_eos;   /* (1) */
   int32_t context_shift; /* nonzero: a full context drops the older half after n_keep tokens and goes on (0) */
   int32_t n_keep;        /* (1) */
+  int32_t stop_at_end_of_turn; /* nonzero: also stop, as at EOS (stats->hit_eos), at the control tokens the model's
+                                * chat template writes after a reply: <|im_end|>, <|eot_id|>, <end_of_turn>, ... (0) */
 } mxlm_generate_params;
 MXLM_API mxlm_generate_params mxlm_generate_default_params(void);
 

@@ -77,12 +77,18 @@ class Model {
     check(mxlm_model_get_info(get(), &i));
     return i;
   }
-  std::vector<int32_t> tokenize(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> tokenize(std::string_view text, bool add_bos) const { return tokenize_flags(text, add_bos ? MXLM_TOKENIZE_BOS : 0); }
+  // Text rendered by apply_chat_template, its special tokens as their ids: the whole conversation
+  // (BOS first), or with continuation the part of it rendered behind what the context holds.
+  std::vector<int32_t> tokenize_chat(std::string_view text, bool continuation) const {
+    return tokenize_flags(text, MXLM_TOKENIZE_SPECIAL | (continuation ? MXLM_TOKENIZE_CONTINUE : MXLM_TOKENIZE_BOS));
+  }
+  std::vector<int32_t> tokenize_flags(std::string_view text, int32_t flags) const {
     size_t n = 0;
-    mxlm_status s = mxlm_tokenize(get(), text.data(), text.size(), add_bos, nullptr, 0, &n);
+    mxlm_status s = mxlm_tokenize(get(), text.data(), text.size(), flags, nullptr, 0, &n);
     if (s != MXLM_ERR_BUFFER_TOO_SMALL && s != MXLM_OK) check(s);
     std::vector<int32_t> ids(n);
-    check(mxlm_tokenize(get(), text.data(), text.size(), add_bos, ids.data(), ids.size(), &n));
+    check(mxlm_tokenize(get(), text.data(), text.size(), flags, ids.data(), ids.size(), &n));
     return ids;
   }
   std::string detokenize(const std::vector<int32_t>& ids) const {

@@ -18,6 +18,7 @@ namespace jinja {
 class Template;
 }
 class Model;
+class Tokenizer;
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
@@ -63,6 +64,28 @@ class ChatTemplate {
   std::shared_ptr<const jinja::Template> jinja_;
   std::string bos_, eos_;
   std::string sep_;  // what the template puts between the generation prompt and a reply
+};
+
+// Tokens of rendered chat text. A template writes its special tokens as text (<s>, </s>,
+// <|im_end|>, <start_of_turn>, ...): every control piece of the vocabulary found in the text
+// becomes its id, and the text between them is encoded as SentencePiece encodes a whole text (a
+// dummy-prefix space in front, as llama.cpp and the slow HF tokenizers do after a special
+// token). Text that continues earlier text (`continuation`) takes no dummy prefix: it is encoded
+// behind a line break that is then dropped. With add_bos, BOS comes first unless the text
+// begins with the BOS piece itself (which then becomes BOS).
+class ChatEncoder {
+ public:
+  explicit ChatEncoder(const Model& model);  // the model's tokenizer and BOS; it must outlive this
+  struct Tokens {
+    std::vector<int> ids;
+    std::vector<std::string> texts;  // the text each token stands for in `text` (BOS added: "")
+  };
+  Tokens encode(std::string_view text, bool add_bos, bool continuation) const;
+
+ private:
+  const Tokenizer& tok_;
+  int bos_;
+  std::vector<std::pair<std::string, int>> specials_;  // control pieces longer than one byte, and their ids
 };
 
 // A conversation as JSON ({"messages": [{"role", "content"}...]}) and back; from_json throws

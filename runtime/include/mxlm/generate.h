@@ -12,6 +12,9 @@ namespace mxlm {
 struct GenerateParams {
   int n_predict = 128;      // tokens to generate at most (-1: until EOS, or the context is full)
   bool stop_at_eos = true;
+  // Tokens that end the text as EOS does (hit_eos), whatever stop_at_eos: a chat template's
+  // end-of-turn tokens (<|im_end|>, <|eot_id|>, <end_of_turn>, ...).
+  std::vector<int> stop_tokens;
   // When the context fills: keep its first n_keep tokens, drop the older half of the rest
   // (Context::shift) and go on; false: stop (context_full).
   bool context_shift = false;

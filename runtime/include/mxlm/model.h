@@ -78,6 +78,10 @@ struct LoadOptions {
   // The kernels' ISA: unset, selected_isa() (MXLM_ISA, else the best available); set, that one
   // (Error kUnsupported when this build or CPU cannot run it).
   std::optional<Isa> isa;
+  // Threads for the load's own work (reading the file into memory, repacking rows for the
+  // kernels, importing a GGUF or HF model); 0: OpenMP's default (every core). An app that loads
+  // while other threads run inference gives it fewer, so that the two do not oversubscribe.
+  int threads = 0;
 };
 
 class Model {
