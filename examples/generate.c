@@ -48,13 +48,13 @@ int main(int argc, char** argv) {
   /* Ask for the token count, then tokenize into a buffer of that size. */
   size_t n = 0;
   const size_t len = strlen(argv[2]);
-  s = mxlm_tokenize(model, argv[2], len, 1, NULL, 0, &n);
+  s = mxlm_tokenize(model, argv[2], len, MXLM_TOKENIZE_BOS, NULL, 0, &n);
   if (s != MXLM_OK && s != MXLM_ERR_BUFFER_TOO_SMALL) {
     rc = fail("tokenize", s);
     goto done;
   }
   prompt = malloc(n * sizeof(int32_t));
-  if (!prompt || (s = mxlm_tokenize(model, argv[2], len, 1, prompt, n, &n)) != MXLM_OK) {
+  if (!prompt || (s = mxlm_tokenize(model, argv[2], len, MXLM_TOKENIZE_BOS, prompt, n, &n)) != MXLM_OK) {
     rc = fail("tokenize", s);
     goto done;
   }

@@ -22,7 +22,7 @@
  *   mxlm_sampler_create(NULL, &sampler);
  *   int32_t prompt[256];
  *   size_t n;
- *   mxlm_tokenize(model, "Once upon a time", 16, 1, prompt, 256, &n);
+ *   mxlm_tokenize(model, "Once upon a time", 16, MXLM_TOKENIZE_BOS, prompt, 256, &n);
  *   mxlm_generate(ctx, sampler, prompt, n, NULL, print_piece, NULL, NULL);
  *   mxlm_sampler_free(sampler);
  *   mxlm_context_free(ctx);
