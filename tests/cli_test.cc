@@ -669,7 +669,9 @@ TEST(Cli, InterruptedQuantizeLeavesNoFile) {
   std::ofstream(dir + "/out.mxlm") << "an older file";
   const std::string quantize = test::mxlm_binary() + " quantize " + test::shared_path("models/tinymix-26m") + " -t 2 -q -o " + dir +
                                "/out.mxlm --calib " + test::shared_path("text/tinymix-calib.txt");
-  const std::string wait_tmp = "for i in $(seq 1 3000); do ls " + dir + " | grep -q '[.]tmp[.]' && echo saw-temporary && break; sleep 0.01; done; ";
+  // Up to 5 minutes for the temporary: under ASan beside another test process on a 2-core host
+  // the calibration before it took 21 s here, close to the 30 s this waited before.
+  const std::string wait_tmp = "for i in $(seq 1 30000); do ls " + dir + " | grep -q '[.]tmp[.]' && echo saw-temporary && break; sleep 0.01; done; ";
   const std::string runs[] = {quantize + " --bpw 4 & p=$!; sleep 0.5; kill -INT $p; wait $p; echo rc=$?",
                               quantize + " --qtype q4_g32 --calib-tokens 512 --targets plain & p=$!; " + wait_tmp + "kill -INT $p; wait $p; echo rc=$?"};
   for (const std::string& run : runs) {
