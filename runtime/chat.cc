@@ -165,6 +165,13 @@ ChatEncoder::ChatEncoder(const Model& model) : tok_(model.tokenizer()), bos_(mod
   }
 }
 
+int ChatEncoder::special_id(std::string_view piece) const {
+  for (const auto& [p, id] : specials_) {
+    if (p == piece) return id;
+  }
+  return -1;
+}
+
 ChatEncoder::Tokens ChatEncoder::encode(std::string_view text, bool add_bos, bool continuation) const {
   Tokens out;
   if (add_bos && bos_ >= 0 && bos_ < tok_.n_vocab() && text.substr(0, tok_.piece(bos_).size()) != tok_.piece(bos_)) {

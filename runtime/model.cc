@@ -159,11 +159,12 @@ const float* bind_norm(const MxlmFile& f, const std::string& name, int64_t n) {
   return reinterpret_cast<const float*>(t.segments[0].data);
 }
 
-// Caps the OpenMP regions this thread starts while it lives at n threads (n > 0; else no
-// change). nthreads-var is a per-thread ICV: other threads' regions keep their own.
+// Caps the OpenMP regions this thread starts while it lives at n threads (n > 0; 0: no change;
+// negative: Error). nthreads-var is a per-thread ICV: other threads' regions keep their own.
 class ScopedOmpThreads {
  public:
   explicit ScopedOmpThreads(int n) : saved_(omp_get_max_threads()), set_(n > 0) {
+    if (n < 0) throw Error(ErrorCode::kInvalidArgument, "load threads " + std::to_string(n) + " is negative");
     if (set_) omp_set_num_threads(n);
   }
   ~ScopedOmpThreads() {
@@ -212,7 +213,6 @@ const MxlmFile& Model::file() const {
 }
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& options) {
-  if (options.threads < 0) throw Error(ErrorCode::kInvalidArgument, "load threads " + std::to_string(options.threads) + " is negative");
   const ScopedOmpThreads threads(options.threads);
   std::shared_ptr<Model> m(new Model());
   m->file_ = options.memory == WeightMemory::kMap
@@ -370,7 +370,6 @@ std::string Model::kernel_summary() const {
 
 std::shared_ptr<const Model> Model::open(const std::string& path, const LoadOptions& options, std::string* notice) {
   if (notice) notice->clear();
-  if (options.threads < 0) throw Error(ErrorCode::kInvalidArgument, "load threads " + std::to_string(options.threads) + " is negative");
   const ScopedOmpThreads threads(options.threads);
   const auto t0 = std::chrono::steady_clock::now();
   auto imported = [&](ImportedModel m) {

@@ -118,17 +118,14 @@ void copy_text(const std::string& s, char* text, size_t capacity, size_t* len) {
 
 // The control tokens a model's chat template writes right after a reply's content (its
 // end-of-turn marker as a single token): none when it has no template or one that does not parse.
-std::vector<int> end_of_turn_tokens(const mxlm::Model& m) {
+std::vector<int> end_of_turn_tokens(const mxlm::Model& m, const mxlm::ChatEncoder& encoder) {
   std::vector<int> ids;
   try {
     bool fallback = false;
     const mxlm::ChatTemplate t = mxlm::ChatTemplate::for_model(m, &fallback);
     if (fallback) return ids;
-    const mxlm::Tokenizer& tok = m.tokenizer();
     for (const std::string& stop : t.stop_strings()) {
-      for (int id = 0; id < tok.n_vocab(); ++id) {
-        if (tok.is_control(id) && tok.piece(id) == stop) ids.push_back(id);
-      }
+      if (const int id = encoder.special_id(stop); id >= 0) ids.push_back(id);
     }
   } catch (const mxlm::Error&) {
     // mxlm_chat_apply_template reports the template's error.
@@ -192,7 +189,7 @@ mxlm_status mxlm_model_load(const char* path, const mxlm_model_params* params, m
     auto handle = std::make_unique<mxlm_model>();
     handle->model = mxlm::Model::open(path, lo);
     handle->chat_encoder = std::make_unique<mxlm::ChatEncoder>(*handle->model);
-    handle->end_of_turn = end_of_turn_tokens(*handle->model);
+    handle->end_of_turn = end_of_turn_tokens(*handle->model, *handle->chat_encoder);
     *model = handle.release();
   });
 }

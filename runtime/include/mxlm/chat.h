@@ -81,6 +81,8 @@ class ChatEncoder {
     std::vector<std::string> texts;  // the text each token stands for in `text` (BOS added: "")
   };
   Tokens encode(std::string_view text, bool add_bos, bool continuation) const;
+  // The id of the control token whose piece is `piece` (e.g. "<|im_end|>"), or -1.
+  int special_id(std::string_view piece) const;
 
  private:
   const Tokenizer& tok_;
