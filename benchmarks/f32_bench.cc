@@ -1,8 +1,10 @@
-// Google Benchmark of the float32 GEMM (kernels/f32_ops.h) on every ISA this host runs, for bf16
-// and f32 weights, single-threaded:
+// Google Benchmark of the float32 GEMM (kernels/f32_ops.h) on every ISA this host runs, for bf16,
+// f16 and f32 weights, single-threaded:
 //   (1, 4096, 4096)  decode GEMV; weights rotate through > 64 MiB so they stream from DRAM
 //                    (L3 is 32 MiB), reported as weight GB/s (DRAM read: ~27 GB/s one thread)
 //   (128, 1280, 512), (512, 512, 512), (512, 4096, 512)  prefill shapes
+//   (512, 2048, 2048), (512, 2048, 5632)  a 512-token calibration window through TinyLlama-1.1B's
+//                    q/o and down projections (the quantizer's forward passes over f16 weights)
 // Counters: GFLOPS (2*M*N*K per call), peak = GFLOPS / 116 (the f32 FMA peak of one Zen 4 core,
 // shared/TOOLCHAIN.md), and wGBps for M = 1.
 //
@@ -84,9 +86,10 @@ struct Shape {
 
 // Registered at static initialization so the benchmarks run whichever main the binary links.
 const bool kRegistered = [] {
-  const Shape shapes[] = {{1, 4096, 4096}, {128, 1280, 512}, {512, 512, 512}, {512, 4096, 512}};
+  const Shape shapes[] = {{1, 4096, 4096},   {128, 1280, 512},  {512, 512, 512},
+                          {512, 4096, 512}, {512, 2048, 2048}, {512, 2048, 5632}};
   for (Isa isa : available_isas()) {
-    for (QType wtype : {QType::kBF16, QType::kF32}) {
+    for (QType wtype : {QType::kBF16, QType::kF16, QType::kF32}) {
       for (const Shape& s : shapes) {
         // The scalar spec runs ~1 GFLOP/s: keep it to the shapes that finish quickly.
         if (isa == Isa::kRef && s.m * static_cast<double>(s.n) * s.k > 4e8) continue;

@@ -191,7 +191,9 @@ TEST_P(F32GemmTest, Deterministic) {
   const int M = m();
   const int N = 37;
   std::mt19937 rng(7 + M);
-  for (int K : {1283, 2100}) {  // M = 1 takes weight rows one or eight at a time by row length
+  // M = 1 takes weight rows one or eight at a time by row length; M >= 4 with K > 1024 runs the
+  // K-sliced tiles, which must give the unsliced bits.
+  for (int K : {1283, 2100}) {
     const std::vector<float> x = random_vec(rng, static_cast<size_t>(M) * K);
     const Weights w = make_weights(wtype(), N, K, random_vec(rng, static_cast<size_t>(N) * K));
     const std::vector<float> full = run_gemm(kern(), M, N, K, 0, N, x, w, wtype());

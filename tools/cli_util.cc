@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 
@@ -11,6 +12,18 @@
 #include "tools/commands.h"
 
 namespace mxlm {
+
+void reexec_with_huge_malloc(char** argv) {
+  if (std::getenv("MXLM_NO_HUGE_MALLOC")) return;
+  const char* old = std::getenv("GLIBC_TUNABLES");
+  const std::string tunables = old ? old : "";
+  if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return;  // set, by the user or by us
+  const std::string next = tunables.empty() ? "glibc.malloc.hugetlb=1" : tunables + ":glibc.malloc.hugetlb=1";
+  if (::setenv("GLIBC_TUNABLES", next.c_str(), 1) != 0) return;
+  ::execv("/proc/self/exe", argv);  // returns only on failure: go on as we are
+  if (old) ::setenv("GLIBC_TUNABLES", old, 1);
+  else ::unsetenv("GLIBC_TUNABLES");
+}
 
 std::string human_bytes(uint64_t b) {
   char buf[32];

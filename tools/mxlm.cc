@@ -17,6 +17,7 @@
 #include "model/import.h"
 #include "model/mxlm_file.h"
 #include "model/synth.h"
+#include "mxlm.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"
 #include "mxlm/perplexity.h"
@@ -205,7 +206,7 @@ int cmd_ppl(const PplArgs& a) {
 int main(int argc, char** argv) {
   CLI::App app{"mxlm: mixed-precision quantized LLM runtime for CPUs"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "mxlm 0.1.0");
+  app.set_version_flag("--version", "mxlm " + std::to_string(MXLM_VERSION_MAJOR) + "." + std::to_string(MXLM_VERSION_MINOR) + "." + std::to_string(MXLM_VERSION_PATCH));
 
   ConvertArgs conv;
   auto* c = app.add_subcommand("convert", "Import an HF directory, GGUF file or llama2.c checkpoint into a .mxlm file");
@@ -275,6 +276,7 @@ int main(int argc, char** argv) {
   p->add_option("--kl-base", ppl.kl_base, "base model (e.g. unquantized; .mxlm, GGUF or HF directory): also report KL divergence, top-1 agreement, delta ppl");
 
   CLI11_PARSE(app, argc, argv);
+  if (*qz.app || *sw.app) reexec_with_huge_malloc(argv);
   remove_temporaries_on_signal();
   try {
     if (*c) return cmd_convert(conv);

@@ -513,15 +513,11 @@ constexpr size_t kElemBytes = T == QType::kF32 ? 4 : (T == QType::kF16 || T == Q
 using TileFn = void (*)(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y,
                         size_t ldy);
 
-// y[i*ldy + j] = dot(x row i, w row j) for i < MR, j < NR.
+// acc[i][j] += x row i · w row j over columns [k0, k1) (lane l: the columns ≡ l mod kL), for
+// i < MR, j < NR. k0 is a multiple of kL, and so is k1 unless k1 = K (the masked tail).
 template <QType T, int MR, int NR>
-void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y, size_t ldy) {
-  V acc[MR][NR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j) acc[i][j] = Simd::zero();
-  }
+inline __attribute__((always_inline)) void tile_run(V (&acc)[MR][NR], int k0, int k1, int K, const float* x, size_t ldx,
+                                                    const uint8_t* w, size_t w_row_bytes) {
   const float* xr[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) xr[i] = x + static_cast<size_t>(i) * ldx;
@@ -529,8 +525,8 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
 #pragma GCC unroll 16
   for (int j = 0; j < NR; ++j) wr[j] = w + static_cast<size_t>(j) * w_row_bytes;
 
-  int k = 0;
-  for (; k <= K - kL; k += kL) {
+  int k = k0;
+  for (; k <= k1 - kL; k += kL) {
     V wv[NR];
 #pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k, kL);
@@ -541,8 +537,8 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
       for (int j = 0; j < NR; ++j) acc[i][j] = Simd::fma(xv, wv[j], acc[i][j]);
     }
   }
-  if (k < K) {
-    const int rem = K - k;
+  if (k < k1) {
+    const int rem = k1 - k;
     V wv[NR];
 #pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) wv[j] = load_wq<T>(wr[j], K, k, rem);
@@ -553,7 +549,11 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
       for (int j = 0; j < NR; ++j) acc[i][j] = Simd::fma(xv, wv[j], acc[i][j]);
     }
   }
+}
 
+// y[i*ldy + j] = the lanes of acc[i][j] summed, four accumulators at a time.
+template <int MR, int NR>
+inline __attribute__((always_inline)) void tile_store(const V (&acc)[MR][NR], float* y, size_t ldy) {
   const V z = Simd::zero();
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
@@ -563,6 +563,42 @@ void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_byte
                                      j0 + 3 < NR ? acc[i][j0 + 3] : z);
       Simd::store4(y + static_cast<size_t>(i) * ldy + j0, s, min_int(4, NR - j0));
     }
+  }
+}
+
+// y[i*ldy + j] = dot(x row i, w row j) for i < MR, j < NR.
+template <QType T, int MR, int NR>
+void tile(int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, float* y, size_t ldy) {
+  V acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) acc[i][j] = Simd::zero();
+  }
+  tile_run<T, MR, NR>(acc, 0, K, K, x, ldx, w, w_row_bytes);
+  tile_store<MR, NR>(acc, y, ldy);
+}
+
+// One slice [k0, k1) of a K-blocked MR x NR tile: the accumulators come from and go back to
+// memory (zeros when first), and are reduced into y after the last slice (y null: not yet).
+template <QType T, int MR, int NR>
+void tile_slice(int k0, int k1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes, V* mem,
+                bool first, float* y, size_t ldy) {
+  V acc[MR][NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) acc[i][j] = first ? Simd::zero() : mem[i * NR + j];
+  }
+  tile_run<T, MR, NR>(acc, k0, k1, K, x, ldx, w, w_row_bytes);
+  if (y) {
+    tile_store<MR, NR>(acc, y, ldy);
+    return;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) mem[i * NR + j] = acc[i][j];
   }
 }
 
@@ -580,6 +616,17 @@ using Tiles = TilesImpl<T, MR, NR, std::make_integer_sequence<int, MR * NR>>;
 // it (the MR x K activation tile itself stays in L1).
 constexpr size_t kWeightBlockBytes = size_t{256} << 10;
 
+// Long f32 rows (K past kSliceMin) go in slices of kSlice columns: an MR x NR tile whose MR + NR
+// rows of K no longer fit L1 streams both from L2 at every step. Sliced, the MR activation rows
+// of a slice (8 KiB) stay in L1 across the block's tiles, and each tile's accumulators wait in
+// memory between slices (MR * NR vectors, stored and loaded exactly): every output takes the same
+// FMAs in the same order, so the result is bitwise the unsliced one (tests/f32_kernels_test.cc,
+// Deterministic). Measured on a Zen 5, one thread, 512 rows, back-to-back builds: f32 at
+// N = K = 2048 117 → 141-144 % of the 116 GFLOP/s reference peak, at K = 5632 102 → 114-116 %;
+// bf16 and f16 weights (half the bytes per row) gained nothing (bf16 165 → 164 %, 151 → 141-150
+// %), so they stay unsliced. Slices of 256 or 1024 measured the same as 512.
+constexpr int kSlice = 512, kSliceMin = 1024;
+
 template <QType T, int MR, int NR>
 void gemm_blocked(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes,
                   float* y, size_t ldy) {
@@ -588,13 +635,32 @@ void gemm_blocked(int M, int n0, int n1, int K, const float* x, size_t ldx, cons
   const size_t rows = kWeightBlockBytes / row_bytes;
   int nb = rows > static_cast<size_t>(n1 - n0) ? n1 - n0 : static_cast<int>(rows);
   nb = max_int(NR, nb / NR * NR);
+  // Sliced: the full tiles of a block of at most kMaxSliced rows (kWeightBlockBytes at
+  // K > kSliceMin), their accumulators here.
+  constexpr bool kSliceable = MR > 1 && T == QType::kF32;
+  constexpr int kMaxSliced = static_cast<int>(kWeightBlockBytes / (kSliceMin * kElemBytes<T>));
+  const bool sliced = kSliceable && K > kSliceMin && nb <= kMaxSliced;
+  alignas(64) V mem[kSliceable ? kMaxSliced / NR * MR * NR : 1];
   for (int nb0 = n0; nb0 < n1; nb0 += min_int(nb, n1 - nb0)) {
     const int nb1 = nb0 + min_int(nb, n1 - nb0);
     for (int m = 0; m < M; m += MR) {
       const int mr = min_int(MR, M - m);
       const float* xm = x + static_cast<size_t>(m) * ldx;
       float* ym = y + static_cast<size_t>(m) * ldy;
-      for (int n = nb0; n < nb1; n += NR) {
+      int n = nb0;
+      if (sliced && mr == MR) {
+        const int full = (nb1 - nb0) / NR;
+        for (int k0 = 0; k0 < K; k0 += kSlice) {
+          const int k1 = min_int(K, k0 + kSlice);
+          for (int t = 0; t < full; ++t) {
+            const int nt = nb0 + t * NR;
+            tile_slice<T, MR, NR>(k0, k1, K, xm, ldx, w + static_cast<size_t>(nt) * w_row_bytes, w_row_bytes,
+                                  mem + t * MR * NR, k0 == 0, k1 == K ? ym + nt : nullptr, ldy);
+          }
+        }
+        n = nb0 + full * NR;
+      }
+      for (; n < nb1; n += NR) {
         const int nr = min_int(NR, nb1 - n);
         fns[(mr - 1) * NR + (nr - 1)](K, xm, ldx, w + static_cast<size_t>(n) * w_row_bytes, w_row_bytes, ym + n, ldy);
       }
