@@ -6,8 +6,9 @@
 // one layer's 32 heads. Measured (Zen 5, one thread, AVX-512), time against f32 in the same run
 // (2430-2750 us, DRAM-bound): f16 0.34, k8v8 0.27, k4v4 0.29, k2v2 0.47, for 0.50 / 0.25 / 0.16 /
 // 0.11 of its bytes (before gemm_i8 read the int8 and int4 keys: k8v8 0.29, k4v4 0.35): the
-// quantized formats are bound by decoding each element for one product (no GQA), now mostly in
-// P·V, not by the bytes.
+// quantized formats were bound by decoding each element for one product (no GQA), mostly in
+// P·V. With P·V factored (kernels/simd/f32_kernels.cc, gemm_nn_tile_factored): k8v8 0.20-0.22,
+// k4v4 0.17-0.21, k2v2 0.27-0.35 (f32 2270-3020 us in those runs).
 //
 // Names: attention/<isa>/<kv>/T:<depth>; filter with --benchmark_filter=attention/avx512.
 

@@ -24,9 +24,13 @@ struct F32Kernels {
   // the 2-bit keys' blocks are rows of 32 tokens per channel, runtime/kv_cache.h). The SIMD builds compute
   // each y[m][n] as one chain of fused multiply-adds x[m][k] * B[k][n] in ascending k from 0, with
   // B[k][n] dequantized alike whatever the tile, so it depends only on x row m, column n of B and
-  // K: identical for a batch and a single row. The reference accumulates in double.
+  // K: identical for a batch and a single row. The quantized KV formats on x86 (B[k][n] = d u + o,
+  // o = m or -128 d) take a factored form instead: a chain of fma(x[m][k] * d, u, ·) and, per
+  // group, a chain of fma(x[m][k], o, ·), added once at the end; still identical for a batch and
+  // a single row. The reference accumulates in double.
   // accumulate: y[m][n] += instead of =, the chain starting from y's value (so a product split
-  // over ranges of k and accumulated in ascending order rounds as one call over all of them).
+  // over ranges of k and accumulated in ascending order rounds as one call over all of them; for
+  // the factored formats it rounds once more per call, within the same bound).
   void (*gemm_nn)(int M, int N, int K, const float* x, size_t ldx, const void* b, size_t b_row_bytes, QType btype,
                   float* y, size_t ldy, bool accumulate);
   // Attention scores over int8 keys (kernels/simd/kv_kernels.cc states the arithmetic):

@@ -286,7 +286,7 @@ TEST(Eval, TinymixQuantizedKvSplitsAndAgainstF32Kv) {
 // The accuracy bars of the KV formats (issue 11) on tinymix-26m bf16 under the shared protocol,
 // 64 windows of 512 tokens of tinymix-val: int8 within +0.1 % of the f32 cache's perplexity,
 // int4 within +1 %, 2-bit with its window within +5 %, and --kv auto at the bytes of int4 below
-// int4 (measured on AVX-512: k8v8 -0.003 %, k4v4 +0.85 %, k2v2 +0.59 %, auto +0.13 %; README).
+// int4 (measured on AVX-512: k8v8 -0.006 %, k4v4 +0.95 %, k2v2 +0.59 %, auto +0.13 %; README).
 TEST(Eval, TinymixQuantizedKvPerplexity) {
   auto m = tinymix();
   std::ifstream f(test::shared_path("text/tinymix-val.txt"), std::ios::binary);

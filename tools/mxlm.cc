@@ -204,6 +204,11 @@ int cmd_ppl(const PplArgs& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First thing: a background job of a non-interactive shell starts with SIGINT ignored, and an
+  // ignored signal stays ignored across the huge-page re-exec below, while a handled one comes
+  // back as the default (terminate: no file is open yet). Installed after the re-exec, an early
+  // Ctrl-C or kill -INT was lost and the quantizer ran to the end (seen under ASan in CI).
+  remove_temporaries_on_signal();
   CLI::App app{"mxlm: mixed-precision quantized LLM runtime for CPUs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mxlm " + std::to_string(MXLM_VERSION_MAJOR) + "." + std::to_string(MXLM_VERSION_MINOR) + "." + std::to_string(MXLM_VERSION_PATCH));
@@ -277,7 +282,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   if (*qz.app || *sw.app) reexec_with_huge_malloc(argv);
-  remove_temporaries_on_signal();
+  remove_temporaries_on_signal();  // again: the re-exec reset them
   try {
     if (*c) return cmd_convert(conv);
     if (*qz.app) return qz.run();

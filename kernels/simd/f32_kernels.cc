@@ -433,6 +433,15 @@ inline __attribute__((always_inline)) float f16_at(const uint8_t* p) {
   return _cvtsh_ss(h);
 }
 
+// Lane i (0..3) of v in every lane: one permute (the lane is a constant once unrolled).
+inline __attribute__((always_inline)) V lane_to_all(__m128 v, int i) {
+#if defined(MXLM_TARGET_AVX512)
+  return _mm512_permutexvar_ps(_mm512_set1_epi32(i), _mm512_castps128_ps512(v));
+#else
+  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_set1_epi32(i));
+#endif
+}
+
 // kL unsigned bytes at p as floats (lo) or their high nibbles / low nibbles as floats.
 inline __attribute__((always_inline)) V u8_to_f(const uint8_t* p) {
 #if defined(MXLM_TARGET_AVX512)
@@ -451,6 +460,35 @@ inline __attribute__((always_inline)) V nibbles_to_f(const uint8_t* p, bool high
 #endif
 }
 
+// The affine KV formats, w = d_g * u + m_g (qtype.h): 4-bit and 2-bit values.
+template <QType T>
+constexpr bool kAffine = T == QType::kQ4AG32 || T == QType::kQ2AG32;
+
+// The quants u of columns [c, c + kL) of a row of N elements in an affine format, as floats
+// (exact: 0..15 or 0..3), c a multiple of kL.
+template <QType T>
+inline __attribute__((always_inline)) V load_u(const uint8_t* row, int N, int c) {
+  const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+  if constexpr (T == QType::kQ4AG32) {
+    return nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
+  } else {
+    // A group's 8 bytes: byte j, bits 2s..2s+1 hold element j + 8s.
+    const uint8_t* qp = row + 4 * nb + 8 * g;
+#if defined(MXLM_TARGET_AVX512)
+    // Elements j .. j + 15 (j = 0 or 16): the 8 bytes twice, shifted by 2s and 2s + 2.
+    long long w;
+    __builtin_memcpy(&w, qp, 8);
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_set1_epi64x(w));
+    const __m512i sh = _mm512_add_epi32(_mm512_set1_epi32(2 * (j / 8)),
+                                        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(b, sh), _mm512_set1_epi32(3)));
+#else
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qp)));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, 2 * (j / 8)), _mm256_set1_epi32(3)));
+#endif
+  }
+}
+
 // Columns [c, c + kL) of a row of N elements in format T (c a multiple of kL); for f32, lanes
 // from `valid` on are not read (zeros).
 template <QType T>
@@ -460,27 +498,9 @@ inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c,
     return valid >= kL ? Simd::load(f) : Simd::load_partial(f, valid);
   } else if constexpr (T == QType::kF16 || T == QType::kBF16) {
     return valid >= kL ? Simd::load_w<T>(row, c) : Simd::load_w_partial<T>(row, c, valid);
-  } else if constexpr (T == QType::kQ4AG32) {
-    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
-    const V q = nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
-    return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
-  } else if constexpr (T == QType::kQ2AG32) {
-    // A group's 8 bytes: byte j, bits 2s..2s+1 hold element j + 8s.
-    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
-    const uint8_t* qp = row + 4 * nb + 8 * g;
-#if defined(MXLM_TARGET_AVX512)
-    // Elements j .. j + 15 (j = 0 or 16): the 8 bytes twice, shifted by 2s and 2s + 2.
-    long long w;
-    __builtin_memcpy(&w, qp, 8);
-    const __m512i b = _mm512_cvtepu8_epi32(_mm_set1_epi64x(w));
-    const __m512i sh = _mm512_add_epi32(_mm512_set1_epi32(2 * (j / 8)),
-                                        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0));
-    const V q = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(b, sh), _mm512_set1_epi32(3)));
-#else
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qp)));
-    const V q = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, 2 * (j / 8)), _mm256_set1_epi32(3)));
-#endif
-    return Simd::fma(q, Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
+  } else if constexpr (kAffine<T>) {
+    const int nb = (N + 31) / 32, g = c / 32;
+    return Simd::fma(load_u<T>(row, N, c), Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
   } else {
     constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
     const int nb = (N + G - 1) / G;
@@ -691,16 +711,97 @@ constexpr size_t kGemvShortRowBytes = 4096;
 // pass. Quantized rows: a vector never straddles a group (groups of 32 or more, vectors of 16 or
 // 8 starting at multiples of their width), so it takes one scale (and offset) and, when N ends
 // inside it, reads the group's zero padding (in the row) and stores only the lanes before N.
+// Quantized rows go through gemm_nn_tile_factored (below): decode attention over a Llama-7B layer
+// at depth 2048 (`attention/` in mxlm_bench_kernels, Zen 5, one thread, two alternating runs of
+// the builds, time as a fraction of f32 KV's in the same run) went, AVX-512, k8v8 0.27-0.28 ->
+// 0.20-0.22, k4v4 0.27-0.29 -> 0.17-0.21, k2v2 0.42-0.45 -> 0.27-0.35; AVX2 k8v8 0.35-0.41 ->
+// 0.27, k4v4 0.37-0.50 -> 0.24, k2v2 0.49-0.62 -> 0.32.
 #if defined(MXLM_TARGET_AVX512)
 constexpr int kNnMr = 4, kNnNv = 4, kNnWide = 8;
 #else
 constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 #endif
 
-// Rows [0, MR) x columns [c0, c0 + (NV - 1) * kL + last), last in [1, kL].
+// The KV formats factored. Each is w = d_g * u + o_g over groups of G columns (qtype.h): the
+// affine ones (G = 32) with their own offsets o_g = m_g, q8_gG with o_g = -128 d_g. So
+// sum_k x_k w_kn = sum_k (x_k d_kg) u_kn + sum_k x_k o_kg. Per row k the tile's (at most 4)
+// scales (and offsets) are converted in one instruction each, the products x_k d_kg of every
+// group in one multiply and the offsets' sums of every group in one fma (a lane per group, added
+// once at the end): each vector of quants then costs its decode and one fma, where dequantizing
+// it took a second fma and a scalar conversion of its scale (and offset). Measured in
+// `attention/` (see the comment above gemm_nn). Group g0 = c0 / G is the tile's first and vector
+// v lies in group g0 + v / (G / kL): a tile starts at a multiple of G columns or lies in one
+// group (the chunks of gemm_nn_t are 128 or 64 columns for one row, 64 or 16 for tiles).
+template <QType T>
+constexpr int kNnGroup = T == QType::kQ8G64 ? 64 : T == QType::kQ8G128 ? 128 : 32;
+
+template <QType T, int MR, int NV>
+void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
+                           size_t ldy, int last, bool acc_in) {
+  constexpr int G = kNnGroup<T>, kVg = G / kL;  // vectors per group
+  static_assert((NV - 1) / kVg < 4, "a tile spans at most 4 groups");
+  const int nb = (N + G - 1) / G, g0 = c0 / G;
+  V acc[MR][NV];
+  __m128 off[MR];
+  for (int m = 0; m < MR; ++m) {
+    off[m] = _mm_setzero_ps();
+    for (int v = 0; v < NV; ++v) {
+      const float* yv = y + m * ldy + v * kL;
+      acc[m][v] = !acc_in ? Simd::zero() : v < NV - 1 || last == kL ? Simd::load(yv) : Simd::load_partial(yv, last);
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    const uint8_t* row = b + static_cast<size_t>(k) * brb;
+    // Four scales (and offsets) from g0 on; past the last group, the next bytes of the row (every
+    // row holds at least 8 bytes after its scales), in lanes no vector reads.
+    const __m128 d = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 2 * g0)));
+    __m128 o;
+    if constexpr (kAffine<T>) {
+      o = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 2 * nb + 2 * g0)));
+    } else {
+      o = _mm_mul_ps(d, _mm_set1_ps(-128.0f));  // exact
+    }
+    V u[NV];
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kAffine<T>) {
+        u[v] = load_u<T>(row, N, c0 + v * kL);
+      } else {
+        u[v] = u8_to_f(row + 2 * nb + c0 + v * kL);
+      }
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m128 xm = _mm_set1_ps(x[m * ldx + k]);
+      const __m128 c = _mm_mul_ps(xm, d);
+      off[m] = _mm_fmadd_ps(xm, o, off[m]);
+      V cg = Simd::zero();
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        if (v % kVg == 0) cg = lane_to_all(c, v / kVg);
+        acc[m][v] = Simd::fma(cg, u[v], acc[m][v]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    V og = Simd::zero();
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      if (v % kVg == 0) og = lane_to_all(off[m], v / kVg);
+      const V r = Simd::add(acc[m][v], og);
+      if (v < NV - 1 || last == kL) {
+        Simd::store(y + m * ldy + v * kL, r);
+      } else {
+        Simd::store_partial(y + m * ldy + v * kL, r, last);
+      }
+    }
+  }
+}
+
 template <QType T, int MR, int NV>
 void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
                   int last, bool acc_in) {
+  if constexpr (is_kv_quant(T)) {
+    return gemm_nn_tile_factored<T, MR, NV>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+  }
   V acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV; ++v) {
