@@ -77,7 +77,10 @@ std::string kv_plan_name(const std::vector<KvFormats>& plan) {
   for (const KvFormats& f : plan) uniform = uniform && f.k == plan[0].k && f.v == plan[0].v;
   if (uniform) return plan.empty() ? "f32" : kv_formats_name(plan[0]);
   std::string s;
-  for (size_t i = 0; i < plan.size(); ++i) s += (i ? "/" : "") + kv_formats_name(plan[i]);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (i) s += '/';  // (not "lit" + std::string: GCC 12 warns -Wrestrict on it)
+    s += kv_formats_name(plan[i]);
+  }
   return s;
 }
 
