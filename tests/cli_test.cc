@@ -683,11 +683,12 @@ TEST(Cli, InterruptedQuantizeLeavesNoFile) {
   const std::string wait_tmp = "for i in $(seq 1 30000); do ls " + dir + " | grep -q '[.]tmp[.]' && echo saw-temporary && break; sleep 0.01; done; ";
   // The quantizer runs itself again with huge pages for malloc (tools/commands.h), in the same
   // process: its environment then holds the tunable.
-  const std::string huge_malloc = "tr \\\\0 \\\\n < /proc/$p/environ | grep -q \"^GLIBC_TUNABLES=.*glibc.malloc.hugetlb=1\" && echo huge-malloc; ";
-  // The half second counts from the re-exec (its environment holds the tunable): under ASan the
-  // two starts took longer than 0.5 s in CI, and a signal before the handlers were installed was
-  // ignored (bash starts background jobs with SIGINT ignored).
-  const std::string wait_exec = "for i in $(seq 1 30000); do tr \\\\0 \\\\n < /proc/$p/environ 2>/dev/null | grep -q \"^GLIBC_TUNABLES=.*hugetlb=1\" && break; sleep 0.01; done; ";
+  const std::string reexeced = "tr \\\\0 \\\\n < /proc/$p/environ 2>/dev/null | grep -q \"^GLIBC_TUNABLES=.*glibc.malloc.hugetlb=1\"";
+  const std::string huge_malloc = reexeced + " && echo huge-malloc; ";
+  // The half second counts from the re-exec: under ASan the two starts took longer than 0.5 s in
+  // CI, and a signal before the handlers were installed was ignored (bash starts background jobs
+  // with SIGINT ignored).
+  const std::string wait_exec = "for i in $(seq 1 30000); do " + reexeced + " && break; sleep 0.01; done; ";
   const std::string runs[] = {quantize + " --bpw 4 & p=$!; " + wait_exec + "sleep 0.5; kill -INT $p; wait $p; echo rc=$?",
                               quantize + " --qtype q4_g32 --calib-tokens 512 --targets plain & p=$!; " + wait_tmp + huge_malloc +
                                   "kill -INT $p; wait $p; echo rc=$?"};

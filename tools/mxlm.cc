@@ -281,8 +281,7 @@ int main(int argc, char** argv) {
   p->add_option("--kl-base", ppl.kl_base, "base model (e.g. unquantized; .mxlm, GGUF or HF directory): also report KL divergence, top-1 agreement, delta ppl");
 
   CLI11_PARSE(app, argc, argv);
-  if (*qz.app || *sw.app) reexec_with_huge_malloc(argv);
-  remove_temporaries_on_signal();  // again: the re-exec reset them
+  if (*qz.app || *sw.app) reexec_with_huge_malloc(argv);  // the new image installs them first thing too
   try {
     if (*c) return cmd_convert(conv);
     if (*qz.app) return qz.run();

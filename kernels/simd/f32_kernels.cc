@@ -460,16 +460,22 @@ inline __attribute__((always_inline)) V nibbles_to_f(const uint8_t* p, bool high
 #endif
 }
 
-// The affine KV formats, w = d_g * u + m_g (qtype.h): 4-bit and 2-bit values.
+// The KV formats (qtype.h): w = d_g * u + o_g over groups of G columns, the affine 4- and 2-bit
+// ones (G = 32) with their own offsets o_g = m_g, q8_gG with o_g = -128 d_g.
 template <QType T>
 constexpr bool kAffine = T == QType::kQ4AG32 || T == QType::kQ2AG32;
+template <QType T>
+constexpr int kKvGroup = T == QType::kQ8G64 ? 64 : T == QType::kQ8G128 ? 128 : 32;
 
-// The quants u of columns [c, c + kL) of a row of N elements in an affine format, as floats
-// (exact: 0..15 or 0..3), c a multiple of kL.
+// The quants u of columns [c, c + kL) of a row of N elements in a KV format, as floats (exact:
+// 0..255, 0..15 or 0..3), c a multiple of kL.
 template <QType T>
 inline __attribute__((always_inline)) V load_u(const uint8_t* row, int N, int c) {
-  const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
-  if constexpr (T == QType::kQ4AG32) {
+  constexpr int G = kKvGroup<T>;
+  const int nb = (N + G - 1) / G, g = c / G, j = c % G;
+  if constexpr (!kAffine<T>) {
+    return u8_to_f(row + 2 * nb + c);
+  } else if constexpr (T == QType::kQ4AG32) {
     return nibbles_to_f(row + 4 * nb + 16 * g + j % 16, j >= 16);
   } else {
     // A group's 8 bytes: byte j, bits 2s..2s+1 hold element j + 8s.
@@ -498,14 +504,12 @@ inline __attribute__((always_inline)) V load_b(const uint8_t* row, int N, int c,
     return valid >= kL ? Simd::load(f) : Simd::load_partial(f, valid);
   } else if constexpr (T == QType::kF16 || T == QType::kBF16) {
     return valid >= kL ? Simd::load_w<T>(row, c) : Simd::load_w_partial<T>(row, c, valid);
-  } else if constexpr (kAffine<T>) {
-    const int nb = (N + 31) / 32, g = c / 32;
-    return Simd::fma(load_u<T>(row, N, c), Simd::set1(f16_at(row + 2 * g)), Simd::set1(f16_at(row + 2 * nb + 2 * g)));
   } else {
-    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
-    const int nb = (N + G - 1) / G;
-    const float d = f16_at(row + 2 * (c / G));
-    return Simd::fma(u8_to_f(row + 2 * nb + c), Simd::set1(d), Simd::set1(-128.0f * d));
+    constexpr int G = kKvGroup<T>;
+    const int nb = (N + G - 1) / G, g = c / G;
+    const float d = f16_at(row + 2 * g);
+    const float o = kAffine<T> ? f16_at(row + 2 * nb + 2 * g) : -128.0f * d;
+    return Simd::fma(load_u<T>(row, N, c), Simd::set1(d), Simd::set1(o));
   }
 }
 
@@ -722,8 +726,7 @@ constexpr int kNnMr = 4, kNnNv = 4, kNnWide = 8;
 constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 #endif
 
-// The KV formats factored. Each is w = d_g * u + o_g over groups of G columns (qtype.h): the
-// affine ones (G = 32) with their own offsets o_g = m_g, q8_gG with o_g = -128 d_g. So
+// The KV formats factored (w = d_g * u + o_g, see load_u):
 // sum_k x_k w_kn = sum_k (x_k d_kg) u_kn + sum_k x_k o_kg. Per row k the tile's (at most 4)
 // scales (and offsets) are converted in one instruction each, the products x_k d_kg of every
 // group in one multiply and the offsets' sums of every group in one fma (a lane per group, added
@@ -732,13 +735,10 @@ constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 // `attention/` (see the comment above gemm_nn). Group g0 = c0 / G is the tile's first and vector
 // v lies in group g0 + v / (G / kL): a tile starts at a multiple of G columns or lies in one
 // group (the chunks of gemm_nn_t are 128 or 64 columns for one row, 64 or 16 for tiles).
-template <QType T>
-constexpr int kNnGroup = T == QType::kQ8G64 ? 64 : T == QType::kQ8G128 ? 128 : 32;
-
 template <QType T, int MR, int NV>
 void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
                            size_t ldy, int last, bool acc_in) {
-  constexpr int G = kNnGroup<T>, kVg = G / kL;  // vectors per group
+  constexpr int G = kKvGroup<T>, kVg = G / kL;  // vectors per group
   static_assert((NV - 1) / kVg < 4, "a tile spans at most 4 groups");
   const int nb = (N + G - 1) / G, g0 = c0 / G;
   V acc[MR][NV];
@@ -762,13 +762,7 @@ void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8
       o = _mm_mul_ps(d, _mm_set1_ps(-128.0f));  // exact
     }
     V u[NV];
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (kAffine<T>) {
-        u[v] = load_u<T>(row, N, c0 + v * kL);
-      } else {
-        u[v] = u8_to_f(row + 2 * nb + c0 + v * kL);
-      }
-    }
+    for (int v = 0; v < NV; ++v) u[v] = load_u<T>(row, N, c0 + v * kL);
     for (int m = 0; m < MR; ++m) {
       const __m128 xm = _mm_set1_ps(x[m * ldx + k]);
       const __m128 c = _mm_mul_ps(xm, d);
