@@ -3,14 +3,15 @@
 // call attending over a layer's every head. Layers rotate through > 64 MiB of cache so that the
 // rows stream from DRAM as in a real decode token (L3 is 32 MiB).
 // Counter: kvGBps, the cache bytes a token reads (KvCache::read_bytes) per second; the time is
-// one layer's 32 heads. Measured (Zen 5, one thread, AVX-512), time against f32 in the same run
+// one layer's 32 heads, each over its slices of kAttSlice positions in turn (runtime/attention.h),
+// as a 2-thread decode runs them. Measured (Zen 5, one thread, AVX-512), time against f32 in the same run
 // (2430-2750 us, DRAM-bound): f16 0.34, k8v8 0.27, k4v4 0.29, k2v2 0.47, for 0.50 / 0.25 / 0.16 /
 // 0.11 of its bytes (before gemm_i8 read the int8 and int4 keys: k8v8 0.29, k4v4 0.35): the
 // quantized formats were bound by decoding each element for one product (no GQA), mostly in
 // P·V. With P·V factored (kernels/simd/f32_kernels.cc, gemm_nn_tile_factored): k8v8 0.20-0.22,
 // k4v4 0.17-0.21, k2v2 0.27-0.35 (f32 2270-3020 us in those runs).
 //
-// Names: attention/<isa>/<kv>/T:<depth>; filter with --benchmark_filter=attention/avx512.
+// Names: attention/<isa>/<kv>/T:<depth>/S:<slice>; filter with --benchmark_filter=attention/avx512.
 
 #include <algorithm>
 #include <cstddef>
@@ -35,7 +36,7 @@ namespace {
 
 constexpr int kHeads = 32, kDim = 128;
 
-void bm_attend(benchmark::State& state, Isa isa, const std::string& spec, int T) {
+void bm_attend(benchmark::State& state, Isa isa, const std::string& spec, int T, int slice) {
   const F32Kernels& kr = f32_kernels(isa);
   const KvFormats f = *parse_kv_formats(spec);
   const int window = ContextParams{}.kv_window;
@@ -56,13 +57,15 @@ void bm_attend(benchmark::State& state, Isa isa, const std::string& spec, int T)
     kv.store(l, T - 1, 1, &k[size_t(T - 1) * ld], &v[size_t(T - 1) * ld], ld);
   }
   const AttentionBatch batch{T - 1, &k[size_t(T - 1) * ld], &v[size_t(T - 1) * ld], ld};
-  std::vector<float> q(kDim), out(kDim), out2(kDim), wscores(attention_window_scratch(kv, 1, 1));
-  std::vector<float> scores(static_cast<size_t>(T));
+  const int ns = attention_slices(T - 1, slice);
+  std::vector<float> q(kDim), out(kDim), wscores(attention_window_scratch(kv, 1, 1));
+  std::vector<float> scores(static_cast<size_t>(T)), lse(static_cast<size_t>(ns)), parts(2 * size_t(ns) * kDim);
+  const AttentionScratch scratch{scores.data(), wscores.data(), lse.data(), parts.data()};
   for (float& x : q) x = 0.1f * g(rng);
   int l = 0;
   for (auto _ : state) {
     for (int h = 0; h < kHeads; ++h) {
-      attend(kr, kv, l, h, batch, T - 1, 1, 1, q.data(), {scores.data(), wscores.data(), out2.data()}, out.data());
+      attend(kr, kv, l, h, batch, T - 1, 1, 1, q.data(), slice, scratch, out.data());
     }
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
@@ -114,11 +117,15 @@ const bool kRegistered = [] {
     if (isa == Isa::kRef) continue;  // the double-precision spec: minutes per layer
     for (const char* spec : {"f32", "f16", "k8v8", "k4v4", "k2v2"}) {
       const int T = 2048;
-      const std::string name = "attention/" + std::string(isa_name(isa)) + "/" + spec + "/T:" + std::to_string(T);
-      benchmark::RegisterBenchmark(name.c_str(), bm_attend, isa, std::string(spec), T)
-          ->Unit(benchmark::kMicrosecond)
-          ->MinTime(0.5)
-          ->UseRealTime();
+      // S: positions per slice, the default and one slice of all (what slicing costs).
+      for (int slice : {kAttSlice, T}) {
+        const std::string name = "attention/" + std::string(isa_name(isa)) + "/" + spec + "/T:" + std::to_string(T) +
+                                 "/S:" + std::to_string(slice);
+        benchmark::RegisterBenchmark(name.c_str(), bm_attend, isa, std::string(spec), T, slice)
+            ->Unit(benchmark::kMicrosecond)
+            ->MinTime(0.5)
+            ->UseRealTime();
+      }
     }
   }
   for (Isa isa : available_isas()) {

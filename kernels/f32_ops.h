@@ -46,8 +46,10 @@ struct F32Kernels {
   void (*rmsnorm)(const float* x, const float* w, float* y, int n, float eps);
   // out = silu(gate) * up, silu(g) = g / (1 + exp(-g))   (out may alias gate or up)
   void (*swiglu)(const float* gate, const float* up, float* out, int n);
-  // x = softmax(x) in place, numerically stable (max subtracted)
-  void (*softmax)(float* x, int n);
+  // x = softmax(x) in place, numerically stable (max subtracted); returns log(sum exp x), the
+  // log-sum-exp of the input, max + log(sum exp(x - max)) (-inf for n = 0), with which softmaxes
+  // of parts of one row are combined (attention's slices: runtime/attention.h).
+  float (*softmax)(float* x, int n);
   // sum of x[0, n) in any order: eight independent vector sums over a streamed array, so that
   // a core reads memory as fast as it can (the read-bandwidth probe of runtime/bench.cc).
   float (*sum)(const float* x, size_t n);

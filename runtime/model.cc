@@ -485,10 +485,17 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
   att_out_.resize(B * q);
   hb_.resize(B * c.n_ff);
   hb2_.resize(B * c.n_ff);
+  att_slice_ = params.attention_slice == 0 ? kAttSlice : params.attention_slice;
+  if (att_slice_ < 0 || att_slice_ % KvCache::kBlock != 0) {
+    throw Error(ErrorCode::kInvalidArgument, "an attention slice of " + std::to_string(params.attention_slice) +
+                                                 " positions: it must be a positive multiple of " + std::to_string(KvCache::kBlock));
+  }
+  att_slices_max_ = attention_slices(n_ctx_ - 1, att_slice_);
   scores_.resize(size_t(n_threads_) * att_rows() * n_ctx_);
+  att_lse_.resize(size_t(n_threads_) * att_rows() * att_slices_max_);
+  att_parts_.resize(size_t(n_threads_) * 2 * att_rows() * c.head_dim * att_slices_max_);
   att_q_.resize(size_t(n_threads_) * att_rows() * c.head_dim);
   att_o_.resize(att_q_.size());
-  att_o2_.resize(att_q_.size());
   att_w_.resize(size_t(n_threads_) * attention_window_scratch(*kv_, att_rows(), att_rows() / (c.n_heads / c.n_kv_heads)));
   pool_ = std::make_unique<ThreadPool>(n_threads_);
   act_per_token_ = params.act_per_token;
@@ -548,16 +555,29 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   tasks.reserve(64);
   int64_t total_rows = 0;
   for (const MatmulJob& j : jobs) total_rows += j.w->n;
-  // Chunks of every job's rows in one list: enough to balance threads (dynamic, so that a
-  // descheduled thread's chunks go to the others), each large enough to amortize the kernel's
-  // blocking. (Contiguous per-thread ranges measured the same as this, within the noise of
-  // this shared 2-core host: TinyLlama q4_g32 2-thread decode 39-48 vs 35-45 tok/s.)
-  const int chunk =
-      m == 1 ? std::max<int>(16, int((total_rows + 4 * n_threads_ - 1) / (4 * n_threads_) / 16 * 16)) : 64;
+  // Prefill: chunks of 64 rows, claimed dynamically. Decode (m = 1): guided chunks over every
+  // job's rows in order, each taking 1/(2 x threads) of the rows not yet handed out (at least 32,
+  // in multiples of 16), so that the threads start on long contiguous runs and finish together:
+  // the region ends when its slowest thread does, and a thread left alone reads at about half
+  // the bandwidth of two. (Equal chunks of total / (4 x threads) left each region a tail of up to
+  // one chunk on one thread, tens of microseconds on the FFN's weights.)
+  const int64_t guided_div = 2 * int64_t(n_threads_);
+  int64_t handed = 0;
+  auto next_chunk = [&](int rows_left_in_segment) {
+    if (m != 1) return std::min(rows_left_in_segment, 64);
+    if (n_threads_ == 1) return rows_left_in_segment;
+    const int64_t want = std::max<int64_t>(32, ((total_rows - handed) / guided_div + 15) / 16 * 16);
+    return int(std::min<int64_t>(rows_left_in_segment, want));
+  };
   for (const MatmulJob& j : jobs) {
     for (const auto& s : j.w->segments) {
       const int rows = static_cast<int>(s.row_end - s.row_begin);
-      for (int r = 0; r < rows; r += chunk) tasks.push_back({&s, r, std::min(rows, r + chunk), j.y, int(j.w->n)});
+      for (int r = 0; r < rows;) {
+        const int c = next_chunk(rows - r);
+        tasks.push_back({&s, r, r + c, j.y, int(j.w->n)});
+        r += c;
+        handed += c;
+      }
     }
   }
   pool_->run(static_cast<int>(tasks.size()), [&](int t, int) {
@@ -792,16 +812,16 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   // and value row is read once per chunk, not once per query head (TinyLlama: 8 query heads per
   // KV head). (The int8 weight kernels were tried for q·Kᵀ first: built for rows of thousands of
   // elements, they copy a row's partial last unit and its scales per row, and on rows of 64-128
-  // that was 17 % of a Llama-7B decode token at depth 1024, 3x the dot itself.)
+  // that was 17 % of a Llama-7B decode token at depth 1024, 3x the dot itself.) Past one slice of
+  // positions, a task runs its chunk's slices in turn, or, when the tasks are too few for the
+  // threads, each slice is a task of its own (flash-decoding); both combine the same parts.
   const KvCache& kv = *kv_;
   const bool rot_q = kv.keys(l).rotated;
   const AttentionBatch batch{p0, k_.data(), v_.data(), size_t(KV)};
   const int rows_max = att_rows(), bchunk = rows_max / group, n_chunks = (n + bchunk - 1) / bchunk;
+  const int S = att_slice_;
   const size_t wsize = att_w_.size() / size_t(n_threads_);
-  pool_->run(HKV * n_chunks, [&](int task, int thread) {
-    const int kvh = task / n_chunks, b0 = (task % n_chunks) * bchunk, nb = std::min(bchunk, n - b0);
-    float* qg = &att_q_[size_t(thread) * rows_max * D];
-    float* og = &att_o_[size_t(thread) * rows_max * D];
+  auto gather_q = [&](int kvh, int b0, int nb, float* qg) {
     for (int bb = 0; bb < nb; ++bb) {
       for (int j = 0; j < group; ++j) {
         const float* src = &q_[size_t(b0 + bb) * Q + size_t(kvh * group + j) * D];
@@ -810,16 +830,58 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
         if (rot_q) kv.rotate(dst);
       }
     }
-    const AttentionScratch scratch{&scores_[size_t(thread) * rows_max * n_ctx_], &att_w_[size_t(thread) * wsize],
-                                   &att_o2_[size_t(thread) * rows_max * D]};
-    attend(kr, kv, l, kvh, batch, p0 + b0, nb, group, qg, scratch, og);
+  };
+  auto scatter = [&](int kvh, int b0, int nb, const float* og) {
     for (int bb = 0; bb < nb; ++bb) {
       for (int j = 0; j < group; ++j) {
         const float* o = og + size_t(bb * group + j) * D;
         std::copy(o, o + D, &att_out_[size_t(b0 + bb) * Q + size_t(kvh * group + j) * D]);
       }
     }
-  });
+  };
+  auto scratch = [&](int thread) {
+    return AttentionScratch{&scores_[size_t(thread) * rows_max * n_ctx_], &att_w_[size_t(thread) * wsize],
+                            &att_lse_[size_t(thread) * rows_max * att_slices_max_],
+                            &att_parts_[size_t(thread) * 2 * rows_max * D * att_slices_max_]};
+  };
+  const int n_slices = attention_slices(p0 + n - 1, S);  // the last chunk's, the most
+  if (n_slices > 1 && HKV * n_chunks < n_threads_) {
+    // Fewer (KV head, chunk) tasks than threads (a decoded token of a model with few KV heads on
+    // many cores): every slice is a task, its parts and lse in a slot of att_par_, combined
+    // afterwards as attend() combines them. Only then: each slice's keys and values are two
+    // short streams and the combination runs on one thread (TinyLlama, 4 KV heads, 2 threads,
+    // depth 2000: tg 13-20 % slower with its 16 slices as tasks than with 4 head tasks).
+    const size_t slot = 2 * size_t(rows_max) * D;  // attend_slice's two parts
+    const int n_tasks = HKV * n_chunks * n_slices;
+    att_par_.resize(std::max(att_par_.size(), size_t(n_tasks) * (slot + size_t(rows_max))));
+    float* parts = att_par_.data();
+    float* lses = parts + size_t(n_tasks) * slot;
+    pool_->run(n_tasks, [&](int task, int thread) {
+      const int j = task % n_slices, c = task / n_slices, kvh = c / n_chunks, b0 = (c % n_chunks) * bchunk;
+      const int nb = std::min(bchunk, n - b0);
+      if (j >= attention_slices(p0 + b0 + nb - 1, S)) return;
+      float* qg = &att_q_[size_t(thread) * rows_max * D];
+      gather_q(kvh, b0, nb, qg);
+      attend_slice(kr, kv, l, kvh, batch, p0 + b0, nb, group, qg, j * S, S, scratch(thread), parts + size_t(task) * slot,
+                   lses + size_t(task) * rows_max);
+    });
+    for (int c = 0; c < HKV * n_chunks; ++c) {
+      const int kvh = c / n_chunks, b0 = (c % n_chunks) * bchunk, nb = std::min(bchunk, n - b0);
+      const size_t first = size_t(c) * n_slices;
+      combine_slices(kv, l, nb * group, attention_slices(p0 + b0 + nb - 1, S), parts + first * slot, slot,
+                     lses + first * rows_max, size_t(rows_max), att_o_.data());
+      scatter(kvh, b0, nb, att_o_.data());
+    }
+  } else {
+    pool_->run(HKV * n_chunks, [&](int task, int thread) {
+      const int kvh = task / n_chunks, b0 = (task % n_chunks) * bchunk, nb = std::min(bchunk, n - b0);
+      float* qg = &att_q_[size_t(thread) * rows_max * D];
+      float* og = &att_o_[size_t(thread) * rows_max * D];
+      gather_q(kvh, b0, nb, qg);
+      attend(kr, kv, l, kvh, batch, p0 + b0, nb, group, qg, S, scratch(thread), og);
+      scatter(kvh, b0, nb, og);
+    });
+  }
   kv_->settle(l, p0, n, k_.data(), v_.data(), size_t(KV));
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());

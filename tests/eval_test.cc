@@ -283,6 +283,52 @@ TEST(Eval, TinymixQuantizedKvSplitsAndAgainstF32Kv) {
   }
 }
 
+// Attention in slices of 32 positions (runtime/attention.h) on 100 tokens, 4 slices: a prompt in
+// one batch, in turns and token by token give the same logits (the slices are cut by position),
+// on 5 threads (4 KV heads: a decode step's slices run as separate tasks, a batch's chunks run
+// their slices in turn) the very same as on one, and all of it within rounding of one slice
+// (slice 128: no split).
+TEST(Eval, TinymixAttentionSlicesSplitsThreadsAndOneSlice) {
+  auto m = tinymix();
+  const std::vector<int> ids = text_tokens(*m, 100);
+  for (const char* spec : {"f32", "k4v4", "k2v2"}) {
+    ContextParams cp = one_thread();
+    cp.kv = *parse_kv_formats(spec);
+    cp.kv_window = 24;
+    cp.attention_slice = 128;
+    const std::vector<float> whole = one_shot(m, ids, cp);
+    cp.attention_slice = 32;
+    const std::vector<float> want = one_shot(m, ids, cp);
+    const std::vector<float> turns = in_turns(m, ids, {37, 1, 41, 1, 20}, 32, cp);
+    const std::vector<float> steps = in_turns(m, ids, std::vector<int>(ids.size(), 1), 1, cp);
+    ContextParams cp3 = cp;
+    cp3.n_threads = 5;
+    const std::vector<float> steps3 = in_turns(m, ids, std::vector<int>(ids.size(), 1), 1, cp3);
+    const std::vector<float> batch3 = in_turns(m, ids, {37, 1, 41, 1, 20}, 32, cp3);
+    const double scale = max_abs(whole);
+    const double d_turns = max_abs_diff(turns.data(), want.data(), want.size());
+    const double d_steps = max_abs_diff(steps.data(), want.data(), want.size());
+    const double d_whole = max_abs_diff(want.data(), whole.data(), want.size());
+    std::printf("tinymix-26m bf16, KV %s, slices of 32: max|logit| %.2f; turns %.3g, one by one %.3g, against one slice %.3g\n",
+                spec, scale, d_turns, d_steps, d_whole);
+    EXPECT_LT(d_turns, 1e-5 * scale) << spec;
+    EXPECT_LT(d_steps, 1e-5 * scale) << spec;
+    EXPECT_EQ(max_abs_diff(steps3.data(), steps.data(), steps.size()), 0.0) << spec << ": 5 threads against 1, token by token";
+    EXPECT_EQ(max_abs_diff(batch3.data(), turns.data(), turns.size()), 0.0) << spec << ": 5 threads against 1, in turns";
+    // A combination of slices is the softmax over all of them up to float rounding, carried
+    // through 8 layers (and through the rounding of the next layers' quantized keys and values).
+    EXPECT_LT(d_whole, (cp.kv.k == KvType::kF32 ? 1e-4 : 0.05) * scale) << spec;
+  }
+  ContextParams bad = one_thread();
+  bad.attention_slice = 48;
+  try {
+    Context ctx(m, bad);
+    ADD_FAILURE() << "an attention slice of 48 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 32"), std::string::npos) << e.what();
+  }
+}
+
 // The accuracy bars of the KV formats (issue 11) on tinymix-26m bf16 under the shared protocol,
 // 64 windows of 512 tokens of tinymix-val: int8 within +0.1 % of the f32 cache's perplexity,
 // int4 within +1 %, 2-bit with its window within +5 %, and --kv auto at the bytes of int4 below

@@ -612,7 +612,7 @@ TEST_P(F32OpsTest, Softmax) {
       if (n > 3) x[1 + n / 2] = -std::numeric_limits<float>::infinity();  // a masked position
       x[0] = x[n + 1] = kSentinel;
       const std::vector<float> x0 = x;
-      kern().softmax(x.data() + 1, n);
+      const float lse = kern().softmax(x.data() + 1, n);
       EXPECT_EQ(x[0], kSentinel);
       EXPECT_EQ(x[n + 1], kSentinel) << "wrote past the end, n=" << n;
       double mx = -INFINITY, sum = 0.0, total = 0.0;
@@ -625,12 +625,14 @@ TEST_P(F32OpsTest, Softmax) {
         ASSERT_LE(std::fabs(x[i + 1] - ref), tol * ref + 1e-38) << "n=" << n << " range=" << range << " i=" << i;
       }
       EXPECT_NEAR(total, 1.0, tol + n * kEps) << "n=" << n;
+      // The log-sum-exp: max + log(sum), each part within the sum's rounding.
+      EXPECT_NEAR(lse, mx + std::log(sum), (std::fabs(mx) + 1.0) * kEps + tol) << "n=" << n;
     }
   }
   float one = 3.0f;
-  kern().softmax(&one, 1);
+  EXPECT_EQ(kern().softmax(&one, 1), 3.0f);
   EXPECT_EQ(one, 1.0f);
-  kern().softmax(nullptr, 0);
+  EXPECT_EQ(kern().softmax(nullptr, 0), -INFINITY);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, F32OpsTest, ::testing::ValuesIn(kAllIsas),

@@ -334,100 +334,106 @@ TEST(Attention, EveryIsaAgainstTheDecodedCache) {
         for (int p = 0; p < C; ++p) ks[size_t(p) * H * D + 3] *= 6.0f;  // an outlier channel
         for (float& x : vs) x = g(rng);
         for (float& x : qs) x = 0.3f * g(rng);
-        std::vector<float> sc(size_t(5 * group) * C), ws(attention_window_scratch(kv, 5 * group, 5)),
-            o2(size_t(5 * group) * D), out(size_t(5 * group) * D), q(size_t(5 * group) * D);
-        double worst = 0;
-        for (int p0 = 0; p0 < C;) {
-          const int n = std::min(C - p0, 1 + (p0 * 7) % 13);
-          float* kb = &ks[size_t(p0) * H * D];
-          float* vb = &vs[size_t(p0) * H * D];
-          kv.round_window(0, n, kb, vb, size_t(H * D));  // what the window keeps, and the reference reads
-          kv.store(0, p0, n, kb, vb, size_t(H * D));
-          const AttentionBatch batch{p0, kb, vb, size_t(H * D)};
-          for (int b0 = 0; b0 < n;) {
-            const int nb = std::min(n - b0, 1 + (b0 + p0) % 5);
-            for (int h = 0; h < H; ++h) {
-              for (int r = 0; r < nb * group; ++r) {
-                const float* src = &qs[(size_t(p0 + b0 + r / group) * H * group + size_t(h * group + r % group)) * D];
-                std::copy(src, src + D, &q[size_t(r) * D]);
-                if (K.rotated) kv.rotate(&q[size_t(r) * D]);
-              }
-              attend(kr, kv, 0, h, batch, p0 + b0, nb, group, q.data(), {sc.data(), ws.data(), o2.data()}, out.data());
-              for (int r = 0; r < nb * group; ++r) {
-                const int p = p0 + b0 + r / group;
-                const float* qr = &qs[(size_t(p) * H * group + size_t(h * group + r % group)) * D];
-                std::vector<float> qeff(qr, qr + D);
-                // q4 keys: their offsets multiply the float query's group sums X_g, not d_g * S_g
-                // (kernels/simd/kv_kernels.cc): key t's score gains sum_g m_g (X_g - d_g S_g).
-                std::vector<double> xs_err;
-                const int ng = (D + 31) / 32;
-                if (gemm_i8_reads(K.qtype) && !K.per_channel) {
-                  // The keys read by gemm_i8: the query it multiplies is the (rotated) query
-                  // quantized to int8 in groups of 32.
-                  const int64_t kp = (D + 31) / 32 * 32;
-                  std::vector<int8_t> qa(static_cast<size_t>(kp));
-                  std::vector<float> qd(size_t(kp / 32)), qds(size_t(kp / 32));
-                  quantize_act_row_ref(&q[size_t(r) * D], D, kp, qa.data(), qd.data(), qds.data(), false);
-                  for (int i = 0; i < D; ++i) qeff[size_t(i)] = qd[size_t(i / 32)] * qa[size_t(i)];
-                  if (K.qtype == QType::kQ4AG32) {
-                    xs_err.assign(size_t(ng), 0.0);
-                    for (int i = 0; i < D; ++i) xs_err[size_t(i / 32)] += double(q[size_t(r) * D + i]) - qeff[size_t(i)];
-                  }
-                  if (K.rotated) kv.unrotate(qeff.data());
+        // Slices of 32 and 64 positions (combined by their log-sum-exp) and one slice of all.
+        for (const int slice : {32, 64, 160}) {
+          const int R5 = 5 * group, ns = attention_slices(C - 1, slice);
+          std::vector<float> sc(size_t(R5) * C), ws(attention_window_scratch(kv, R5, 5)), out(size_t(R5) * D),
+              q(size_t(R5) * D), lse(size_t(ns) * R5), parts(2 * size_t(ns) * R5 * D);
+          const AttentionScratch scratch{sc.data(), ws.data(), lse.data(), parts.data()};
+          double worst = 0;
+          for (int p0 = 0; p0 < C;) {
+            const int n = std::min(C - p0, 1 + (p0 * 7) % 13);
+            float* kb = &ks[size_t(p0) * H * D];
+            float* vb = &vs[size_t(p0) * H * D];
+            kv.round_window(0, n, kb, vb, size_t(H * D));  // what the window keeps, and the reference reads
+            kv.store(0, p0, n, kb, vb, size_t(H * D));
+            const AttentionBatch batch{p0, kb, vb, size_t(H * D)};
+            for (int b0 = 0; b0 < n;) {
+              const int nb = std::min(n - b0, 1 + (b0 + p0) % 5);
+              for (int h = 0; h < H; ++h) {
+                for (int r = 0; r < nb * group; ++r) {
+                  const float* src = &qs[(size_t(p0 + b0 + r / group) * H * group + size_t(h * group + r % group)) * D];
+                  std::copy(src, src + D, &q[size_t(r) * D]);
+                  if (K.rotated) kv.rotate(&q[size_t(r) * D]);
                 }
-                std::vector<double> s(size_t(p) + 1);
-                std::vector<float> row(static_cast<size_t>(D));
-                double mx = -1e300;
-                for (int t = 0; t <= p; ++t) {
-                  if (t < kv.quant_end(K, p)) {
-                    kv.quantized_row(K, h, t, row.data());
-                  } else {
-                    std::copy_n(&ks[(size_t(t) * H + h) * D], D, row.data());
+                attend(kr, kv, 0, h, batch, p0 + b0, nb, group, q.data(), slice, scratch, out.data());
+                for (int r = 0; r < nb * group; ++r) {
+                  const int p = p0 + b0 + r / group;
+                  const float* qr = &qs[(size_t(p) * H * group + size_t(h * group + r % group)) * D];
+                  std::vector<float> qeff(qr, qr + D);
+                  // q4 keys: their offsets multiply the float query's group sums X_g, not d_g * S_g
+                  // (kernels/simd/kv_kernels.cc): key t's score gains sum_g m_g (X_g - d_g S_g).
+                  std::vector<double> xs_err;
+                  const int ng = (D + 31) / 32;
+                  if (gemm_i8_reads(K.qtype) && !K.per_channel) {
+                    // The keys read by gemm_i8: the query it multiplies is the (rotated) query
+                    // quantized to int8 in groups of 32.
+                    const int64_t kp = (D + 31) / 32 * 32;
+                    std::vector<int8_t> qa(static_cast<size_t>(kp));
+                    std::vector<float> qd(size_t(kp / 32)), qds(size_t(kp / 32));
+                    quantize_act_row_ref(&q[size_t(r) * D], D, kp, qa.data(), qd.data(), qds.data(), false);
+                    for (int i = 0; i < D; ++i) qeff[size_t(i)] = qd[size_t(i / 32)] * qa[size_t(i)];
+                    if (K.qtype == QType::kQ4AG32) {
+                      xs_err.assign(size_t(ng), 0.0);
+                      for (int i = 0; i < D; ++i) xs_err[size_t(i / 32)] += double(q[size_t(r) * D + i]) - qeff[size_t(i)];
+                    }
+                    if (K.rotated) kv.unrotate(qeff.data());
                   }
-                  double d = 0;
-                  for (int i = 0; i < D; ++i) d += double(qeff[size_t(i)]) * row[size_t(i)];
-                  if (!xs_err.empty() && t < kv.quant_end(K, p)) {
-                    const uint8_t* kr = kv.rows(K, h) + size_t(t) * K.seg;
-                    for (int g = 0; g < ng; ++g) {
-                      uint16_t m;
-                      std::memcpy(&m, kr + 2 * ng + 2 * g, 2);
-                      d += double(f16_to_f32(m)) * xs_err[size_t(g)];
+                  std::vector<double> s(size_t(p) + 1);
+                  std::vector<float> row(static_cast<size_t>(D));
+                  double mx = -1e300;
+                  for (int t = 0; t <= p; ++t) {
+                    if (t < kv.quant_end(K, p)) {
+                      kv.quantized_row(K, h, t, row.data());
+                    } else {
+                      std::copy_n(&ks[(size_t(t) * H + h) * D], D, row.data());
+                    }
+                    double d = 0;
+                    for (int i = 0; i < D; ++i) d += double(qeff[size_t(i)]) * row[size_t(i)];
+                    if (!xs_err.empty() && t < kv.quant_end(K, p)) {
+                      const uint8_t* kr = kv.rows(K, h) + size_t(t) * K.seg;
+                      for (int g = 0; g < ng; ++g) {
+                        uint16_t m;
+                        std::memcpy(&m, kr + 2 * ng + 2 * g, 2);
+                        d += double(f16_to_f32(m)) * xs_err[size_t(g)];
+                      }
+                    }
+                    s[size_t(t)] = d;
+                    mx = std::max(mx, d);
+                  }
+                  double z = 0;
+                  for (double& x : s) z += x = std::exp(x - mx);
+                  std::vector<double> want(static_cast<size_t>(D), 0.0);
+                  double vmax = 0;
+                  for (int t = 0; t <= p; ++t) {
+                    if (t < kv.quant_end(V, p)) {
+                      kv.quantized_row(V, h, t, row.data());
+                    } else {
+                      std::copy_n(&vs[(size_t(t) * H + h) * D], D, row.data());
+                    }
+                    for (int i = 0; i < D; ++i) {
+                      want[size_t(i)] += s[size_t(t)] / z * row[size_t(i)];
+                      vmax = std::max(vmax, double(std::fabs(row[size_t(i)])));
                     }
                   }
-                  s[size_t(t)] = d;
-                  mx = std::max(mx, d);
-                }
-                double z = 0;
-                for (double& x : s) z += x = std::exp(x - mx);
-                std::vector<double> want(static_cast<size_t>(D), 0.0);
-                double vmax = 0;
-                for (int t = 0; t <= p; ++t) {
-                  if (t < kv.quant_end(V, p)) {
-                    kv.quantized_row(V, h, t, row.data());
-                  } else {
-                    std::copy_n(&vs[(size_t(t) * H + h) * D], D, row.data());
-                  }
+                  // Rounding only: scores ~ D products (|q| * |k| <= 6 * 3 * 0.3 * 4), a softmax and
+                  // a convex sum of rows of at most vmax.
                   for (int i = 0; i < D; ++i) {
-                    want[size_t(i)] += s[size_t(t)] / z * row[size_t(i)];
-                    vmax = std::max(vmax, double(std::fabs(row[size_t(i)])));
+                    const double e = std::fabs(out[size_t(r) * D + i] - want[size_t(i)]);
+                    worst = std::max(worst, e / vmax);
+                    ASSERT_LE(e, 2e-4 * vmax) << isa_name(isa) << " " << spec << " D=" << D << " slice " << slice << " pos " << p
+                                              << " row " << r << " i " << i << " batch at " << p0 << " chunk at " << p0 + b0;
                   }
-                }
-                // Rounding only: scores ~ D products (|q| * |k| <= 6 * 3 * 0.3 * 4), a softmax and
-                // a convex sum of rows of at most vmax.
-                for (int i = 0; i < D; ++i) {
-                  const double e = std::fabs(out[size_t(r) * D + i] - want[size_t(i)]);
-                  worst = std::max(worst, e / vmax);
-                  ASSERT_LE(e, 2e-4 * vmax) << isa_name(isa) << " " << spec << " D=" << D << " pos " << p << " row " << r
-                                            << " i " << i << " batch at " << p0 << " chunk at " << p0 + b0;
                 }
               }
+              b0 += nb;
             }
-            b0 += nb;
+            kv.settle(0, p0, n, kb, vb, size_t(H * D));
+            p0 += n;
           }
-          kv.settle(0, p0, n, kb, vb, size_t(H * D));
-          p0 += n;
+          std::printf("attend %s %s D=%d slice %d: worst error %.2g of max|v|\n", std::string(isa_name(isa)).c_str(), spec, D,
+                      slice, worst);
         }
-        std::printf("attend %s %s D=%d: worst error %.2g of max|v|\n", std::string(isa_name(isa)).c_str(), spec, D, worst);
       }
     }
   }

@@ -36,9 +36,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
-#else
-#include <cmath>
 #endif
+#include <cmath>
 
 #ifndef MXLM_TARGET_NS
 #error "kernels/simd/f32_kernels.cc must be compiled with -DMXLM_TARGET_NS=<isa>"
@@ -201,13 +200,14 @@ float sum(const float* x, size_t n) {
   return static_cast<float>(acc);
 }
 
-void softmax(float* x, int n) {
-  if (n <= 0) return;
+float softmax(float* x, int n) {
+  if (n <= 0) return -__builtin_inff();
   float mx = x[0];
   for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
   double sum = 0.0;
   for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
   for (int i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(static_cast<double>(x[i]) - mx) / sum);
+  return static_cast<float>(mx + std::log(sum));
 }
 
 #else  // MXLM_F32_SIMD
@@ -975,9 +975,9 @@ V exp_shifted(V x, V m, V lo) {
   return Simd::fma(e, r, e);
 }
 
-void softmax(float* x, int n) {
-  if (n <= 0) return;
+float softmax(float* x, int n) {
   constexpr float kNegInf = -__builtin_inff();
+  if (n <= 0) return kNegInf;
   V vm = Simd::set1(kNegInf);
   int i = 0;
   for (; i <= n - kL; i += kL) vm = Simd::max(vm, Simd::load(x + i));
@@ -1005,9 +1005,11 @@ void softmax(float* x, int n) {
     Simd::store_partial(x + i, e, n - i);
     s1 = Simd::add(s1, e);
   }
-  const V inv = Simd::set1(1.0f / Simd::reduce(Simd::add(s0, s1)));
+  const float sum = Simd::reduce(Simd::add(s0, s1));
+  const V inv = Simd::set1(1.0f / sum);
   for (i = 0; i <= n - kL; i += kL) Simd::store(x + i, Simd::mul(Simd::load(x + i), inv));
   if (i < n) Simd::store_partial(x + i, Simd::mul(Simd::load_partial(x + i, n - i), inv), n - i);
+  return mxs + std::log(sum);
 }
 
 #endif  // MXLM_F32_SIMD

@@ -35,6 +35,7 @@
 
 #include <arm_neon.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -473,9 +474,9 @@ MXLM_AI float32x4_t exp_shifted(float32x4_t x, float32x4_t m, float32x4_t lo) {
   return vfmaq_f32(e, e, r);
 }
 
-void softmax(float* x, int n) {
-  if (n <= 0) return;
+float softmax(float* x, int n) {
   constexpr float kNegInf = -__builtin_inff();
+  if (n <= 0) return kNegInf;
   float32x4_t vm = vdupq_n_f32(kNegInf);
   int i = 0;
   for (; i <= n - 4; i += 4) vm = vmaxq_f32(vm, vld1q_f32(x + i));
@@ -504,9 +505,11 @@ void softmax(float* x, int n) {
     store_partial(x + i, e, n - i);
     s1 = vaddq_f32(s1, e);
   }
-  const float32x4_t inv = vdupq_n_f32(1.0f / vaddvq_f32(vaddq_f32(s0, s1)));
+  const float sum = vaddvq_f32(vaddq_f32(s0, s1));
+  const float32x4_t inv = vdupq_n_f32(1.0f / sum);
   for (i = 0; i <= n - 4; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), inv));
   if (i < n) store_partial(x + i, vmulq_f32(load_partial(x + i, n - i), inv), n - i);
+  return mxs + std::log(sum);
 }
 
 // =============================================================================================

@@ -205,6 +205,10 @@ struct ContextParams {
   KvFormats kv;                    // every layer's K and V cache formats, unless kv_layers
   std::vector<KvFormats> kv_layers;  // a plan (parse_kv_plan): one per layer, or one for all; overrides kv
   int kv_window = 64;              // 2-bit formats: recent tokens kept in f16 (KIVI's residual)
+  // Attention's keys are taken in slices of this many positions (a multiple of 32; 0: 1024),
+  // combined by their log-sum-exp (runtime/attention.h); a decoded token's slices run on separate
+  // threads when the KV heads are few. The numbers depend on it (never on the thread count).
+  int attention_slice = 0;
 };
 
 class ThreadPool;
@@ -286,11 +290,13 @@ class Context {
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
   std::unique_ptr<KvCache> kv_;  // runtime/kv_cache.h
   // Attention runs over chunks of up to kAttRows query rows (tokens x the query heads of one KV
-  // head); att_rows() is the most one chunk holds. Per thread: the rows, their outputs and
-  // scores [rows][n_ctx].
+  // head); att_rows() is the most one chunk holds. Per thread: the rows, their outputs, scores
+  // [rows][n_ctx], the slices' parts and log-sum-exps; att_par_: those of a decode step whose
+  // slices run as separate tasks (layer_forward).
   static constexpr int kAttRows = 64;
   int att_rows() const;
-  std::vector<float> att_q_, att_o_, att_o2_, att_w_;
+  int att_slice_ = 0, att_slices_max_ = 1;
+  std::vector<float> att_q_, att_o_, att_w_, att_lse_, att_parts_, att_par_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
