@@ -36,8 +36,9 @@ namespace mxlm {
 // multiple of KvCache::kBlock (per-channel key blocks never straddle two slices). Contexts up to
 // one slice compute as before slices existed (tinymix's 512-token evaluations among them); each
 // further slice costs two more kernel calls and a combination per head: one Llama-7B layer at
-// depth 2048, one thread (`attention/` in mxlm_bench_kernels, S:512 against S:2048, eight
-// interleaved repetitions): k4v4 +8 %, k8v8 +13 % time, f32 within noise. 1024 halves that.
+// depth 2048, one thread (`attention/` in mxlm_bench_kernels, S:512 against S:2048 when this was
+// 512, eight interleaved repetitions): k4v4 +8 %, k8v8 +13 % time, f32 within noise. 1024 halves
+// that per position (half as many slices).
 constexpr int kAttSlice = 1024;
 
 // The batch being evaluated: its keys (after RoPE) and values in f32 (rounded to f16 where the
