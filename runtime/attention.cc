@@ -150,15 +150,6 @@ void combine_slices(const KvCache& kv, int l, int R, int n, const float* parts, 
   const size_t win = size_t(R) * d;  // a slot's window part
   for (int r = 0; r < R; ++r) {
     float* o = out + size_t(r) * d;
-    if (n == 1) {
-      const float* p = parts + size_t(r) * d;
-      std::copy(p, p + d, o);
-      if (V.rotated) kv.unrotate(o);
-      if (V.windowed) {
-        for (int i = 0; i < d; ++i) o[i] += p[win + i];
-      }
-      continue;
-    }
     float m = -INFINITY;
     for (int j = 0; j < n; ++j) m = std::max(m, lse[size_t(j) * lse_stride + size_t(r)]);
     double z = 0.0;
@@ -184,15 +175,17 @@ void attend(const F32Kernels& kr, const KvCache& kv, int l, int h, const Attenti
   const HeadAttention att(kr, kv, l, h, batch, pf, nb, group);
   const int R = att.R(), D = kv.head_dim(), T = pf + nb, n = attention_slices(T - 1, slice);
   const size_t slot = 2 * size_t(R) * D;
+  // fn(j, a, e, the slice's score columns) for every slice in order.
+  auto each = [&](auto fn) {
+    for (int j = 0; j < n; ++j) fn(j, j * slice, att.end(j * slice, slice), s.scores + j * slice);
+  };
   // Every slice's scores (one stream over the keys), softmaxes, then P·V (one over the values).
-  for (int j = 0; j < n; ++j) att.scores(q, j * slice, att.end(j * slice, slice), s.scores + j * slice, size_t(T), s.wscores);
-  for (int j = 0; j < n; ++j) {
-    att.softmax(j * slice, att.end(j * slice, slice), s.scores + j * slice, size_t(T), s.lse + size_t(j) * R);
-  }
-  for (int j = 0; j < n; ++j) {
+  each([&](int, int a, int e, float* sc) { att.scores(q, a, e, sc, size_t(T), s.wscores); });
+  each([&](int j, int a, int e, float* sc) { att.softmax(a, e, sc, size_t(T), s.lse + size_t(j) * R); });
+  each([&](int j, int a, int e, float* sc) {
     float* part = s.parts + size_t(j) * slot;
-    att.pv(j * slice, att.end(j * slice, slice), s.scores + j * slice, size_t(T), s.wscores, part, part + size_t(R) * D);
-  }
+    att.pv(a, e, sc, size_t(T), s.wscores, part, part + size_t(R) * D);
+  });
   combine_slices(kv, l, R, n, s.parts, slot, s.lse, size_t(R), out);
 }
 

@@ -77,7 +77,7 @@ inline int attention_slices(int pl, int slice) { return pl / slice + 1; }
 // out (R x head_dim, unrotated) = the combination above of n slices of layer l's attention, slice
 // j's two parts (attend_slice's out) at parts + j * part_stride and its lse at lse + j *
 // lse_stride: per row, the quantized parts weighted in ascending j and unrotated once, then the
-// windows' parts weighted alike. n = 1: the parts themselves.
+// windows' parts weighted alike (n = 1: weight 1, the parts themselves).
 void combine_slices(const KvCache& kv, int l, int R, int n, const float* parts, size_t part_stride, const float* lse,
                     size_t lse_stride, float* out);
 

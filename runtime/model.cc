@@ -490,10 +490,10 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
     throw Error(ErrorCode::kInvalidArgument, "an attention slice of " + std::to_string(params.attention_slice) +
                                                  " positions: it must be a positive multiple of " + std::to_string(KvCache::kBlock));
   }
-  att_slices_max_ = attention_slices(n_ctx_ - 1, att_slice_);
+  const int slices_max = attention_slices(n_ctx_ - 1, att_slice_);
   scores_.resize(size_t(n_threads_) * att_rows() * n_ctx_);
-  att_lse_.resize(size_t(n_threads_) * att_rows() * att_slices_max_);
-  att_parts_.resize(size_t(n_threads_) * 2 * att_rows() * c.head_dim * att_slices_max_);
+  att_lse_.resize(size_t(n_threads_) * att_rows() * slices_max);
+  att_parts_.resize(size_t(n_threads_) * 2 * att_rows() * c.head_dim * slices_max);
   att_q_.resize(size_t(n_threads_) * att_rows() * c.head_dim);
   att_o_.resize(att_q_.size());
   att_w_.resize(size_t(n_threads_) * attention_window_scratch(*kv_, att_rows(), att_rows() / (c.n_heads / c.n_kv_heads)));
@@ -841,8 +841,8 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   };
   auto scratch = [&](int thread) {
     return AttentionScratch{&scores_[size_t(thread) * rows_max * n_ctx_], &att_w_[size_t(thread) * wsize],
-                            &att_lse_[size_t(thread) * rows_max * att_slices_max_],
-                            &att_parts_[size_t(thread) * 2 * rows_max * D * att_slices_max_]};
+                            &att_lse_[thread * (att_lse_.size() / size_t(n_threads_))],
+                            &att_parts_[thread * (att_parts_.size() / size_t(n_threads_))]};
   };
   const int n_slices = attention_slices(p0 + n - 1, S);  // the last chunk's, the most
   if (n_slices > 1 && HKV * n_chunks < n_threads_) {

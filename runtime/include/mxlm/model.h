@@ -295,7 +295,7 @@ class Context {
   // slices run as separate tasks (layer_forward).
   static constexpr int kAttRows = 64;
   int att_rows() const;
-  int att_slice_ = 0, att_slices_max_ = 1;
+  int att_slice_ = 0;
   std::vector<float> att_q_, att_o_, att_w_, att_lse_, att_parts_, att_par_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
   std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
