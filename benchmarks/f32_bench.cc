@@ -8,6 +8,10 @@
 // Counters: GFLOPS (2*M*N*K per call), peak = GFLOPS / 116 (the f32 FMA peak of one Zen 4 core,
 // shared/TOOLCHAIN.md), and wGBps for M = 1.
 //
+// gemm_bf16/<isa>/M:<M>/N:<N>/K:<K>: the bf16 x bf16 GEMM (F32Kernels::gemm_bf16, the prefill of
+// ContextParams::Prefill::kBf16 and the quantizer's Gram products on large models) at the M > 1
+// shapes, its x and weights already in bf16; the same counters.
+//
 // Names: gemm/<isa>/<wtype>/M:<M>/N:<N>/K:<K>; filter with --benchmark_filter=gemm/avx512.
 
 #include <cstddef>
@@ -80,6 +84,28 @@ void bm_gemm(benchmark::State& state, Isa isa, QType wtype, int M, int N, int K)
   }
 }
 
+void bm_gemm_bf16(benchmark::State& state, Isa isa, int M, int N, int K) {
+  const F32Kernels& kern = f32_kernels(isa);
+  std::mt19937 rng(42);
+  std::vector<float> xf(static_cast<size_t>(M) * K), wf(static_cast<size_t>(N) * K);
+  fill_random(xf.data(), xf.size(), rng);
+  fill_random(wf.data(), wf.size(), rng);
+  std::vector<uint16_t> x(xf.size()), w(wf.size());
+  kern.to_bf16(xf.data(), QType::kF32, x.data(), x.size());
+  kern.to_bf16(wf.data(), QType::kF32, w.data(), w.size());
+  std::vector<float> y(static_cast<size_t>(M) * N);
+  for (auto _ : state) {
+    kern.gemm_bf16(M, 0, N, K, x.data(), static_cast<size_t>(K), w.data(), static_cast<size_t>(K), y.data(),
+                   static_cast<size_t>(N));
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 2.0 * M * static_cast<double>(N) * K;
+  state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak"] =
+      benchmark::Counter(flops * 1e-9 / kF32FmaPeakGflops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 struct Shape {
   int m, n, k;
 };
@@ -99,6 +125,12 @@ const bool kRegistered = [] {
             ->Unit(benchmark::kMicrosecond)
             ->MinTime(0.5);
       }
+    }
+    for (const Shape& s : shapes) {
+      if (s.m == 1 || (isa == Isa::kRef && s.m * static_cast<double>(s.n) * s.k > 4e8)) continue;
+      const std::string name = "gemm_bf16/" + std::string(isa_name(isa)) + "/M:" + std::to_string(s.m) +
+                               "/N:" + std::to_string(s.n) + "/K:" + std::to_string(s.k);
+      benchmark::RegisterBenchmark(name.c_str(), bm_gemm_bf16, isa, s.m, s.n, s.k)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
     }
   }
   return true;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/isa.h"
 #include "kernels/qtype.h"
@@ -40,6 +41,18 @@ struct F32Kernels {
   // the same on every ISA, for any M, and for any split of N.
   void (*gemm_i8)(int M, int N, int K, const float* x, size_t ldx, const void* w, size_t w_row_bytes, QType wtype,
                   float* y, size_t ldy);
+  // y[m*ldy + n] = sum_k x[m*ldx + k] * w[n*ldw + k]  for m in [0, M), n in [n0, n1), with x and
+  // w in bfloat16 (element strides ldx, ldw): the products of two bf16 values are exact in f32
+  // and summed in f32. AVX-512 runs AVX512-BF16's vdpbf16ps (a lane sums the pairs k = 2l, 2l + 1
+  // mod 32, denormal inputs and outputs flushed to zero), AVX2 and NEON widen to f32 and fma, ref
+  // sums in double. As in gemm, y[m][n] depends only on x row m, w row n and K, never on the tile
+  // or the split of [n0, n1). Twice the multiply-adds per instruction of the f32 fma: the
+  // quantizer's statistics passes on large models (ContextParams::Prefill::kBf16).
+  void (*gemm_bf16)(int M, int n0, int n1, int K, const uint16_t* x, size_t ldx, const uint16_t* w, size_t ldw, float* y,
+                    size_t ldy);
+  // dst[i] = src[i] (f32, f16 or bf16, src_type) rounded to bfloat16, to nearest even
+  // (f32_to_bf16's rounding; finite inputs).
+  void (*to_bf16)(const void* src, QType src_type, uint16_t* dst, size_t n);
   float (*dot)(const float* a, const float* b, int n);
   void (*axpy)(float a, const float* x, float* y, int n);  // y += a * x
   // y = x / sqrt(mean(x^2) + eps) * w   (y may alias x)

@@ -39,6 +39,7 @@
 #include <numeric>
 
 #include "kernels/common.h"
+#include "kernels/isa.h"
 #include "model/allocate.h"
 #include "model/outliers.h"
 #include "runtime/kl_probe.h"
@@ -218,6 +219,7 @@ struct AutoQuantizer::Impl {
   // selection and writing then encode nothing but row splits, and `encoded` outlives write().
   bool keep_candidates = false;
   bool large = false;       // the statistics exceed large_stats_bytes: the "auto" settings for large models
+  bool calib_bf16 = false;  // calib_precision resolved
   int64_t sample_rows = 0;  // candidate_rows resolved with the other "auto" settings (0: every row)
   std::string select_source;  // the text of select_probe's windows
   // The row-split tensors of the plan choose() picked: their plan (formats and rows) and stored
@@ -544,6 +546,7 @@ struct AutoQuantizer::Impl {
     std::vector<std::vector<int32_t>> row_maps(7);
     CalibParams cp;
     cp.threads = threads;
+    cp.bf16 = calib_bf16;
     cp.progress = [&](size_t d, size_t t) { report(sequential ? "encoding sequentially" : "encoding", d, t); };
     cp.on_layer = [](int, LayerStats&&) {};  // dropped: encoded in quantize_layer
     cp.asymmetric = sequential && o.asymmetric;
@@ -585,6 +588,7 @@ struct AutoQuantizer::Impl {
     res.calib_tokens = I.stats.n_tokens;
     res.rank_correlation = I.rank_correlation;
     res.large_model = I.large;
+    res.calib_bf16 = I.calib_bf16;
     res.kl_tokens = I.o.kl_tokens;
     res.kl_layers = I.o.kl_layers;
     res.candidate_rows = I.sample_rows;
@@ -746,6 +750,8 @@ AutoQuantizer::AutoQuantizer(const ImportedModel& m, const AutoQuantOptions& o) 
   I.large = stats_bytes(m.config) > o.large_stats_bytes;
   if (I.o.kl_layers < 0) I.o.kl_layers = I.large ? std::min(m.config.n_layers, 4) : 0;
   I.sample_rows = o.candidate_rows > 0 ? o.candidate_rows : o.candidate_rows < 0 && I.large ? kAutoCandidateRows : 0;
+  I.calib_bf16 = o.calib_precision == AutoQuantOptions::CalibPrecision::kBf16 ||
+                 (o.calib_precision == AutoQuantOptions::CalibPrecision::kAuto && I.large && selected_isa() == Isa::kAvx512);
   I.candidates = o.candidates.empty() ? default_candidates() : o.candidates;
   for (QType q : I.candidates) {
     if (is_float_qtype(q)) throw Error(ErrorCode::kInvalidArgument, "candidate formats must be quantized formats, not " + std::string(qtype_info(q).name));
@@ -1031,6 +1037,7 @@ void AutoQuantizer::measure() {
   } else if (calibrate_now) {
     CalibParams cp;
     cp.threads = I.threads;
+    cp.bf16 = I.calib_bf16;
     cp.progress = [&](size_t d, size_t t) { I.report("calibrating", d, t); };
     // Streaming: each layer's tensors are measured as soon as its statistics are complete, and
     // the statistics dropped (write() calibrates again), so one layer's Gram matrices are held
@@ -1183,7 +1190,8 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
                            {"encoder", encode_method_name(method)},
                            {"bits_per_weight", res.bpw},
                            {"predicted_kl", res.predicted_kl},
-                           {"calibration", {{"source", res.calib_source}, {"tokens", res.calib_tokens}}}};
+                           {"calibration",
+                            {{"source", res.calib_source}, {"tokens", res.calib_tokens}, {"precision", I.calib_bf16 ? "bf16" : "f32"}}}};
   if (!I.all_fixed) {
     record["measurement"] = {{"kl_tokens", res.kl_tokens}, {"kl_layers", res.kl_layers}, {"candidate_rows", res.candidate_rows}};
   }
@@ -1227,7 +1235,10 @@ void AutoQuantizer::write(const AutoQuantResult& res, const std::string& out_pat
     }
     I.written_plan.reset();
     // The written encodings' statistics (the candidates' may have been fewer: measure_tokens).
-    record["calibration"] = {{"source", I.written_source}, {"tokens", I.written_tokens}, {"measured_tokens", res.calib_tokens}};
+    record["calibration"] = {{"source", I.written_source},
+                             {"tokens", I.written_tokens},
+                             {"measured_tokens", res.calib_tokens},
+                             {"precision", I.calib_bf16 ? "bf16" : "f32"}};
   } else if (I.streamed && method != EncodeMethod::kRtn) {
     sequential = I.encode_streaming(res, plan_of, false);
   }

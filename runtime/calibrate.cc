@@ -64,20 +64,43 @@ void transpose(const float* x, int m, int k, float* xt) {
   }
 }
 
-// g [k][k] += A Bᵀ for A, B [k][m] (rows = channels, m tokens): the f32 gemm kernel per chunk
-// of 32 rows, split over threads, summed into double. lower: only columns up to each chunk's
-// last row (the lower triangle and the diagonal blocks).
-void add_product(double* g, const float* a, const float* b, int m, int k, bool lower, int threads, Isa isa,
-                 std::vector<float>* prod) {
-  prod->resize(size_t(k) * k);
+// One window's products: the f32 GEMM on the f32 operands, or (bf16) gemm_bf16 on operands
+// rounded to bfloat16 here.
+struct Products {
+  bool bf16 = false;
+  std::vector<float> y;            // the window's product [k][k]
+  std::vector<uint16_t> a16, b16;  // bf16: the operands
+};
+
+// g [k][k] += A Bᵀ for A, B [k][m] (rows = channels, m tokens): the f32 (bf16) gemm kernel per
+// chunk of 32 rows, split over threads, summed into double. lower: only columns up to each
+// chunk's last row (the lower triangle and the diagonal blocks).
+void add_product(double* g, const float* a, const float* b, int m, int k, bool lower, int threads, Isa isa, Products* p) {
+  p->y.resize(size_t(k) * k);
   const F32Kernels& kr = f32_kernels(isa);
+  const uint16_t *a16 = nullptr, *b16 = nullptr;
+  if (p->bf16) {
+    const size_t n = size_t(k) * m;
+    p->a16.resize(n);
+    kr.to_bf16(a, QType::kF32, p->a16.data(), n);
+    a16 = p->a16.data();
+    if (b != a) {
+      p->b16.resize(n);
+      kr.to_bf16(b, QType::kF32, p->b16.data(), n);
+    }
+    b16 = b != a ? p->b16.data() : a16;
+  }
   const int chunk = 32, n_chunks = (k + chunk - 1) / chunk;
-  float* y = prod->data();
+  float* y = p->y.data();
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
   for (int c = n_chunks - 1; c >= 0; --c) {  // the longest rows first
     const int r0 = c * chunk, r1 = std::min(k, r0 + chunk), n1 = lower ? r1 : k;
-    kr.gemm(r1 - r0, 0, n1, m, a + size_t(r0) * m, size_t(m), b, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
-            size_t(k));
+    if (a16) {
+      kr.gemm_bf16(r1 - r0, 0, n1, m, a16 + size_t(r0) * m, size_t(m), b16, size_t(m), y + size_t(r0) * k, size_t(k));
+    } else {
+      kr.gemm(r1 - r0, 0, n1, m, a + size_t(r0) * m, size_t(m), b, sizeof(float) * size_t(m), QType::kF32, y + size_t(r0) * k,
+              size_t(k));
+    }
     for (int i = r0; i < r1; ++i) {
       for (int j = 0; j < n1; ++j) g[size_t(i) * k + j] += y[size_t(i) * k + j];
     }
@@ -87,8 +110,7 @@ void add_product(double* g, const float* a, const float* b, int m, int k, bool l
 // Adds x [m][k]'s XᵀX into s (and the channel maxima). The float product of one window runs on
 // the f32 gemm kernel over Xᵀ (rows = channels), split by output rows over threads; the sum
 // across windows is double.
-void accumulate(InputStats& s, const float* x, int m, int k, int threads, Isa isa, std::vector<float>* xt,
-                std::vector<float>* prod) {
+void accumulate(InputStats& s, const float* x, int m, int k, int threads, Isa isa, std::vector<float>* xt, Products* prod) {
   MXLM_ASSERT(s.k == k);
   xt->resize(size_t(k) * m);
   for (int t = 0; t < m; ++t) {
@@ -116,7 +138,7 @@ void symmetrize(LayerStats& ls) {
 // for the same tokens. The same float-per-window, double-across-windows sums as accumulate().
 // xt: x transposed (accumulate's, for the same x); dt, d: scratch.
 void accumulate_cross(InputStats& s, const float* r, const float* x, int m, int k, int threads, Isa isa,
-                      std::vector<float>* d, std::vector<float>* dt, const std::vector<float>* xt, std::vector<float>* prod) {
+                      std::vector<float>* d, std::vector<float>* dt, const std::vector<float>* xt, Products* prod) {
   if (s.cross.empty()) s.cross.assign(size_t(k) * size_t(k), 0.0);
   d->resize(size_t(k) * m);
   dt->resize(size_t(k) * m);
@@ -137,7 +159,7 @@ void accumulate_cross(InputStats& s, const float* r, const float* x, int m, int 
 // against those copies.
 class StatsObserver : public MatmulObserver {
  public:
-  StatsObserver(int threads, Isa isa) : threads_(threads), isa_(isa) {}
+  StatsObserver(int threads, Isa isa, bool bf16) : threads_(threads), isa_(isa) { prod_.bf16 = bf16; }
   LayerStats* layer = nullptr;
   InputStats* head = nullptr;
   bool capture = false;    // store the inputs as the reference, accumulate nothing
@@ -160,7 +182,8 @@ class StatsObserver : public MatmulObserver {
  private:
   int threads_;
   Isa isa_;
-  std::vector<float> xt_, d_, dt_, prod_;
+  std::vector<float> xt_, d_, dt_;
+  Products prod_;
   std::array<std::vector<float>, 5> ref_;  // by MatmulInput (the head's input included)
 };
 
@@ -286,10 +309,11 @@ CalibStats calibrate(const Model& model, const std::vector<std::vector<int>>& wi
   cp.n_ctx = longest;
   cp.n_batch = longest;
   cp.n_threads = params.threads;
+  if (params.bf16) cp.prefill = ContextParams::Prefill::kBf16;
   // The Context shares the caller's model without owning it.
   Context ctx(std::shared_ptr<const Model>(std::shared_ptr<const Model>{}, &model), cp);
   const int threads = ctx.n_threads();
-  StatsObserver obs(threads, model.isa());
+  StatsObserver obs(threads, model.isa(), params.bf16);
   ctx.set_observer(&obs);
 
   CalibStats out;

@@ -537,12 +537,24 @@ void Context::quantize_acts(Acts& a) {
   a.quantized = true;
 }
 
-void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn) {
+void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn, bool bf16) {
   const F32Kernels& kr = f32_kernels(model_->isa());
   const int k = a.k, m = a.m;
-  bool any_quantized = false;
-  for (const MatmulJob& j : jobs) any_quantized |= j.w->any_quantized;
+  bool any_quantized = false, any_float = false;
+  for (const MatmulJob& j : jobs) {
+    any_quantized |= j.w->any_quantized;
+    for (const WeightSegment& s : j.w->segments) any_float |= !s.qgemm;
+  }
   if (any_quantized && !onednn) quantize_acts(a);
+  // bf16: the activations rounded once for every float weight; each task's weight rows (at most
+  // 64, see next_chunk) rounded into its thread's slot unless they are bf16 already.
+  constexpr int kBf16Rows = 64;
+  bf16 = bf16 && any_float;
+  if (bf16) {
+    x_bf16_.resize(std::max(x_bf16_.size(), size_t(m) * size_t(k)));
+    w_bf16_.resize(std::max(w_bf16_.size(), size_t(n_threads_) * kBf16Rows * size_t(k)));
+    pool_->run(m, [&](int r, int) { kr.to_bf16(a.x + size_t(r) * k, QType::kF32, &x_bf16_[size_t(r) * k], size_t(k)); });
+  }
   const ActQ8 acts{aq_.data(), ad_.data(), ads_.data(), act_padded_k(k)};
   // A task: rows [n0, n1) of one segment, written to y + its row_begin (row stride ldy).
   struct Task {
@@ -580,11 +592,22 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
       }
     }
   }
-  pool_->run(static_cast<int>(tasks.size()), [&](int t, int) {
+  pool_->run(static_cast<int>(tasks.size()), [&](int t, int thread) {
     const Task& tk = tasks[size_t(t)];
     const WeightSegment& s = *tk.s;
     float* ys = tk.y + s.row_begin;
-    if (onednn) {
+    if (bf16 && !s.qgemm) {
+      MXLM_ASSERT(s.data);  // float rows are never repacked
+      const uint8_t* rows = s.data + size_t(tk.n0) * s.row_bytes;
+      const uint16_t* wb = reinterpret_cast<const uint16_t*>(rows);
+      if (s.qtype != QType::kBF16 || reinterpret_cast<uintptr_t>(rows) % 2 != 0) {
+        uint16_t* dst = &w_bf16_[size_t(thread) * kBf16Rows * size_t(k)];
+        MXLM_ASSERT(tk.n1 - tk.n0 <= kBf16Rows && s.row_bytes * 8 == size_t(k) * qtype_info(s.qtype).bits);
+        kr.to_bf16(rows, s.qtype, dst, size_t(tk.n1 - tk.n0) * size_t(k));
+        wb = dst;
+      }
+      kr.gemm_bf16(m, 0, tk.n1 - tk.n0, k, x_bf16_.data(), size_t(k), wb, size_t(k), ys + tk.n0, size_t(tk.ldy));
+    } else if (onednn) {
       onednn_gemm(m, tk.n0, tk.n1, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, ys, size_t(tk.ldy));
     } else if (s.qgemm) {
       s.qgemm(m, tk.n0, tk.n1, k, acts, s.qdata, s.row_bytes, ys, size_t(tk.ldy));
@@ -628,7 +651,8 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
   // tinyllama-1.1b synth q4_g32 pp16 / pp32 / pp128 363 / 177 / 251 vs 0.8 / 1.0 / 5.1.
   // (oneDNN dequantizes every weight row to bf16 on each call; the kernels never do.)
   const bool onednn = m >= 16 && prefill_ == ContextParams::Prefill::kOneDnn;
-  matmul_dense(a, std::span<const MatmulJob>(jobs, n_jobs), onednn);
+  const bool bf16 = m >= 16 && prefill_ == ContextParams::Prefill::kBf16;
+  matmul_dense(a, std::span<const MatmulJob>(jobs, n_jobs), onednn, bf16);
   for (size_t i = 0; i < n_jobs; ++i) {
     const Weight& w = *jobs[i].w;
     const int n = static_cast<int>(w.n);

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "kernels/common.h"
+#include "kernels/isa.h"
 #include "kernels/quant.h"
 #include "model/file_util.h"
 #include "model/import.h"
@@ -581,6 +582,36 @@ TEST(AutoQuant, LargeModelsTakeTheFasterSettingsTheOptionsLeaveOpen) {
   EXPECT_FALSE(small.large_model);
   EXPECT_EQ(small.kl_layers, 0);
   EXPECT_EQ(small.candidate_rows, 0);
+  // The calibration's arithmetic: bf16 for large models where the bf16 dot product runs, f32
+  // for small ones, either when asked.
+  EXPECT_EQ(r.calib_bf16, selected_isa() == Isa::kAvx512);
+  EXPECT_FALSE(small.calib_bf16);
+  o.calib_precision = AutoQuantOptions::CalibPrecision::kBf16;
+  EXPECT_TRUE(auto_quantize(stories(), "", o).calib_bf16);
+  o.large_stats_bytes = 1;
+  o.calib_precision = AutoQuantOptions::CalibPrecision::kF32;
+  EXPECT_FALSE(auto_quantize(stories(), "", o).calib_bf16);
+}
+
+// bf16 calibration (AutoQuantOptions::calib_precision) writes a file whose record says so,
+// byte-identical whatever the thread count, and other bytes than f32's.
+TEST(AutoQuant, Bf16CalibrationIsRecordedAndDeterministic) {
+  AutoQuantOptions o = tiny_options();
+  o.bpw = 3.5;
+  o.select = false;
+  o.calib_precision = AutoQuantOptions::CalibPrecision::kBf16;
+  const std::string a = test::scratch_dir() + "/b1.mxlm", b = test::scratch_dir() + "/b2.mxlm",
+                    c = test::scratch_dir() + "/b3.mxlm";
+  o.threads = 1;
+  EXPECT_TRUE(auto_quantize(stories(), a, o).calib_bf16);
+  o.threads = 2;
+  auto_quantize(stories(), b, o);
+  EXPECT_TRUE(read_file(a) == read_file(b));
+  EXPECT_EQ(MxlmFile(a).header().at("quantization").at("calibration").at("precision"), "bf16");
+  o.calib_precision = AutoQuantOptions::CalibPrecision::kF32;
+  auto_quantize(stories(), c, o);
+  EXPECT_EQ(MxlmFile(c).header().at("quantization").at("calibration").at("precision"), "f32");
+  EXPECT_FALSE(read_file(a) == read_file(c));
 }
 
 // Outliers (AutoQuantOptions::outliers): with q2k_g32 the only format, the bytes above it can

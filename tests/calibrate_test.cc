@@ -191,6 +191,38 @@ TEST(Calibration, StatisticsEqualABruteForceSumOverTheObservedInputs) {
   EXPECT_EQ(streamed.head.gram, s.head.gram);
 }
 
+// CalibParams::bf16: the same statistics within bf16's rounding (8 significant bits in every
+// operand, through the layers), identical whatever the thread count.
+TEST(Calibration, Bf16StatisticsWithinTheRoundingOfBf16) {
+  auto model = Model::from_imported(imported("models/stories260K/stories260K.gguf"));
+  const auto windows = calibration_windows(*model, calib_excerpt(20000), 700, 256);
+  CalibParams f32p, bf1, bf2;
+  f32p.threads = bf1.threads = 1;
+  bf2.threads = 2;
+  bf1.bf16 = bf2.bf16 = true;
+  const CalibStats want = calibrate(*model, windows, f32p);
+  const CalibStats got = calibrate(*model, windows, bf1), got2 = calibrate(*model, windows, bf2);
+  double worst = 0;
+  auto compare = [&](const InputStats& w, const InputStats& g, const InputStats& g2, const std::string& what) {
+    EXPECT_EQ(g.gram, g2.gram) << what;
+    EXPECT_EQ(g.amax, g2.amax) << what;
+    double scale = 0;
+    const double err = max_abs_diff(w.gram, g.gram, &scale);
+    worst = std::max(worst, err / scale);
+    // Measured at most 7.9e-3 of max|Gram| over stories260K's inputs; bound 2e-2.
+    EXPECT_LT(err, 2e-2 * scale) << what;
+    EXPECT_GT(err, 0.0) << what;  // it really ran in bf16
+  };
+  for (size_t l = 0; l < want.layers.size(); ++l) {
+    for (int i = 0; i < 4; ++i) {
+      compare(want.layers[l].in[size_t(i)], got.layers[l].in[size_t(i)], got2.layers[l].in[size_t(i)],
+              "layer " + std::to_string(l) + " " + matmul_input_name(MatmulInput(i)));
+    }
+  }
+  compare(want.head, got.head, got2.head, "head");
+  std::printf("bf16 calibration: max |ΔGram| / max|Gram| = %.3g\n", worst);
+}
+
 // Sequential calibration (CalibParams::quantize_layer): layer l + 1's statistics are those of
 // the model whose layers 0..l run the returned (here q2_g32, a large change) weights. Layer 0
 // sees the embeddings either way; layer 1's inputs equal a brute-force run of the embeddings

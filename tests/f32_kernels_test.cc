@@ -514,6 +514,71 @@ TEST_P(F32OpsTest, GemmI8) {
   }
 }
 
+TEST_P(F32OpsTest, GemmBf16) {
+  // bf16 x [M][K] and w [N][K] with padded strides, every tile shape and K tail, against double
+  // sums of the same bf16 values; then y[m][n] must not depend on M, n0 or the split of N.
+  std::mt19937 rng(29);
+  const F32Kernels& k = kern();
+  for (int K : {1, 2, 7, 16, 31, 32, 33, 64, 100, 257, 2100, 4133}) {  // the last two in slices
+    for (int M : {1, 3, 4, 5, 9}) {
+      const int N = 13;
+      const size_t ldx = size_t(K) + 3, ldw = size_t(K) + 5, ldy = N + 2;
+      std::vector<float> xf = random_vec(rng, M * ldx), wf = random_vec(rng, N * ldw);
+      std::vector<uint16_t> xb(xf.size()), wb(wf.size());
+      k.to_bf16(xf.data(), QType::kF32, xb.data(), xb.size());
+      k.to_bf16(wf.data(), QType::kF32, wb.data(), wb.size());
+      std::vector<float> y(M * ldy, kSentinel);
+      k.gemm_bf16(M, 0, N, K, xb.data(), ldx, wb.data(), ldw, y.data(), ldy);
+      for (int m = 0; m < M; ++m) {
+        for (int n = 0; n < N; ++n) {
+          double ref = 0, mag = 0;
+          for (int i = 0; i < K; ++i) {
+            const double p = double(bf16_to_f32(xb[m * ldx + i])) * bf16_to_f32(wb[n * ldw + i]);
+            ref += p;
+            mag += std::fabs(p);
+          }
+          EXPECT_LE(std::fabs(y[m * ldy + n] - ref), (K / 8.0 + 8.0) * kEps * mag) << "K=" << K << " M=" << M;
+        }
+        EXPECT_EQ(y[m * ldy + N], kSentinel);  // nothing past n1
+      }
+      // One row alone, and N split at 5 and 6: the same bits.
+      std::vector<float> y1(ldy, kSentinel);
+      for (int m = 0; m < M; ++m) {
+        k.gemm_bf16(1, 0, 5, K, xb.data() + m * ldx, ldx, wb.data(), ldw, y1.data(), ldy);
+        k.gemm_bf16(1, 5, 11, K, xb.data() + m * ldx, ldx, wb.data(), ldw, y1.data(), ldy);
+        k.gemm_bf16(1, 11, N, K, xb.data() + m * ldx, ldx, wb.data(), ldw, y1.data(), ldy);
+        for (int n = 0; n < N; ++n) EXPECT_EQ(y1[n], y[m * ldy + n]) << "K=" << K << " M=" << M << " m=" << m << " n=" << n;
+      }
+    }
+  }
+}
+
+TEST_P(F32OpsTest, ToBf16RoundsToNearestEven) {
+  std::mt19937 rng(31);
+  std::vector<float> f = random_vec(rng, 1000, -1e4f, 1e4f);
+  // Exact ties (the low 16 bits 0x8000) both ways, and values a bf16 holds exactly.
+  for (uint32_t u : {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x3f800000u, 0x00000000u, 0x80000000u, 0x477fffffu}) {
+    float v;
+    std::memcpy(&v, &u, 4);
+    f.push_back(v);
+  }
+  for (size_t n : {size_t{0}, size_t{1}, size_t{15}, size_t{17}, f.size()}) {
+    std::vector<uint16_t> got(n + 1, 0xabcd);
+    kern().to_bf16(f.data(), QType::kF32, got.data(), n);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(got[i], f32_to_bf16(f[i])) << i;
+    EXPECT_EQ(got[n], 0xabcd);
+    std::vector<uint16_t> h(n), b(n), via(n), from_b(n);
+    for (size_t i = 0; i < n; ++i) {
+      h[i] = f32_to_f16(f[i] / 1e2f);
+      b[i] = f32_to_bf16(f[i]);
+    }
+    kern().to_bf16(h.data(), QType::kF16, via.data(), n);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(via[i], f32_to_bf16(f16_to_f32(h[i]))) << i;
+    kern().to_bf16(b.data(), QType::kBF16, from_b.data(), n);
+    EXPECT_EQ(from_b, b);
+  }
+}
+
 TEST_P(F32OpsTest, Axpy) {
   std::mt19937 rng(12);
   for (int n : kSizes) {

@@ -31,6 +31,7 @@ struct BenchArgs {
 ContextParams::Prefill parse_prefill(const std::string& s) {
   if (s == "kernels") return ContextParams::Prefill::kKernels;
   if (s == "onednn") return ContextParams::Prefill::kOneDnn;
+  if (s == "bf16") return ContextParams::Prefill::kBf16;
   return ContextParams::Prefill::kAuto;
 }
 
@@ -148,8 +149,9 @@ Command add_bench_command(CLI::App& app) {
   bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
   bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--json", a->json, "JSON output");
-  bn->add_option("--prefill", a->prefill, "prefill matmuls: auto (a fixed rule: the kernels), kernels or onednn (forced)")
-      ->check(CLI::IsMember({"auto", "kernels", "onednn"}));
+  bn->add_option("--prefill", a->prefill,
+                 "prefill matmuls: auto (a fixed rule: the kernels), kernels, onednn (forced) or bf16 (float weights in bfloat16)")
+      ->check(CLI::IsMember({"auto", "kernels", "onednn", "bf16"}));
   return {bn, [a]() { return run_bench_cmd(*a); }};
 }
 

@@ -72,7 +72,7 @@ void apply_kv(const KvArgs& a, const std::shared_ptr<const Model>& model, int th
 // encoder (the budget, statistics output and reporting stay each command's own).
 struct AutoQuantArgs {
   std::string calib, stats_in, encoder = "gptq", kl_text = "calib", select_text = "self", targets = "asymmetric",
-      select_encodings = "measured";
+      select_encodings = "measured", calib_precision = "auto";
   std::vector<std::string> candidates;
   int64_t calib_tokens = 16384, kl_tokens = 1024, select_tokens = 1024;
   int kl_points = 2, kl_layers = -1, refine = -1;  // -1: the library's default (kl_layers: by model size)

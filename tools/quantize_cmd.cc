@@ -99,7 +99,7 @@ nlohmann::json plan_json(const AutoQuantResult& r) {
                       {"tensor_bytes", r.tensor_bytes},
                       {"predicted_kl", r.predicted_kl},
                       {"calibration", {{"source", r.calib_source}, {"tokens", r.calib_tokens}}},
-                      {"measurement", {{"large_model", r.large_model}, {"kl_tokens", r.kl_tokens}, {"kl_layers", r.kl_layers},
+                      {"measurement", {{"large_model", r.large_model}, {"calib_precision", r.calib_bf16 ? "bf16" : "f32"}, {"kl_tokens", r.kl_tokens}, {"kl_layers", r.kl_layers},
                                        {"candidate_rows", r.candidate_rows}}},
                       {"seconds", {{"calibrate", r.seconds_calibrate}, {"candidates", r.seconds_candidates}, {"kl", r.seconds_kl}, {"write", r.seconds_write}}},
                       {"tensors", t}};
@@ -153,9 +153,10 @@ int run_mixed(const QuantizeArgs& a, const ImportedModel& m) {
     const bool allocated = std::any_of(r.tensors.begin(), r.tensors.end(), [](const TensorPlan& p) { return !p.fixed; });
     if (r.large_model && allocated) {
       std::fprintf(stderr,
-                   "mxlm: a large model: KL runs on %s layers, candidates scored on %lld rows per tensor (--kl-layers 0 and "
-                   "--candidate-rows 0 measure every one, slower)\n",
-                   r.kl_layers > 0 ? std::to_string(r.kl_layers).c_str() : "all", static_cast<long long>(r.candidate_rows));
+                   "mxlm: a large model: KL runs on %s layers, candidates scored on %lld rows per tensor, calibration in %s "
+                   "(--kl-layers 0, --candidate-rows 0 and --calib-precision f32 measure every one in f32, slower)\n",
+                   r.kl_layers > 0 ? std::to_string(r.kl_layers).c_str() : "all", static_cast<long long>(r.candidate_rows),
+                   r.calib_bf16 ? "bf16" : "f32");
     }
     for (const PlanMeasurement& m : r.measured_plans) {
       std::fprintf(stderr, "mxlm: plan %-18s %.3f bpw, predicted KL %.6f, measured %.6f%s\n", m.label.c_str(), m.bpw, m.predicted_kl,

@@ -278,6 +278,59 @@ constexpr size_t kGemvShortRowBytes = 4096;
 
 #include "kernels/simd/f32_gemm_inl.h"
 
+
+// gemm_bf16: each output one dot of bf16 pairs widened to f32 (a 16-bit shift) with fmas in four
+// lanes, reduced at the end: the order depends only on K (the contract of f32_ops.h).
+inline float32x4_t bf16x4(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+
+void gemm_bf16(int M, int n0, int n1, int K, const uint16_t* x, size_t ldx, const uint16_t* w, size_t ldw, float* y,
+               size_t ldy) {
+  for (int m = 0; m < M; ++m) {
+    const uint16_t* xr = x + static_cast<size_t>(m) * ldx;
+    for (int n = n0; n < n1; ++n) {
+      const uint16_t* wr = w + static_cast<size_t>(n) * ldw;
+      float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
+      int k = 0;
+      for (; k <= K - 8; k += 8) {
+        s0 = vfmaq_f32(s0, bf16x4(xr + k), bf16x4(wr + k));
+        s1 = vfmaq_f32(s1, bf16x4(xr + k + 4), bf16x4(wr + k + 4));
+      }
+      uint16_t xt[8] = {}, wt[8] = {};
+      for (int i = k; i < K; ++i) {
+        xt[i - k] = xr[i];
+        wt[i - k] = wr[i];
+      }
+      if (k < K) {
+        s0 = vfmaq_f32(s0, bf16x4(xt), bf16x4(wt));
+        s1 = vfmaq_f32(s1, bf16x4(xt + 4), bf16x4(wt + 4));
+      }
+      y[static_cast<size_t>(m) * ldy + n] = vaddvq_f32(vaddq_f32(s0, s1));
+    }
+  }
+}
+
+// Round to nearest even on the f32 bits (f16 widened first).
+void to_bf16(const void* src, QType src_type, uint16_t* dst, size_t n) {
+  const auto* b = static_cast<const uint8_t*>(src);
+  if (src_type == QType::kBF16) {
+    std::memcpy(dst, b, 2 * n);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    float f;
+    if (src_type == QType::kF16) {
+      __fp16 h;
+      std::memcpy(&h, b + 2 * i, 2);
+      f = static_cast<float>(h);
+    } else {
+      std::memcpy(&f, b + 4 * i, 4);
+    }
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    dst[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
 // ---- vector ops -----------------------------------------------------------------------------
 
 float dot(const float* a, const float* b, int n) {
@@ -877,6 +930,8 @@ void register_all(bool has_dotprod, std::index_sequence<I...>) {
 
 void register_f32(F32Kernels* out) {
   out->gemm = &gemm;
+  out->gemm_bf16 = &gemm_bf16;
+  out->to_bf16 = &to_bf16;
   out->dot = &dot;
   out->axpy = &axpy;
   out->gemm_nn = &gemm_nn;

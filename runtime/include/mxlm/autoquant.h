@@ -59,6 +59,12 @@ struct AutoQuantOptions {
   // kAutoCandidateRows rows (candidate_rows). README: the time they save on TinyLlama's shape
   // and what they cost on tinymix; fewer calibration or KL tokens cost more there.
   uint64_t large_stats_bytes = uint64_t(1) << 30;
+  // The arithmetic of the calibration passes (CalibParams::bf16): f32, or bfloat16 for the float
+  // weights' matmuls and the Gram and cross products (~2x the f32 GEMM on AVX-512; the statistics
+  // move by the rounding of bf16, README). Auto: bf16 for large models on AVX-512 hosts, f32
+  // otherwise (AVX2 has no bf16 dot product, and small models are fast enough exact).
+  enum class CalibPrecision { kAuto, kF32, kBf16 };
+  CalibPrecision calib_precision = CalibPrecision::kAuto;
   int64_t calib_tokens = 16384;
   // With sequential targets, the statistics the candidates are measured with (the allocation's
   // errors) are taken over the first measure_tokens of them (0: all); the encodings written
@@ -217,6 +223,7 @@ struct AutoQuantResult {
   // The settings the measurement ran with (the "auto" ones resolved): large model, KL tokens per
   // point, KL layers (0: every layer), rows the candidates were scored on (0: every row).
   bool large_model = false;
+  bool calib_bf16 = false;  // the calibration passes ran in bf16 (calib_precision resolved)
   int64_t kl_tokens = 0, candidate_rows = 0;
   int kl_layers = 0;
   std::vector<PlanMeasurement> measured_plans;  // choose(): every plan measured (empty: plan())

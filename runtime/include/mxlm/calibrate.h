@@ -95,6 +95,11 @@ struct CalibParams {
   // upstream error of the quantized layers; GPTAQ's asymmetric calibration, model/encode.h's
   // asymmetric_target). Zero wherever both models agree (layer 0's attention input).
   bool asymmetric = false;
+  // The float weights' matmuls (ContextParams::Prefill::kBf16) and every window's Gram and cross
+  // products (F32Kernels::gemm_bf16) in bfloat16: each operand rounded to 8 significant bits,
+  // the products exact, summed in f32 per window and in double across windows. About 2x the f32
+  // GEMM's speed on AVX-512 (README: what it changes in the statistics and the files).
+  bool bf16 = false;
 };
 
 // Runs the windows through the model layer by layer, every window's layer l before any window's

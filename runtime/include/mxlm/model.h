@@ -200,8 +200,12 @@ struct ContextParams {
   // dequantized on each call (forced only; it needs oneDNN and AVX-512, else the Context throws).
   // Auto is a fixed rule, not a measurement, so results never depend on timing: today it is the
   // kernels for every weight (they measured 50-1000x faster than the oneDNN path at M = 16..128;
-  // the numbers are in Context::matmul).
-  enum class Prefill { kAuto, kKernels, kOneDnn } prefill = Prefill::kAuto;
+  // the numbers are in Context::matmul). kBf16: float weights (f32, f16, bf16) at M >= 16 are
+  // multiplied in bfloat16, the activations and weights rounded to bf16 and their exact products
+  // summed in f32 (F32Kernels::gemm_bf16: AVX512-BF16's dot product), quantized weights as the
+  // kernels: not exact (bf16 keeps 8 significant bits), and 1.85-2x the f16 weights' GEMM at 512
+  // tokens on AVX-512 (README); the quantizer's statistics passes over large models run so.
+  enum class Prefill { kAuto, kKernels, kOneDnn, kBf16 } prefill = Prefill::kAuto;
   KvFormats kv;                    // every layer's K and V cache formats, unless kv_layers
   std::vector<KvFormats> kv_layers;  // a plan (parse_kv_plan): one per layer, or one for all; overrides kv
   int kv_window = 64;              // 2-bit formats: recent tokens kept in f16 (KIVI's residual)
@@ -283,7 +287,7 @@ class Context {
   };
   void matmul(Acts& a, std::initializer_list<MatmulJob> jobs);
   void matmul(Acts& a, const Weight& w, float* y) { matmul(a, {MatmulJob{&w, y}}); }
-  void matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn);
+  void matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn, bool bf16);
   void quantize_acts(Acts& a);
 
   std::shared_ptr<const Model> model_;
@@ -304,6 +308,7 @@ class Context {
   std::vector<int8_t> aq_;          // [n_batch][kp]
   std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
   std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
+  std::vector<uint16_t> x_bf16_, w_bf16_;  // Prefill::kBf16: the activations, each thread's weight rows
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
   MatmulObserver* observer_ = nullptr;
   std::unique_ptr<ThreadPool> pool_;  // the parallel regions of eval (runtime/thread_pool.h)
