@@ -312,6 +312,7 @@ void gemm_bf16(int M, int n0, int n1, int K, const uint16_t* x, size_t ldx, cons
 // Round to nearest even on the f32 bits (f16 widened first).
 void to_bf16(const void* src, QType src_type, uint16_t* dst, size_t n) {
   const auto* b = static_cast<const uint8_t*>(src);
+  if (n == 0) return;  // src and dst may be null
   if (src_type == QType::kBF16) {
     std::memcpy(dst, b, 2 * n);
     return;
