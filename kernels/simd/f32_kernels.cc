@@ -26,6 +26,7 @@
 
 #include "kernels/f32_ops.h"
 #include "kernels/qtype.h"
+#include "kernels/simd/blocking.h"
 
 #if defined(MXLM_TARGET_AVX2) || defined(MXLM_TARGET_AVX512)
 #define MXLM_F32_SIMD 1
@@ -678,10 +679,6 @@ struct TilesImpl<T, MR, NR, std::integer_sequence<int, I...>> {
 template <QType T, int MR, int NR>
 using Tiles = TilesImpl<T, MR, NR, std::make_integer_sequence<int, MR * NR>>;
 
-// Bytes of weights per N block: the block stays in L2 while every MR-row tile of x streams over
-// it (the MR x K activation tile itself stays in L1).
-constexpr size_t kWeightBlockBytes = size_t{256} << 10;
-
 // Long f32 rows (K past kSliceMin) go in slices of kSlice columns: an MR x NR tile whose MR + NR
 // rows of K no longer fit L1 streams both from L2 at every step. Sliced, the MR activation rows
 // of a slice (8 KiB) stay in L1 across the block's tiles, and each tile's accumulators wait in
@@ -697,10 +694,7 @@ template <QType T, int MR, int NR>
 void gemm_blocked(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes,
                   float* y, size_t ldy) {
   const TileFn* fns = Tiles<T, MR, NR>::fn;
-  const size_t row_bytes = static_cast<size_t>(max_int(K, 1)) * kElemBytes<T>;
-  const size_t rows = kWeightBlockBytes / row_bytes;
-  int nb = rows > static_cast<size_t>(n1 - n0) ? n1 - n0 : static_cast<int>(rows);
-  nb = max_int(NR, nb / NR * NR);
+  const int nb = weight_block_rows(n0, n1, static_cast<size_t>(max_int(K, 1)) * kElemBytes<T>, NR);
   // Sliced: the full tiles of a block of at most kMaxSliced rows (kWeightBlockBytes at
   // K > kSliceMin), their accumulators here.
   constexpr bool kSliceable = MR > 1 && T == QType::kF32;
@@ -846,9 +840,7 @@ void gemm_bf16(int M, int n0, int n1, int K, const uint16_t* x, size_t ldx, cons
                size_t ldy) {
   if (M <= 0 || n1 <= n0) return;
   const TileBf16Fn* fns = TilesBf16::fn;
-  const size_t rows = kWeightBlockBytes / (static_cast<size_t>(max_int(K, 1)) * 2);
-  int nb = rows > static_cast<size_t>(n1 - n0) ? n1 - n0 : static_cast<int>(rows);
-  nb = max_int(kBfNr, nb / kBfNr * kBfNr);
+  const int nb = weight_block_rows(n0, n1, static_cast<size_t>(max_int(K, 1)) * 2, kBfNr);
   const int slice = K > kBfSliceMin && nb <= kBfMaxRows ? kBfSlice : max_int(K, 1);
   alignas(64) V mem[kBfMaxRows / kBfNr * kBfMr * kBfNr];
   for (int nb0 = n0; nb0 < n1; nb0 += min_int(nb, n1 - nb0)) {

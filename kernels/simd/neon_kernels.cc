@@ -44,6 +44,7 @@
 #include "kernels/f32_ops.h"
 #include "kernels/quant.h"
 #include "kernels/qtype.h"
+#include "kernels/simd/blocking.h"
 
 #ifndef MXLM_TARGET_NS
 #error "kernels/simd/neon_kernels.cc must be compiled with -DMXLM_TARGET_NS=<isa>"
@@ -244,17 +245,11 @@ struct TilesImpl<T, MR, NR, std::integer_sequence<int, I...>> {
 template <QType T, int MR, int NR>
 using Tiles = TilesImpl<T, MR, NR, std::make_integer_sequence<int, MR * NR>>;
 
-// Bytes of weights per N block: the block stays in L2 while every MR-row tile of x streams over it.
-constexpr size_t kWeightBlockBytes = size_t{256} << 10;
-
 template <QType T, int MR, int NR>
 void gemm_blocked(int M, int n0, int n1, int K, const float* x, size_t ldx, const uint8_t* w, size_t w_row_bytes,
                   float* y, size_t ldy) {
   const TileFn* fns = Tiles<T, MR, NR>::fn;
-  const size_t row_bytes = static_cast<size_t>(max_int(K, 1)) * kElemBytes<T>;
-  const size_t rows = kWeightBlockBytes / row_bytes;
-  int nb = rows > static_cast<size_t>(n1 - n0) ? n1 - n0 : static_cast<int>(rows);
-  nb = max_int(NR, nb / NR * NR);
+  const int nb = weight_block_rows(n0, n1, static_cast<size_t>(max_int(K, 1)) * kElemBytes<T>, NR);
   for (int nb0 = n0; nb0 < n1; nb0 += min_int(nb, n1 - nb0)) {
     const int nb1 = nb0 + min_int(nb, n1 - nb0);
     for (int m = 0; m < M; m += MR) {
