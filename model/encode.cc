@@ -114,6 +114,7 @@
 #include <cblas.h>  // OpenBLAS's (the pthread build; run on one thread: blas_one_thread)
 #include <omp.h>
 
+#include <atomic>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -173,9 +174,38 @@ size_t check_w(const std::string& f, QType t, const float* w, int64_t n, int64_t
   return static_cast<size_t>(*rb);
 }
 
+// The k × k passes over H (checks, symmetric copies, permutations, transposes) run in parallel
+// over tiles of kTile × kTile: both the rows and the columns of a tile stay in cache, where a
+// column walk over a 5632-wide double H takes a cache miss per element. On one thread these
+// passes (and the page faults of their outputs) left the second core idle for seconds per layer
+// while the quantizer wrote a TinyLlama-shaped model (README).
+constexpr int64_t kTile = 64;
+
+// fn(i0, i1, j0, j1) on every tile of a k × k matrix (lower: only the tiles with j0 <= i0),
+// the tile rows spread over nt threads. Tiles are disjoint: fn may write its tile (and, for
+// lower, the mirrored one) without synchronization.
+template <class F>
+void for_each_tile(int64_t k, int nt, bool lower, const F& fn) {
+  const int64_t nb = (k + kTile - 1) / kTile;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    const int64_t i0 = bi * kTile, i1 = std::min(k, i0 + kTile);
+    for (int64_t bj = 0; bj <= (lower ? bi : nb - 1); ++bj) fn(i0, i1, bj * kTile, std::min(k, bj * kTile + kTile));
+  }
+}
+
 // Checks h (k × k, finite, non-negative diagonal); k > 0.
 void check_h(const std::string& f, const double* h, int64_t k) {
   if (k > (int64_t{1} << 31)) fail(f + ": k = " + std::to_string(k) + " too large for an h of k*k (limit 2^31)");
+  bool bad = false;
+#pragma omp parallel for num_threads(resolve_threads(0)) schedule(static) reduction(|| : bad)
+  for (int64_t i = 0; i < k; ++i) {
+    const double* r = h + i * k;
+    bool b = !(r[i] >= 0);
+    for (int64_t j = 0; j < k; ++j) b |= !std::isfinite(r[j]);
+    bad = bad || b;
+  }
+  if (!bad) return;
   for (int64_t i = 0; i < k * k; ++i) {
     if (!std::isfinite(h[i])) {
       fail(f + ": h[" + std::to_string(i / k) + "][" + std::to_string(i % k) + "] = " + std::to_string(h[i]) + " is not finite");
@@ -186,6 +216,28 @@ void check_h(const std::string& f, const double* h, int64_t k) {
       fail(f + ": h diagonal [" + std::to_string(i) + "] = " + std::to_string(h[i * k + i]) + " is negative (h must be a second moment, PSD)");
     }
   }
+}
+
+// h itself when it is exactly symmetric (the calibration's statistics are: calibrate.cc mirrors
+// their lower triangle), else (h + hᵀ) / 2 in `own`: the same values either way, since
+// (x + x) / 2 == x.
+const double* symmetric_h(const double* h, int64_t k, int nt, UninitVector<double>& own) {
+  std::atomic<bool> sym{true};
+  for_each_tile(k, nt, true, [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    bool t = true;
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < std::min(j1, i); ++j) t &= h[i * k + j] == h[j * k + i];
+    }
+    if (!t) sym.store(false, std::memory_order_relaxed);
+  });
+  if (sym.load()) return h;
+  own.resize(static_cast<size_t>(k * k));
+  for_each_tile(k, nt, true, [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < std::min(j1, i + 1); ++j) own[i * k + j] = own[j * k + i] = 0.5 * (h[i * k + j] + h[j * k + i]);
+    }
+  });
+  return own.data();
 }
 
 // Checks the shared arguments; returns the row size in bytes.
@@ -294,18 +346,23 @@ void assemble_row(const RowLayout& L, int64_t k, const float* d, const float* m,
 // The upper Cholesky factor U of (H' + λI)⁻¹ in processing order (H'[perm][perm]), as floats,
 // transposed: Ut[q][p] = U[p][q] (k×k row-major, zero above the diagonal). Returns false when the
 // factorization fails.
-bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_t>& perm,
-                            const std::vector<char>& dead, double lambda, int nt, std::vector<float>& Ut) {
-  // A = P H'_perm P + λI (lower triangle), column-major: A(a, b) = A[a + b k].
-  std::vector<double> A(static_cast<size_t>(k * k), 0.0);
+bool inverse_cholesky_upper(const double* s, int64_t k, const std::vector<int64_t>& perm,
+                            const std::vector<char>& dead, double lambda, int nt, UninitVector<float>& Ut) {
+  // A = P H'_perm P + λI (lower triangle; zero above), column-major: A(a, b) = A[a + b k].
+  // s is symmetric: column b is row perm[k-1-b] of s, gathered.
+  UninitVector<double> A(static_cast<size_t>(k * k));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
   for (int64_t b = 0; b < k; ++b) {
     const int64_t cb = perm[k - 1 - b];
+    const double* row = s + cb * k;
+    double* col = A.data() + b * k;
+    for (int64_t a = 0; a < b; ++a) col[a] = 0;
     for (int64_t a = b; a < k; ++a) {
       const int64_t ca = perm[k - 1 - a];
-      double v = 0.5 * (h[ca * k + cb] + h[cb * k + ca]);
+      double v = row[ca];
       if (a == b) v = (dead[ca] ? 1.0 : v) + lambda;
       else if (dead[ca] || dead[cb]) v = 0;
-      A[static_cast<size_t>(a + b * k)] = v;
+      col[a] = v;
     }
   }
   blas_one_thread();
@@ -318,8 +375,8 @@ bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_
     if (!(d > 0) || !std::isfinite(d)) return false;
   }
   // L̃⁻¹ column chunk [c0, c1): zero above row c0, solve L̃[c0:, c0:] X = I[c0:, c0:c1].
-  // U(p, q) = L̃⁻¹(k-1-p, k-1-q).
-  Ut.assign(static_cast<size_t>(k * k), 0.0f);
+  // U(p, q) = L̃⁻¹(k-1-p, k-1-q). Chunk c writes the whole rows q of Ut it owns.
+  Ut.resize(static_cast<size_t>(k * k));
   const int64_t nchunks = (k + kColChunk - 1) / kColChunk;
   bool ok = true;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(&& : ok)
@@ -331,6 +388,7 @@ bool inverse_cholesky_upper(const double* h, int64_t k, const std::vector<int64_
                 A.data() + c0 + c0 * k, kn, X.data(), int(m));
     for (int64_t j = 0; j < wdt; ++j) {
       const int64_t q = k - 1 - (c0 + j);
+      std::fill(Ut.data() + q * k + q + 1, Ut.data() + (q + 1) * k, 0.0f);
       for (int64_t r = j; r < m; ++r) {
         const double v = X[static_cast<size_t>(r + j * m)];
         if (!std::isfinite(v)) ok = false;
@@ -351,7 +409,7 @@ std::vector<uint8_t> encode_rtn(QType t, const float* w, int64_t n, int64_t k, s
 
 // The diagonal blocks of U for lazy-update blocks of `block` columns: block b is
 // [block][block] floats, row i − b1 = U[i][b1:b2] (contiguous for the in-block updates).
-std::vector<float> diagonal_blocks(const std::vector<float>& Ut, int64_t k, int block) {
+std::vector<float> diagonal_blocks(const float* Ut, int64_t k, int block) {
   const int64_t nblocks = (k + block - 1) / block;
   std::vector<float> ub(static_cast<size_t>(nblocks * block * block), 0.0f);
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -376,7 +434,7 @@ std::vector<float> diagonal_blocks(const std::vector<float>& Ut, int64_t k, int 
 // one changes nothing. Rows run alone (their objectives are independent), columns in GPTQ's
 // processing order; dead inputs (H_ii = 0) are left alone.
 void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int64_t k, const std::vector<int64_t>& perm,
-                  const std::vector<char>& dead, const std::vector<float>& hp, int passes, const F32Kernels& fk,
+                  const std::vector<char>& dead, const float* hp, int passes, const F32Kernels& fk,
                   ChunkParams& P, std::vector<float>& V, std::vector<uint8_t>& q) {
   std::vector<float> W0(static_cast<size_t>(R * k)), E(static_cast<size_t>(R * k)), g(static_cast<size_t>(R * k));
   for (int64_t r = 0; r < R; ++r) {
@@ -386,7 +444,7 @@ void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int
       E[r * k + p] = W0[r * k + p] - V[r * k + p];
     }
   }
-  fk.gemm(static_cast<int>(R), 0, static_cast<int>(k), static_cast<int>(k), E.data(), static_cast<size_t>(k), hp.data(),
+  fk.gemm(static_cast<int>(R), 0, static_cast<int>(k), static_cast<int>(k), E.data(), static_cast<size_t>(k), hp,
           static_cast<size_t>(k) * sizeof(float), QType::kF32, g.data(), static_cast<size_t>(k));
   // Per column: its group, 1 / H_ii (0: left alone).
   std::vector<int64_t> grp(static_cast<size_t>(k));
@@ -417,7 +475,7 @@ void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int
         Er[i] = e;
         Vr[i] = v;
         q[r * k + perm[i]] = qn;
-        fk.axpy(delta, hp.data() + i * k, gr, static_cast<int>(k));
+        fk.axpy(delta, hp + i * k, gr, static_cast<int>(k));
         ++changed;
       }
       if (changed == 0) break;
@@ -428,9 +486,9 @@ void refine_chunk(const RowLayout& L, const float* w, int64_t r0, int64_t R, int
 // GPTQ on rows [r0, r1) given the factor (Ut = Uᵀ, processing order perm; ublocks its diagonal
 // blocks). gemm: the f32 GEMM kernel (kernels/f32_ops.h) for the lazy block update.
 void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size_t rb, const std::vector<int64_t>& perm,
-                const std::vector<char>& dead, const std::vector<float>& imp, const std::vector<float>& Ut,
+                const std::vector<char>& dead, const std::vector<float>& imp, const float* Ut,
                 const std::vector<float>& ublocks, bool static_groups, int block, decltype(F32Kernels::gemm) gemm,
-                const std::vector<float>& hp, int refine, uint8_t* out) {
+                const float* hp, int refine, uint8_t* out) {
   const RowLayout L = row_layout(t, k);
   const int64_t R = r1 - r0, G = L.G;
   ChunkParams P;
@@ -491,7 +549,7 @@ void gptq_chunk(QType t, const float* w, int64_t r0, int64_t r1, int64_t k, size
       // T[r][j] = Σ_i E[r][i - b1] U[i][j] = Σ_i E[r][i - b1] Ut[j][i], j in [b2, k): Ut rows
       // from column b1 are the GEMM's weight rows.
       gemm(static_cast<int>(R), static_cast<int>(b2), static_cast<int>(k), static_cast<int>(bw), E.data(),
-           static_cast<size_t>(block), Ut.data() + b1, static_cast<size_t>(k) * sizeof(float), QType::kF32, T.data(),
+           static_cast<size_t>(block), Ut + b1, static_cast<size_t>(k) * sizeof(float), QType::kF32, T.data(),
            static_cast<size_t>(k));
       for (int64_t r = 0; r < R; ++r) {
         float* Wr = W.data() + r * k;
@@ -546,10 +604,12 @@ std::shared_ptr<const GptqFactor> gptq_factor(const double* h, int64_t k, const 
   if (o.act_order) {
     std::stable_sort(f->perm_.begin(), f->perm_.end(), [&](int64_t a, int64_t b) { return h[a * k + a] > h[b * k + b]; });
   }
+  UninitVector<double> own;
+  const double* s = symmetric_h(h, k, nt, own);
   double damp = o.damp;
   for (int attempt = 0; attempt <= kMaxDampRetries; ++attempt) {
     if (attempt > 0) damp = damp > 0 ? damp * 10 : 1e-4;
-    if (inverse_cholesky_upper(h, k, f->perm_, f->dead_, damp * mean_diag, nt, f->ut_)) {
+    if (inverse_cholesky_upper(s, k, f->perm_, f->dead_, damp * mean_diag, nt, f->ut_)) {
       f->ok_ = true;
       f->retries_ = attempt;
       f->damp_used_ = damp;
@@ -557,16 +617,19 @@ std::shared_ptr<const GptqFactor> gptq_factor(const double* h, int64_t k, const 
     }
   }
   f->hp_.resize(static_cast<size_t>(k * k));
-  for (int64_t a = 0; a < k; ++a) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
+  for (int64_t a = 0; a < k; ++a) {  // row a: row perm[a] of s, gathered
+    const int64_t ca = f->perm_[a];
+    const double* row = s + ca * k;
+    float* out = f->hp_.data() + a * k;
     for (int64_t b = 0; b < k; ++b) {
-      const int64_t ca = f->perm_[a], cb = f->perm_[b];
-      f->hp_[static_cast<size_t>(a * k + b)] =
-          f->dead_[ca] || f->dead_[cb] ? 0.0f : static_cast<float>(0.5 * (h[ca * k + cb] + h[cb * k + ca]));
+      const int64_t cb = f->perm_[b];
+      out[b] = f->dead_[ca] || f->dead_[cb] ? 0.0f : static_cast<float>(row[cb]);
     }
   }
   if (!f->ok_) {
     f->retries_ = kMaxDampRetries + 1;
-    std::vector<float>().swap(f->ut_);
+    UninitVector<float>().swap(f->ut_);
   }
   return f;
 }
@@ -611,13 +674,13 @@ std::vector<uint8_t> encode_tensor(QType t, const float* w, int64_t n, int64_t k
   // Codebooks and two-level row scales depend on every group of the row: fixed up front.
   const bool static_groups = o.act_order || info.kind == QKind::kCodebook || info.two_level;
   const auto gemm = f32_gemm();
-  const std::vector<float> ublocks = diagonal_blocks(f.ut_, k, block);
+  const std::vector<float> ublocks = diagonal_blocks(f.ut_.data(), k, block);
   std::vector<uint8_t> out(static_cast<size_t>(n) * rb);
   const int64_t nchunks = (n + kRowChunk - 1) / kRowChunk;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t c = 0; c < nchunks; ++c) {
-    gptq_chunk(t, w, c * kRowChunk, std::min(n, (c + 1) * kRowChunk), k, rb, f.perm_, f.dead_, f.imp_, f.ut_, ublocks,
-               static_groups, block, gemm, f.hp_, o.refine, out.data());
+    gptq_chunk(t, w, c * kRowChunk, std::min(n, (c + 1) * kRowChunk), k, rb, f.perm_, f.dead_, f.imp_, f.ut_.data(), ublocks,
+               static_groups, block, gemm, f.hp_.data(), o.refine, out.data());
   }
   return finish(std::move(out));
 }
@@ -653,15 +716,19 @@ std::shared_ptr<const OutputErrorH> prepare_output_error_h(const double* h, int6
   auto p = std::make_shared<OutputErrorH>();
   p->k_ = k;
   p->diag_.resize(static_cast<size_t>(k));
-  p->off_.assign(static_cast<size_t>(k * k), 0.0f);
-  for (int64_t i = 0; i < k; ++i) {
-    p->diag_[i] = h[i * k + i];
-    for (int64_t j = 0; j < i; ++j) {
-      const float v = static_cast<float>(h[i * k + j]);  // the lower triangle (h is symmetric)
-      p->off_[i * k + j] = v;
-      p->off_[j * k + i] = v;
+  for (int64_t i = 0; i < k; ++i) p->diag_[i] = h[i * k + i];
+  p->off_.resize(static_cast<size_t>(k * k));
+  float* off = p->off_.data();
+  for_each_tile(k, resolve_threads(0), true, [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < std::min(j1, i); ++j) {
+        const float v = static_cast<float>(h[i * k + j]);  // the lower triangle (h is symmetric)
+        off[i * k + j] = v;
+        off[j * k + i] = v;
+      }
+      if (i >= j0 && i < j1) off[i * k + i] = 0;
     }
-  }
+  });
   return p;
 }
 
@@ -755,15 +822,23 @@ double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, in
 class AsymmetricInput {
  public:
   int64_t k = 0;
-  std::vector<float> l;   // the lower Cholesky factor of H̃ + λI, column-major (floats: the correction is small against W)
-  std::vector<float> ct;  // Cᵀ [k][k] as floats: row j = column j of C
+  UninitVector<float> l;   // the lower Cholesky factor of H̃ + λI, column-major (floats: the correction is small against W)
+  UninitVector<float> ct;  // Cᵀ [k][k] as floats: row j = column j of C
 };
 
 std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const double* c, int64_t k, double damp) {
   const std::string f = "prepare_asymmetric";
   if (k <= 0 || !h || !c) fail(f + ": k = " + std::to_string(k) + " with a null h or c");
   check_h(f, h, k);
-  for (int64_t i = 0; i < k * k; ++i) {
+  const int nt = resolve_threads(0);
+  bool bad = false;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : bad)
+  for (int64_t i = 0; i < k; ++i) {
+    bool b = false;
+    for (int64_t j = 0; j < k; ++j) b |= !std::isfinite(c[i * k + j]);
+    bad = bad || b;
+  }
+  for (int64_t i = 0; bad && i < k * k; ++i) {
     if (!std::isfinite(c[i])) fail(f + ": c[" + std::to_string(i / k) + "][" + std::to_string(i % k) + "] is not finite");
   }
   if (!(damp >= 0) || !std::isfinite(damp)) fail(f + ": damp = " + std::to_string(damp) + " must be finite and >= 0");
@@ -771,14 +846,22 @@ std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const
   for (int64_t i = 0; i < k; ++i) mean_diag += h[i * k + i];
   mean_diag /= double(k);
   bool any = false;
-  for (int64_t i = 0; i < k * k && !any; ++i) any = c[i] != 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : any)
+  for (int64_t i = 0; i < k; ++i) {
+    bool a = false;
+    for (int64_t j = 0; j < k; ++j) a |= c[i * k + j] != 0;
+    any = any || a;
+  }
   if (!any || !(mean_diag > 0)) return nullptr;  // no upstream error (or no input): W' = W
   auto a = std::make_shared<AsymmetricInput>();
   a->k = k;
   const double lambda = std::max(damp, 1e-6) * mean_diag;  // H̃ + λI is SPD for λ > 0
+  UninitVector<double> own;
+  const double* s = symmetric_h(h, k, nt, own);
   a->l.resize(size_t(k * k));  // symmetric: row-major and column-major alike
+#pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < k; ++j) a->l[size_t(i * k + j)] = static_cast<float>(0.5 * (h[i * k + j] + h[j * k + i]) + (i == j ? lambda : 0.0));
+    for (int64_t j = 0; j < k; ++j) a->l[size_t(i * k + j)] = static_cast<float>(s[i * k + j] + (i == j ? lambda : 0.0));
   }
   blas_one_thread();
   const int kn = static_cast<int>(k);
@@ -786,9 +869,11 @@ std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const
   spotrf_("L", &kn, a->l.data(), &kn, &info, 1);
   if (info != 0) fail(f + ": the damped h (k = " + std::to_string(k) + ") does not factorize");
   a->ct.resize(size_t(k * k));
-  for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < k; ++j) a->ct[size_t(j * k + i)] = static_cast<float>(c[i * k + j]);
-  }
+  for_each_tile(k, nt, false, [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t i = i0; i < i1; ++i) a->ct[size_t(j * k + i)] = static_cast<float>(c[i * k + j]);
+    }
+  });
   return a;
 }
 

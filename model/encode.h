@@ -33,6 +33,30 @@
 
 namespace mxlm {
 
+// std::vector's allocator without value-initialization: resize() leaves the elements as they
+// are, so the k × k buffers of the prepared inputs below are first touched (their pages faulted
+// in and cleared by the kernel) by the parallel loops that fill them, not by one thread's memset.
+template <class T>
+struct UninitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitAllocator<U>;
+  };
+  UninitAllocator() = default;
+  template <class U>
+  UninitAllocator(const UninitAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) {
+    ::new (static_cast<void*>(p)) U(static_cast<A&&>(a)...);
+  }
+};
+template <class T>
+using UninitVector = std::vector<T, UninitAllocator<T>>;
+
 enum class EncodeMethod { kRtn, kWeighted, kGptq };
 // "rtn", "weighted", "gptq" (stable: they appear in file headers and on the command line).
 const char* encode_method_name(EncodeMethod m);
@@ -130,8 +154,8 @@ class GptqFactor {
   std::vector<int64_t> perm_;  // processing order
   std::vector<char> dead_;     // [k] H_ii == 0
   std::vector<float> imp_;     // [k] diag(H)
-  std::vector<float> ut_;      // [k][k] Uᵀ in processing order: row j = column j of U
-  std::vector<float> hp_;      // [k][k] H in processing order (symmetric, dead inputs zero): refine
+  UninitVector<float> ut_;     // [k][k] Uᵀ in processing order: row j = column j of U
+  UninitVector<float> hp_;      // [k][k] H in processing order (symmetric, dead inputs zero): refine
 };
 
 // Factorizes h (k × k, the same requirements as encode_tensor's h, which must not be null) with
@@ -158,7 +182,7 @@ class OutputErrorH {
   friend double output_error(QType t, const uint8_t* bytes, const float* w, int64_t n, int64_t k,
                              const OutputErrorH& h, std::vector<double>* per_row);
   int64_t k_ = 0;
-  std::vector<float> off_;     // [k][k] H's lower triangle mirrored (symmetric), zero diagonal
+  UninitVector<float> off_;    // [k][k] H's lower triangle mirrored (symmetric), zero diagonal
   std::vector<double> diag_;   // [k]
 };
 

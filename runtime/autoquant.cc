@@ -526,10 +526,13 @@ struct AutoQuantizer::Impl {
       const size_t i = plan_of.at(s.src->name);
       std::vector<float> w = read_tensor(*s.src);
       std::shared_ptr<const GptqFactor>& f = factors[int(s.in)];
-      if (!f) f = gptq_factor(in.second_moment().data(), in.k, e);
+      if (!f) {  // the input's factor and (asymmetric) target prepared from one copy of H
+        const std::vector<double> h = in.second_moment();
+        f = gptq_factor(h.data(), in.k, e);
+        if (!in.cross.empty()) asym[int(s.in)] = {true, prepare_asymmetric(h.data(), in.mean_cross().data(), in.k, e.damp)};
+      }
       if (!in.cross.empty()) {  // asymmetric: the target that also cancels the upstream error
-        auto& a = asym[int(s.in)];
-        if (!a.first) a = {true, prepare_asymmetric(in.second_moment().data(), in.mean_cross().data(), in.k, e.damp)};
+        const auto& a = asym.at(int(s.in));
         if (a.second) w = asymmetric_target(w.data(), s.src->shape[0], s.src->shape[1], *a.second);
       }
       const TensorPlan& p = res.tensors[i];
