@@ -25,7 +25,7 @@ struct F32Kernels {
   // the 2-bit keys' blocks are rows of 32 tokens per channel, runtime/kv_cache.h). The SIMD builds compute
   // each y[m][n] as one chain of fused multiply-adds x[m][k] * B[k][n] in ascending k from 0, with
   // B[k][n] dequantized alike whatever the tile, so it depends only on x row m, column n of B and
-  // K: identical for a batch and a single row. The quantized KV formats on x86 (B[k][n] = d u + o,
+  // K: identical for a batch and a single row. The quantized KV formats (B[k][n] = d u + o,
   // o = m or -128 d) take a factored form instead: a chain of fma(x[m][k] * d, u, ·) and, per
   // group, a chain of fma(x[m][k], o, ·), added once at the end; still identical for a batch and
   // a single row. The reference accumulates in double.

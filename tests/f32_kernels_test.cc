@@ -343,9 +343,9 @@ TEST_P(F32OpsTest, GemmNn) {
           }
           if (K > 1 && GetParam() != Isa::kRef) {
             // Accumulating: rows [0, k1) then [k1, K) onto them is one chain, bit for bit; the
-            // quantized formats, factored on x86 (f32_ops.h), round once more, within the bound.
-            const bool factored = bt != QType::kF32 && bt != QType::kF16 && bt != QType::kBF16 &&
-                                  (GetParam() == Isa::kAvx2 || GetParam() == Isa::kAvx512);
+            // quantized formats, factored on every SIMD ISA (f32_ops.h), round once more, within
+            // the bound.
+            const bool factored = bt != QType::kF32 && bt != QType::kF16 && bt != QType::kBF16;
             const int k1 = K / 3;
             std::vector<float> ya(size_t(M) * ldy + 1, kSentinel);
             kern().gemm_nn(M, N, k1, x.data() + 1, ldx, braw.data() + 1, rb, bt, ya.data(), ldy, false);

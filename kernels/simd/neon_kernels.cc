@@ -359,10 +359,77 @@ float sum(const float* x, size_t n) {
 // ---- gemm_nn: y = x · B with B row-major [K][N] (kernels/f32_ops.h) ------------------------------
 // As on x86: columns are lanes, an MR x NV tile of float32x4 accumulators, B's row k dequantized
 // once per k for the MR rows (a vector of 4 never straddles a group), each y[m][n] one fma chain
-// in ascending k.
+// in ascending k. The quantized KV formats factored, as on x86 (gemm_nn_tile_factored there):
+// B[k][n] = d u + o, so sum_k x_k B[k][n] = sum_k (x_k d) u_kn + sum_k x_k o; a tile's 16
+// columns lie in one group (groups of 32 or more, tiles at multiples of 16), so per row k one
+// scale and one offset serve the whole tile, and each vector of quants costs its widening and
+// one fma where dequantizing it took a second fma.
+
+// The quants of elements [c, c + 4) of a KV-format row as floats (load_b's d u + o without d, o).
+template <QType T>
+MXLM_AI float32x4_t load_u(const uint8_t* row, int N, int c) {
+  if constexpr (T == QType::kQ2AG32) {
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const uint32x4_t b = u8x4(row + 4 * nb + 8 * g + j % 8);
+    return vcvtq_f32_u32(vandq_u32(vshlq_u32(b, vdupq_n_s32(-2 * (j / 8))), vdupq_n_u32(3)));
+  } else if constexpr (T == QType::kQ4AG32) {
+    const int nb = (N + 31) / 32, g = c / 32, j = c % 32;
+    const uint32x4_t b = u8x4(row + 4 * nb + 16 * g + j % 16);
+    return vcvtq_f32_u32(j >= 16 ? vshrq_n_u32(b, 4) : vandq_u32(b, vdupq_n_u32(15)));
+  } else {
+    constexpr int G = T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
+    return vcvtq_f32_u32(u8x4(row + 2 * ((N + G - 1) / G) + c));
+  }
+}
+
+template <QType T, int MR, int NV>
+void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
+                           size_t ldy, int last, bool acc_in) {
+  constexpr bool kAffine = T == QType::kQ4AG32 || T == QType::kQ2AG32;
+  constexpr int G = kAffine ? 32 : T == QType::kQ8G32 ? 32 : T == QType::kQ8G64 ? 64 : 128;
+  static_assert(4 * NV <= 16 && G % 16 == 0, "a tile lies in one group");
+  const int nb = (N + G - 1) / G, g = c0 / G;
+  float32x4_t acc[MR][NV];
+  float off[MR];
+  for (int m = 0; m < MR; ++m) {
+    off[m] = 0.0f;
+    for (int v = 0; v < NV; ++v) {
+      const float* yv = y + m * ldy + 4 * v;
+      acc[m][v] = !acc_in ? vdupq_n_f32(0.0f) : v < NV - 1 || last == 4 ? vld1q_f32(yv) : load_partial(yv, last);
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    const uint8_t* row = b + static_cast<size_t>(k) * brb;
+    const float d = f16_at(row + 2 * g);
+    const float o = kAffine ? f16_at(row + 2 * nb + 2 * g) : -128.0f * d;  // exact
+    float32x4_t u[NV];
+    for (int v = 0; v < NV; ++v) u[v] = load_u<T>(row, N, c0 + 4 * v);
+    for (int m = 0; m < MR; ++m) {
+      const float xm = x[m * ldx + k];
+      const float c = xm * d;
+      off[m] = __builtin_fmaf(xm, o, off[m]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = vfmaq_n_f32(acc[m][v], u[v], c);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    const float32x4_t og = vdupq_n_f32(off[m]);
+    for (int v = 0; v < NV; ++v) {
+      const float32x4_t r = vaddq_f32(acc[m][v], og);
+      if (v < NV - 1 || last == 4) {
+        vst1q_f32(y + m * ldy + 4 * v, r);
+      } else {
+        store_partial(y + m * ldy + 4 * v, r, last);
+      }
+    }
+  }
+}
+
 template <QType T, int MR, int NV>
 void gemm_nn_tile(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y, size_t ldy,
                   int last, bool acc_in) {
+  if constexpr (is_kv_quant(T)) {
+    return gemm_nn_tile_factored<T, MR, NV>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+  }
   float32x4_t acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV; ++v) {
