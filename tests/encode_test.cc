@@ -113,6 +113,40 @@ TEST(EncodeGptq, RefineNeverRaisesTheErrorAndLowersIt) {
 // upstream error δ = x − x̃ (here a small linear distortion of x plus independent noise) aims at
 // the unquantized output W x. GPTQ on W' = W + W C (H̃ + λI)⁻¹ must give a lower E‖W x − Q x̃‖²
 // (the error the model sees) than GPTQ on W, both under H̃; with C = 0, W' is W exactly.
+// Only (H + Hᵀ)/2 counts (encode.h): an H with an antisymmetric part encodes, and gives the
+// asymmetric target, exactly as its symmetric part does (the non-symmetric path of the k × k
+// passes, whose symmetric fast path the calibrated statistics take).
+TEST(EncodeGptq, OnlyTheSymmetricPartOfHCounts) {
+  const Layer& L = test_layer();
+  const int64_t k = L.k;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> g(0.0, 1.0);
+  std::vector<double> hn = L.h, hs(size_t(k * k));
+  double md = 0;
+  for (int64_t i = 0; i < k; ++i) md += L.h[size_t(i * k + i)] / double(k);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < i; ++j) {
+      const double s = 0.01 * md * g(rng);
+      hn[size_t(i * k + j)] += s;
+      hn[size_t(j * k + i)] -= s;
+    }
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) hs[size_t(i * k + j)] = 0.5 * (hn[size_t(i * k + j)] + hn[size_t(j * k + i)]);
+  }
+  ASSERT_NE(hn, hs);
+  EncodeOptions o;
+  for (int threads : {1, 2}) {
+    o.threads = threads;
+    EXPECT_EQ(encode_tensor(QType::kQ4G32, L.w.data(), L.n, k, hn.data(), o),
+              encode_tensor(QType::kQ4G32, L.w.data(), L.n, k, hs.data(), o))
+        << threads << " threads";
+  }
+  std::vector<double> c(size_t(k * k));
+  for (double& v : c) v = 0.01 * md * g(rng);
+  EXPECT_EQ(asymmetric_target(L.w.data(), L.n, k, hn.data(), c.data()), asymmetric_target(L.w.data(), L.n, k, hs.data(), c.data()));
+}
+
 TEST(EncodeGptq, AsymmetricTargetCancelsTheUpstreamError) {
   const int64_t n = 64, k = 128, T = 4096;
   std::mt19937 rng(11);
