@@ -135,6 +135,7 @@ void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info
 #include "kernels/isa.h"
 #include "kernels/quant.h"
 #include "kernels/round.h"
+#include "model/tiles.h"
 
 namespace mxlm {
 
@@ -172,26 +173,6 @@ size_t check_w(const std::string& f, QType t, const float* w, int64_t n, int64_t
     }
   }
   return static_cast<size_t>(*rb);
-}
-
-// The k × k passes over H (checks, symmetric copies, permutations, transposes) run in parallel
-// over tiles of kTile × kTile: both the rows and the columns of a tile stay in cache, where a
-// column walk over a 5632-wide double H takes a cache miss per element. On one thread these
-// passes (and the page faults of their outputs) left the second core idle for seconds per layer
-// while the quantizer wrote a TinyLlama-shaped model (README).
-constexpr int64_t kTile = 64;
-
-// fn(i0, i1, j0, j1) on every tile of a k × k matrix (lower: only the tiles with j0 <= i0),
-// the tile rows spread over nt threads. Tiles are disjoint: fn may write its tile (and, for
-// lower, the mirrored one) without synchronization.
-template <class F>
-void for_each_tile(int64_t k, int nt, bool lower, const F& fn) {
-  const int64_t nb = (k + kTile - 1) / kTile;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t bi = 0; bi < nb; ++bi) {
-    const int64_t i0 = bi * kTile, i1 = std::min(k, i0 + kTile);
-    for (int64_t bj = 0; bj <= (lower ? bi : nb - 1); ++bj) fn(i0, i1, bj * kTile, std::min(k, bj * kTile + kTile));
-  }
 }
 
 // Checks h (k × k, finite, non-negative diagonal); k > 0.
@@ -831,12 +812,16 @@ std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const
   if (k <= 0 || !h || !c) fail(f + ": k = " + std::to_string(k) + " with a null h or c");
   check_h(f, h, k);
   const int nt = resolve_threads(0);
-  bool bad = false;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : bad)
+  bool bad = false, any = false;  // a non-finite entry; a non-zero one
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : bad, any)
   for (int64_t i = 0; i < k; ++i) {
-    bool b = false;
-    for (int64_t j = 0; j < k; ++j) b |= !std::isfinite(c[i * k + j]);
+    bool b = false, a = false;
+    for (int64_t j = 0; j < k; ++j) {
+      b |= !std::isfinite(c[i * k + j]);
+      a |= c[i * k + j] != 0;
+    }
     bad = bad || b;
+    any = any || a;
   }
   for (int64_t i = 0; bad && i < k * k; ++i) {
     if (!std::isfinite(c[i])) fail(f + ": c[" + std::to_string(i / k) + "][" + std::to_string(i % k) + "] is not finite");
@@ -845,13 +830,6 @@ std::shared_ptr<const AsymmetricInput> prepare_asymmetric(const double* h, const
   double mean_diag = 0;
   for (int64_t i = 0; i < k; ++i) mean_diag += h[i * k + i];
   mean_diag /= double(k);
-  bool any = false;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(|| : any)
-  for (int64_t i = 0; i < k; ++i) {
-    bool a = false;
-    for (int64_t j = 0; j < k; ++j) a |= c[i * k + j] != 0;
-    any = any || a;
-  }
   if (!any || !(mean_diag > 0)) return nullptr;  // no upstream error (or no input): W' = W
   auto a = std::make_shared<AsymmetricInput>();
   a->k = k;

@@ -522,7 +522,7 @@ struct AutoQuantizer::Impl {
     std::map<std::string, std::vector<uint8_t>> out;
     written_outliers.clear();
     std::map<int, std::shared_ptr<const GptqFactor>> factors;  // the current layer's, by input
-    std::map<int, std::pair<bool, std::shared_ptr<const AsymmetricInput>>> asym;  // (prepared, null: C = 0)
+    std::map<int, std::shared_ptr<const AsymmetricInput>> asym;  // the current layer's, by input (null: C = 0)
     std::map<int, std::shared_ptr<const OutputErrorH>> error_h;   // the current layer's, by input (outliers)
     auto encode_with = [&](const Slot& s, const InputStats& in) {
       const size_t i = plan_of.at(s.src->name);
@@ -531,11 +531,10 @@ struct AutoQuantizer::Impl {
       if (!f) {  // the input's factor and (asymmetric) target prepared from one copy of H
         const std::vector<double> h = in.second_moment();
         f = gptq_factor(h.data(), in.k, e);
-        if (!in.cross.empty()) asym[int(s.in)] = {true, prepare_asymmetric(h.data(), in.mean_cross().data(), in.k, e.damp)};
+        if (!in.cross.empty()) asym[int(s.in)] = prepare_asymmetric(h.data(), in.mean_cross().data(), in.k, e.damp);
       }
       if (!in.cross.empty()) {  // asymmetric: the target that also cancels the upstream error
-        const auto& a = asym.at(int(s.in));
-        if (a.second) w = asymmetric_target(w.data(), s.src->shape[0], s.src->shape[1], *a.second);
+        if (const auto& a = asym.at(int(s.in))) w = asymmetric_target(w.data(), s.src->shape[0], s.src->shape[1], *a);
       }
       const TensorPlan& p = res.tensors[i];
       std::vector<uint8_t> b = encode_planned(p, [&](QType q) {

@@ -13,6 +13,7 @@
 #include "kernels/f32_ops.h"
 #include "model/checksum.h"
 #include "model/file_util.h"
+#include "model/tiles.h"
 #include "mxlm/perplexity.h"
 #include "mxlm/sampler.h"
 #include "tokenizer/tokenizer.h"
@@ -131,21 +132,15 @@ void accumulate(InputStats& s, const float* x, int m, int k, int threads, Isa is
 }
 
 // Copies the lower triangle of the Gram matrix onto the upper one (accumulate fills the lower),
-// by tiles of 64 × 64 (a column walk takes a cache miss per element at k = 5632) on all threads.
+// by tiles (model/tiles.h) on all threads.
 void symmetrize(InputStats& s, int threads) {
-  constexpr int64_t kT = 64;
-  const int64_t k = s.k, nb = (k + kT - 1) / kT;
+  const int64_t k = s.k;
   double* g = s.gram.data();
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (int64_t bi = 0; bi < nb; ++bi) {
-    const int64_t i0 = bi * kT, i1 = std::min(k, i0 + kT);
-    for (int64_t j0 = i0; j0 < k; j0 += kT) {
-      const int64_t j1 = std::min(k, j0 + kT);
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) g[i * k + j] = g[j * k + i];
-      }
+  for_each_tile(k, threads, true, [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < std::min(j1, i); ++j) g[j * k + i] = g[i * k + j];
     }
-  }
+  });
 }
 void symmetrize(LayerStats& ls, int threads) {
   for (InputStats& in : ls.in) symmetrize(in, threads);
