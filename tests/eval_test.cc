@@ -374,6 +374,44 @@ TEST(Eval, TinymixQuantizedKvPerplexity) {
   EXPECT_GT(k4, base * 0.99) << "int4 keys and values cost something: a bar met by not quantizing is no bar";
 }
 
+// ---- activations ------------------------------------------------------------------------------
+//
+// Quantized weights multiply int8 activations with a scale per 32 values (README, Formats). On a
+// 2-bit tinymix (q2k_g32, round to nearest) their whole cost, against the same weights
+// dequantized to f32 (exact activations), stays a small fraction of what the weights cost: all
+// that input channels kept in higher precision (LLM.int8 / QUIK outlier channels) could win back,
+// which is why mxlm has none. A scale per token (--act-per-token) costs more.
+TEST(ActivationQuant, BlockScalesCostAlmostNothing) {
+  const std::string q_path = test::scratch_dir() + "/act_q2k.mxlm", f_path = test::scratch_dir() + "/act_q2k_f32.mxlm";
+  QuantizeOptions qo;
+  qo.qtype = QType::kQ2KG32;
+  quantize_model(import_model(test::shared_path("models/tinymix-26m")), q_path, qo);
+  convert_to_mxlm(import_model(q_path), f_path, QType::kF32);  // the q2k weights, dequantized
+  auto q = Model::load(q_path), f = Model::load(f_path);
+  const std::vector<int> stream = text_tokens(*q, 16 * 513);
+  auto ppl = [&](const std::shared_ptr<const Model>& m, bool per_token) {
+    ContextParams cp;
+    cp.n_ctx = 512;
+    cp.n_batch = 512;
+    cp.n_threads = 2;
+    cp.act_per_token = per_token;
+    Context ctx(m, cp);
+    PplParams pp;
+    pp.ctx = 512;
+    pp.windows = 16;
+    return perplexity(ctx, stream, pp).ppl;
+  };
+  const double base = ppl(tinymix(), false), exact = ppl(f, false), blocks = ppl(q, false), tokens = ppl(q, true);
+  const double weights_cost = exact / base - 1, blocks_cost = blocks / exact - 1, tokens_cost = tokens / exact - 1;
+  std::printf("tinymix-26m, 16 x 512: bf16 %.4f; q2k_g32 with f32 activations %.4f (%+.2f %%), int8 per 32 values %.4f "
+              "(%+.3f %%), per token %.4f (%+.3f %%)\n",
+              base, exact, 100 * weights_cost, blocks, 100 * blocks_cost, tokens, 100 * tokens_cost);
+  EXPECT_GT(weights_cost, 0.2);
+  EXPECT_NE(blocks, exact) << "the activations are quantized";
+  EXPECT_LT(std::abs(blocks_cost), 0.01 * weights_cost);
+  EXPECT_LT(std::abs(blocks_cost), std::abs(tokens_cost));
+}
+
 // ---- context shift ---------------------------------------------------------------------------
 //
 // Context::shift drops a span of the cache and moves the later positions down, re-rotating their
