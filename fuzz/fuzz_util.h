@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/import.h"
 
 namespace mxlm::fuzz {

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/qtype.h"
 #include "kernels/quant.h"
 #include "model/file_util.h"

@@ -2,7 +2,7 @@
 // kernels/simd/f32_kernels.cc (each compiled inside mxlm::kernels::<isa> with that ISA's flags).
 #include "kernels/f32_ops.h"
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 namespace kernels {

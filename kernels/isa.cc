@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 namespace detail {

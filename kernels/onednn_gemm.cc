@@ -6,7 +6,7 @@
 #include <tuple>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"
 

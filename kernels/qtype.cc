@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 

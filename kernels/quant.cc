@@ -22,7 +22,7 @@
 #include <mutex>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/round.h"
 
 namespace mxlm {

@@ -52,7 +52,7 @@
 #include <limits>
 #include <sstream>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 namespace {

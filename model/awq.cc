@@ -63,7 +63,7 @@
 #include <memory>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 

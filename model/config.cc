@@ -5,7 +5,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 

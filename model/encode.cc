@@ -130,7 +130,7 @@ void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* inf
 void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info, size_t uplo_len);
 }
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"

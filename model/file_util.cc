@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 

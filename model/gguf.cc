@@ -18,7 +18,7 @@
 #include <limits>
 #include <utility>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm::gguf {
 namespace {

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <map>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "model/mxlm_file.h"
 

@@ -3,7 +3,7 @@
 #include <limits>
 #include <map>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/gguf.h"
 #include "model/import.h"
 #include "tokenizer/tokenizer.h"

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/import.h"
 #include "tokenizer/tokenizer.h"
 

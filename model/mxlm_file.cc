@@ -7,7 +7,7 @@
 #include <set>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/checksum.h"
 
 namespace mxlm {

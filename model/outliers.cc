@@ -16,7 +16,7 @@
 #include <queue>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"

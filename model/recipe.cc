@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 namespace {

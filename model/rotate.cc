@@ -13,7 +13,7 @@
 #include <memory>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/splitmix.h"
 
 #define EIGEN_DONT_PARALLELIZE  // determinism: threads are ours; every TU including Eigen must agree (ODR)

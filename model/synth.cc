@@ -5,7 +5,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "kernels/splitmix.h"
 #include "model/mxlm_file.h"

@@ -42,7 +42,7 @@
 #include <map>
 #include <numeric>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/isa.h"
 #include "model/allocate.h"
 #include "model/outliers.h"

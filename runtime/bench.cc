@@ -10,7 +10,7 @@
 #include <mutex>
 #include <span>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/f32_ops.h"
 #include "kernels/quant.h"
 #include "model/file_util.h"

@@ -5,7 +5,7 @@
 #include <cctype>
 #include <ctime>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/file_util.h"
 #include "mxlm/model.h"
 #include "runtime/jinja.h"

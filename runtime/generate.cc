@@ -4,7 +4,7 @@
 #include <chrono>
 #include <cstdint>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 

@@ -19,7 +19,7 @@
 #include <optional>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm::jinja {
 

@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/allocate.h"
 #include "runtime/kv_cache.h"
 #include "runtime/log_softmax.h"

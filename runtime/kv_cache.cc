@@ -8,7 +8,7 @@
 #include <limits>
 #include <utility>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "kernels/splitmix.h"
 #include "model/rotate.h"

@@ -12,15 +12,15 @@
 #include <map>
 #include <new>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/f32_ops.h"
 #include "kernels/onednn_gemm.h"
 #include "model/file_util.h"
+#include "model/mxlm_file.h"
 #include "runtime/attention.h"
 #include "runtime/core_budget.h"
 #include "runtime/kv_cache.h"
 #include "runtime/thread_pool.h"
-#include "model/mxlm_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {

@@ -4,7 +4,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "runtime/log_softmax.h"
 #include "tokenizer/tokenizer.h"
 

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <random>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/recipe.h"
 
 namespace mxlm {

@@ -10,7 +10,7 @@
 #include <numeric>
 #include <set>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"
 #include "model/file_util.h"

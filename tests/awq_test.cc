@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "model/awq.h"
 #include "model/encode.h"

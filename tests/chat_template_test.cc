@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "runtime/jinja.h"
 
 namespace mxlm {

@@ -13,7 +13,7 @@
 #include <string>
 #include <thread>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/import.h"
 #include "mxlm/chat.h"
 #include "tests/test_util.h"

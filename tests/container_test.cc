@@ -5,11 +5,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/checksum.h"
 #include "model/mxlm_file.h"
-#include "tests/test_util.h"
 #include "tests/container_util.h"
+#include "tests/test_util.h"
 
 namespace mxlm {
 namespace {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "model/encode.h"
 #include "tests/synthetic_layer.h"

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/onednn_gemm.h"
 #include "model/import.h"
 #include "model/quantize.h"

@@ -15,11 +15,11 @@
 
 #include <gtest/gtest.h>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
-#include "kernels/quant.h"
 #include "kernels/qtype.h"
+#include "kernels/quant.h"
 #include "tests/test_util.h"
 
 namespace mxlm {

@@ -1,7 +1,7 @@
 // GGUF F16 and BF16 import. The shared stories260K GGUF is F32 only, so this test rewrites it
 // with its own minimal GGUF writer: every key/value and the vocabulary copied byte for byte,
 // every 2-D tensor converted to F16 or BF16 (round to nearest, ties to even, computed here in
-// the value domain, independent of kernels/common.h), the 1-D norms kept F32 as llama.cpp does.
+// the value domain, independent of base/error.h), the 1-D norms kept F32 as llama.cpp does.
 // Both copies go through the project's importer; the weights must equal the correctly rounded
 // F32 weights exactly, and the logits must stay within a bound proportional to the unit
 // roundoff of the format. Swapping the F16 and BF16 cases of the importer reads one format's

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/file_util.h"
 #include "model/gguf.h"
 #include "tests/test_util.h"

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "mxlm/kv_auto.h"
 #include "runtime/kv_cache.h"
 

@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/f32_ops.h"
 #include "kernels/isa.h"
 #include "kernels/quant.h"

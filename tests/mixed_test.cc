@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "model/import.h"
 #include "model/mxlm_file.h"

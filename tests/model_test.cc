@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/onednn_gemm.h"
 #include "model/file_util.h"
 #include "model/import.h"

@@ -10,7 +10,7 @@
 #include <random>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/quant.h"
 #include "model/encode.h"
 #include "model/outliers.h"

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/qtype.h"
 #include "model/checksum.h"
 #include "model/config.h"
@@ -22,8 +22,8 @@
 #include "model/import.h"
 #include "model/mxlm_file.h"
 #include "mxlm/model.h"
-#include "tests/test_util.h"
 #include "tests/container_util.h"
+#include "tests/test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/import.h"
 #include "model/rotate.h"
 #include "mxlm/model.h"

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/file_util.h"
 #include "tokenizer/tokenizer.h"
 

@@ -20,7 +20,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mxlm {

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 
 namespace mxlm {
 namespace {

@@ -7,7 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/isa.h"
 #include "mxlm/bench.h"
 #include "mxlm/model.h"

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/file_util.h"
 #include "mxlm/chat.h"
 #include "mxlm/model.h"

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/file_util.h"
 #include "mxlm/perplexity.h"
 #include "tokenizer/tokenizer.h"

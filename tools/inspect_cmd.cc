@@ -5,7 +5,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/isa.h"
 #include "model/file_util.h"
 #include "model/mxlm_file.h"

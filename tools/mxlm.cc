@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "kernels/isa.h"
 #include "model/file_util.h"
 #include "model/import.h"

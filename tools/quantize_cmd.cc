@@ -8,7 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/allocate.h"
 #include "model/file_util.h"
 #include "model/import.h"

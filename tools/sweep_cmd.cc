@@ -10,7 +10,7 @@
 #include <map>
 #include <memory>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "model/file_util.h"
 #include "model/import.h"
 #include "model/mxlm_file.h"

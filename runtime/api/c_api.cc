@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/common.h"
+#include "base/error.h"
 #include "mxlm/chat.h"
 #include "mxlm/generate.h"
 #include "mxlm/model.h"

@@ -1,4 +1,5 @@
-// Project-wide basics shared by every layer: the error type and assertions.
+// The error type and assertions every layer (kernels, model, tokenizer, runtime, tools) shares:
+// below all of them, so none depends on another for these.
 //
 // Recoverable errors (bad files, bad arguments, a full context) throw mxlm::Error with a code
 // and a message that names the object and the values found (and the limit). Kernels never
