@@ -28,13 +28,13 @@ namespace mxlm {
 namespace {
 
 // `input` converted to `dtype` (or quantized, for a quantized dtype) in the scratch directory,
-// once per process, and loaded.
-std::shared_ptr<const Model> model_of(const std::string& input, QType dtype) {
-  static std::map<std::string, std::shared_ptr<const Model>> cache;
+// once per process: its path, and the loaded model.
+std::string file_of(const std::string& input, QType dtype) {
+  static std::map<std::string, std::string> paths;
   const std::string key = input + "|" + std::string(qtype_info(dtype).name);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  if (auto it = paths.find(key); it != paths.end()) return it->second;
   const ImportedModel m = import_model(input);
-  const std::string out = test::scratch_dir() + "/eval_" + std::to_string(cache.size()) + ".mxlm";
+  const std::string out = test::scratch_dir() + "/eval_" + std::to_string(paths.size()) + ".mxlm";
   if (is_float_qtype(dtype)) {
     convert_to_mxlm(m, out, dtype);
   } else {
@@ -42,9 +42,14 @@ std::shared_ptr<const Model> model_of(const std::string& input, QType dtype) {
     qo.qtype = dtype;
     quantize_model(m, out, qo);
   }
-  auto model = Model::load(out);
-  cache[key] = model;
-  return model;
+  return paths[key] = out;
+}
+
+std::shared_ptr<const Model> model_of(const std::string& input, QType dtype) {
+  static std::map<std::string, std::shared_ptr<const Model>> cache;
+  const std::string path = file_of(input, dtype);
+  if (auto it = cache.find(path); it != cache.end()) return it->second;
+  return cache[path] = Model::load(path);
 }
 
 std::shared_ptr<const Model> stories() { return model_of(test::shared_path("models/stories260K/stories260K.gguf"), QType::kF32); }
@@ -382,12 +387,9 @@ TEST(Eval, TinymixQuantizedKvPerplexity) {
 // that input channels kept in higher precision (LLM.int8 / QUIK outlier channels) could win back,
 // which is why mxlm has none. A scale per token (--act-per-token) costs more.
 TEST(ActivationQuant, BlockScalesCostAlmostNothing) {
-  const std::string q_path = test::scratch_dir() + "/act_q2k.mxlm", f_path = test::scratch_dir() + "/act_q2k_f32.mxlm";
-  QuantizeOptions qo;
-  qo.qtype = QType::kQ2KG32;
-  quantize_model(import_model(test::shared_path("models/tinymix-26m")), q_path, qo);
-  convert_to_mxlm(import_model(q_path), f_path, QType::kF32);  // the q2k weights, dequantized
-  auto q = Model::load(q_path), f = Model::load(f_path);
+  const std::string q_path = file_of(test::shared_path("models/tinymix-26m"), QType::kQ2KG32);
+  auto q = model_of(test::shared_path("models/tinymix-26m"), QType::kQ2KG32);
+  auto f = model_of(q_path, QType::kF32);  // the q2k weights, dequantized
   const std::vector<int> stream = text_tokens(*q, 16 * 513);
   auto ppl = [&](const std::shared_ptr<const Model>& m, bool per_token) {
     ContextParams cp;
