@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <future>
 #include <map>
 #include <numeric>
 
@@ -418,15 +419,33 @@ struct AutoQuantizer::Impl {
                              : live && s.layer == live_layer              ? live->at(s.in)
                                                                           : stats.layers[size_t(s.layer)].at(s.in);
       MXLM_ASSERT(in.k == s.src->shape[1]);
-      Prepared p;
-      p.h = in.second_moment();
-      EncodeOptions e = o.encode;
-      e.threads = threads;
-      if (e.method != EncodeMethod::kRtn) p.factor = gptq_factor(p.h.data(), in.k, e);
-      p.error_h = prepare_output_error_h(p.h.data(), in.k);
-      it = prepared.emplace(key, std::move(p)).first;
+      it = prepared.emplace(key, key == pending_key && pending.valid() ? pending.get() : make_prepared(in, threads)).first;
     }
     return &it->second;
+  }
+  Prepared make_prepared(const InputStats& in, int nt) const {
+    Prepared p;
+    p.h = in.second_moment();
+    EncodeOptions e = o.encode;
+    e.threads = nt;
+    if (e.method != EncodeMethod::kRtn) p.factor = gptq_factor(p.h.data(), in.k, e);
+    p.error_h = prepare_output_error_h(p.h.data(), in.k);
+    return p;
+  }
+  // The widest input of the layer being measured (ffn_down's), prepared on a thread of its own
+  // while the layer's other tensors are measured (encode_streaming says why); prepared_of takes it.
+  std::future<Prepared> pending;
+  std::pair<int, int> pending_key{-2, -1};
+  void prepare_wide(int l, const LayerStats& ls) {
+    const InputStats& mid = ls.at(MatmulInput::kFfnMid);
+    if (threads < 2 || mid.k <= ls.at(MatmulInput::kAttnIn).k || mid.k <= ls.at(MatmulInput::kAttnOut).k) return;
+    pending_key = {l, int(MatmulInput::kFfnMid)};
+    pending = std::async(std::launch::async, [this, &mid] { return make_prepared(mid, 1); });
+  }
+  void join_wide() {
+    if (pending.valid()) pending.wait();
+    pending = {};
+    pending_key = {-2, -1};
   }
   // The measured encodings (candidates, the selection's plans; written only with plain
   // targets). Sequential targets encode the written ones again, refined: these skip the
@@ -524,14 +543,31 @@ struct AutoQuantizer::Impl {
     std::map<int, std::shared_ptr<const GptqFactor>> factors;  // the current layer's, by input
     std::map<int, std::shared_ptr<const AsymmetricInput>> asym;  // the current layer's, by input (null: C = 0)
     std::map<int, std::shared_ptr<const OutputErrorH>> error_h;   // the current layer's, by input (outliers)
+    // An input's factor and (asymmetric) target, prepared from one copy of H.
+    struct Ready {
+      std::shared_ptr<const GptqFactor> f;
+      std::shared_ptr<const AsymmetricInput> a;
+    };
+    auto prepare = [](const InputStats& in, const EncodeOptions& eo) {
+      const std::vector<double> h = in.second_moment();
+      Ready r{gptq_factor(h.data(), in.k, eo), nullptr};
+      if (!in.cross.empty()) r.a = prepare_asymmetric(h.data(), in.mean_cross().data(), in.k, eo.damp);
+      return r;
+    };
+    // The widest input of a layer (ffn_down's, k = n_ff) is prepared on a thread of its own while
+    // the other inputs' tensors are encoded: its LAPACK factorizations run on one thread (so that
+    // the bytes do not depend on the thread count: the same with eo.threads = 1), and waited
+    // for, they left the second core idle for ~2 s a layer of TinyLlama-1.1B (README).
+    std::future<Ready> wide;
+    int wide_in = -1;
     auto encode_with = [&](const Slot& s, const InputStats& in) {
       const size_t i = plan_of.at(s.src->name);
       std::vector<float> w = read_tensor(*s.src);
       std::shared_ptr<const GptqFactor>& f = factors[int(s.in)];
-      if (!f) {  // the input's factor and (asymmetric) target prepared from one copy of H
-        const std::vector<double> h = in.second_moment();
-        f = gptq_factor(h.data(), in.k, e);
-        if (!in.cross.empty()) asym[int(s.in)] = prepare_asymmetric(h.data(), in.mean_cross().data(), in.k, e.damp);
+      if (!f) {
+        Ready r = int(s.in) == wide_in ? wide.get() : prepare(in, e);
+        f = std::move(r.f);
+        asym[int(s.in)] = std::move(r.a);
       }
       if (!in.cross.empty()) {  // asymmetric: the target that also cancels the upstream error
         if (const auto& a = asym.at(int(s.in))) w = asymmetric_target(w.data(), s.src->shape[0], s.src->shape[1], *a);
@@ -560,6 +596,20 @@ struct AutoQuantizer::Impl {
       factors.clear();
       asym.clear();
       error_h.clear();
+      wide_in = -1;
+      const InputStats& mid = ls.at(MatmulInput::kFfnMid);
+      if (threads > 1 && mid.k > ls.at(MatmulInput::kAttnIn).k && mid.k > ls.at(MatmulInput::kAttnOut).k) {
+        EncodeOptions one = e;
+        one.threads = 1;
+        wide = std::async(std::launch::async, prepare, std::cref(mid), one);
+        wide_in = int(MatmulInput::kFfnMid);
+      }
+      struct Join {  // an error leaves this layer with the thread still reading its statistics
+        std::future<Ready>& f;
+        ~Join() {
+          if (f.valid()) f.wait();
+        }
+      } join{wide};
       lw = model->layers()[size_t(l)];
       Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
       const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
@@ -1054,6 +1104,11 @@ void AutoQuantizer::measure() {
         const auto tl = Clock::now();
         I.live = &ls;
         I.live_layer = l;
+        struct Join {  // an error leaves this layer with the thread still reading its statistics
+          Impl& i;
+          ~Join() { i.join_wide(); }
+        } join{I};
+        I.prepare_wide(l, ls);
         measure_layer(l);
         I.live = nullptr;
         I.live_layer = -1;

@@ -18,7 +18,10 @@ void reexec_with_huge_malloc(char** argv) {
   const char* old = std::getenv("GLIBC_TUNABLES");
   const std::string tunables = old ? old : "";
   if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return;  // set, by the user or by us
-  const std::string next = tunables.empty() ? "glibc.malloc.hugetlb=1" : tunables + ":glibc.malloc.hugetlb=1";
+  // Huge pages, and large blocks kept in the heap once freed (no mmap per block, no trim): the
+  // next layer's Gram matrices and encodings reuse pages already faulted in and zeroed.
+  const std::string ours = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736";
+  const std::string next = tunables.empty() ? ours : tunables + ":" + ours;
   if (::setenv("GLIBC_TUNABLES", next.c_str(), 1) != 0) return;
   ::execv("/proc/self/exe", argv);  // returns only on failure: go on as we are
   if (old) ::setenv("GLIBC_TUNABLES", old, 1);

@@ -27,11 +27,13 @@ Command add_bench_command(CLI::App& app);
 Command add_chat_command(CLI::App& app);
 
 // Runs this program again (the same arguments, pid and descriptors) with glibc's malloc backing
-// its large blocks by transparent huge pages (GLIBC_TUNABLES glibc.malloc.hugetlb=1), unless the
-// environment already sets that tunable or MXLM_NO_HUGE_MALLOC is set; returns if it cannot.
-// For the quantizer, whose Gram matrices, hidden states and encodings (tens to hundreds of MB
-// each) are allocated and freed per layer: on 4 KiB pages its page faults, each a VM exit on
-// this machine, took 12 % of its CPU time and 17 % of its wall time (README).
+// its large blocks by transparent huge pages (GLIBC_TUNABLES glibc.malloc.hugetlb=1) and keeping
+// freed ones in its heap (mmap_max=0, trim_threshold 64 GiB), unless the environment already
+// sets glibc.malloc.hugetlb or MXLM_NO_HUGE_MALLOC is set; returns if it cannot. For the
+// quantizer, whose Gram matrices, hidden states and encodings (tens to hundreds of MB each) are
+// allocated and freed per layer: on 4 KiB pages its page faults, each a VM exit on this machine,
+// took 12 % of its CPU time and 17 % of its wall time; on huge pages that glibc still unmapped
+// at each free, clearing the next block's pages took ~6 % of a writing pass (README).
 void reexec_with_huge_malloc(char** argv);
 // "12.34 MiB"-style sizes.
 std::string human_bytes(uint64_t b);
