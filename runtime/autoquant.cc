@@ -433,21 +433,30 @@ struct AutoQuantizer::Impl {
     p.error_h = prepare_output_error_h(p.h.data(), in.k);
     return p;
   }
-  // The widest input of the layer being measured (ffn_down's), prepared on a thread of its own
-  // while the layer's other tensors are measured (encode_streaming says why); prepared_of takes it.
+  // The input of a layer whose preparation runs on a thread of its own while the layer's other
+  // tensors are measured (measure) or encoded (encode_streaming): ffn_down's, when it is the
+  // widest and there are threads to spare; else -1. Its LAPACK factorizations run on one thread
+  // (so that the bytes do not depend on the thread count; its copies then run on one thread
+  // too), and waited for, they left the second core idle for ~2 s a layer of TinyLlama-1.1B
+  // (README).
+  int wide_input(const LayerStats& ls) const {
+    const int64_t k = ls.at(MatmulInput::kFfnMid).k;
+    const bool widest = k > ls.at(MatmulInput::kAttnIn).k && k > ls.at(MatmulInput::kAttnOut).k;
+    return threads > 1 && widest ? int(MatmulInput::kFfnMid) : -1;
+  }
+  // Waits for (and drops) a wide input's preparation when its layer is left, also by an error:
+  // its thread reads that layer's statistics.
+  template <class T>
+  struct Joined {
+    std::future<T>& f;
+    ~Joined() {
+      if (f.valid()) f.wait();
+      f = {};
+    }
+  };
+  // measure's wide input, (layer, input) = pending_key; prepared_of takes it.
   std::future<Prepared> pending;
   std::pair<int, int> pending_key{-2, -1};
-  void prepare_wide(int l, const LayerStats& ls) {
-    const InputStats& mid = ls.at(MatmulInput::kFfnMid);
-    if (threads < 2 || mid.k <= ls.at(MatmulInput::kAttnIn).k || mid.k <= ls.at(MatmulInput::kAttnOut).k) return;
-    pending_key = {l, int(MatmulInput::kFfnMid)};
-    pending = std::async(std::launch::async, [this, &mid] { return make_prepared(mid, 1); });
-  }
-  void join_wide() {
-    if (pending.valid()) pending.wait();
-    pending = {};
-    pending_key = {-2, -1};
-  }
   // The measured encodings (candidates, the selection's plans; written only with plain
   // targets). Sequential targets encode the written ones again, refined: these skip the
   // refinement (its ~20 % lower error is about the same for every candidate). `w` holds the
@@ -555,11 +564,7 @@ struct AutoQuantizer::Impl {
       if (!in.cross.empty()) r.a = prepare_asymmetric(h.data(), in.mean_cross().data(), in.k, eo.damp);
       return r;
     };
-    // The widest input of a layer (ffn_down's, k = n_ff) is prepared on a thread of its own while
-    // the other inputs' tensors are encoded: its LAPACK factorizations run on one thread (so that
-    // the bytes do not depend on the thread count: the same with eo.threads = 1), and waited
-    // for, they left the second core idle for ~2 s a layer of TinyLlama-1.1B (README).
-    std::future<Ready> wide;
+    std::future<Ready> wide;  // the layer's wide input (wide_input), prepared on its own thread
     int wide_in = -1;
     auto encode_with = [&](const Slot& s, const InputStats& in) {
       const size_t i = plan_of.at(s.src->name);
@@ -597,20 +602,13 @@ struct AutoQuantizer::Impl {
       factors.clear();
       asym.clear();
       error_h.clear();
-      wide_in = -1;
-      const InputStats& mid = ls.at(MatmulInput::kFfnMid);
-      if (threads > 1 && mid.k > ls.at(MatmulInput::kAttnIn).k && mid.k > ls.at(MatmulInput::kAttnOut).k) {
+      wide_in = wide_input(ls);
+      if (wide_in >= 0) {
         EncodeOptions one = e;
         one.threads = 1;
-        wide = std::async(std::launch::async, prepare, std::cref(mid), one);
-        wide_in = int(MatmulInput::kFfnMid);
+        wide = std::async(std::launch::async, prepare, std::cref(ls.at(MatmulInput(wide_in))), one);
       }
-      struct Join {  // an error leaves this layer with the thread still reading its statistics
-        std::future<Ready>& f;
-        ~Join() {
-          if (f.valid()) f.wait();
-        }
-      } join{wide};
+      const Joined<Ready> join{wide};
       lw = model->layers()[size_t(l)];
       Weight* dst[] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.gate, &lw.up, &lw.down};
       const char* names[] = {tensor_names::kAttnQ, tensor_names::kAttnK, tensor_names::kAttnV, tensor_names::kAttnO,
@@ -1105,11 +1103,12 @@ void AutoQuantizer::measure() {
         const auto tl = Clock::now();
         I.live = &ls;
         I.live_layer = l;
-        struct Join {  // an error leaves this layer with the thread still reading its statistics
-          Impl& i;
-          ~Join() { i.join_wide(); }
-        } join{I};
-        I.prepare_wide(l, ls);
+        if (const int wi = I.wide_input(ls); wi >= 0) {
+          const InputStats& in = ls.at(MatmulInput(wi));
+          I.pending_key = {l, wi};
+          I.pending = std::async(std::launch::async, [&I, &in] { return I.make_prepared(in, 1); });
+        }
+        const Impl::Joined<Impl::Prepared> join{I.pending};
         measure_layer(l);
         I.live = nullptr;
         I.live_layer = -1;
