@@ -30,7 +30,8 @@
 // 18.4 min, writing 618 s. With the k × k passes over H on every thread (model/encode.cc) and a
 // layer's statistics reused by the next (calibrate.cc), on a day the old build took 20.5 min:
 // 18.8 min, writing 628 s. With freed blocks kept by malloc and each layer's widest input
-// factorized beside the other tensors' work: 17.8 min, writing 572 s (README).
+// factorized beside the other tensors' work: 17.8 min, writing 572 s; without the unused
+// selection probe of streamed statistics, on a faster day: 15.5 min (README).
 #include "mxlm/autoquant.h"
 
 #include <omp.h>
@@ -896,6 +897,12 @@ void AutoQuantizer::measure() {
   // (Fixed formats with sequential targets calibrate when writing.)
   const bool calibrate_now =
       o.stats_in.empty() && (!I.all_fixed || !o.stats_out.empty() || (!o.calib_text.empty() && !o.sequential));
+  // Streaming: each layer's tensors are measured as soon as its statistics are complete, and
+  // the statistics dropped (write() calibrates again), so one layer's Gram matrices are held at a
+  // time. Kept whole when they are small or are to be saved. Streaming skips the measured
+  // selection, so no selection probe is built then (its held-out windows, sampled by the float
+  // model when the text runs short, and their base pass took ~55 s of TinyLlama-1.1B's run).
+  I.streamed = calibrate_now && !I.all_fixed && o.stats_out.empty() && stats_bytes(c) > keep_stats_limit(o.keep_stats_bytes);
   std::vector<std::vector<int>> windows;
   std::string calib_source;
   if (calibrate_now || !I.all_fixed) {  // the KL windows come from the same text
@@ -959,7 +966,7 @@ void AutoQuantizer::measure() {
       }
     }
     probe = std::make_unique<KlProbe>(*model, kl_windows, I.threads, true, o.kl_base_q8 ? &I.probe_base : nullptr);
-    if (o.select && o.select_tokens > 0) {
+    if (o.select && o.select_tokens > 0 && !I.streamed) {
       // Held out from calibration: text the model samples with a seed of its own, and/or the
       // calibration text's windows after those calibration used (too short a text: sampled).
       std::vector<std::vector<int>> held;
@@ -1094,10 +1101,6 @@ void AutoQuantizer::measure() {
     cp.threads = I.threads;
     cp.bf16 = I.calib_bf16;
     cp.progress = [&](size_t d, size_t t) { I.report("calibrating", d, t); };
-    // Streaming: each layer's tensors are measured as soon as its statistics are complete, and
-    // the statistics dropped (write() calibrates again), so one layer's Gram matrices are held
-    // at a time. Kept whole when they are small or are to be saved.
-    I.streamed = !I.all_fixed && o.stats_out.empty() && stats_bytes(c) > keep_stats_limit(o.keep_stats_bytes);
     if (I.streamed) {
       cp.on_layer = [&](int l, LayerStats&& ls) {
         const auto tl = Clock::now();
