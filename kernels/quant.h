@@ -24,6 +24,10 @@ void unpack_group(int bits, int group, const uint8_t* src, uint8_t* q);
 // per column by `importance` (k values, null for uniform weights). Codebook formats fit the
 // row's codebook by weighted k-means. Float formats convert.
 void quantize_row(QType t, const float* x, int64_t k, uint8_t* dst, const float* importance = nullptr);
+// quantize_row through the row fit's copy for `isa` (x86-64: baseline, AVX2 and AVX-512 copies;
+// quantize_row takes the selected ISA's): false, and nothing written, where this build or CPU
+// has none. The copies write the same bytes (tested).
+bool quantize_row_with(Isa isa, QType t, const float* x, int64_t k, uint8_t* dst, const float* importance = nullptr);
 // The group parameters quantize_row chooses for the same arguments, without the quant indices
 // (the GPTQ encoder fixes a row's groups up front and picks the levels itself): d[nb] and, for
 // asymmetric formats, m[nb] as floats that are exactly f16 (nb = groups in k; m may be null,

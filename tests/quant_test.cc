@@ -405,6 +405,76 @@ TEST(QuantParams, MatchQuantizeRow) {
   EXPECT_EQ(checked, 23 * 4 * 6 + 2 * 4 * 6);  // 23 scalar formats (8 two-level) + 2 codebook formats
 }
 
+// The row fit is compiled once per ISA (kernels/quant_fit.cc: the baseline and AVX2 copies hold a
+// candidate's 8 partial sums in one vector, the AVX-512 copy 16 candidates in one vector) and
+// quantize_row runs the selected ISA's: every copy must write the same bytes, for every format,
+// with and without importance, on the groups that take the searches' special paths (zero
+// groups, constant groups, ties of magnitude, signed zeros at a range's end, f16-subnormal
+// scales, tails).
+TEST(QuantCopies, SameBytesOnEveryIsa) {
+  std::vector<Isa> copies;
+  for (Isa isa : {Isa::kRef, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    std::vector<uint8_t> probe(*qtype_row_bytes(QType::kQ4G32, 32));
+    const std::vector<float> x = gaussian(32, 1);
+    if (quantize_row_with(isa, QType::kQ4G32, x.data(), 32, probe.data())) copies.push_back(isa);
+  }
+  ASSERT_FALSE(copies.empty());
+  ASSERT_EQ(copies.front(), Isa::kRef);
+  if (copies.size() == 1) GTEST_SKIP() << "one copy of the row fit on this build and CPU";
+  std::mt19937 rng(29);
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::student_t_distribution<float> st(3.0f);
+  std::uniform_real_distribution<float> u(0.0f, 4.0f);
+  int compared = 0;
+  for (const QTypeInfo& info : kQTypes) {
+    if (info.kind == QKind::kFloat) continue;
+    const QType t = info.type;
+    for (int64_t k : {32, 172, 512, 1280}) {
+      for (int rep = 0; rep < 8; ++rep) {
+        std::vector<float> x(static_cast<size_t>(k)), imp(static_cast<size_t>(k));
+        for (int64_t i = 0; i < k; ++i) {
+          x[i] = rep % 4 == 1 ? 0.01f * st(rng) : g(rng);
+          imp[i] = i % 13 == 5 ? 0.0f : u(rng);
+        }
+        if (rep == 2) std::fill(x.begin(), x.begin() + std::min<int64_t>(k, 40), 0.0f);  // zero groups
+        if (rep == 3) {
+          for (int64_t i = 0; i < k; ++i) {
+            if (i % 64 < 32) x[i] = 0.25f;  // constant groups
+            if (i % 9 == 0) x[i] = -x[i > 0 ? i - 1 : 0];  // ties of |x|
+          }
+        }
+        if (rep == 4 || rep == 6) {
+          // The range ends at 0, the first zero -0 (+0 for rep 6) and a later one +0 (-0), in
+          // lanes of 16 where the later zero sits in the lower lane.
+          const float s = rep == 4 ? 1.0f : -1.0f;
+          for (int64_t i = 0; i < k; ++i) {
+            x[i] = s * (std::abs(x[i]) + 1e-3f);
+            if (i % 32 == 7) x[i] = -s * 0.0f;
+            if (i % 32 == 17) x[i] = s * 0.0f;
+          }
+        }
+        if (rep == 5) {
+          for (auto& v : x) v *= 1e-4f;  // scales in f16's subnormal range
+        }
+        const float* im = rep % 2 == 0 ? imp.data() : nullptr;
+        const size_t rb = *qtype_row_bytes(t, static_cast<uint64_t>(k));
+        std::vector<uint8_t> want(rb), got(rb);
+        ASSERT_TRUE(quantize_row_with(Isa::kRef, t, x.data(), k, want.data(), im));
+        for (size_t c = 1; c < copies.size(); ++c) {
+          std::fill(got.begin(), got.end(), uint8_t{0xA5});
+          ASSERT_TRUE(quantize_row_with(copies[c], t, x.data(), k, got.data(), im));
+          for (size_t i = 0; i < rb; ++i) {
+            ASSERT_EQ(got[i], want[i]) << info.name << " on " << isa_name(copies[c]) << ", k " << k << " rep " << rep
+                                       << " byte " << i;
+          }
+          ++compared;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(compared, 25 * 4 * 8 * static_cast<int>(copies.size() - 1));
+}
+
 TEST(ActQuant, ScalesSumsAndPadding) {
   const int64_t k = 100, kp = act_padded_k(k);
   EXPECT_EQ(kp, 128);
