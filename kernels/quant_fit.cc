@@ -150,6 +150,44 @@ inline __attribute__((always_inline)) V8 round_clamp8(V8 t, V8 lo, V8 hi) {
   return (t + magic) - magic;
 }
 
+// The asymmetric search's candidate ranges [a, b]: the min/max range shrunk by 0 to 24 % in
+// steps of 2 %, from the top, the bottom and both ends; returns their count (at most 39).
+inline int asym_ranges(float lo, float hi, float* ca, float* cb) {
+  int nc = 0;
+  for (int step = 0; step <= 12; ++step) {
+    const float shrink = 1.0f - 0.02f * step;
+    for (int anchor = 0; anchor < 3; ++anchor) {
+      float a = lo, b = hi;
+      const float span = (hi - lo) * (1 - shrink);
+      if (anchor == 0) b -= span;
+      if (anchor == 1) a += span;
+      if (anchor == 2) { a += span / 2; b -= span / 2; }
+      if (b <= a) continue;
+      ca[nc] = a;
+      cb[nc] = b;
+      ++nc;
+    }
+  }
+  return nc;
+}
+
+// The asymmetric search's choice: the first candidate of least error among those with d > 0
+// (none: d = 0, m = lo rounded). Returns d, writes m.
+inline float choose_asym(int nc, const float* cd, const float* cm, const double* errs, float lo, float* m_out) {
+  double best_err = INFINITY;
+  float best_d = 0, best_m = round_f16(lo);
+  for (int c = 0; c < nc; ++c) {
+    if (cd[c] <= 0) continue;
+    if (errs[c] < best_err) {
+      best_err = errs[c];
+      best_d = cd[c];
+      best_m = cm[c];
+    }
+  }
+  *m_out = best_m;
+  return best_d;
+}
+
 // Symmetric: w = d * (q - z). Tries scales that map the largest-magnitude value to levels near
 // -z (and near z-1), refits d by weighted least squares for each assignment, keeps the best
 // (the first of equal errors, in candidate order). x and w hold a whole group (n rounded up to
@@ -247,22 +285,8 @@ inline __attribute__((always_inline)) float search_asym8(int bits, const float* 
   }
   constexpr int kMaxCand = 39;
   float ca[kMaxCand], cb[kMaxCand], cid[kMaxCand];
-  int nc = 0;
-  for (int step = 0; step <= 12; ++step) {
-    const float shrink = 1.0f - 0.02f * step;
-    for (int anchor = 0; anchor < 3; ++anchor) {
-      float a = lo, b = hi;
-      const float span = (hi - lo) * (1 - shrink);
-      if (anchor == 0) b -= span;
-      if (anchor == 1) a += span;
-      if (anchor == 2) { a += span / 2; b -= span / 2; }
-      if (b <= a) continue;
-      ca[nc] = a;
-      cb[nc] = b;
-      cid[nc] = qmax / (b - a);
-      ++nc;
-    }
-  }
+  const int nc = asym_ranges(lo, hi, ca, cb);
+  for (int c = 0; c < nc; ++c) cid[c] = qmax / (cb[c] - ca[c]);
   alignas(32) float sq8[8][kMaxCand], sqq8[8][kMaxCand], sxq8[8][kMaxCand];
   for (int c = 0; c < nc; ++c) {
     const V8 a = V8{} + ca[c], id = V8{} + cid[c], zero = {}, fq8 = V8{} + fq;
@@ -322,18 +346,7 @@ inline __attribute__((always_inline)) float search_asym8(int bits, const float* 
   for (int j = 0; j < 8; ++j) {
     for (int c = 0; c < kMaxCand; ++c) errs[c] += err8[j][c];
   }
-  double best_err = INFINITY;
-  float best_d = 0, best_m = round_f16(lo);
-  for (int c = 0; c < nc; ++c) {
-    if (cd[c] <= 0) continue;
-    if (errs[c] < best_err) {
-      best_err = errs[c];
-      best_d = cd[c];
-      best_m = cm[c];
-    }
-  }
-  *m_out = best_m;
-  return best_d;
+  return choose_asym(nc, cd, cm, errs, lo, m_out);
 }
 
 
@@ -472,21 +485,7 @@ inline __attribute__((always_inline)) float search_asym16(int bits, const float*
   }
   constexpr int kMaxCand = 39, NV = (kMaxCand + 15) / 16;
   alignas(64) float ca[NV * 16] = {}, cb[NV * 16] = {};
-  int nc = 0;
-  for (int step = 0; step <= 12; ++step) {
-    const float shrink = 1.0f - 0.02f * step;
-    for (int anchor = 0; anchor < 3; ++anchor) {
-      float a = lo, b = hi;
-      const float span = (hi - lo) * (1 - shrink);
-      if (anchor == 0) b -= span;
-      if (anchor == 1) a += span;
-      if (anchor == 2) { a += span / 2; b -= span / 2; }
-      if (b <= a) continue;
-      ca[nc] = a;
-      cb[nc] = b;
-      ++nc;
-    }
-  }
+  const int nc = asym_ranges(lo, hi, ca, cb);
   // As search_sym16: float lane chains per lane j, then plain loops over the candidates.
   constexpr int C = NV * 16;
   const F zero = {}, fqv = F{} + fq;
@@ -543,18 +542,7 @@ inline __attribute__((always_inline)) float search_asym16(int bits, const float*
   for (int j = 0; j < 8; ++j) {
     for (int c = 0; c < nl; ++c) errs[c] += pp[j][c];
   }
-  double best_err = INFINITY;
-  float best_d = 0, best_m = round_f16(lo);
-  for (int c = 0; c < nc; ++c) {
-    if (cd[c] <= 0) continue;
-    if (errs[c] < best_err) {
-      best_err = errs[c];
-      best_d = cd[c];
-      best_m = cm[c];
-    }
-  }
-  *m_out = best_m;
-  return best_d;
+  return choose_asym(nc, cd, cm, errs, lo, m_out);
 }
 
 // Codebook: fits 2^b int8 levels to the row's values normalized by each group's absolute
