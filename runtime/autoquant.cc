@@ -597,9 +597,8 @@ struct AutoQuantizer::Impl {
     cp.threads = threads;
     cp.bf16 = calib_bf16;
     cp.progress = [&](size_t d, size_t t) { report(sequential ? "encoding sequentially" : "encoding", d, t); };
-    cp.on_layer = [](int, LayerStats&&) {};  // dropped: encoded in quantize_layer
     cp.asymmetric = sequential && o.asymmetric;
-    cp.quantize_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
+    auto encode_layer = [&](int l, const LayerStats& ls) -> const LayerWeights* {
       factors.clear();
       asym.clear();
       error_h.clear();
@@ -623,6 +622,14 @@ struct AutoQuantizer::Impl {
       }
       return sequential ? &lw : nullptr;
     };
+    // Sequential: the layer's outputs recomputed by its encoded weights; otherwise encoded as the
+    // statistics arrive, which are dropped then (left in place: their buffers serve the next layer).
+    if (sequential) {
+      cp.on_layer = [](int, LayerStats&&) {};
+      cp.quantize_layer = encode_layer;
+    } else {
+      cp.on_layer = [&](int l, LayerStats&& ls) { encode_layer(l, ls); };
+    }
     const CalibStats st = calibrate(*model, windows, cp);
     factors.clear();
     asym.clear();

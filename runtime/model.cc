@@ -738,13 +738,22 @@ void Context::embed(std::span<const int> tokens, float* x, const Weight* tok_emb
   }
 }
 
-void Context::eval_layer(int l, float* x, int n, int p0, const LayerWeights* weights) {
-  check_span(n, p0, "eval_layer");
+void Context::check_layer(int l, int n, int p0, const char* what) const {
+  check_span(n, p0, what);
   if (l < 0 || l >= model_->config().n_layers) {
-    throw Error(ErrorCode::kInvalidArgument, "eval_layer: layer " + std::to_string(l) + " outside [0, " +
+    throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": layer " + std::to_string(l) + " outside [0, " +
                                                  std::to_string(model_->config().n_layers) + ")");
   }
+}
+
+void Context::eval_layer(int l, float* x, int n, int p0, const LayerWeights* weights) {
+  check_layer(l, n, p0, "eval_layer");
   layer_forward(weights ? *weights : model_->layers()[l], l, x, n, p0);
+}
+
+void Context::observe_layer(int l, float* x, int n, int p0) {
+  check_layer(l, n, p0, "observe_layer");
+  layer_forward(model_->layers()[l], l, x, n, p0, false);
 }
 
 void Context::eval_head(const float* x, int n, float* logits, const Weight* output) {
@@ -804,7 +813,7 @@ void Context::forward_batch(const int* tokens, int n, bool all_logits, float* lo
 
 // One transformer block on x [n][E] in place: tokens at positions p0 .. p0 + n - 1, layer l's
 // KV cache written at those positions.
-void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p0) {
+void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p0, bool output) {
   const ModelConfig& c = model_->config();
   const F32Kernels& kr = f32_kernels(model_->isa());
   const int E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads, F = c.n_ff;
@@ -916,6 +925,10 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   matmul(ffn_in, {{&w.gate, hb_.data()}, {&w.up, hb2_.data()}});
   for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
   Acts ffn_mid{hb_.data(), n, F, l, MatmulInput::kFfnMid};
+  if (!output) {
+    if (observer_) observer_->observe(l, MatmulInput::kFfnMid, ffn_mid.x, n, F);
+    return;
+  }
   matmul(ffn_mid, w.down, xb2_.data());
   for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];
 }

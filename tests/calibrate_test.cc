@@ -358,6 +358,59 @@ TEST(Calibration, SequentialSeesTheQuantizedPrefix) {
   EXPECT_LT(ce, 1e-4 * cs);
 }
 
+// Sequential calibration observes each layer through Context::observe_layer, which skips the
+// down projection: the inputs it reports are eval_layer's, bit for bit, and a quantize_layer
+// that keeps the model's weights (returns null) gives exactly the plain statistics.
+TEST(Calibration, ObservingALayerSeesEvalLayersInputsAndNullKeepsTheModel) {
+  auto model = Model::from_imported(imported("models/stories260K/stories260K.gguf"));
+  const ModelConfig& c = model->config();
+  const auto windows = calibration_windows(*model, calib_excerpt(20000), 500, 256);
+  struct All : MatmulObserver {
+    std::vector<std::pair<MatmulInput, std::vector<float>>> seen;
+    void observe(int, MatmulInput in, const float* v, int m, int k) override {
+      seen.emplace_back(in, std::vector<float>(v, v + size_t(m) * k));
+    }
+  };
+  ContextParams p;
+  p.n_ctx = 256;
+  p.n_batch = 256;
+  Context ctx(model, p);
+  std::vector<float> x(windows[0].size() * size_t(c.n_embd));
+  ctx.embed(windows[0], x.data());
+  ctx.eval_layer(0, x.data(), int(windows[0].size()), 0);
+  std::vector<float> y = x;
+  All full, inputs;
+  ctx.set_observer(&full);
+  ctx.eval_layer(1, x.data(), int(windows[0].size()), 0);
+  ctx.set_observer(&inputs);
+  ctx.observe_layer(1, y.data(), int(windows[0].size()), 0);
+  ctx.set_observer(nullptr);
+  ASSERT_EQ(full.seen.size(), 4u);  // q/k/v, o, gate/up, down: one each
+  ASSERT_EQ(inputs.seen.size(), full.seen.size());
+  for (size_t i = 0; i < full.seen.size(); ++i) {
+    EXPECT_EQ(inputs.seen[i].first, full.seen[i].first) << i;
+    EXPECT_EQ(inputs.seen[i].second, full.seen[i].second) << i;
+  }
+  EXPECT_THROW(ctx.observe_layer(c.n_layers, y.data(), 1, 0), Error);
+
+  CalibParams keep;
+  std::vector<int> asked;
+  keep.quantize_layer = [&](int l, const LayerStats&) -> const LayerWeights* {
+    asked.push_back(l);
+    return nullptr;
+  };
+  const CalibStats plain = calibrate(*model, windows, CalibParams{});
+  const CalibStats kept = calibrate(*model, windows, keep);
+  EXPECT_EQ(int(asked.size()), c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_EQ(kept.layers[size_t(l)].in[i].gram, plain.layers[size_t(l)].in[i].gram) << l << " " << i;
+      EXPECT_EQ(kept.layers[size_t(l)].in[i].amax, plain.layers[size_t(l)].in[i].amax) << l << " " << i;
+    }
+  }
+  EXPECT_EQ(kept.head.gram, plain.head.gram);
+}
+
 TEST(Calibration, StatisticsFilesRoundTripAndRejectAnotherModel) {
   auto src = imported("models/stories260K/stories260K.gguf");
   auto model = Model::from_imported(src);

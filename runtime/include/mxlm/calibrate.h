@@ -87,8 +87,10 @@ struct CalibParams {
   std::function<void(size_t, size_t)> progress;  // (done, total) over layers + head
   // Sequential calibration (GPTQ's order): called when layer l's statistics are complete (before
   // on_layer) with those statistics; returns the weights layer l's outputs are then recomputed
-  // with (its quantized version; it must stay valid until the next call), or null to keep the model's. Layer l + 1's statistics are then those of the
-  // model whose layers 0..l are quantized, and so are the head's.
+  // with (its quantized version; it must stay valid until the next call), or null to keep the
+  // model's (recomputed then: an encoder that never replaces weights belongs in on_layer). Layer
+  // l + 1's statistics are then those of the model whose layers 0..l are quantized, and so are
+  // the head's.
   std::function<const LayerWeights*(int, const LayerStats&)> quantize_layer;
   // With quantize_layer: also run the unquantized model over the windows and accumulate, for
   // every input, InputStats::cross = Σ δ xᵀ, δ = its input there minus the one here (the

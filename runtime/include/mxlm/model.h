@@ -240,6 +240,10 @@ class Context {
   // n_past() alone. Null overrides mean the model's own weights.
   void embed(std::span<const int> tokens, float* x, const Weight* tok_embd = nullptr);
   void eval_layer(int l, float* x, int n, int p0, const LayerWeights* weights = nullptr);
+  // Layer l's matmul inputs only (for the observer): eval_layer up to the FFN's down projection,
+  // whose output only the layer's output needs and which is skipped (a quarter of the layer's
+  // multiply-adds on Llama shapes); x is left as scratch, layer l's KV cache written.
+  void observe_layer(int l, float* x, int n, int p0);
   // Logits [n][n_vocab] of the final hidden states x [n][n_embd].
   void eval_head(const float* x, int n, float* logits, const Weight* output = nullptr);
   // Every matmul input of later evaluations goes to `observer` (null: none); not owned.
@@ -276,9 +280,11 @@ class Context {
     bool quantized = false, observed = false;
   };
   void forward_batch(const int* tokens, int n, bool all_logits, float* logits_out);
-  void layer_forward(const LayerWeights& w, int l, float* x, int n, int p0);
+  // output false: stops after the down projection's input is observed (observe_layer).
+  void layer_forward(const LayerWeights& w, int l, float* x, int n, int p0, bool output = true);
   void head_forward(const Weight& output, const float* x, int n, float* logits);
   void check_span(int n, int p0, const char* what) const;
+  void check_layer(int l, int n, int p0, const char* what) const;  // check_span and l in range
   // y = a · wᵀ for one or more weights sharing the input a (q/k/v, gate/up): one task list
   // over all their rows, one parallel region.
   struct MatmulJob {
