@@ -13,6 +13,7 @@
 // shapes, its x and weights already in bf16; the same counters.
 //
 // Names: gemm/<isa>/<wtype>/M:<M>/N:<N>/K:<K>; filter with --benchmark_filter=gemm/avx512.
+// log_sum_exp/<isa>/n:32000: below.
 
 #include <cstddef>
 #include <cstdint>
@@ -106,6 +107,23 @@ void bm_gemm_bf16(benchmark::State& state, Isa isa, int M, int N, int K) {
       benchmark::Counter(flops * 1e-9 / kF32FmaPeakGflops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// log_sum_exp/<isa>/n:<n>: the normalizer of a log-softmax row (F32Kernels::log_sum_exp) over
+// n logits, as the KL probes and perplexity run it per token (n = 32000: a Llama vocabulary).
+// Counter: ns per element. The reference sums libm's exp in order.
+void bm_log_sum_exp(benchmark::State& state, Isa isa, int n) {
+  const F32Kernels& kern = f32_kernels(isa);
+  std::mt19937 rng(42);
+  std::vector<float> x(static_cast<size_t>(n));
+  std::uniform_real_distribution<float> dist(-12.0f, 12.0f);  // logits' usual spread
+  for (float& v : x) v = dist(rng);
+  for (auto _ : state) {
+    double r = kern.log_sum_exp(x.data(), n);
+    benchmark::DoNotOptimize(r);
+  }
+  state.counters["ns_per_elem"] = benchmark::Counter(static_cast<double>(n) * 1e-9,
+                                                     benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
 struct Shape {
   int m, n, k;
 };
@@ -132,6 +150,8 @@ const bool kRegistered = [] {
                                "/N:" + std::to_string(s.n) + "/K:" + std::to_string(s.k);
       benchmark::RegisterBenchmark(name.c_str(), bm_gemm_bf16, isa, s.m, s.n, s.k)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
     }
+    const std::string lse = "log_sum_exp/" + std::string(isa_name(isa)) + "/n:32000";
+    benchmark::RegisterBenchmark(lse.c_str(), bm_log_sum_exp, isa, 32000)->Unit(benchmark::kMicrosecond)->MinTime(0.2);
   }
   return true;
 }();

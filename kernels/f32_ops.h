@@ -63,6 +63,10 @@ struct F32Kernels {
   // log-sum-exp of the input, max + log(sum exp(x - max)) (-inf for n = 0), with which softmaxes
   // of parts of one row are combined (attention's slices: runtime/attention.h).
   float (*softmax)(float* x, int n);
+  // max + log(sum exp(double(x) - max)) in double (-inf for n = 0): the normalizer of a row's
+  // log-softmax (runtime/log_softmax.h). The reference sums libm's exp in order; the SIMD copies
+  // sum a vector exp in lanes (kernels/simd/sum_exp_inl.h), within the sum's rounding of it.
+  double (*log_sum_exp)(const float* x, int n);
   // sum of x[0, n) in any order: eight independent vector sums over a streamed array, so that
   // a core reads memory as fast as it can (the read-bandwidth probe of runtime/bench.cc).
   float (*sum)(const float* x, size_t n);

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "model/config.h"
+#include "runtime/log_softmax.h"
 
 namespace mxlm {
 
@@ -143,13 +144,7 @@ void KlProbe::accumulate(size_t w, int n, std::vector<double>& d, double& sum, i
 }
 
 void KlProbe::log_softmax(const float* l, float* out) const {
-  const int V = model_.config().n_vocab;
-  float mx = l[0];
-  for (int v = 1; v < V; ++v) mx = std::max(mx, l[v]);
-  double s = 0;
-  for (int v = 0; v < V; ++v) s += std::exp(double(l[v]) - mx);
-  const double lse = std::log(s) + mx;
-  for (int v = 0; v < V; ++v) out[v] = static_cast<float>(double(l[v]) - lse);
+  mxlm::log_softmax(f32_kernels(model_.isa()), l, model_.config().n_vocab, out);
 }
 
 }  // namespace mxlm

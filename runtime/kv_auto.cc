@@ -18,6 +18,7 @@ namespace mxlm {
 KvProfile measure_kv_profile(const std::shared_ptr<const Model>& model, const std::vector<int>& stream,
                              const KvProfileParams& params, const std::function<void(int, int)>& progress) {
   const ModelConfig& c = model->config();
+  const F32Kernels& kr = f32_kernels(model->isa());
   if (params.ctx < 1 || params.ctx > c.n_ctx) {
     throw Error(ErrorCode::kInvalidArgument, "KV calibration windows of " + std::to_string(params.ctx) +
                                                  " tokens: the model's context is " + std::to_string(c.n_ctx));
@@ -51,7 +52,7 @@ KvProfile measure_kv_profile(const std::shared_ptr<const Model>& model, const st
     for (int w = 0; w < W; ++w) {
       ctx.reset();
       const float* lg = ctx.eval(std::span<const int>(&stream[size_t(w) * N], size_t(N)), true);
-      for (int i = 0; i < N; ++i) log_softmax(lg + size_t(i) * V, V, &ref[(size_t(w) * N + i) * V]);
+      for (int i = 0; i < N; ++i) log_softmax(kr, lg + size_t(i) * V, V, &ref[(size_t(w) * N + i) * V]);
     }
   }
   const int total = L * 2 * int(p.types.size() - 1);
@@ -68,7 +69,7 @@ KvProfile measure_kv_profile(const std::shared_ptr<const Model>& model, const st
           ctx.reset();
           const float* lg = ctx.eval(std::span<const int>(&stream[size_t(w) * N], size_t(N)), true);
           for (int i = 0; i < N; ++i) {
-            log_softmax(lg + size_t(i) * V, V, lq.data());
+            log_softmax(kr, lg + size_t(i) * V, V, lq.data());
             const float* lp = &ref[(size_t(w) * N + i) * V];
             double d = 0;
             for (int v = 0; v < V; ++v) d += std::exp(double(lp[v])) * (double(lp[v]) - lq[size_t(v)]);

@@ -1,19 +1,15 @@
-// Log-softmax of one row of logits, summed in double: lp[v] = l[v] - max - log(sum exp(l - max)).
+// Log-softmax of one row of logits: lp[v] = l[v] - lse, lse = max + log(sum exp(l - max)) summed
+// in double by the kernels (F32Kernels::log_sum_exp: a vector exp in lanes on the SIMD copies).
 // T: the output's type (double for perplexity's sums, float where rows are stored).
 #pragma once
 
-#include <algorithm>
-#include <cmath>
+#include "kernels/f32_ops.h"
 
 namespace mxlm {
 
 template <class T>
-void log_softmax(const float* l, int n, T* lp) {
-  float mx = l[0];
-  for (int v = 1; v < n; ++v) mx = std::max(mx, l[v]);
-  double sum = 0;
-  for (int v = 0; v < n; ++v) sum += std::exp(double(l[v]) - mx);
-  const double lse = std::log(sum) + mx;
+void log_softmax(const F32Kernels& kr, const float* l, int n, T* lp) {
+  const double lse = kr.log_sum_exp(l, n);
   for (int v = 0; v < n; ++v) lp[v] = T(double(l[v]) - lse);
 }
 

@@ -49,6 +49,7 @@ PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplPara
                                                  ", not " + std::to_string(windows));
   }
   const int n_vocab = ctx.model().config().n_vocab;
+  const F32Kernels& kr = f32_kernels(ctx.model().isa());
   Context* base = params.base;
   if (base) {
     if (base->model().config().n_vocab != n_vocab) {
@@ -78,12 +79,12 @@ PplResult perplexity(Context& ctx, const std::vector<int>& stream, const PplPara
     const float* logits = ctx.eval(std::span<const int>(tokens, params.ctx), true);
     for (int i = 0; i < params.ctx; ++i) {
       const float* l = logits + int64_t{i} * n_vocab;
-      log_softmax(l, n_vocab, lq.data());
+      log_softmax(kr, l, n_vocab, lq.data());
       nll -= lq[tokens[i + 1]];
       ++count;
       if (!base) continue;
       const float* b = base_logits.data() + int64_t{i} * n_vocab;
-      log_softmax(b, n_vocab, lp.data());
+      log_softmax(kr, b, n_vocab, lp.data());
       base_nll -= lp[tokens[i + 1]];
       // KL(P || Q) = sum_v p_v (log p_v - log q_v): exactly 0 when the logits are identical.
       double d = 0;

@@ -242,6 +242,15 @@ float softmax(float* x, int n) {
   return static_cast<float>(mx + std::log(sum));
 }
 
+double log_sum_exp(const float* x, int n) {
+  if (n <= 0) return -__builtin_inf();
+  float mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
+  return std::log(sum) + mx;
+}
+
 #else  // MXLM_F32_SIMD
 // ---------------------------------------------------------------------------------------------
 // SIMD builds. A small traits struct per ISA (Avx512 / Avx2) supplies vector operations; the
@@ -1175,14 +1184,20 @@ V exp_shifted(V x, V m, V lo) {
   return Simd::fma(e, r, e);
 }
 
-float softmax(float* x, int n) {
+// max of x[0, n), n > 0.
+float row_max(const float* x, int n) {
   constexpr float kNegInf = -__builtin_inff();
-  if (n <= 0) return kNegInf;
   V vm = Simd::set1(kNegInf);
   int i = 0;
   for (; i <= n - kL; i += kL) vm = Simd::max(vm, Simd::load(x + i));
   if (i < n) vm = Simd::max(vm, Simd::load_partial(x + i, n - i, kNegInf));
-  const float mxs = Simd::reduce_max(vm);
+  return Simd::reduce_max(vm);
+}
+
+float softmax(float* x, int n) {
+  if (n <= 0) return -__builtin_inff();
+  int i = 0;
+  const float mxs = row_max(x, n);
   const V mx = Simd::set1(mxs);
   const V lo = Simd::set1(mxs - 120.0f);
 
@@ -1212,6 +1227,14 @@ float softmax(float* x, int n) {
   return mxs + std::log(sum);
 }
 
+#include "kernels/simd/sum_exp_inl.h"
+
+double log_sum_exp(const float* x, int n) {
+  if (n <= 0) return -__builtin_inf();
+  const float mx = row_max(x, n);
+  return std::log(sum_exp_lanes<kL / 2>(x, n, mx)) + mx;
+}
+
 #endif  // MXLM_F32_SIMD
 
 }  // namespace
@@ -1226,6 +1249,7 @@ void register_f32(F32Kernels* out) {
   out->rmsnorm = &rmsnorm;
   out->swiglu = &swiglu;
   out->softmax = &softmax;
+  out->log_sum_exp = &log_sum_exp;
   out->sum = &sum;
 }
 

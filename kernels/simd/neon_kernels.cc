@@ -590,14 +590,29 @@ MXLM_AI float32x4_t exp_shifted(float32x4_t x, float32x4_t m, float32x4_t lo) {
   return vfmaq_f32(e, e, r);
 }
 
-float softmax(float* x, int n) {
+// max of x[0, n), n > 0.
+float row_max(const float* x, int n) {
   constexpr float kNegInf = -__builtin_inff();
-  if (n <= 0) return kNegInf;
   float32x4_t vm = vdupq_n_f32(kNegInf);
   int i = 0;
   for (; i <= n - 4; i += 4) vm = vmaxq_f32(vm, vld1q_f32(x + i));
   if (i < n) vm = vmaxq_f32(vm, load_partial(x + i, n - i, kNegInf));
-  const float mxs = vmaxvq_f32(vm);
+  return vmaxvq_f32(vm);
+}
+
+#include "kernels/simd/sum_exp_inl.h"
+
+double log_sum_exp(const float* x, int n) {
+  if (n <= 0) return -__builtin_inf();
+  const float mx = row_max(x, n);
+  return std::log(sum_exp_lanes<2>(x, n, mx)) + mx;
+}
+
+float softmax(float* x, int n) {
+  constexpr float kNegInf = -__builtin_inff();
+  if (n <= 0) return kNegInf;
+  int i = 0;
+  const float mxs = row_max(x, n);
   const float32x4_t mx = vdupq_n_f32(mxs);
   const float32x4_t lo = vdupq_n_f32(mxs - 120.0f);
 
@@ -1001,6 +1016,7 @@ void register_f32(F32Kernels* out) {
   out->rmsnorm = &rmsnorm;
   out->swiglu = &swiglu;
   out->softmax = &softmax;
+  out->log_sum_exp = &log_sum_exp;
   out->sum = &sum;
 }
 
