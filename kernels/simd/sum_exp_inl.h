@@ -2,9 +2,9 @@
 // vector extensions, so one text serves AVX-512 (W = 8), AVX2 (4) and NEON (2)). Included inside
 // the target namespace by kernels/simd/f32_kernels.cc and neon_kernels.cc; not a public header.
 //
-// The sum behind F32Kernels::log_sum_exp (the log-softmax of the KL probes and perplexity):
-// libm's scalar exp was ~2 % of a TinyLlama-shape `quantize --bpw 4` (a 32000-word row per token
-// per probe). For t = x − shift ≤ 0:
+// The sum behind F32Kernels::log_sum_exp (the log-softmax of the KL probes, perplexity and the
+// KV profile): libm's scalar exp was ~2 % of a TinyLlama-shape `quantize --bpw 4` (a 32000-word
+// row per token per probe). For t = x − shift ≤ 0:
 //   n = round(t / ln2)          by the 1.5·2^52 shifter (round to nearest; exact for |t| < 2^50)
 //   r = t − n ln2_hi − n ln2_lo (Cody–Waite; ln2_hi has 21 significant bits, so n ln2_hi is
 //                                exact for |n| < 2^32), |r| ≤ ln2/2
@@ -14,6 +14,7 @@
 // differs from the reference's by its rounding (tests/f32_kernels_test.cc, LogSumExp). t < −708
 // gives 0 (terms under 2^-1021 cannot change a sum that holds the max's own 1), −∞ gives 0,
 // NaN propagates.
+
 // The lane types by W (GCC drops a vector_size that depends on a template parameter).
 template <int W>
 struct ExpLanes;
