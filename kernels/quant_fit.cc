@@ -260,6 +260,16 @@ inline __attribute__((always_inline)) float search_sym8(int bits, const float* x
   return best_d;
 }
 
+// Σ w and Σ w x over the group padded to 8 (the padding's weights are 0), in order, in double:
+// both asymmetric layouts' least-squares sums.
+inline __attribute__((always_inline)) void asym_weight_sums(const float* x, const float* w, int n, double* sw, double* sx) {
+  const int n8 = (n + 7) & ~7;
+  for (int i = 0; i < n8; ++i) {
+    *sw += w[i];
+    *sx += double(w[i]) * x[i];
+  }
+}
+
 // Asymmetric: w = d * q + m. Starts from the min/max range and shrinks it (three anchors),
 // refits (d, m) by weighted least squares for each assignment, rounds them to f16, re-assigns
 // and measures; keeps the best. Same group layout as search_sym; in phases, each over all
@@ -279,10 +289,7 @@ inline __attribute__((always_inline)) float search_asym8(int bits, const float* 
   const int n8 = (n + 7) & ~7;
   const float fq = static_cast<float>(qmax);
   double sw = 0, sx = 0;
-  for (int i = 0; i < n8; ++i) {
-    sw += w[i];
-    sx += double(w[i]) * x[i];
-  }
+  asym_weight_sums(x, w, n, &sw, &sx);
   constexpr int kMaxCand = 39;
   float ca[kMaxCand], cb[kMaxCand], cid[kMaxCand];
   const int nc = asym_ranges(lo, hi, ca, cb);
@@ -479,10 +486,7 @@ inline __attribute__((always_inline)) float search_asym16(int bits, const float*
   const int n8 = (n + 7) & ~7;
   const float fq = static_cast<float>(qmax);
   double sw = 0, sx = 0;
-  for (int i = 0; i < n8; ++i) {
-    sw += w[i];
-    sx += double(w[i]) * x[i];
-  }
+  asym_weight_sums(x, w, n, &sw, &sx);
   constexpr int kMaxCand = 39, NV = (kMaxCand + 15) / 16;
   alignas(64) float ca[NV * 16] = {}, cb[NV * 16] = {};
   const int nc = asym_ranges(lo, hi, ca, cb);
