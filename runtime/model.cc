@@ -568,12 +568,20 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   int64_t total_rows = 0;
   for (const MatmulJob& j : jobs) total_rows += j.w->n;
   // Prefill: chunks of 64 rows, claimed dynamically. Decode (m = 1): guided chunks over every
-  // job's rows in order, each taking 1/(2 x threads) of the rows not yet handed out (at least 32,
-  // in multiples of 16), so that the threads start on long contiguous runs and finish together:
-  // the region ends when its slowest thread does, and a thread left alone reads at about half
-  // the bandwidth of two. (Equal chunks of total / (4 x threads) left each region a tail of up to
-  // one chunk on one thread, tens of microseconds on the FFN's weights.)
-  const int64_t guided_div = 2 * int64_t(n_threads_);
+  // job's rows in order, each taking 1/threads of the rows not yet handed out (at least 32, in
+  // multiples of 16; OpenMP's guided schedule), so that the threads start on long contiguous runs
+  // and finish together: the region ends when its slowest thread does, and a thread left alone
+  // reads at about half the bandwidth of two. (Equal chunks of total / (4 x threads) left each
+  // region a tail of up to one chunk on one thread, tens of microseconds on the FFN's weights.)
+  // Every chunk costs a start: the kernel prepares the activations over all of K again and its
+  // four strands begin cold. With 1/(2 x threads) of the rest per chunk a 2048-row region took
+  // ~14 chunks, with 1/threads ~6. 2-thread TinyLlama decode, tokens alternating between the two
+  // rules in one process (both see the same memory traffic): q4_g32 +7.4, +5.1, +3.3, +1.3 and
+  // -0.4 % in five runs (the last three while neighbours held the read bandwidth at 28-30 GB/s,
+  // the first two at 57-78), q8_g32 +1.3 to +3.0 % in three. The threads stay busy for all but
+  // ~3 % of each region. One chunk per thread measured about the same, and lost whenever one
+  // core was slowed.
+  const int64_t guided_div = n_threads_;
   int64_t handed = 0;
   auto next_chunk = [&](int rows_left_in_segment) {
     if (m != 1) return std::min(rows_left_in_segment, 64);
