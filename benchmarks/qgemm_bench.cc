@@ -1,13 +1,13 @@
 // Google Benchmark of the quantized GEMM kernels (kernels/quant.h) per (QType, ISA), for the
 // SIMD ISAs this host runs:
-//   qgemv/<isa>/<qtype>/N:<N>/K:<K>/threads:<t>   decode, M = 1, (N, K) = Llama-7B's (4096, 4096),
-//       (11008, 4096), (4096, 11008) and output head (32000, 4096); TinyLlama-1.1B's (2048, 2048),
-//       (2048, 5632) and K/V projections (256, 2048), a call's fixed costs over few rows. The
-//       weights rotate through more than 64 MiB of distinct
-//       matrices (L3 is 32 MiB) so every call streams them from DRAM. Counters: GBps (weight
-//       bytes read per second) and pct_bw (GBps as % of the DRAM read bandwidth measured by this
-//       binary: the runtime's probe, mxlm/bench.h, a SIMD sum over a 1 GiB buffer on huge pages
-//       with the same thread count, the larger of the readings just before and just after).
+//   qgemv/<isa>/<qtype>/N:<N>/K:<K>/threads:<t>   decode, M = 1, (N, K) = Llama-7B's
+//       (4096, 4096), (11008, 4096), (4096, 11008) and output head (32000, 4096); TinyLlama-1.1B's
+//       (2048, 2048), (2048, 5632) and K/V projections (256, 2048), a call's fixed costs over few
+//       rows. The weights rotate through more than 64 MiB of distinct matrices (L3 is 32 MiB) so
+//       every call streams them from DRAM. Counters: GBps (weight bytes read per second) and
+//       pct_bw (GBps as % of the DRAM read bandwidth measured by this binary: the runtime's
+//       probe, mxlm/bench.h, a SIMD sum over a 1 GiB buffer on huge pages with the same thread
+//       count, the larger of the readings just before and just after).
 //   qgemv_cached/<isa>/<qtype>/K:4096   decode, 1 thread, one matrix of ~256 KiB (N rows, a
 //       multiple of 16) that stays in L2: the kernel's compute-bound rate in GBps of packed
 //       weights. Above the DRAM bandwidth it means the kernel can keep up with memory; below, it
@@ -231,7 +231,8 @@ const bool kRegistered = [] {
     int n;
     int64_t k;
   };
-  const NK gemv_shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}, {2048, 2048}, {2048, 5632}, {256, 2048}};
+  const NK gemv_shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096},
+                            {2048, 2048}, {2048, 5632},  {256, 2048}};
   const int gemm_ms[] = {16, 128, 512};
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
     if (!isa_available(isa)) continue;

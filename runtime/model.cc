@@ -577,10 +577,10 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   // four strands begin cold. With 1/(2 x threads) of the rest per chunk a 2048-row region took
   // ~14 chunks, with 1/threads ~6. 2 threads, tokens alternating between the two rules in one
   // process (both see the same neighbours; the first token of each repetition, the warm-up's
-  // slow, goes to a third rule, not compared), four runs each: TinyLlama q4_g32 +2.1, +4.0, +5.1 and -7.9 %,
-  // q8_g32 +0.8 to +2.1 %; Llama-7B q4_g32 -4.4 to +5.0 % (no difference its noise shows). The
-  // threads stay busy for all but ~3 % of each region. One chunk per thread measured about the
-  // same on TinyLlama, and lost whenever one core was slowed.
+  // slow, goes to a third rule, not compared), four runs each: TinyLlama q4_g32 +2.1, +4.0,
+  // +5.1 and -7.9 %, q8_g32 +0.8 to +2.1 %; Llama-7B q4_g32 -4.4 to +5.0 % (no difference its
+  // noise shows). The threads stay busy for all but ~3 % of each region. One chunk per thread
+  // measured about the same on TinyLlama, and lost whenever one core was slowed.
   const int64_t guided_div = n_threads_;
   int64_t handed = 0;
   auto next_chunk = [&](int rows_left_in_segment) {
