@@ -581,12 +581,11 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   // +5.1 and -7.9 %, q8_g32 +0.8 to +2.1 %; Llama-7B q4_g32 -4.4 to +5.0 % (no difference its
   // noise shows). The threads stay busy for all but ~3 % of each region. One chunk per thread
   // measured about the same on TinyLlama, and lost whenever one core was slowed.
-  const int64_t guided_div = n_threads_;
   int64_t handed = 0;
   auto next_chunk = [&](int rows_left_in_segment) {
     if (m != 1) return std::min(rows_left_in_segment, 64);
     if (n_threads_ == 1) return rows_left_in_segment;
-    const int64_t want = std::max<int64_t>(32, ((total_rows - handed) / guided_div + 15) / 16 * 16);
+    const int64_t want = std::max<int64_t>(32, ((total_rows - handed) / n_threads_ + 15) / 16 * 16);
     return int(std::min<int64_t>(rows_left_in_segment, want));
   };
   for (const MatmulJob& j : jobs) {
