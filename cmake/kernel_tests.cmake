@@ -16,15 +16,16 @@ else()
   message(FATAL_ERROR "The cross build needs GoogleTest sources in ${MXLM_GTEST_SOURCE_DIR} (package googletest)")
 endif()
 
-# The KV cache and attention (runtime/kv_cache.cc, attention.cc) need only the kernels too: their
-# tests run every attention path on NEON as well.
+# The KV cache and attention (runtime/kv_cache.cc, attention.cc, and the thread pool its store
+# runs on) need only the kernels too: their tests run every attention path on NEON as well.
 set(MXLM_KERNEL_TEST_SRCS
     ${CMAKE_SOURCE_DIR}/tests/f32_kernels_test.cc
     ${CMAKE_SOURCE_DIR}/tests/neon_kernels_test.cc
     ${CMAKE_SOURCE_DIR}/tests/quant_test.cc
     ${CMAKE_SOURCE_DIR}/tests/kv_cache_test.cc
     ${CMAKE_SOURCE_DIR}/runtime/kv_cache.cc
-    ${CMAKE_SOURCE_DIR}/runtime/attention.cc)
+    ${CMAKE_SOURCE_DIR}/runtime/attention.cc
+    ${CMAKE_SOURCE_DIR}/runtime/thread_pool.cc)
 add_executable(mxlm_kernel_tests ${MXLM_KERNEL_TEST_SRCS})
 target_include_directories(mxlm_kernel_tests PRIVATE ${CMAKE_SOURCE_DIR}/runtime/include)
 target_link_libraries(mxlm_kernel_tests PRIVATE mxlm_kernels ${MXLM_GTEST_MAIN})

@@ -12,10 +12,24 @@
 #include "kernels/quant.h"
 #include "kernels/splitmix.h"
 #include "model/rotate.h"
+#include "runtime/thread_pool.h"
 
 namespace mxlm {
 
 namespace {
+
+// std::nearbyint in the default rounding mode (to nearest, ties to even), inline: |v| < 2^23 plus
+// 2^23 lands in [2^23, 2^24), where the floats are the integers, so the sum rounds |v| as
+// nearbyint does and the subtraction is exact; the sign goes back on (-0 included), and larger
+// |v| are integers already (or NaN). Equal to std::nearbyint on all 2^32 floats (checked
+// exhaustively). std::nearbyint is a libm call here (the runtime is built for the baseline ISA,
+// without SSE4.1's roundss), once per element and least-squares round: most of encode()'s time,
+// which a decode token pays for every KV head of every layer.
+inline float round_even(float v) {
+  const float a = std::fabs(v);
+  if (!(a < 0x1p23f)) return v;
+  return std::copysign((a + 0x1p23f) - 0x1p23f, v);
+}
 
 std::optional<KvType> parse_kv_type(std::string_view s) {
   if (s == "32" || s == "f32") return KvType::kF32;
@@ -144,8 +158,7 @@ KvCache::KvCache(int n_layers, int n_ctx, int n_kv_heads, int head_dim, const st
   signs_.resize(size_t(head_dim));
   uint64_t state = 0x6d786c6d6b76ULL;  // "mxlmkv": the same signs in every run and file
   for (float& f : signs_) f = (splitmix64_next(state) >> 63) ? -1.0f : 1.0f;
-  rot_.resize(size_t(head_dim) * kBlock);
-  row_.resize(size_t(head_dim));
+  scratch_.resize(scratch_floats());
 }
 
 void KvCache::init(Tensor& t, KvType type, bool is_k) {
@@ -220,18 +233,25 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n) const {
       const float top = float((1 << bits) - 1);
       uint16_t best_m = f32_to_f16(lo), best_d = f32_to_f16((hi - lo) / top);
       float best_err = std::numeric_limits<float>::infinity();
+      // (The sums are the same in every round and order as when each round also summed x and
+      // the last round its unused least-squares sums, and a pair the update returns unchanged
+      // ends the rounds, as it would repeat: the same bytes, in about half the time.)
       uint16_t mh = best_m, dh = best_d;
-      for (int round = 0; round < 3; ++round) {
+      double sx = 0;
+      for (int i = 0; i < ne; ++i) sx += x[e0 + i];
+      constexpr int kRounds = 3;
+      for (int round = 0; round < kRounds; ++round) {
         const float m = f16_to_f32(mh), d = f16_to_f32(dh);
-        double err = 0, sq = 0, sqq = 0, sx = 0, sxq = 0;
+        const bool last = round == kRounds - 1;
+        double err = 0, sq = 0, sqq = 0, sxq = 0;
         for (int i = 0; i < ne; ++i) {
           const float v = x[e0 + i];
-          const float r = d > 0 ? std::clamp(std::nearbyint((v - m) / d), 0.0f, top) : 0.0f;
+          const float r = d > 0 ? std::clamp(round_even((v - m) / d), 0.0f, top) : 0.0f;
           const float e = v - (d * r + m);
           err += double(e) * e;
+          if (last) continue;
           sq += r;
           sqq += double(r) * r;
-          sx += v;
           sxq += double(v) * r;
         }
         if (err < best_err) {
@@ -239,16 +259,19 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n) const {
           best_m = mh;
           best_d = dh;
         }
+        if (last) break;
         const double det = ne * sqq - sq * sq;
         if (det <= 0) break;
         const double dn = (ne * sxq - sx * sq) / det;
         if (!(dn > 0)) break;
-        dh = f32_to_f16(float(dn));
-        mh = f32_to_f16(float((sx - dn * sq) / ne));
+        const uint16_t dh2 = f32_to_f16(float(dn)), mh2 = f32_to_f16(float((sx - dn * sq) / ne));
+        if (dh2 == dh && mh2 == mh) break;  // a fixed point: the next round repeats this one
+        dh = dh2;
+        mh = mh2;
       }
       const float m = f16_to_f32(best_m), d = f16_to_f32(best_d);
       for (int i = 0; i < G; ++i) {
-        const float r = i < ne && d > 0 ? std::nearbyint((x[e0 + i] - m) / d) : 0.0f;
+        const float r = i < ne && d > 0 ? round_even((x[e0 + i] - m) / d) : 0.0f;
         q[i] = uint8_t(std::clamp(r, 0.0f, top));
       }
       std::memcpy(dst + L.d_off + 2 * g, &best_d, 2);
@@ -258,7 +281,7 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n) const {
       const uint16_t dh = f32_to_f16(std::max(std::fabs(lo), std::fabs(hi)) / 127.0f);
       const float d = f16_to_f32(dh);
       for (int i = 0; i < G; ++i) {
-        const float r = i < ne && d > 0 ? std::nearbyint(x[e0 + i] / d) : 0.0f;
+        const float r = i < ne && d > 0 ? round_even(x[e0 + i] / d) : 0.0f;
         q[i] = uint8_t(std::clamp(r, -127.0f, 127.0f) + 128.0f);
       }
       std::memcpy(dst + L.d_off + 2 * g, &dh, 2);
@@ -267,62 +290,77 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n) const {
   }
 }
 
-void KvCache::store_rows(Tensor& t, int p0, int n, const float* x, size_t ld) {
+void KvCache::store_rows(Tensor& t, int h, int p0, int n, const float* x, size_t ld, float* scratch) const {
   const size_t D = size_t(head_dim_);
   for (int b = 0; b < n; ++b) {
-    for (int h = 0; h < n_heads_; ++h) {
-      const float* src = x + size_t(b) * ld + h * D;
-      if (t.rotated) {
-        std::copy(src, src + D, rot_.begin());
-        rotate(rot_.data());
-        src = rot_.data();
-      }
-      encode(t.qtype, src, &t.q[size_t(h) * t.head_bytes + size_t(p0 + b) * t.seg], head_dim_);
+    const float* src = x + size_t(b) * ld + h * D;
+    if (t.rotated) {
+      std::copy(src, src + D, scratch);
+      rotate(scratch);
+      src = scratch;
     }
+    encode(t.qtype, src, &t.q[size_t(h) * t.head_bytes + size_t(p0 + b) * t.seg], head_dim_);
   }
 }
 
 // A block is head_dim rows, channel c's row the kBlock keys' element c as one q2a_g32 row.
 template <class RowAt>
-void KvCache::encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at) {
+void KvCache::encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at, float* chans) const {
   const int D = head_dim_;
   const size_t rb = t.seg / size_t(D);
   for (int b = b0; b < b1; ++b) {
     for (int i = 0; i < kBlock; ++i) {
       const float* r = row_at(b * kBlock + i);
-      for (int c = 0; c < D; ++c) rot_[size_t(c) * kBlock + i] = r[c];
+      for (int c = 0; c < D; ++c) chans[size_t(c) * kBlock + i] = r[c];
     }
     uint8_t* blk = &t.q[size_t(h) * t.head_bytes + size_t(b) * t.seg];
-    for (int c = 0; c < D; ++c) encode(t.qtype, &rot_[size_t(c) * kBlock], blk + size_t(c) * rb, kBlock);
+    for (int c = 0; c < D; ++c) encode(t.qtype, &chans[size_t(c) * kBlock], blk + size_t(c) * rb, kBlock);
   }
 }
 
-void KvCache::store(int l, int p0, int n, const float* k, const float* v, size_t ld) {
+void KvCache::store(int l, int p0, int n, const float* k, const float* v, size_t ld, ThreadPool* pool) {
   MXLM_ASSERT(l >= 0 && l < n_layers_ && p0 >= 0 && n > 0 && p0 + n <= n_ctx_);
   const size_t D = size_t(head_dim_);
-  for (auto [tensor, src] : {std::pair{&k_[size_t(l)], k}, std::pair{&v_[size_t(l)], v}}) {
-    // Plain copies: clang before 16 cannot capture structured bindings in the lambda below.
-    Tensor* const t = tensor;
-    const float* const x = src;
+  Tensor* const ts[2] = {&k_[size_t(l)], &v_[size_t(l)]};
+  const float* const xs[2] = {k, v};
+  for (Tensor* t : ts) {
     if (t->windowed && t->win1 != p0) {
       // A batch overwriting later positions (eval_layer over another sequence): as truncate.
       MXLM_ASSERT(p0 < t->win1);
       truncate(*t, p0);
     }
-    if (!t->per_channel) {
-      store_rows(*t, p0, n, x, ld);
-      continue;
+  }
+  const int threads = pool ? pool->size() : 1;
+  if (scratch_.size() < size_t(threads) * scratch_floats()) scratch_.resize(size_t(threads) * scratch_floats());
+  // A task per tensor and head: their rows and blocks are disjoint, and each is encoded as it
+  // would be alone, so the cache's bytes do not depend on the threads.
+  auto task = [&](int task, int thread) {
+    Tensor& t = *ts[task / n_heads_];
+    const float* x = xs[task / n_heads_];
+    const int h = task % n_heads_;
+    float* scratch = &scratch_[size_t(thread) * scratch_floats()];
+    if (!t.per_channel) {
+      store_rows(t, h, p0, n, x, ld, scratch);
+      return;
     }
     // The key blocks this batch completes, from the window's rows before p0 and the batch's.
-    const int b0 = p0 / kBlock, b1 = (p0 + n) / kBlock;
-    for (int h = 0; h < n_heads_; ++h) {
-      encode_blocks(*t, h, b0, b1, [&](int pos) {
-        if (pos >= p0) return x + size_t(pos - p0) * ld + h * D;
-        const uint16_t* w = window_row(*t, h, pos);
-        for (size_t i = 0; i < D; ++i) row_[i] = f16_to_f32(w[i]);
-        return const_cast<const float*>(row_.data());
-      });
-    }
+    float* row = scratch + D * kBlock;
+    encode_blocks(
+        t, h, p0 / kBlock, (p0 + n) / kBlock,
+        [&](int pos) {
+          if (pos >= p0) return x + size_t(pos - p0) * ld + h * D;
+          const uint16_t* w = window_row(t, h, pos);
+          for (size_t i = 0; i < D; ++i) row[i] = f16_to_f32(w[i]);
+          return const_cast<const float*>(row);
+        },
+        scratch);
+  };
+  // Float rows of one token are copies: not worth a parallel region.
+  auto coded = [](const Tensor* t) { return t->type == KvType::kQ8 || t->type == KvType::kQ4 || t->type == KvType::kQ2; };
+  if (pool && (n > 1 || coded(ts[0]) || coded(ts[1]))) {
+    pool->run(2 * n_heads_, task);
+  } else {
+    for (int i = 0; i < 2 * n_heads_; ++i) task(i, 0);
   }
 }
 
@@ -457,7 +495,9 @@ void KvCache::shift(int n_keep, int n_discard, int n_past, const float* cos_d, c
             if (is_k && p >= n_keep) rerotate(r);
           }
           if (t->per_channel) {
-            encode_blocks(*t, h, from / kBlock, lo / kBlock, [&](int pos) { return &rows_new[size_t(pos - from) * D]; });
+            encode_blocks(
+                *t, h, from / kBlock, lo / kBlock, [&](int pos) { return &rows_new[size_t(pos - from) * D]; },
+                scratch_.data());
           } else {
             uint8_t* b = const_cast<uint8_t*>(rows(*t, h));
             std::memmove(b + size_t(n_keep) * t->seg, b + size_t(n_keep + n_discard) * t->seg, size_t(n_new - n_keep) * t->seg);

@@ -845,7 +845,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
   }
   kv_->round_window(l, n, k_.data(), v_.data(), size_t(KV));
-  kv_->store(l, p0, n, k_.data(), v_.data(), size_t(KV));
+  kv_->store(l, p0, n, k_.data(), v_.data(), size_t(KV), pool_.get());
   // Causal attention (runtime/attention.h). A task is one KV head and a chunk of tokens: the
   // queries of every head that shares the KV head (GQA) for those tokens are gathered into rows
   // r = token * group + j (scaled by 1/sqrt(D), and rotated when the keys are), so that each key

@@ -15,6 +15,7 @@
 #include "mxlm/model.h"
 #include "runtime/attention.h"
 #include "runtime/kv_cache.h"
+#include "runtime/thread_pool.h"
 
 namespace mxlm {
 namespace {
@@ -242,6 +243,40 @@ TEST(KvCache, WindowAndTruncate) {
   }
   EXPECT_LT(std::sqrt(err / ref), 0.5);
   EXPECT_GT(std::sqrt(err / ref), 0.0);
+}
+
+// store() with a thread pool (a task per head and tensor) writes the bytes the serial store
+// writes: per-token rows, per-channel key blocks completed from the window and the batch, and the
+// windows, over a prompt batch and then single tokens, with 3 threads for 4 heads x 2 tensors.
+TEST(KvCache, PooledStoreWritesTheSerialBytes) {
+  const int C = 160, H = 4, D = 64, W = 40, L = 3;
+  const std::vector<KvFormats> plan = {*parse_kv_formats("k4v4"), *parse_kv_formats("k2v2"), *parse_kv_formats("k8v4")};
+  KvCache serial(L, C, H, D, plan, W), pooled(L, C, H, D, plan, W);
+  ThreadPool pool(3);
+  std::mt19937 rng(17);
+  std::vector<float> k(size_t(C) * H * D), v(size_t(C) * H * D);
+  for (float& x : k) x = std::normal_distribution<float>(0.0f, 1.0f)(rng);
+  for (float& x : v) x = std::normal_distribution<float>(0.0f, 1.0f)(rng);
+  const size_t ld = size_t(H) * D;
+  auto step = [&](int p0, int n) {
+    for (int l = 0; l < L; ++l) {
+      float* kb = &k[size_t(p0) * ld];
+      float* vb = &v[size_t(p0) * ld];
+      serial.round_window(l, n, kb, vb, ld);
+      serial.store(l, p0, n, kb, vb, ld);
+      serial.settle(l, p0, n, kb, vb, ld);
+      pooled.store(l, p0, n, kb, vb, ld, &pool);
+      pooled.settle(l, p0, n, kb, vb, ld);
+    }
+  };
+  step(0, 70);
+  for (int p = 70; p < C; ++p) step(p, 1);
+  for (int l = 0; l < L; ++l) {
+    EXPECT_EQ(serial.keys(l).q, pooled.keys(l).q) << l;
+    EXPECT_EQ(serial.values(l).q, pooled.values(l).q) << l;
+    EXPECT_EQ(serial.keys(l).win, pooled.keys(l).win) << l;
+    EXPECT_EQ(serial.values(l).win, pooled.values(l).win) << l;
+  }
 }
 
 // shift() moves the kept rows down and re-rotates keys by RoPE of -n_discard positions: each

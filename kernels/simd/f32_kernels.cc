@@ -536,6 +536,49 @@ inline __attribute__((always_inline)) V load_u(const uint8_t* row, int N, int c)
   }
 }
 
+// The kL-wide vectors of quants of group g (G / kL of them, in column order) of a q4a_g32 row with
+// nb groups: the group's 16 bytes widened once, their low nibbles (columns 0-15) and high
+// nibbles (16-31) split from the same register. load_u per vector widened every byte twice and,
+// its column known only at run time, chose the nibble by a branch per vector and row.
+inline __attribute__((always_inline)) void load_u_group_q4a(const uint8_t* row, int nb, int g, V* u) {
+  const uint8_t* p = row + 4 * nb + 16 * g;
+#if defined(MXLM_TARGET_AVX512)
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  u[0] = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+  u[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+#else
+  const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)));
+  u[0] = _mm256_cvtepi32_ps(_mm256_and_si256(b0, _mm256_set1_epi32(15)));
+  u[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b1, _mm256_set1_epi32(15)));
+  u[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
+  u[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
+#endif
+}
+
+// The same for a q2a_g32 row: the group's 8 bytes (byte j, bits 2s..2s+1: element j + 8s) widened
+// once for all its vectors, each then a shift and a mask (load_u widened them per vector).
+inline __attribute__((always_inline)) void load_u_group_q2a(const uint8_t* row, int nb, int g, V* u) {
+  const uint8_t* p = row + 4 * nb + 8 * g;
+  long long w;
+  __builtin_memcpy(&w, p, 8);
+#if defined(MXLM_TARGET_AVX512)
+  // Lanes 0-7 and 8-15 both hold bytes 0-7: elements 0-15 shift them by 0 and 2, 16-31 by 4 and 6.
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_set1_epi64x(w));
+  const __m512i sh = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i three = _mm512_set1_epi32(3);
+  u[0] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(b, sh), three));
+  u[1] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(b, _mm512_add_epi32(sh, _mm512_set1_epi32(4))), three));
+#else
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(w));
+  const __m256i three = _mm256_set1_epi32(3);
+  u[0] = _mm256_cvtepi32_ps(_mm256_and_si256(b, three));
+  u[1] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, 2), three));
+  u[2] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(b, 4), three));
+  u[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 6));
+#endif
+}
+
 // Columns [c, c + kL) of a row of N elements in format T (c a multiple of kL); for f32, lanes
 // from `valid` on are not read (zeros).
 template <QType T>
@@ -944,9 +987,13 @@ constexpr int kNnMr = 4, kNnNv = 2, kNnWide = 8;
 // `attention/` (see the comment above gemm_nn). Group g0 = c0 / G is the tile's first and vector
 // v lies in group g0 + v / (G / kL): a tile starts at a multiple of G columns or lies in one
 // group (the chunks of gemm_nn_t are 128 or 64 columns for one row, 64 or 16 for tiles).
-template <QType T, int MR, int NV>
-void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
-                           size_t ldy, int last, bool acc_in) {
+//
+// kWhole: the tile's vectors are whole groups (c0 a multiple of G, NV of kVg): q4a's and q2a's
+// quants are decoded a group at a time (load_u_group_q4a, load_u_group_q2a). Decode P·V over one Llama-7B layer at depth 2048
+// (`attention/avx512/k4v4`, one thread): see the measurements in the README's KV section.
+template <QType T, int MR, int NV, bool kWhole>
+void gemm_nn_tile_factored_t(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
+                             size_t ldy, int last, bool acc_in) {
   constexpr int G = kKvGroup<T>, kVg = G / kL;  // vectors per group
   static_assert((NV - 1) / kVg < 4, "a tile spans at most 4 groups");
   const int nb = (N + G - 1) / G, g0 = c0 / G;
@@ -971,7 +1018,17 @@ void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8
       o = _mm_mul_ps(d, _mm_set1_ps(-128.0f));  // exact
     }
     V u[NV];
-    for (int v = 0; v < NV; ++v) u[v] = load_u<T>(row, N, c0 + v * kL);
+    if constexpr (kWhole) {
+      for (int v = 0; v < NV; v += kVg) {
+        if constexpr (T == QType::kQ4AG32) {
+          load_u_group_q4a(row, nb, g0 + v / kVg, &u[v]);
+        } else {
+          load_u_group_q2a(row, nb, g0 + v / kVg, &u[v]);
+        }
+      }
+    } else {
+      for (int v = 0; v < NV; ++v) u[v] = load_u<T>(row, N, c0 + v * kL);
+    }
     for (int m = 0; m < MR; ++m) {
       const __m128 xm = _mm_set1_ps(x[m * ldx + k]);
       const __m128 c = _mm_mul_ps(xm, d);
@@ -997,6 +1054,18 @@ void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8
       }
     }
   }
+}
+
+template <QType T, int MR, int NV>
+void gemm_nn_tile_factored(int N, int K, const float* x, size_t ldx, const uint8_t* b, size_t brb, int c0, float* y,
+                           size_t ldy, int last, bool acc_in) {
+  constexpr int kVg = kKvGroup<T> / kL;
+  if constexpr ((T == QType::kQ4AG32 || T == QType::kQ2AG32) && NV % kVg == 0) {
+    if (c0 % kKvGroup<T> == 0) {
+      return gemm_nn_tile_factored_t<T, MR, NV, true>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
+    }
+  }
+  return gemm_nn_tile_factored_t<T, MR, NV, false>(N, K, x, ldx, b, brb, c0, y, ldy, last, acc_in);
 }
 
 template <QType T, int MR, int NV>
