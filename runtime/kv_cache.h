@@ -147,7 +147,10 @@ class KvCache {
 
  private:
   void init(Tensor& t, KvType type, bool is_k);
-  void encode(QType t, const float* x, uint8_t* dst, int n) const;
+  // Row x of n elements in format t into dst; the affine formats' per-group (d, m) fitted here,
+  // or taken from d_fit and m_fit (one per group) when given.
+  void encode(QType t, const float* x, uint8_t* dst, int n, const uint16_t* d_fit = nullptr,
+              const uint16_t* m_fit = nullptr) const;
   // Head h's rows of positions p0 .. p0 + n - 1; scratch: head_dim floats.
   void store_rows(Tensor& t, int h, int p0, int n, const float* x, size_t ld, float* scratch) const;
   void truncate(Tensor& t, int n);
