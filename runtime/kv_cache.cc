@@ -200,6 +200,9 @@ void fit_affine4(const float* x, int lanes, float top, uint16_t* d_out, uint16_t
 }
 #endif
 
+// The integer formats, encoded per group (the others are floats, copied or rounded).
+bool is_coded(KvType t) { return t == KvType::kQ8 || t == KvType::kQ4 || t == KvType::kQ2; }
+
 std::optional<KvType> parse_kv_type(std::string_view s) {
   if (s == "32" || s == "f32") return KvType::kF32;
   if (s == "16" || s == "f16") return KvType::kF16;
@@ -336,8 +339,7 @@ void KvCache::init(Tensor& t, KvType type, bool is_k) {
   t.qtype = kv_qtype(type, D);
   t.windowed = type == KvType::kQ2;
   t.per_channel = is_k && type == KvType::kQ2;
-  const bool quantized = type == KvType::kQ8 || type == KvType::kQ4 || type == KvType::kQ2;
-  t.rotated = (D & (D - 1)) == 0 && quantized && !t.per_channel;
+  t.rotated = (D & (D - 1)) == 0 && is_coded(type) && !t.per_channel;
   if (t.per_channel) {
     t.seg = size_t(D) * *qtype_row_bytes(t.qtype, kBlock);
     t.head_bytes = size_t(n_ctx_ / kBlock) * t.seg;
@@ -516,8 +518,7 @@ void KvCache::store(int l, int p0, int n, const float* k, const float* v, size_t
         scratch);
   };
   // Float rows of one token are copies: not worth a parallel region.
-  auto coded = [](const Tensor* t) { return t->type == KvType::kQ8 || t->type == KvType::kQ4 || t->type == KvType::kQ2; };
-  if (pool && (n > 1 || coded(ts[0]) || coded(ts[1]))) {
+  if (pool && (n > 1 || is_coded(ts[0]->type) || is_coded(ts[1]->type))) {
     pool->run(2 * n_heads_, task);
   } else {
     for (int i = 0; i < 2 * n_heads_; ++i) task(i, 0);
