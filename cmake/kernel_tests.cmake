@@ -24,6 +24,7 @@ set(MXLM_KERNEL_TEST_SRCS
     ${CMAKE_SOURCE_DIR}/tests/quant_test.cc
     ${CMAKE_SOURCE_DIR}/tests/kv_cache_test.cc
     ${CMAKE_SOURCE_DIR}/runtime/kv_cache.cc
+    ${CMAKE_SOURCE_DIR}/runtime/kv_fit.cc
     ${CMAKE_SOURCE_DIR}/runtime/attention.cc
     ${CMAKE_SOURCE_DIR}/runtime/thread_pool.cc)
 add_executable(mxlm_kernel_tests ${MXLM_KERNEL_TEST_SRCS})

@@ -8,197 +8,18 @@
 #include <limits>
 #include <utility>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "base/error.h"
 #include "kernels/quant.h"
 #include "kernels/splitmix.h"
 #include "model/rotate.h"
+#include "runtime/kv_fit.h"
 #include "runtime/thread_pool.h"
 
 namespace mxlm {
 
 namespace {
 
-// std::nearbyint in the default rounding mode (to nearest, ties to even), inline: |v| < 2^23 plus
-// 2^23 lands in [2^23, 2^24), where the floats are the integers, so the sum rounds |v| as
-// nearbyint does and the subtraction is exact; the sign goes back on (-0 included), and larger
-// |v| are integers already (or NaN). Equal to std::nearbyint on all 2^32 floats (checked
-// exhaustively). std::nearbyint is a libm call here (the runtime is built for the baseline ISA,
-// without SSE4.1's roundss), once per element and least-squares round: about a sixth of a
-// Llama-7B layer's k4v4 store (`kv_store/` in mxlm_bench_kernels), which a decode token pays for
-// every layer.
-inline float round_even(float v) {
-  const float a = std::fabs(v);
-  if (!(a < 0x1p23f)) return v;
-  return std::copysign((a + 0x1p23f) - 0x1p23f, v);
-}
-
-// The affine formats' groups (q4a_g32, q2a_g32): w = d * q + m, q in [0, top]. fit_affine
-// starts from m = min, d = (max - min) / top, then runs two rounds of the least-squares (d, m)
-// for the current levels and the levels for the new (d, m) (both as f16), keeping the pair of
-// least squared error (tinymix-26m k4v4: +1.5 % -> +0.8 % ppl over f32 KV). The sums are those of
-// every round in ascending order; x is summed once (it is the same each round), the last round
-// sums only the error (its update would go unused), and a pair the update returns unchanged ends
-// the rounds (the next would repeat it): the same bytes as running all three rounds whole.
-constexpr int kAffineGroup = 32, kAffineRounds = 3, kMaxAffineGroups = 64;  // head_dim <= 2048
-
-void fit_affine(const float* x, int ne, float top, uint16_t* d_out, uint16_t* m_out) {
-  float lo = x[0], hi = x[0];
-  for (int i = 1; i < ne; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
-  uint16_t best_m = f32_to_f16(lo), best_d = f32_to_f16((hi - lo) / top);
-  float best_err = std::numeric_limits<float>::infinity();
-  uint16_t mh = best_m, dh = best_d;
-  double sx = 0;
-  for (int i = 0; i < ne; ++i) sx += x[i];
-  for (int round = 0; round < kAffineRounds; ++round) {
-    const float m = f16_to_f32(mh), d = f16_to_f32(dh);
-    const bool last = round == kAffineRounds - 1;
-    double err = 0, sq = 0, sqq = 0, sxq = 0;
-    for (int i = 0; i < ne; ++i) {
-      const float v = x[i];
-      const float r = d > 0 ? std::clamp(round_even((v - m) / d), 0.0f, top) : 0.0f;
-      const float e = v - (d * r + m);
-      err += double(e) * e;
-      if (last) continue;
-      sq += r;
-      sqq += double(r) * r;
-      sxq += double(v) * r;
-    }
-    if (err < best_err) {
-      best_err = float(err);
-      best_m = mh;
-      best_d = dh;
-    }
-    if (last) break;
-    const double det = ne * sqq - sq * sq;
-    if (det <= 0) break;
-    const double dn = (ne * sxq - sx * sq) / det;
-    if (!(dn > 0)) break;
-    const uint16_t dh2 = f32_to_f16(float(dn)), mh2 = f32_to_f16(float((sx - dn * sq) / ne));
-    if (dh2 == dh && mh2 == mh) break;  // a fixed point: the next round repeats this one
-    dh = dh2;
-    mh = mh2;
-  }
-  *d_out = best_d;
-  *m_out = best_m;
-}
-
-#if defined(__SSE2__)
-// fit_affine of `lanes` (1 to 4) whole groups at x, x + 32, ..., one group per lane of SSE2
-// vectors: each lane runs fit_affine's operations on its group in fit_affine's order (IEEE
-// single and double steps, no fused multiply-add: the bytes are the same; a lane whose fit ends
-// is computed on and ignored), so a row of 128 costs one pass of 4-wide divisions and
-// double-precision sums per round instead of four. Zeros: max/min give +0 where std::clamp
-// keeps -0, which changes no sum, product or level.
-void fit_affine4(const float* x, int lanes, float top, uint16_t* d_out, uint16_t* m_out) {
-  constexpr int N = kAffineGroup;
-  alignas(16) float xt[N * 4];  // xt[4 i + l]: element i of lane l's group
-  uint16_t mh[4], dh[4], bm[4], bd[4];
-  float best_err[4];
-  bool active[4];
-  for (int l = 0; l < 4; ++l) {
-    const float* g = x + size_t(std::min(l, lanes - 1)) * N;
-    float lo = g[0], hi = g[0];
-    for (int i = 1; i < N; ++i) {
-      lo = std::min(lo, g[i]);
-      hi = std::max(hi, g[i]);
-    }
-    for (int i = 0; i < N; ++i) xt[4 * i + l] = g[i];
-    bm[l] = mh[l] = f32_to_f16(lo);
-    bd[l] = dh[l] = f32_to_f16((hi - lo) / top);
-    best_err[l] = std::numeric_limits<float>::infinity();
-    active[l] = l < lanes;
-  }
-  // Lanes 0-1 and 2-3 of a float vector as doubles.
-  auto lo2 = [](__m128 v) { return _mm_cvtps_pd(v); };
-  auto hi2 = [](__m128 v) { return _mm_cvtps_pd(_mm_movehl_ps(v, v)); };
-  alignas(16) double sx[4];
-  {
-    __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
-    for (int i = 0; i < N; ++i) {
-      const __m128 v = _mm_load_ps(xt + 4 * i);
-      s0 = _mm_add_pd(s0, lo2(v));
-      s1 = _mm_add_pd(s1, hi2(v));
-    }
-    _mm_store_pd(sx, s0);
-    _mm_store_pd(sx + 2, s1);
-  }
-  const __m128 zero = _mm_setzero_ps(), topv = _mm_set1_ps(top), two23 = _mm_set1_ps(0x1p23f), sign = _mm_set1_ps(-0.0f);
-  for (int round = 0; round < kAffineRounds; ++round) {
-    alignas(16) float mf[4], df[4];
-    for (int l = 0; l < 4; ++l) {
-      mf[l] = f16_to_f32(mh[l]);
-      df[l] = f16_to_f32(dh[l]);
-    }
-    const __m128 m = _mm_load_ps(mf), d = _mm_load_ps(df), dpos = _mm_cmpgt_ps(d, zero);
-    const bool last = round == kAffineRounds - 1;
-    __m128d err0 = _mm_setzero_pd(), err1 = err0, sq0 = err0, sq1 = err0, sqq0 = err0, sqq1 = err0, sxq0 = err0,
-            sxq1 = err0;
-    for (int i = 0; i < N; ++i) {
-      const __m128 v = _mm_load_ps(xt + 4 * i);
-      // round_even of (v - m) / d, clamped to [0, top]; 0 where d <= 0.
-      const __m128 u = _mm_div_ps(_mm_sub_ps(v, m), d);
-      const __m128 a = _mm_andnot_ps(sign, u);
-      const __m128 small = _mm_cmplt_ps(a, two23);
-      const __m128 ra = _mm_or_ps(_mm_sub_ps(_mm_add_ps(a, two23), two23), _mm_and_ps(u, sign));
-      const __m128 re = _mm_or_ps(_mm_and_ps(small, ra), _mm_andnot_ps(small, u));
-      const __m128 r = _mm_and_ps(dpos, _mm_min_ps(_mm_max_ps(re, zero), topv));
-      const __m128 e = _mm_sub_ps(v, _mm_add_ps(_mm_mul_ps(d, r), m));
-      const __m128d e0 = lo2(e), e1 = hi2(e);
-      err0 = _mm_add_pd(err0, _mm_mul_pd(e0, e0));
-      err1 = _mm_add_pd(err1, _mm_mul_pd(e1, e1));
-      if (last) continue;
-      const __m128d r0 = lo2(r), r1 = hi2(r), v0 = lo2(v), v1 = hi2(v);
-      sq0 = _mm_add_pd(sq0, r0);
-      sq1 = _mm_add_pd(sq1, r1);
-      sqq0 = _mm_add_pd(sqq0, _mm_mul_pd(r0, r0));
-      sqq1 = _mm_add_pd(sqq1, _mm_mul_pd(r1, r1));
-      sxq0 = _mm_add_pd(sxq0, _mm_mul_pd(v0, r0));
-      sxq1 = _mm_add_pd(sxq1, _mm_mul_pd(v1, r1));
-    }
-    alignas(16) double err[4], sq[4], sqq[4], sxq[4];
-    _mm_store_pd(err, err0);
-    _mm_store_pd(err + 2, err1);
-    _mm_store_pd(sq, sq0);
-    _mm_store_pd(sq + 2, sq1);
-    _mm_store_pd(sqq, sqq0);
-    _mm_store_pd(sqq + 2, sqq1);
-    _mm_store_pd(sxq, sxq0);
-    _mm_store_pd(sxq + 2, sxq1);
-    bool any = false;
-    for (int l = 0; l < lanes; ++l) {
-      if (!active[l]) continue;
-      if (err[l] < best_err[l]) {
-        best_err[l] = float(err[l]);
-        bm[l] = mh[l];
-        bd[l] = dh[l];
-      }
-      active[l] = false;
-      if (last) continue;
-      const double det = N * sqq[l] - sq[l] * sq[l];
-      if (det <= 0) continue;
-      const double dn = (N * sxq[l] - sx[l] * sq[l]) / det;
-      if (!(dn > 0)) continue;
-      const uint16_t dh2 = f32_to_f16(float(dn)), mh2 = f32_to_f16(float((sx[l] - dn * sq[l]) / N));
-      if (dh2 == dh[l] && mh2 == mh[l]) continue;
-      dh[l] = dh2;
-      mh[l] = mh2;
-      active[l] = any = true;
-    }
-    if (!any) break;
-  }
-  for (int l = 0; l < lanes; ++l) {
-    d_out[l] = bd[l];
-    m_out[l] = bm[l];
-  }
-}
-#endif
+constexpr int kMaxAffineGroups = 64;  // head_dim <= 2048
 
 // The integer formats, encoded per group (the others are floats, copied or rounded).
 bool is_coded(KvType t) { return t == KvType::kQ8 || t == KvType::kQ4 || t == KvType::kQ2; }
@@ -390,21 +211,19 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n, const uint16_
   const int G = qtype_info(t).block_elems, bits = qtype_info(t).bits;
   const bool affine = t == QType::kQ4AG32 || t == QType::kQ2AG32;
   const float top = float((1 << bits) - 1);
-  // The affine groups' (d, m): whole groups four at a time where SSE2 is, the rest one by one.
+  // The affine groups' (d, m): whole groups four at a time (fit_affine4), the rest one by one.
   uint16_t dh[kMaxAffineGroups], mh[kMaxAffineGroups];
-  int64_t fitted = 0;
   if (affine && d_fit) {
     std::copy_n(d_fit, L.nb, dh);
     std::copy_n(m_fit, L.nb, mh);
   } else if (affine) {
     MXLM_ASSERT(G == kAffineGroup && L.nb <= kMaxAffineGroups);
-#if defined(__SSE2__)
+    int64_t fitted = 0;
     for (const int64_t whole = n / kAffineGroup; fitted < whole;) {
       const int lanes = int(std::min<int64_t>(4, whole - fitted));
       fit_affine4(x + fitted * kAffineGroup, lanes, top, dh + fitted, mh + fitted);
       fitted += lanes;
     }
-#endif
     for (int64_t g = fitted; g < L.nb; ++g) {
       const int e0 = int(g) * G;
       fit_affine(x + e0, std::min(G, n - e0), top, &dh[g], &mh[g]);
@@ -465,7 +284,6 @@ void KvCache::encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at, floa
     }
     uint8_t* blk = &t.q[size_t(h) * t.head_bytes + size_t(b) * t.seg];
     int c = 0;
-#if defined(__SSE2__)
     // The channels' rows (one group each, kBlock floats apart) fitted four at a time.
     static_assert(kBlock == kAffineGroup);
     for (; c + 4 <= D && t.qtype == QType::kQ2AG32; c += 4) {
@@ -475,7 +293,6 @@ void KvCache::encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at, floa
         encode(t.qtype, &chans[size_t(c + l) * kBlock], blk + size_t(c + l) * rb, kBlock, &dh[l], &mh[l]);
       }
     }
-#endif
     for (; c < D; ++c) encode(t.qtype, &chans[size_t(c) * kBlock], blk + size_t(c) * rb, kBlock);
   }
 }

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "mxlm/model.h"
 #include "runtime/attention.h"
 #include "runtime/kv_cache.h"
+#include "runtime/kv_fit.h"
 #include "runtime/thread_pool.h"
 
 namespace mxlm {
@@ -277,6 +279,76 @@ TEST(KvCache, PooledStoreWritesTheSerialBytes) {
     EXPECT_EQ(serial.keys(l).win, pooled.keys(l).win) << l;
     EXPECT_EQ(serial.values(l).win, pooled.values(l).win) << l;
   }
+}
+
+// round_even is std::nearbyint (ties to even): at and around the ties, signed zeros, the
+// integers' edge 2^23 and beyond, and random floats of every magnitude.
+TEST(KvFit, RoundEvenIsNearbyint) {
+  std::vector<float> xs = {0.0f, -0.0f, 0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 0.49999997f, 0.50000006f,
+                           0x1p23f - 0.5f, 0x1p23f, 0x1p23f + 1.0f, -0x1p23f + 0.5f, 0x1p24f + 2.0f, 1e30f, -1e30f,
+                           std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::min()};
+  std::mt19937 rng(5);
+  for (int i = 0; i < 200000; ++i) {
+    uint32_t u = rng();
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (!std::isnan(f)) xs.push_back(f);
+    xs.push_back(float(int(rng() % 2001) - 1000) * 0.5f);  // ties and integers
+  }
+  for (float x : xs) {
+    const float a = round_even(x), b = std::nearbyint(x);
+    uint32_t ua, ub;
+    std::memcpy(&ua, &a, 4);
+    std::memcpy(&ub, &b, 4);
+    ASSERT_EQ(ua, ub) << x;
+  }
+  EXPECT_TRUE(std::isnan(round_even(std::numeric_limits<float>::quiet_NaN())));
+}
+
+// fit_affine4 (four groups in SSE2 lanes where there is SSE2) returns fit_affine's (d, m) bytes
+// for every lane count and both widths (4-bit: top 15, 2-bit: 3), over groups that stress the
+// rounding: Gaussian and uniform at scales 1e-6 to 1e4, grids whose levels fall on ties, zeros
+// (-0 too), constant groups, one outlier among small values, and lanes that end their rounds at
+// different times.
+TEST(KvFit, FourLanesEqualTheScalarFit) {
+  std::mt19937 rng(23);
+  const int N = kAffineGroup;
+  std::vector<float> x(4 * N);
+  auto fill = [&](float* g, int kind) {
+    const float scale = std::pow(10.0f, float(int(rng() % 11)) - 6.0f);  // 1e-6 .. 1e4
+    for (int i = 0; i < N; ++i) {
+      switch (kind) {
+        case 0: g[i] = std::normal_distribution<float>(0.0f, scale)(rng); break;
+        case 1: g[i] = std::uniform_real_distribution<float>(-scale, 3.0f * scale)(rng); break;
+        case 2: g[i] = float(int(rng() % 31)) * 0.5f * scale; break;  // halves: ties at many (d, m)
+        case 3: g[i] = rng() % 3 == 0 ? 0.0f : rng() % 2 ? -0.0f : std::normal_distribution<float>(0.0f, scale)(rng); break;
+        case 4: g[i] = scale; break;
+        default: g[i] = i == int(rng() % N) ? 1e4f * scale : std::normal_distribution<float>(0.0f, scale)(rng); break;
+      }
+    }
+  };
+  int mismatches = 0, groups = 0;
+  for (int it = 0; it < 6000; ++it) {
+    for (int l = 0; l < 4; ++l) fill(&x[size_t(l) * N], int(rng() % 6));
+    const int lanes = 1 + int(rng() % 4);
+    for (float top : {15.0f, 3.0f}) {
+      uint16_t d4[4], m4[4];
+      fit_affine4(x.data(), lanes, top, d4, m4);
+      for (int l = 0; l < lanes; ++l) {
+        uint16_t d1, m1;
+        fit_affine(&x[size_t(l) * N], N, top, &d1, &m1);
+        ++groups;
+        if (d1 != d4[l] || m1 != m4[l]) {
+          if (++mismatches <= 5) {
+            ADD_FAILURE() << "top " << top << " lane " << l << " of " << lanes << ": scalar (" << d1 << ", " << m1
+                          << "), four-lane (" << d4[l] << ", " << m4[l] << ")";
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << groups << " groups";
 }
 
 // shift() moves the kept rows down and re-rotates keys by RoPE of -n_discard positions: each
