@@ -92,6 +92,33 @@ void mean_sd(const std::vector<double>& v, double* mean, double* sd) {
   *sd = v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0;
 }
 
+std::vector<BenchPhase> bench_phases(const EvalProfile& prof, int threads, double bandwidth) {
+  std::vector<BenchPhase> out;
+  if (prof.tokens == 0 || prof.eval_s <= 0) return out;
+  const double per_tok = 1e3 / double(prof.tokens);
+  double in_phases = 0;
+  for (int i = 0; i < kPhases; ++i) {
+    const PhaseStats& st = prof.phase[size_t(i)];
+    if (st.calls == 0) continue;
+    BenchPhase ph;
+    ph.name = phase_name(Phase(i));
+    ph.ms_per_token = st.wall_s * per_tok;
+    ph.share_pct = 100.0 * st.wall_s / prof.eval_s;
+    ph.gb_s = st.wall_s > 0 ? st.bytes / st.wall_s / 1e9 : 0.0;
+    ph.bandwidth_pct = bandwidth > 0 ? 100.0 * ph.gb_s * 1e9 / bandwidth : 0.0;
+    ph.busy_pct = st.wall_s > 0 ? 100.0 * st.busy_s / (st.wall_s * threads) : 0.0;
+    ph.calls_per_token = double(st.calls) / double(prof.tokens);
+    in_phases += st.wall_s;
+    out.push_back(ph);
+  }
+  BenchPhase other;
+  other.name = "other";
+  other.ms_per_token = std::max(0.0, prof.eval_s - in_phases) * per_tok;
+  other.share_pct = 100.0 * std::max(0.0, prof.eval_s - in_phases) / prof.eval_s;
+  out.push_back(other);
+  return out;
+}
+
 }  // namespace
 
 std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const BenchParams& p) {
@@ -156,6 +183,9 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
       auto rounds = [&](int n_tokens, auto&& run) {
         std::vector<std::vector<double>> rates(nm);
         for (int r = 0; r <= p.reps; ++r) {
+          if (r == 1) {
+            for (auto& c : ctxs) c->clear_profile();  // round 0 warms up
+          }
           for (size_t m = 0; m < nm; ++m) {
             ctxs[m]->truncate(depth);
             const auto t0 = clock::now();
@@ -188,6 +218,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
         }
       }
       if (p.n_gen > 0) {
+        for (auto& c : ctxs) c->set_profiling(p.phases);
         const auto rates = rounds(p.n_gen, [&](Context& ctx) {
           for (int i = 0; i < p.n_gen; ++i) {
             const int tok[1] = {tokens[static_cast<size_t>(i) % tokens.size()]};
@@ -210,6 +241,8 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
           b.bandwidth_gb_s = bw_tg / 1e9;
           b.bandwidth_pct = 100.0 * (b.weight_gb_s + b.kv_gb_s) / b.bandwidth_gb_s;
           b.roofline_tok_s = bw_tg / (double(bpt) + b.kv_bytes_per_token);
+          if (p.phases) b.phases = bench_phases(ctxs[m]->profile(), threads, bw_tg);
+          ctxs[m]->set_profiling(false);
           out.push_back(b);
         }
       }

@@ -625,6 +625,7 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
 }
 
 void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
+  const ProfMark mark = prof_mark();
   if (observer_ && !a.observed) {
     observer_->observe(a.layer, a.in, a.x, a.m, a.k);
     a.observed = true;
@@ -680,6 +681,49 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
       }
     }
   }
+  if (profiling_) {
+    static constexpr Phase kPhaseOf[kMatmulInputs] = {Phase::kQkv, Phase::kWo, Phase::kGateUp, Phase::kDown, Phase::kHead};
+    double bytes = 0;
+    for (const MatmulJob& j : jobs_in) {
+      for (const WeightSegment& sg : j.w->segments) bytes += double(sg.row_bytes) * double(sg.row_end - sg.row_begin);
+    }
+    prof_add(kPhaseOf[int(a.in)], mark, bytes);
+  }
+}
+
+void Context::set_profiling(bool on) {
+  profiling_ = on;
+  pool_->set_timing(on);
+  clear_profile();
+}
+
+void Context::clear_profile() { profile_ = EvalProfile{}; }
+
+Context::ProfMark Context::prof_mark() const {
+  if (!profiling_) return {};
+  return {std::chrono::steady_clock::now(), pool_->busy_seconds()};
+}
+
+void Context::prof_add(Phase p, const ProfMark& m, double bytes) {
+  if (!profiling_) return;
+  PhaseStats& st = profile_.phase[size_t(p)];
+  st.wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - m.t).count();
+  st.busy_s += pool_->busy_seconds() - m.busy;
+  st.bytes += bytes;
+  ++st.calls;
+}
+
+const char* phase_name(Phase p) {
+  switch (p) {
+    case Phase::kQkv: return "qkv";
+    case Phase::kWo: return "wo";
+    case Phase::kGateUp: return "gate_up";
+    case Phase::kDown: return "down";
+    case Phase::kHead: return "head";
+    case Phase::kKvStore: return "kv_store";
+    case Phase::kAttention: return "attention";
+  }
+  return "?";
 }
 
 const float* Context::eval(std::span<const int> tokens, bool all_logits) {
@@ -696,6 +740,7 @@ const float* Context::eval(std::span<const int> tokens, bool all_logits) {
     }
   }
   const size_t n = tokens.size();
+  const ProfMark mark = prof_mark();
   logits_.resize((all_logits ? n : 1) * size_t(c.n_vocab));
   for (size_t i = 0; i < n; i += n_batch_) {
     const int nb = static_cast<int>(std::min<size_t>(n_batch_, n - i));
@@ -703,6 +748,10 @@ const float* Context::eval(std::span<const int> tokens, bool all_logits) {
     float* out = all_logits ? logits_.data() + i * c.n_vocab : logits_.data();
     const CoreLease lease(CoreBudget::process(), n_threads_);  // runtime/core_budget.h
     forward_batch(tokens.data() + i, nb, all_logits, all_logits || last ? out : nullptr);
+  }
+  if (profiling_) {
+    profile_.eval_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - mark.t).count();
+    profile_.tokens += n;
   }
   return logits_.data();
 }
@@ -844,8 +893,11 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
     for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
   }
+  ProfMark mark = prof_mark();
   kv_->round_window(l, n, k_.data(), v_.data(), size_t(KV));
   kv_->store(l, p0, n, k_.data(), v_.data(), size_t(KV), pool_.get());
+  prof_add(Phase::kKvStore, mark, 0);
+  mark = prof_mark();
   // Causal attention (runtime/attention.h). A task is one KV head and a chunk of tokens: the
   // queries of every head that shares the KV head (GQA) for those tokens are gathered into rows
   // r = token * group + j (scaled by 1/sqrt(D), and rotated when the keys are), so that each key
@@ -923,6 +975,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     });
   }
   kv_->settle(l, p0, n, k_.data(), v_.data(), size_t(KV));
+  if (profiling_) prof_add(Phase::kAttention, mark, kv_->read_bytes(p0 + n) / double(c.n_layers));
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());
   for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];

@@ -40,7 +40,7 @@ inline void cpu_relax() {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads), busy_(new Busy[size_t(n_threads_)]) {
   workers_.reserve(size_t(n_threads_ - 1));
   for (int t = 1; t < n_threads_; ++t) workers_.emplace_back([this, t] { work(t); });
 }
@@ -52,8 +52,29 @@ ThreadPool::~ThreadPool() {
   for (std::thread& w : workers_) w.join();
 }
 
+void ThreadPool::set_timing(bool on) {
+  timing_ = on;
+  for (int t = 0; t < n_threads_; ++t) busy_[t].s = 0;
+}
+
+double ThreadPool::busy_seconds() const {
+  double s = 0;
+  for (int t = 0; t < n_threads_; ++t) s += busy_[t].s;
+  return s;
+}
+
+void ThreadPool::add_busy(int thread, std::chrono::steady_clock::time_point t0) {
+  busy_[thread].s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 void ThreadPool::claim(int thread) {
-  for (int t; (t = next_.fetch_add(1, std::memory_order_relaxed)) < n_tasks_;) call_(ctx_, t, thread);
+  // timing_ is written only between regions: the region's publication (gen_) orders it.
+  std::chrono::steady_clock::time_point t0{};
+  int t = next_.fetch_add(1, std::memory_order_relaxed);
+  if (t >= n_tasks_) return;
+  if (timing_) t0 = std::chrono::steady_clock::now();
+  for (; t < n_tasks_; t = next_.fetch_add(1, std::memory_order_relaxed)) call_(ctx_, t, thread);
+  if (timing_) add_busy(thread, t0);
 }
 
 void ThreadPool::dispatch(int n_tasks, Call call, void* ctx) {

@@ -16,7 +16,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -33,13 +35,21 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
+  // Busy time (Context's phase profile): with timing on, each thread adds the time from taking
+  // a region's first task to finishing its last (two clock reads per thread and region);
+  // busy_seconds() is the sum over threads since timing was switched on. Read it between runs.
+  void set_timing(bool on);
+  double busy_seconds() const;
+
   // Calls f(task, thread) for every task in [0, n_tasks), thread in [0, size()), and returns when
   // all are done. With one thread or one task it runs on the caller.
   template <class F>
   void run(int n_tasks, F&& f) {
     if (n_tasks <= 0) return;
     if (n_threads_ == 1 || n_tasks == 1) {
+      const auto t0 = timing_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       for (int t = 0; t < n_tasks; ++t) f(t, 0);
+      if (timing_) add_busy(0, t0);
       return;
     }
     using Fn = std::remove_reference_t<F>;
@@ -52,6 +62,7 @@ class ThreadPool {
   void dispatch(int n_tasks, Call call, void* ctx);
   void work(int thread);
   void claim(int thread);
+  void add_busy(int thread, std::chrono::steady_clock::time_point t0);
 
   int n_threads_;
   std::vector<std::thread> workers_;
@@ -65,6 +76,11 @@ class ThreadPool {
   std::atomic<int> caller_sleeps_{0};               // the caller waits in futex_wait on finished_
   alignas(64) std::atomic<int> sleepers_{0};   // workers in (or entering) futex_wait
   std::atomic<bool> stop_{false};
+  bool timing_ = false;
+  struct alignas(64) Busy {
+    double s = 0;
+  };
+  std::unique_ptr<Busy[]> busy_;  // per thread
 };
 
 }  // namespace mxlm

@@ -293,6 +293,43 @@ TEST(Cli, SynthWritesTheRequestedShapeAndFormat) {
   EXPECT_NE(out.find("tinymix-26m"), std::string::npos) << out;
 }
 
+// bench --phases: each tg result breaks a token into the phases and the rest, whose times add up
+// to the token's; the table form prints them too.
+TEST(Cli, BenchPhasesAddUpToTheToken) {
+  int st;
+  const std::string out = mxlm_stdout("bench -m " + synth_model() + " -p 4 -n 8 -t 1 -r 2 --phases --json", &st);
+  ASSERT_EQ(st, 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_EQ(j.size(), 2u) << out;
+  EXPECT_FALSE(j[0].contains("phases")) << "pp has none";
+  const auto& tg = j[1];
+  ASSERT_TRUE(tg.contains("phases")) << tg.dump();
+  std::vector<std::string> names;
+  double ms = 0, share = 0;
+  for (const auto& p : tg["phases"]) {
+    names.push_back(p["phase"]);
+    ms += p["ms_per_token"].get<double>();
+    share += p["share_pct"].get<double>();
+    EXPECT_GE(p["ms_per_token"].get<double>(), 0.0) << p.dump();
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"qkv", "wo", "gate_up", "down", "head", "kv_store", "attention", "other"}));
+  EXPECT_NEAR(share, 100.0, 1e-6);
+  // The token's time inside eval, within what the timed repetitions took: tok_s is the mean of
+  // two repetitions' rates, whose slower one is at least mean - sd.
+  const double rate = tg["tok_s"].get<double>(), sd = tg["tok_s_sd"].get<double>();
+  EXPECT_LE(ms, 1e3 / (rate - sd) * 1.001);
+  EXPECT_GT(ms, 0.5e3 / (rate + sd));
+  for (const auto& p : tg["phases"]) {
+    if (p["phase"] != "gate_up") continue;
+    EXPECT_GT(p["gb_s"].get<double>(), 0.0);
+    EXPECT_EQ(p["calls_per_token"].get<double>(), 1.0) << "one layer";
+  }
+  const std::string table = mxlm_stdout("bench -m " + synth_model() + " -p 0 -n 4 -t 1 -r 1 --phases", &st);
+  ASSERT_EQ(st, 0) << table;
+  EXPECT_NE(table.find("| gate_up |"), std::string::npos) << table;
+  EXPECT_NE(table.find("threads busy %"), std::string::npos) << table;
+}
+
 TEST(Cli, BenchJsonHasSaneNumbers) {
   int st;
   const std::string out = mxlm_stdout("bench -m " + synth_model() + " -p 16 -n 8 -t 1 -r 2 --json", &st);

@@ -293,6 +293,75 @@ TEST(Eval, TinymixQuantizedKvSplitsAndAgainstF32Kv) {
 // on 5 threads (4 KV heads: a decode step's slices run as separate tasks, a batch's chunks run
 // their slices in turn) the very same as on one, and all of it within rounding of one slice
 // (slice 128: no split).
+// The phase profile (Context::set_profiling): the logits do not change; every layer's phases run
+// once per evaluated batch, the head once; a projection's bytes are its weights' bytes per call;
+// attention's are the cache a pass reads; the phases fit inside eval's time and the threads' busy
+// time inside the phases' wall time times the threads; off, nothing accumulates.
+TEST(Eval, PhaseProfileCountsEveryPhase) {
+  auto m = tinymix(QType::kQ8G32);
+  const ModelConfig& c = m->config();
+  const std::vector<int> prompt = {1, 450, 3996, 1735, 1701};
+  ContextParams cp;
+  cp.n_threads = 2;
+  cp.n_ctx = 64;
+  cp.kv_layers = {*parse_kv_formats("k4v4")};
+  Context plain(m, cp), prof(m, cp);
+  prof.set_profiling(true);
+  const float* a = plain.eval(prompt);
+  std::vector<float> la(a, a + c.n_vocab);
+  const float* b = prof.eval(prompt);
+  for (int i = 0; i < c.n_vocab; ++i) ASSERT_EQ(la[size_t(i)], b[i]) << i;
+  const int n_gen = 4;
+  for (int i = 0; i < n_gen; ++i) {
+    const int t[1] = {100 + i};
+    a = plain.eval(t);
+    la.assign(a, a + c.n_vocab);
+    b = prof.eval(t);
+    for (int v = 0; v < c.n_vocab; ++v) ASSERT_EQ(la[size_t(v)], b[v]) << v;
+  }
+  const EvalProfile& p = prof.profile();
+  const int evals = 1 + n_gen;
+  EXPECT_EQ(p.tokens, uint64_t(prompt.size() + n_gen));
+  auto bytes = [](const Weight& w) {
+    double s = 0;
+    for (const WeightSegment& sg : w.segments) s += double(sg.row_bytes) * double(sg.row_end - sg.row_begin);
+    return s;
+  };
+  double qkv = 0, wo = 0, gate_up = 0, down = 0;
+  for (const LayerWeights& lw : m->layers()) {
+    qkv += bytes(lw.wq) + bytes(lw.wk) + bytes(lw.wv);
+    wo += bytes(lw.wo);
+    gate_up += bytes(lw.gate) + bytes(lw.up);
+    down += bytes(lw.down);
+  }
+  const std::pair<Phase, double> weights[] = {{Phase::kQkv, qkv}, {Phase::kWo, wo}, {Phase::kGateUp, gate_up},
+                                              {Phase::kDown, down}, {Phase::kHead, bytes(m->output())}};
+  double walls = 0;
+  for (const auto& [ph, per_pass] : weights) {
+    const PhaseStats& st = p.phase[size_t(ph)];
+    EXPECT_EQ(st.calls, uint64_t(ph == Phase::kHead ? evals : evals * c.n_layers)) << phase_name(ph);
+    EXPECT_DOUBLE_EQ(st.bytes, per_pass * evals) << phase_name(ph);
+  }
+  for (int i = 0; i < kPhases; ++i) {
+    const PhaseStats& st = p.phase[size_t(i)];
+    EXPECT_GT(st.wall_s, 0.0) << phase_name(Phase(i));
+    EXPECT_LE(st.busy_s, st.wall_s * cp.n_threads * 1.01 + 1e-4) << phase_name(Phase(i));
+    walls += st.wall_s;
+  }
+  EXPECT_GT(p.phase[size_t(Phase::kQkv)].busy_s, 0.0);
+  EXPECT_LE(walls, p.eval_s);
+  // Attention: a pass over the cache per layer and evaluated batch, at the batch's last position.
+  double kv = 0;
+  for (int i = 0; i < evals; ++i) kv += prof.kv_read_bytes(int(prompt.size()) + i);
+  EXPECT_NEAR(p.phase[size_t(Phase::kAttention)].bytes, kv, 1e-9 * kv);
+  EXPECT_EQ(p.phase[size_t(Phase::kAttention)].calls, uint64_t(evals * c.n_layers));
+  prof.set_profiling(false);
+  const int t[1] = {7};
+  prof.eval(t);
+  EXPECT_EQ(prof.profile().tokens, 0u);
+  EXPECT_EQ(prof.profile().phase[0].calls, 0u);
+}
+
 TEST(Eval, TinymixAttentionSlicesSplitsThreadsAndOneSlice) {
   auto m = tinymix();
   const std::vector<int> ids = text_tokens(*m, 100);

@@ -25,7 +25,7 @@ struct BenchArgs {
   int n_prompt = 128, n_gen = 64, reps = 3;
   std::vector<int> threads = {1, 2};
   std::vector<int> depths = {0};
-  bool json = false, act_per_token = false, roofline = false;
+  bool json = false, act_per_token = false, roofline = false, phases = false;
 };
 
 ContextParams::Prefill parse_prefill(const std::string& s) {
@@ -70,6 +70,7 @@ int run_bench_cmd(const BenchArgs& a) {
   bp.kv_window = a.kv_window;
   bp.act_per_token = a.act_per_token;
   bp.prefill = parse_prefill(a.prefill);
+  bp.phases = a.phases;
   const auto results = run_bench(models, bp);
   const Model& model = *models[0].model;
   const double bits = model.bits_per_weight();
@@ -92,6 +93,14 @@ int run_bench_cmd(const BenchArgs& a) {
                    {"roofline_tok_s", r.roofline_tok_s}, {"gop_s", r.gop_s}, {"peak_gop_s", r.peak_gop_s},
                    {"peak_pct", r.peak_pct}, {"bytes_per_token", model.bytes_per_token()},
                    {"macs_per_token", macs_per_token(model)}, {"kernels", model.kernel_summary()}});
+      if (!r.phases.empty()) {
+        nlohmann::json ph = nlohmann::json::array();
+        for (const BenchPhase& p : r.phases) {
+          ph.push_back({{"phase", p.name}, {"ms_per_token", p.ms_per_token}, {"share_pct", p.share_pct}, {"gb_s", p.gb_s},
+                        {"bandwidth_pct", p.bandwidth_pct}, {"busy_pct", p.busy_pct}, {"calls_per_token", p.calls_per_token}});
+        }
+        j.back()["phases"] = ph;
+      }
     }
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -121,6 +130,28 @@ int run_bench_cmd(const BenchArgs& a) {
                 roof_col.c_str(), gop,
                 r.peak_gop_s, ppct);
   }
+  // --phases: where a generated token's time goes, one table over every tg result.
+  bool any_phases = false;
+  for (const auto& r : results) any_phases |= !r.phases.empty();
+  if (any_phases) {
+    std::printf("\n| memory | kv | threads | test | phase | calls/token | ms/token | %% of token | GB/s | %% of BW | threads busy %% |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const auto& r : results) {
+      for (const BenchPhase& p : r.phases) {
+        char gbs[32] = "-", pct[32] = "-", busy[32] = "-", calls[32] = "-";
+        if (p.gb_s > 0) {
+          std::snprintf(gbs, sizeof(gbs), "%.1f", p.gb_s);
+          std::snprintf(pct, sizeof(pct), "%.1f", p.bandwidth_pct);
+        }
+        if (p.name != "other") {
+          std::snprintf(busy, sizeof(busy), "%.1f", p.busy_pct);
+          std::snprintf(calls, sizeof(calls), "%.0f", p.calls_per_token);
+        }
+        std::printf("| %s | %s | %d | %s | %s | %s | %.3f | %.1f | %s | %s | %s |\n", r.label.c_str(), r.kv.c_str(), r.threads,
+                    r.test.c_str(), p.name.c_str(), calls, p.ms_per_token, p.share_pct, gbs, pct, busy);
+      }
+    }
+  }
   std::printf("\nkernels: %s\n", model.kernel_summary().c_str());
   for (size_t i = 0; i < models.size(); ++i) std::printf("load (%s): %.2f s\n", models[i].label.c_str(), load_s[i]);
   return 0;
@@ -148,6 +179,9 @@ Command add_bench_command(CLI::App& app) {
   bn->add_option("--kv-window", a->kv_window, kKvWindowHelp)->check(CLI::NonNegativeNumber);
   bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
   bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
+  bn->add_flag("--phases", a->phases,
+               "tg: where a token's time goes: each projection, the head, the KV store and attention, with the GB/s "
+               "each reads and how busy the threads were in it");
   bn->add_flag("--json", a->json, "JSON output");
   bn->add_option("--prefill", a->prefill,
                  "prefill matmuls: auto (a fixed rule: the kernels), kernels, onednn (forced) or bf16 (float weights in bfloat16)")

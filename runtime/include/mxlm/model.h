@@ -2,6 +2,8 @@
 // scratch; used by one thread at a time).
 #pragma once
 
+#include <array>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <span>
@@ -157,6 +159,29 @@ enum class MatmulInput : uint8_t { kAttnIn, kAttnOut, kFfnIn, kFfnMid, kHeadIn }
 inline constexpr int kMatmulInputs = 5;
 const char* matmul_input_name(MatmulInput in);
 
+// Where a Context's evaluation time goes (Context::set_profiling), by phase: the q/k/v, output,
+// gate/up and down projections (each one parallel region, its activation quantization
+// included), the output head, the KV cache's store, and attention (with the window's settle).
+// The rest of a token (norms, RoPE, residual adds, SwiGLU, the embedding row) is the
+// evaluation's time minus the phases'.
+enum class Phase : uint8_t { kQkv, kWo, kGateUp, kDown, kHead, kKvStore, kAttention };
+inline constexpr int kPhases = 7;
+const char* phase_name(Phase p);
+
+struct PhaseStats {
+  double wall_s = 0;   // inside the phase
+  double busy_s = 0;   // summed over the threads: inside the phase's parallel tasks
+  double bytes = 0;    // read: the weights (once per call); attention: the KV cache a pass over
+                       // the positions before the batch's last token reads (a decoded token's)
+  uint64_t calls = 0;
+};
+
+struct EvalProfile {
+  std::array<PhaseStats, kPhases> phase{};
+  double eval_s = 0;    // inside eval(): every phase and the rest
+  uint64_t tokens = 0;  // evaluated by eval()
+};
+
 // Sees each distinct matmul input once per forward pass, before its matmuls run (calibration
 // statistics hook in here): x is [m][k] row-major; layer is -1 for the output head's input.
 class MatmulObserver {
@@ -265,6 +290,12 @@ class Context {
   // Bytes of keys and values one token holds in the cache, over all layers (what attention
   // reads per cached token and generated token).
   size_t kv_bytes_per_token() const;
+  // The phase profile of eval() (EvalProfile): switched on (and cleared) or off; off costs a
+  // branch per phase, on two clock reads per phase and thread. profile() accumulates until
+  // cleared; it is empty while profiling is off.
+  void set_profiling(bool on);
+  void clear_profile();
+  const EvalProfile& profile() const { return profile_; }
   size_t kv_bytes() const;  // the whole cache at n_ctx(), with the 2-bit formats' f16 windows
   // Bytes of the cache a token at position n - 1 reads (n positions held), over all layers.
   double kv_read_bytes(int n) const;
@@ -317,6 +348,15 @@ class Context {
   std::vector<uint16_t> x_bf16_, w_bf16_;  // Prefill::kBf16: the activations, each thread's weight rows
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
   MatmulObserver* observer_ = nullptr;
+  // The phase profile: a mark at a phase's start, added to its stats at the end (no-ops when off).
+  struct ProfMark {
+    std::chrono::steady_clock::time_point t;
+    double busy = 0;
+  };
+  ProfMark prof_mark() const;
+  void prof_add(Phase p, const ProfMark& m, double bytes);
+  bool profiling_ = false;
+  EvalProfile profile_;
   std::unique_ptr<ThreadPool> pool_;  // the parallel regions of eval (runtime/thread_pool.h)
 };
 
