@@ -92,7 +92,7 @@ void mean_sd(const std::vector<double>& v, double* mean, double* sd) {
   *sd = v.size() > 1 ? std::sqrt(q / double(v.size() - 1)) : 0.0;
 }
 
-std::vector<BenchPhase> bench_phases(const EvalProfile& prof, int threads, double bandwidth) {
+std::vector<BenchPhase> bench_phases(const EvalProfile& prof, int threads, double bandwidth, double peak) {
   std::vector<BenchPhase> out;
   if (prof.tokens == 0 || prof.eval_s <= 0) return out;
   const double per_tok = 1e3 / double(prof.tokens);
@@ -106,6 +106,8 @@ std::vector<BenchPhase> bench_phases(const EvalProfile& prof, int threads, doubl
     ph.share_pct = 100.0 * st.wall_s / prof.eval_s;
     ph.gb_s = st.wall_s > 0 ? st.bytes / st.wall_s / 1e9 : 0.0;
     ph.bandwidth_pct = bandwidth > 0 ? 100.0 * ph.gb_s * 1e9 / bandwidth : 0.0;
+    ph.gop_s = st.wall_s > 0 ? st.ops / st.wall_s / 1e9 : 0.0;
+    ph.peak_pct = peak > 0 ? 100.0 * ph.gop_s * 1e9 / peak : 0.0;
     ph.busy_pct = st.wall_s > 0 ? 100.0 * st.busy_s / (st.wall_s * threads) : 0.0;
     ph.calls_per_token = double(st.calls) / double(prof.tokens);
     in_phases += st.wall_s;
@@ -207,6 +209,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
         return b;
       };
       if (p.n_prompt > 0) {
+        for (auto& c : ctxs) c->set_profiling(p.phases);
         const auto rates =
             rounds(p.n_prompt, [&](Context& ctx) { ctx.eval(std::span<const int>(tokens.data(), size_t(p.n_prompt))); });
         for (size_t m = 0; m < nm; ++m) {
@@ -214,6 +217,8 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
           b.bandwidth_gb_s = bw / 1e9;
           b.gop_s = b.tok_s_mean * 2.0 * double(macs_per_token(*variants[m].bm->model)) / 1e9;
           b.peak_pct = peak > 0 ? 100.0 * b.gop_s / b.peak_gop_s : 0.0;
+          if (p.phases) b.phases = bench_phases(ctxs[m]->profile(), threads, bw, peak);
+          ctxs[m]->set_profiling(false);
           out.push_back(b);
         }
       }
@@ -241,7 +246,7 @@ std::vector<BenchResult> run_bench(const std::vector<BenchModel>& models, const 
           b.bandwidth_gb_s = bw_tg / 1e9;
           b.bandwidth_pct = 100.0 * (b.weight_gb_s + b.kv_gb_s) / b.bandwidth_gb_s;
           b.roofline_tok_s = bw_tg / (double(bpt) + b.kv_bytes_per_token);
-          if (p.phases) b.phases = bench_phases(ctxs[m]->profile(), threads, bw_tg);
+          if (p.phases) b.phases = bench_phases(ctxs[m]->profile(), threads, bw_tg, peak);
           ctxs[m]->set_profiling(false);
           out.push_back(b);
         }

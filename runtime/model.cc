@@ -491,12 +491,14 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
                                                  " positions: it must be a positive multiple of " + std::to_string(KvCache::kBlock));
   }
   const int slices_max = attention_slices(n_ctx_ - 1, att_slice_);
-  scores_.resize(size_t(n_threads_) * att_rows() * n_ctx_);
-  att_lse_.resize(size_t(n_threads_) * att_rows() * slices_max);
-  att_parts_.resize(size_t(n_threads_) * 2 * att_rows() * c.head_dim * slices_max);
-  att_q_.resize(size_t(n_threads_) * att_rows() * c.head_dim);
+  // Per-thread slots of whole cache lines (threads write their own slot; see base/aligned.h).
+  auto slots = [&](size_t per_thread) { return size_t(n_threads_) * ((per_thread + 15) / 16 * 16); };
+  scores_.resize(slots(size_t(att_rows()) * n_ctx_));
+  att_lse_.resize(slots(size_t(att_rows()) * slices_max));
+  att_parts_.resize(slots(2 * size_t(att_rows()) * c.head_dim * slices_max));
+  att_q_.resize(slots(size_t(att_rows()) * c.head_dim));
   att_o_.resize(att_q_.size());
-  att_w_.resize(size_t(n_threads_) * attention_window_scratch(*kv_, att_rows(), att_rows() / (c.n_heads / c.n_kv_heads)));
+  att_w_.resize(slots(attention_window_scratch(*kv_, att_rows(), att_rows() / (c.n_heads / c.n_kv_heads))));
   pool_ = std::make_unique<ThreadPool>(n_threads_);
   act_per_token_ = params.act_per_token;
   prefill_ = params.prefill;
@@ -520,6 +522,20 @@ Context::Context(std::shared_ptr<const Model> model, const ContextParams& params
 }
 
 Context::~Context() = default;
+
+// The norms, RoPE, SwiGLU and residual adds of a batch: on the pool from kPerTokenPool tokens on
+// (at pp128 they were ~4 % of the batch's time on one thread while the others waited), else in
+// order on the caller. Per token the same operations either way.
+constexpr int kPerTokenPool = 8;
+
+template <class F>
+void Context::per_token(int n, F&& f) {
+  if (n >= kPerTokenPool) {
+    pool_->run(n, [&](int b, int) { f(b); });
+  } else {
+    for (int b = 0; b < n; ++b) f(b);
+  }
+}
 
 void Context::quantize_acts(Acts& a) {
   if (a.quantized) return;
@@ -567,7 +583,7 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   tasks.reserve(64);
   int64_t total_rows = 0;
   for (const MatmulJob& j : jobs) total_rows += j.w->n;
-  // Prefill: chunks of 64 rows, claimed dynamically. Decode (m = 1): guided chunks over every
+  // Prefill: chunks of kPrefillChunk rows, claimed dynamically. Decode (m = 1): guided chunks over every
   // job's rows in order, each taking 1/threads of the rows not yet handed out (at least 32, in
   // multiples of 16; OpenMP's guided schedule), so that the threads start on long contiguous runs
   // and finish together: the region ends when its slowest thread does, and a thread left alone
@@ -581,9 +597,17 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   // +5.1 and -7.9 %, q8_g32 +0.8 to +2.1 %; Llama-7B q4_g32 -4.4 to +5.0 % (no difference its
   // noise shows). The threads stay busy for all but ~3 % of each region. One chunk per thread
   // measured about the same on TinyLlama, and lost whenever one core was slowed.
+  // kPrefillChunk: the outputs' rows are 64-byte aligned (base/aligned.h), so tasks of whole
+  // 64-row panels share no cache line; before, a 16-byte offset put every task boundary inside
+  // a line that both threads' panel GEMMs rewrote once per K block, and pp128 on 2 threads ran at
+  // 38 % of the int8 peak against 60 % on one (TinyLlama q4_g32, Zen 5). Alternating runs, 2
+  // threads, pp128 tok/s: 64-byte-offset 64-row tasks 288-290; aligned, 64 rows 379-413, 256
+  // rows 380-452, 512 rows 398-453 (the peak probe read 1.2-1.7 TOP/s). 256: as fast as 512 and
+  // twice the tasks to balance (a TinyLlama K/V projection is one).
+  constexpr int kPrefillChunk = 256;
   int64_t handed = 0;
-  auto next_chunk = [&](int rows_left_in_segment) {
-    if (m != 1) return std::min(rows_left_in_segment, 64);
+  auto next_chunk = [&](int rows_left_in_segment, bool float_rows) {
+    if (m != 1) return std::min(rows_left_in_segment, bf16 && float_rows ? kBf16Rows : kPrefillChunk);
     if (n_threads_ == 1) return rows_left_in_segment;
     const int64_t want = std::max<int64_t>(32, ((total_rows - handed) / n_threads_ + 15) / 16 * 16);
     return int(std::min<int64_t>(rows_left_in_segment, want));
@@ -592,7 +616,7 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
     for (const auto& s : j.w->segments) {
       const int rows = static_cast<int>(s.row_end - s.row_begin);
       for (int r = 0; r < rows;) {
-        const int c = next_chunk(rows - r);
+        const int c = next_chunk(rows - r, !s.qgemm);
         tasks.push_back({&s, r, r + c, j.y, int(j.w->n)});
         r += c;
         handed += c;
@@ -683,11 +707,13 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
   }
   if (profiling_) {
     static constexpr Phase kPhaseOf[kMatmulInputs] = {Phase::kQkv, Phase::kWo, Phase::kGateUp, Phase::kDown, Phase::kHead};
-    double bytes = 0;
+    double bytes = 0, ops = 0;
     for (const MatmulJob& j : jobs_in) {
       for (const WeightSegment& sg : j.w->segments) bytes += double(sg.row_bytes) * double(sg.row_end - sg.row_begin);
+      ops += 2.0 * double(a.m) * double(j.w->n) * double(j.w->k);
     }
     prof_add(kPhaseOf[int(a.in)], mark, bytes);
+    profile_.phase[size_t(kPhaseOf[int(a.in)])].ops += ops;
   }
 }
 
@@ -821,7 +847,9 @@ void Context::eval_head(const float* x, int n, float* logits, const Weight* outp
 void Context::head_forward(const Weight& output, const float* x, int n, float* logits) {
   const ModelConfig& c = model_->config();
   const F32Kernels& kr = f32_kernels(model_->isa());
-  for (int b = 0; b < n; ++b) kr.rmsnorm(x + size_t(b) * c.n_embd, model_->output_norm(), &xb_[size_t(b) * c.n_embd], c.n_embd, c.norm_eps);
+  per_token(n, [&](int b) {
+    kr.rmsnorm(x + size_t(b) * c.n_embd, model_->output_norm(), &xb_[size_t(b) * c.n_embd], c.n_embd, c.norm_eps);
+  });
   Acts out{xb_.data(), n, c.n_embd};
   matmul(out, output, logits);
 }
@@ -886,13 +914,13 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     }
   };
 
-  for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+  per_token(n, [&](int b) { kr.rmsnorm(&x[size_t(b) * E], w.attn_norm, &xb_[size_t(b) * E], E, c.norm_eps); });
   Acts attn_in{xb_.data(), n, E, l, MatmulInput::kAttnIn};
   matmul(attn_in, {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}});
-  for (int b = 0; b < n; ++b) {
+  per_token(n, [&](int b) {
     for (int h = 0; h < H; ++h) rope(&q_[size_t(b) * Q + size_t(h) * D], p0 + b);
     for (int h = 0; h < HKV; ++h) rope(&k_[size_t(b) * KV + size_t(h) * D], p0 + b);
-  }
+  });
   ProfMark mark = prof_mark();
   kv_->round_window(l, n, k_.data(), v_.data(), size_t(KV));
   kv_->store(l, p0, n, k_.data(), v_.data(), size_t(KV), pool_.get());
@@ -932,7 +960,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
     }
   };
   auto scratch = [&](int thread) {
-    return AttentionScratch{&scores_[size_t(thread) * rows_max * n_ctx_], &att_w_[size_t(thread) * wsize],
+    return AttentionScratch{&scores_[size_t(thread) * (scores_.size() / size_t(n_threads_))], &att_w_[size_t(thread) * wsize],
                             &att_lse_[thread * (att_lse_.size() / size_t(n_threads_))],
                             &att_parts_[thread * (att_parts_.size() / size_t(n_threads_))]};
   };
@@ -952,7 +980,7 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
       const int j = task % n_slices, c = task / n_slices, kvh = c / n_chunks, b0 = (c % n_chunks) * bchunk;
       const int nb = std::min(bchunk, n - b0);
       if (j >= attention_slices(p0 + b0 + nb - 1, S)) return;
-      float* qg = &att_q_[size_t(thread) * rows_max * D];
+      float* qg = &att_q_[size_t(thread) * (att_q_.size() / size_t(n_threads_))];
       gather_q(kvh, b0, nb, qg);
       attend_slice(kr, kv, l, kvh, batch, p0 + b0, nb, group, qg, j * S, S, scratch(thread), parts + size_t(task) * slot,
                    lses + size_t(task) * rows_max);
@@ -967,8 +995,8 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   } else {
     pool_->run(HKV * n_chunks, [&](int task, int thread) {
       const int kvh = task / n_chunks, b0 = (task % n_chunks) * bchunk, nb = std::min(bchunk, n - b0);
-      float* qg = &att_q_[size_t(thread) * rows_max * D];
-      float* og = &att_o_[size_t(thread) * rows_max * D];
+      float* qg = &att_q_[size_t(thread) * (att_q_.size() / size_t(n_threads_))];
+      float* og = &att_o_[size_t(thread) * (att_o_.size() / size_t(n_threads_))];
       gather_q(kvh, b0, nb, qg);
       attend(kr, kv, l, kvh, batch, p0 + b0, nb, group, qg, S, scratch(thread), og);
       scatter(kvh, b0, nb, og);
@@ -978,19 +1006,24 @@ void Context::layer_forward(const LayerWeights& w, int l, float* x, int n, int p
   if (profiling_) prof_add(Phase::kAttention, mark, kv_->read_bytes(p0 + n) / double(c.n_layers));
   Acts att{att_out_.data(), n, Q, l, MatmulInput::kAttnOut};
   matmul(att, w.wo, xb2_.data());
-  for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];
-
-  for (int b = 0; b < n; ++b) kr.rmsnorm(&x[size_t(b) * E], w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+  per_token(n, [&](int b) {
+    float* xr = &x[size_t(b) * E];
+    const float* o = &xb2_[size_t(b) * E];
+    for (int i = 0; i < E; ++i) xr[i] += o[i];
+    kr.rmsnorm(xr, w.ffn_norm, &xb_[size_t(b) * E], E, c.norm_eps);
+  });
   Acts ffn_in{xb_.data(), n, E, l, MatmulInput::kFfnIn};
   matmul(ffn_in, {{&w.gate, hb_.data()}, {&w.up, hb2_.data()}});
-  for (int b = 0; b < n; ++b) kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F);
+  per_token(n, [&](int b) { kr.swiglu(&hb_[size_t(b) * F], &hb2_[size_t(b) * F], &hb_[size_t(b) * F], F); });
   Acts ffn_mid{hb_.data(), n, F, l, MatmulInput::kFfnMid};
   if (!output) {
     if (observer_) observer_->observe(l, MatmulInput::kFfnMid, ffn_mid.x, n, F);
     return;
   }
   matmul(ffn_mid, w.down, xb2_.data());
-  for (size_t i = 0; i < size_t(n) * E; ++i) x[i] += xb2_[i];
+  per_token(n, [&](int b) {
+    for (size_t i = size_t(b) * E; i < size_t(b + 1) * E; ++i) x[i] += xb2_[i];
+  });
 }
 
 }  // namespace mxlm

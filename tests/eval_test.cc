@@ -327,21 +327,34 @@ TEST(Eval, PhaseProfileCountsEveryPhase) {
     for (const WeightSegment& sg : w.segments) s += double(sg.row_bytes) * double(sg.row_end - sg.row_begin);
     return s;
   };
-  double qkv = 0, wo = 0, gate_up = 0, down = 0;
+  auto macs = [](const Weight& w) { return double(w.n) * double(w.k); };
+  double qkv = 0, wo = 0, gate_up = 0, down = 0, qkv_m = 0, wo_m = 0, gate_up_m = 0, down_m = 0;
   for (const LayerWeights& lw : m->layers()) {
     qkv += bytes(lw.wq) + bytes(lw.wk) + bytes(lw.wv);
     wo += bytes(lw.wo);
     gate_up += bytes(lw.gate) + bytes(lw.up);
     down += bytes(lw.down);
+    qkv_m += macs(lw.wq) + macs(lw.wk) + macs(lw.wv);
+    wo_m += macs(lw.wo);
+    gate_up_m += macs(lw.gate) + macs(lw.up);
+    down_m += macs(lw.down);
   }
-  const std::pair<Phase, double> weights[] = {{Phase::kQkv, qkv}, {Phase::kWo, wo}, {Phase::kGateUp, gate_up},
-                                              {Phase::kDown, down}, {Phase::kHead, bytes(m->output())}};
+  struct Expect {
+    Phase ph;
+    double bytes, macs;  // per pass, per token
+  };
+  const Expect weights[] = {{Phase::kQkv, qkv, qkv_m}, {Phase::kWo, wo, wo_m}, {Phase::kGateUp, gate_up, gate_up_m},
+                            {Phase::kDown, down, down_m}, {Phase::kHead, bytes(m->output()), macs(m->output())}};
   double walls = 0;
-  for (const auto& [ph, per_pass] : weights) {
-    const PhaseStats& st = p.phase[size_t(ph)];
-    EXPECT_EQ(st.calls, uint64_t(ph == Phase::kHead ? evals : evals * c.n_layers)) << phase_name(ph);
-    EXPECT_DOUBLE_EQ(st.bytes, per_pass * evals) << phase_name(ph);
+  for (const Expect& e : weights) {
+    const PhaseStats& st = p.phase[size_t(e.ph)];
+    EXPECT_EQ(st.calls, uint64_t(e.ph == Phase::kHead ? evals : evals * c.n_layers)) << phase_name(e.ph);
+    EXPECT_DOUBLE_EQ(st.bytes, e.bytes * evals) << phase_name(e.ph);
+    // The head runs for the batch's last token only.
+    const double tokens = e.ph == Phase::kHead ? evals : double(p.tokens);
+    EXPECT_DOUBLE_EQ(st.ops, 2.0 * e.macs * tokens) << phase_name(e.ph);
   }
+  EXPECT_EQ(p.phase[size_t(Phase::kAttention)].ops, 0.0);
   for (int i = 0; i < kPhases; ++i) {
     const PhaseStats& st = p.phase[size_t(i)];
     EXPECT_GT(st.wall_s, 0.0) << phase_name(Phase(i));

@@ -97,7 +97,8 @@ int run_bench_cmd(const BenchArgs& a) {
         nlohmann::json ph = nlohmann::json::array();
         for (const BenchPhase& p : r.phases) {
           ph.push_back({{"phase", p.name}, {"ms_per_token", p.ms_per_token}, {"share_pct", p.share_pct}, {"gb_s", p.gb_s},
-                        {"bandwidth_pct", p.bandwidth_pct}, {"busy_pct", p.busy_pct}, {"calls_per_token", p.calls_per_token}});
+                        {"bandwidth_pct", p.bandwidth_pct}, {"gop_s", p.gop_s}, {"peak_pct", p.peak_pct},
+                        {"busy_pct", p.busy_pct}, {"calls_per_token", p.calls_per_token}});
         }
         j.back()["phases"] = ph;
       }
@@ -130,25 +131,31 @@ int run_bench_cmd(const BenchArgs& a) {
                 roof_col.c_str(), gop,
                 r.peak_gop_s, ppct);
   }
-  // --phases: where a generated token's time goes, one table over every tg result.
+  // --phases: where the tokens' time goes, one table over every result: read rates against the
+  // bandwidth (decode's limit), the projections' int8 rate against the peak (prefill's).
   bool any_phases = false;
   for (const auto& r : results) any_phases |= !r.phases.empty();
   if (any_phases) {
-    std::printf("\n| memory | kv | threads | test | phase | calls/token | ms/token | %% of token | GB/s | %% of BW | threads busy %% |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    std::printf("\n| memory | kv | threads | test | phase | calls/token | ms/token | %% of token | GB/s | %% of BW | GOP/s |"
+                " %% of peak | threads busy %% |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto& r : results) {
       for (const BenchPhase& p : r.phases) {
-        char gbs[32] = "-", pct[32] = "-", busy[32] = "-", calls[32] = "-";
+        char gbs[32] = "-", pct[32] = "-", gop[32] = "-", ppct[32] = "-", busy[32] = "-", calls[32] = "-";
         if (p.gb_s > 0) {
           std::snprintf(gbs, sizeof(gbs), "%.1f", p.gb_s);
           std::snprintf(pct, sizeof(pct), "%.1f", p.bandwidth_pct);
         }
+        if (p.gop_s > 0) {
+          std::snprintf(gop, sizeof(gop), "%.1f", p.gop_s);
+          if (p.peak_pct > 0) std::snprintf(ppct, sizeof(ppct), "%.1f", p.peak_pct);
+        }
         if (p.name != "other") {
           std::snprintf(busy, sizeof(busy), "%.1f", p.busy_pct);
-          std::snprintf(calls, sizeof(calls), "%.0f", p.calls_per_token);
+          std::snprintf(calls, sizeof(calls), "%.2g", p.calls_per_token);
         }
-        std::printf("| %s | %s | %d | %s | %s | %s | %.3f | %.1f | %s | %s | %s |\n", r.label.c_str(), r.kv.c_str(), r.threads,
-                    r.test.c_str(), p.name.c_str(), calls, p.ms_per_token, p.share_pct, gbs, pct, busy);
+        std::printf("| %s | %s | %d | %s | %s | %s | %.3f | %.1f | %s | %s | %s | %s | %s |\n", r.label.c_str(), r.kv.c_str(),
+                    r.threads, r.test.c_str(), p.name.c_str(), calls, p.ms_per_token, p.share_pct, gbs, pct, gop, ppct, busy);
       }
     }
   }
@@ -180,8 +187,8 @@ Command add_bench_command(CLI::App& app) {
   bn->add_flag("--roofline", a->roofline, "add the decode speed the read bandwidth allows (bandwidth / bytes per token)");
   bn->add_flag("--act-per-token", a->act_per_token, "one activation scale per token instead of per 32 values");
   bn->add_flag("--phases", a->phases,
-               "tg: where a token's time goes: each projection, the head, the KV store and attention, with the GB/s "
-               "each reads and how busy the threads were in it");
+               "where the tokens' time goes (pp and tg): each projection, the head, the KV store and attention, with "
+               "the GB/s each reads, the projections' GOP/s and how busy the threads were in each");
   bn->add_flag("--json", a->json, "JSON output");
   bn->add_option("--prefill", a->prefill,
                  "prefill matmuls: auto (a fixed rule: the kernels), kernels, onednn (forced) or bf16 (float weights in bfloat16)")

@@ -40,7 +40,7 @@ struct BenchParams {
   std::vector<std::vector<KvFormats>> kvs = {{KvFormats{}}};  // KV plans (parse_kv_plan), each measured
   int kv_window = ContextParams{}.kv_window;
   ContextParams::Prefill prefill = ContextParams::Prefill::kAuto;
-  bool phases = false;  // tg: where a token's time goes (BenchResult::phases)
+  bool phases = false;  // pp and tg: where the tokens' time goes (BenchResult::phases)
 };
 
 // One model under test: `label` names it in the results (e.g. its weight memory).
@@ -49,15 +49,18 @@ struct BenchModel {
   std::shared_ptr<const Model> model;
 };
 
-// One phase of a generated token (Context's EvalProfile over the timed repetitions): its time,
-// the bytes it reads at that time's rate against the run's bandwidth, and how busy the threads
-// were inside it. The phase "other" is the rest of the token (no bytes, no parallel tasks).
+// One phase of a test's tokens (Context's EvalProfile over the timed repetitions): its time, the
+// bytes it reads at that time's rate against the run's bandwidth (decode's limit), the
+// projections' int8 operations against the run's int8 peak (prefill's), and how busy the threads
+// were inside it. The phase "other" is the rest of the tokens' time (no bytes, no parallel tasks).
 struct BenchPhase {
   std::string name;
   double ms_per_token = 0;
   double share_pct = 0;      // of the token's time
   double gb_s = 0;           // bytes read / time in the phase
   double bandwidth_pct = 0;  // gb_s / the run's read bandwidth
+  double gop_s = 0;          // projections and head: 2 x tokens x rows x K / time in the phase
+  double peak_pct = 0;       // gop_s / the run's int8 peak
   double busy_pct = 0;       // time in parallel tasks / (time in the phase x threads)
   double calls_per_token = 0;
 };
@@ -79,7 +82,7 @@ struct BenchResult {
   double gop_s = 0;                // pp: 2 × macs_per_token × tok/s / 1e9
   double peak_gop_s = 0;           // measured int8 peak of `threads` cores
   double peak_pct = 0;             // pp: gop_s / peak_gop_s × 100
-  std::vector<BenchPhase> phases;  // tg with BenchParams::phases
+  std::vector<BenchPhase> phases;  // with BenchParams::phases
 };
 
 // Every model with every KV format at every thread count; the repetitions of these alternate

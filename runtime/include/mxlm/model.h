@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/aligned.h"
 #include "kernels/isa.h"
 #include "kernels/qtype.h"
 #include "kernels/quant.h"
@@ -173,6 +174,7 @@ struct PhaseStats {
   double busy_s = 0;   // summed over the threads: inside the phase's parallel tasks
   double bytes = 0;    // read: the weights (once per call); attention: the KV cache a pass over
                        // the positions before the batch's last token reads (a decoded token's)
+  double ops = 0;      // the projections' and head's: 2 x tokens x rows x K
   uint64_t calls = 0;
 };
 
@@ -326,6 +328,9 @@ class Context {
   void matmul(Acts& a, const Weight& w, float* y) { matmul(a, {MatmulJob{&w, y}}); }
   void matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn, bool bf16);
   void quantize_acts(Acts& a);
+  // f(b) for every token b < n of a batch (model.cc).
+  template <class F>
+  void per_token(int n, F&& f);
 
   std::shared_ptr<const Model> model_;
   int n_ctx_ = 0, n_batch_ = 0, n_threads_ = 1, n_past_ = 0;
@@ -337,14 +342,14 @@ class Context {
   static constexpr int kAttRows = 64;
   int att_rows() const;
   int att_slice_ = 0;
-  std::vector<float> att_q_, att_o_, att_w_, att_lse_, att_parts_, att_par_;
+  AlignedVector<float> att_q_, att_o_, att_w_, att_lse_, att_parts_, att_par_;
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][head_dim / 2]
-  std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
+  AlignedVector<float> x_, xb_, xb2_, q_, k_, v_, att_out_, hb_, hb2_, scores_;
   std::vector<float> logits_;
   bool act_per_token_ = false;
-  std::vector<int8_t> aq_;          // [n_batch][kp]
-  std::vector<float> ad_, ads_;     // [n_batch][kp / 32]
-  std::vector<float> mm_tmp_;       // row-mapped outputs before scattering
+  AlignedVector<int8_t> aq_;        // [n_batch][kp]
+  AlignedVector<float> ad_, ads_;   // [n_batch][kp / 32]
+  AlignedVector<float> mm_tmp_;     // row-mapped outputs before scattering
   std::vector<uint16_t> x_bf16_, w_bf16_;  // Prefill::kBf16: the activations, each thread's weight rows
   ContextParams::Prefill prefill_ = ContextParams::Prefill::kAuto;
   MatmulObserver* observer_ = nullptr;
