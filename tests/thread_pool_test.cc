@@ -64,5 +64,28 @@ TEST(ThreadPool, CreatedAndDestroyedAtOnce) {
   }
 }
 
+// Timing (Context's phase profile): each thread's time in a region's tasks adds up, within the
+// region's wall time times the threads; a single task runs on the caller and counts too; timing
+// off adds nothing, and switching it clears the sum.
+TEST(ThreadPool, TimingSumsEachThreadsTimeInTasks) {
+  using clock = std::chrono::steady_clock;
+  ThreadPool pool(2);
+  auto nap = [](int, int) { std::this_thread::sleep_for(std::chrono::milliseconds(5)); };
+  pool.run(4, nap);
+  EXPECT_EQ(pool.busy_seconds(), 0.0) << "timing is off by default";
+  pool.set_timing(true);
+  const auto t0 = clock::now();
+  pool.run(4, nap);
+  pool.run(1, nap);
+  const double wall = std::chrono::duration<double>(clock::now() - t0).count();
+  const double busy = pool.busy_seconds();
+  EXPECT_GE(busy, 5 * 0.005);
+  EXPECT_LE(busy, 2 * wall + 1e-3);
+  pool.set_timing(false);
+  EXPECT_EQ(pool.busy_seconds(), 0.0);
+  pool.run(4, nap);
+  EXPECT_EQ(pool.busy_seconds(), 0.0);
+}
+
 }  // namespace
 }  // namespace mxlm
