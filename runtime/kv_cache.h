@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/aligned.h"
 #include "kernels/qtype.h"
 #include "mxlm/model.h"
 
@@ -161,12 +162,12 @@ class KvCache {
   template <class RowAt>
   void encode_blocks(Tensor& t, int h, int b0, int b1, RowAt row_at, float* chans) const;
   // Floats of one thread's scratch in store(): a block's channels and a window row.
-  size_t scratch_floats() const { return size_t(head_dim_) * (kBlock + 1); }
+  size_t scratch_floats() const { return (size_t(head_dim_) * (kBlock + 1) + 15) / 16 * 16; }  // whole lines
 
   int n_layers_ = 0, n_ctx_ = 0, n_heads_ = 0, head_dim_ = 0, window_ = 0, win_cap_ = 0;
   std::vector<Tensor> k_, v_;
   std::vector<float> signs_;  // s of the rotation, head_dim of ±1
-  std::vector<float> scratch_;  // per thread: a rotated row or a key block's channels, a window row
+  AlignedVector<float> scratch_;  // per thread: a rotated row or a key block's channels, a window row
 };
 
 }  // namespace mxlm
