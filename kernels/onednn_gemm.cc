@@ -1,5 +1,6 @@
 #include "kernels/onednn_gemm.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,11 +30,22 @@ Engine& engine() {
   return e;
 }
 
-// Primitives cached by shape (M, N, K, ldy); oneDNN primitives are immutable and may execute
-// concurrently.
-dnnl::matmul& primitive(int64_t M, int64_t N, int64_t K, int64_t ldy) {
+// A matmul primitive and its descriptor (for the scratchpad's size), cached by shape (M, N, K,
+// ldy). The context's pool calls this from several threads at once, so each call passes its own
+// scratchpad (scratchpad_mode::user, a thread_local buffer below). The library-managed default
+// is one global scratchpad unless oneDNN was built with DNNL_ENABLE_CONCURRENT_EXEC, which
+// Debian's 2.6 is not (dnnl_config.h defines it only for SYCL): two threads' bf16 matmuls then
+// wrote over each other's partial sums. OneDnn.PrefillBackendsAgreeOnAModel on 2 threads
+// failed in 19 of 20 runs (logits off by up to 22), never on 1 thread or with the calls
+// serialized; it surfaced when prefill tasks grew from 64 to 256 rows.
+struct Matmul {
+  dnnl::matmul::primitive_desc pd;
+  dnnl::matmul prim;
+};
+
+const Matmul& primitive(int64_t M, int64_t N, int64_t K, int64_t ldy) {
   static std::mutex mu;
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<dnnl::matmul>> cache;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Matmul>> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto& slot = cache[{M, N, K, ldy}];
   if (!slot) {
@@ -41,8 +53,10 @@ dnnl::matmul& primitive(int64_t M, int64_t N, int64_t K, int64_t ldy) {
     dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
     dnnl::memory::desc b({K, N}, dt::bf16, dnnl::memory::dims{1, K});  // the panel is [N][K]
     dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{ldy, 1});
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), engine().engine);
-    slot = std::make_unique<dnnl::matmul>(pd);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine().engine);
+    slot = std::make_unique<Matmul>(Matmul{pd, dnnl::matmul(pd)});
   }
   return *slot;
 }
@@ -60,6 +74,7 @@ void onednn_gemm(int M, int n0, int n1, int64_t K, const float* x, size_t ldx, Q
   if (M <= 0 || N <= 0) return;
   thread_local std::vector<uint16_t> panel, acts;
   thread_local std::vector<float> row;
+  thread_local std::vector<uint8_t> scratch;
   panel.resize(static_cast<size_t>(N * K));
   acts.resize(static_cast<size_t>(int64_t{M} * K));
   row.resize(static_cast<size_t>(K));
@@ -73,8 +88,12 @@ void onednn_gemm(int M, int n0, int n1, int64_t K, const float* x, size_t ldx, Q
   dnnl::memory::desc b({K, N}, dt::bf16, dnnl::memory::dims{1, K});
   dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{static_cast<int64_t>(ldy), 1});
   dnnl::memory am(a, engine().engine, acts.data()), bm(b, engine().engine, panel.data()), cm(c, engine().engine, y + n0);
+  const Matmul& mm = primitive(M, N, K, static_cast<int64_t>(ldy));
+  const dnnl::memory::desc sd = mm.pd.scratchpad_desc();
+  scratch.resize(std::max<size_t>(scratch.size(), sd.get_size()));
+  dnnl::memory sm(sd, engine().engine, scratch.data());
   dnnl::stream s(engine().engine);
-  primitive(M, N, K, static_cast<int64_t>(ldy)).execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  mm.prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
   s.wait();
 }
 

@@ -63,6 +63,7 @@ TEST(OneDnn, PrefillBackendsAgreeOnAModel) {
   ContextParams a, b;
   a.prefill = ContextParams::Prefill::kKernels;
   b.prefill = ContextParams::Prefill::kOneDnn;
+  b.n_threads = 2;  // oneDNN matmuls run on the pool's threads concurrently (each with its scratchpad)
   Context ca(model, a), cb(model, b);
   const float* la = ca.eval(toks, true);
   std::vector<float> ka(la, la + toks.size() * 4096);
