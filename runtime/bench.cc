@@ -113,10 +113,11 @@ std::vector<BenchPhase> bench_phases(const EvalProfile& prof, int threads, doubl
     in_phases += st.wall_s;
     out.push_back(ph);
   }
+  const double rest_s = std::max(0.0, prof.eval_s - in_phases);
   BenchPhase other;
   other.name = "other";
-  other.ms_per_token = std::max(0.0, prof.eval_s - in_phases) * per_tok;
-  other.share_pct = 100.0 * std::max(0.0, prof.eval_s - in_phases) / prof.eval_s;
+  other.ms_per_token = rest_s * per_tok;
+  other.share_pct = 100.0 * rest_s / prof.eval_s;
   out.push_back(other);
   return out;
 }

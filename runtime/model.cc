@@ -712,8 +712,7 @@ void Context::matmul(Acts& a, std::initializer_list<MatmulJob> jobs_in) {
       for (const WeightSegment& sg : j.w->segments) bytes += double(sg.row_bytes) * double(sg.row_end - sg.row_begin);
       ops += 2.0 * double(a.m) * double(j.w->n) * double(j.w->k);
     }
-    prof_add(kPhaseOf[int(a.in)], mark, bytes);
-    profile_.phase[size_t(kPhaseOf[int(a.in)])].ops += ops;
+    prof_add(kPhaseOf[int(a.in)], mark, bytes, ops);
   }
 }
 
@@ -730,12 +729,13 @@ Context::ProfMark Context::prof_mark() const {
   return {std::chrono::steady_clock::now(), pool_->busy_seconds()};
 }
 
-void Context::prof_add(Phase p, const ProfMark& m, double bytes) {
+void Context::prof_add(Phase p, const ProfMark& m, double bytes, double ops) {
   if (!profiling_) return;
   PhaseStats& st = profile_.phase[size_t(p)];
   st.wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - m.t).count();
   st.busy_s += pool_->busy_seconds() - m.busy;
   st.bytes += bytes;
+  st.ops += ops;
   ++st.calls;
 }
 

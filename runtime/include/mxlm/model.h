@@ -359,7 +359,7 @@ class Context {
     double busy = 0;
   };
   ProfMark prof_mark() const;
-  void prof_add(Phase p, const ProfMark& m, double bytes);
+  void prof_add(Phase p, const ProfMark& m, double bytes, double ops = 0);
   bool profiling_ = false;
   EvalProfile profile_;
   std::unique_ptr<ThreadPool> pool_;  // the parallel regions of eval (runtime/thread_pool.h)
