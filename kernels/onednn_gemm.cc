@@ -83,16 +83,15 @@ void onednn_gemm(int M, int n0, int n1, int64_t K, const float* x, size_t ldx, Q
     convert_row_from_f32(QType::kBF16, row.data(), panel.data() + n * K, static_cast<size_t>(K));
   }
   for (int m = 0; m < M; ++m) convert_row_from_f32(QType::kBF16, x + static_cast<size_t>(m) * ldx, acts.data() + m * K, static_cast<size_t>(K));
-  using dt = dnnl::memory::data_type;
-  dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
-  dnnl::memory::desc b({K, N}, dt::bf16, dnnl::memory::dims{1, K});
-  dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{static_cast<int64_t>(ldy), 1});
-  dnnl::memory am(a, engine().engine, acts.data()), bm(b, engine().engine, panel.data()), cm(c, engine().engine, y + n0);
+  // The operands' layouts are the cached descriptor's (primitive() states them once).
   const Matmul& mm = primitive(M, N, K, static_cast<int64_t>(ldy));
+  const dnnl::engine& e = engine().engine;
+  dnnl::memory am(mm.pd.src_desc(), e, acts.data()), bm(mm.pd.weights_desc(), e, panel.data()),
+      cm(mm.pd.dst_desc(), e, y + n0);
   const dnnl::memory::desc sd = mm.pd.scratchpad_desc();
   scratch.resize(std::max<size_t>(scratch.size(), sd.get_size()));
-  dnnl::memory sm(sd, engine().engine, scratch.data());
-  dnnl::stream s(engine().engine);
+  dnnl::memory sm(sd, e, scratch.data());
+  dnnl::stream s(e);
   mm.prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
   s.wait();
 }
