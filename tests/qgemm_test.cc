@@ -31,6 +31,7 @@
 #include "kernels/isa.h"
 #include "kernels/quant.h"
 #include "kernels/qtype.h"
+#include "kernels/simd/blocking.h"
 
 namespace mxlm {
 namespace {
@@ -180,20 +181,19 @@ using Param = std::tuple<QType, Isa, int, bool>;
 
 class QGemmTest : public ::testing::TestWithParam<Param> {};
 
-TEST_P(QGemmTest, MatchesReference) {
-  const auto [t, isa, shape_index, per_token] = GetParam();
-  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
+// kern.gemm on rows [n0, n0 + n) of M activation rows against qgemm_ref within error_bound,
+// nothing written outside them, and bitwise the same when the rows are split in two calls. The
+// weights lie one byte past an aligned address, rows `pad` bytes apart beyond their size.
+void check_gemm(QType t, Isa isa, int M, int n0, int n, int64_t K, size_t pad, bool per_token, uint32_t seed) {
   ASSERT_TRUE(has_own_qkernel(t, isa)) << "no " << isa_name(isa) << " kernel for " << qtype_info(t).name;
   const QKernel kern = find_qkernel(t, isa);
   ASSERT_EQ(kern.isa, isa);
 
-  const Shape s = kShapes[shape_index];
-  const int M = s.m, n0 = s.n0, n1 = s.n0 + s.n, rows = n1 + 2;
-  const int64_t K = s.k, kp = act_padded_k(K), nbs = kp / kActBlock;
+  const int n1 = n0 + n, rows = n1 + 2;
+  const int64_t kp = act_padded_k(K), nbs = kp / kActBlock;
   const QuantRows& qr = quantized_rows(t, K, rows);
 
-  // Weights one byte past an aligned address, rows 3 bytes apart beyond their size.
-  const size_t stride = qr.row_bytes + 3;
+  const size_t stride = qr.row_bytes + pad;
   std::vector<uint8_t> wbuf(stride * rows + 64);
   uint8_t* w = wbuf.data() + (64 - reinterpret_cast<uintptr_t>(wbuf.data()) % 64) % 64 + 1;
   for (int r = 0; r < rows; ++r) std::memcpy(w + stride * r, qr.data.data() + qr.row_bytes * r, qr.row_bytes);
@@ -209,7 +209,7 @@ TEST_P(QGemmTest, MatchesReference) {
   }
 
   // Activations, quantized by the reference; unaligned q, d, ds.
-  std::mt19937 rng(static_cast<uint32_t>(shape_index * 1009 + static_cast<int>(t) * 17 + per_token));
+  std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<int8_t> qbuf(static_cast<size_t>(M * kp) + 1);
   std::vector<float> dbuf(static_cast<size_t>(M * nbs) + 1), dsbuf(static_cast<size_t>(M * nbs) + 1);
@@ -264,6 +264,14 @@ TEST_P(QGemmTest, MatchesReference) {
   }
 }
 
+TEST_P(QGemmTest, MatchesReference) {
+  const auto [t, isa, shape_index, per_token] = GetParam();
+  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
+  const Shape s = kShapes[shape_index];
+  check_gemm(t, isa, s.m, s.n0, s.n, s.k, 3, per_token,
+             static_cast<uint32_t>(shape_index * 1009 + static_cast<int>(t) * 17 + per_token));
+}
+
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
   const auto [t, isa, si, per_token] = info.param;
   const Shape& s = kShapes[si];
@@ -278,6 +286,65 @@ INSTANTIATE_TEST_SUITE_P(All, QGemmTest,
                                             ::testing::Range(0, static_cast<int>(std::size(kShapes))),
                                             ::testing::Bool()),
                          param_name);
+
+// The GEMV tile's strands (kernels/simd/blocking.h strand_rows): lengths past ceil(rows / nr)
+// only for a power of two, by at most len / 128, never emptying the last strand, the distance
+// then within 256 B of 1 or 3 KiB modulo 4 KiB; the cases it was measured on.
+TEST(StrandRows, StaggersOnlyAliasedPowerOfTwoLengths) {
+  EXPECT_EQ(strand_rows(2048, 4, 3168), 513);   // q4_g32 2048 x 5632: 512 rows were 396 x 4 KiB
+  EXPECT_EQ(strand_rows(4096, 4, 2304), 1028);  // q4_g32 4096 x 4096: 4 x 2304 = 9 KiB, 1024 B off
+  EXPECT_EQ(strand_rows(11008, 4, 2304), 2752);  // not a power of two: as measured, left alone
+  EXPECT_EQ(strand_rows(256, 4, 1152), 64);      // a 64-row strand may not grow (64 / 128 = 0)
+  int staggered = 0;
+  for (int nr = 1; nr <= 4; ++nr) {
+    for (int rows = 1; rows <= 5000; rows += rows < 64 ? 1 : 7) {
+      for (size_t rb : {size_t{18}, size_t{144}, size_t{1152}, size_t{1760}, size_t{2304}, size_t{3168}, size_t{3331}}) {
+        const int plain = (rows + nr - 1) / nr, len = strand_rows(rows, nr, rb);
+        ASSERT_GE(len, plain) << rows << " " << nr << " " << rb;
+        if (len == plain) continue;
+        ++staggered;
+        ASSERT_EQ(plain & (plain - 1), 0) << rows << " " << nr << " " << rb;
+        ASSERT_LE(len - plain, plain / 128) << rows << " " << nr << " " << rb;
+        ASSERT_LT((nr - 1) * len, rows) << "the last strand is empty: " << rows << " " << nr << " " << rb;
+        const size_t r = static_cast<size_t>(len) * rb % 2048;
+        ASSERT_LE(r > 1024 ? r - 1024 : 1024 - r, 256u) << rows << " " << nr << " " << rb;
+      }
+    }
+  }
+  EXPECT_GT(staggered, 0);
+}
+
+// Staggered strands against the reference, every format and ISA: M = 1 and M = 2 over 1024 rows
+// (four strands of 256 rows) and M = 2 over 768 (AVX2's three strands at M = 2), with a row
+// stride chosen so that strand_rows grows the length; n0 > 0 and the split check cover a chunk
+// that does not start at row 0.
+using StrandParam = std::tuple<QType, Isa>;
+class QGemmStrandTest : public ::testing::TestWithParam<StrandParam> {};
+
+TEST_P(QGemmStrandTest, StaggeredStrandsMatchReference) {
+  const auto [t, isa] = GetParam();
+  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
+  constexpr int64_t K = 256;
+  const size_t row_bytes = static_cast<size_t>(*qtype_row_bytes(t, K));
+  struct Case {
+    int m, n, nr;
+  };
+  for (const Case c : {Case{1, 1024, 4}, Case{2, 1024, 4}, Case{2, 768, 3}}) {
+    size_t pad = 0;
+    while (pad < 512 && strand_rows(c.n, c.nr, row_bytes + pad) == (c.n + c.nr - 1) / c.nr) ++pad;
+    ASSERT_LT(pad, 512u) << "no stride staggers " << c.n << " rows in " << c.nr << " strands";
+    SCOPED_TRACE("M " + std::to_string(c.m) + ", N " + std::to_string(c.n) + ", pad " + std::to_string(pad));
+    check_gemm(t, isa, c.m, 5, c.n, K, pad, false, static_cast<uint32_t>(c.n + static_cast<int>(t)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, QGemmStrandTest,
+                         ::testing::Combine(::testing::ValuesIn(quant_types()),
+                                            ::testing::Values(Isa::kAvx2, Isa::kAvx512)),
+                         [](const ::testing::TestParamInfo<StrandParam>& info) {
+                           return std::string(qtype_info(std::get<0>(info.param)).name) + "_" +
+                                  isa_label(std::get<1>(info.param));
+                         });
 
 // Every quantized format has its own kernel on every SIMD ISA this build and CPU run.
 TEST(QGemmRegistry, EveryFormatOnEverySimdIsa) {

@@ -75,6 +75,7 @@
 
 #include "kernels/quant.h"
 #include "kernels/qtype.h"
+#include "kernels/simd/blocking.h"
 
 #ifndef MXLM_TARGET_NS
 #error "kernels/simd/qgemm_x86.cc must be compiled with -DMXLM_TARGET_NS=<isa>"

@@ -642,7 +642,10 @@ void run_block(const ActQ8& a, int m0, int nb0, int nb1, const uint8_t* w, size_
     // long sequential stream ("strand") of rows. Rows of one tile that lie next to each other
     // in memory (the obvious tiling) defeat the hardware prefetchers: each row's stream ends
     // after one row and they share 4 KiB pages, which halves the DRAM bandwidth of decode.
-    const int len = (nb1 - nb0 + NR - 1) / NR;
+    // The strands are len rows apart: ceil((nb1 - nb0) / NR), or a few rows more where that put
+    // them a multiple of 4 KiB apart (strand_rows, kernels/simd/blocking.h). A tile past the last
+    // row reads row nb0 + t again (in range: len <= nb1 - nb0) and writes nothing for it.
+    const int len = strand_rows(nb1 - nb0, NR, w_row_bytes);
     for (int t = 0; t < len; ++t) {
       const uint8_t* rows[NR];
       int cols[NR];
