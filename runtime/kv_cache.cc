@@ -231,16 +231,12 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n, const uint16_
   }
   for (int64_t g = 0; g < L.nb; ++g) {
     const int e0 = int(g) * G, ne = std::min(G, n - e0);
-    uint8_t q[128];
     if (affine) {
-      const float m = f16_to_f32(mh[g]), d = f16_to_f32(dh[g]);
-      for (int i = 0; i < G; ++i) {
-        const float r = i < ne && d > 0 ? round_even((x[e0 + i] - m) / d) : 0.0f;
-        q[i] = uint8_t(std::clamp(r, 0.0f, top));
-      }
+      quantize_affine_group(x + e0, ne, f16_to_f32(dh[g]), f16_to_f32(mh[g]), bits, dst + L.q_off + size_t(g) * L.qbytes);
       std::memcpy(dst + L.d_off + 2 * g, &dh[g], 2);
       std::memcpy(dst + L.m_off + 2 * g, &mh[g], 2);
     } else {
+      uint8_t q[128];
       // w = d * (q - 128): d = max|x| / 127 as f16.
       float lo = x[e0], hi = x[e0];
       for (int i = 1; i < ne; ++i) {
@@ -254,8 +250,8 @@ void KvCache::encode(QType t, const float* x, uint8_t* dst, int n, const uint16_
         q[i] = uint8_t(std::clamp(r, -127.0f, 127.0f) + 128.0f);
       }
       std::memcpy(dst + L.d_off + 2 * g, &dq, 2);
+      pack_group(bits, G, q, dst + L.q_off + size_t(g) * L.qbytes);
     }
-    pack_group(bits, G, q, dst + L.q_off + size_t(g) * L.qbytes);
   }
 }
 

@@ -32,4 +32,11 @@ void fit_affine(const float* x, int ne, float top, uint16_t* d_out, uint16_t* m_
 // target has SSE2, else fit_affine per group.
 void fit_affine4(const float* x, int lanes, float top, uint16_t* d_out, uint16_t* m_out);
 
+// The levels of one affine group under its (d, m) (f16 values as floats), packed (qtype.h's
+// 4- and 2-bit planes: byte j holds elements j, j + 16 at 4 bits; j, j + 8, j + 16, j + 24 at 2):
+// q_i = clamp(round_even((x_i - m) / d), 0, 2^bits - 1) for i < ne, 0 past ne and everywhere
+// when d <= 0. Writes bits * 4 bytes. A whole group (ne == kAffineGroup) runs in SSE2 lanes
+// where the target has SSE2, the same operations per element (the same bytes).
+void quantize_affine_group(const float* x, int ne, float d, float m, int bits, uint8_t* dst);
+
 }  // namespace mxlm

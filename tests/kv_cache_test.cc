@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -349,6 +350,46 @@ TEST(KvFit, FourLanesEqualTheScalarFit) {
     }
   }
   EXPECT_EQ(mismatches, 0) << "of " << groups << " groups";
+}
+
+// quantize_affine_group (SSE2 lanes for whole groups where there is SSE2) writes the bytes of
+// its stated rule, computed here element by element and packed by pack_group: both widths, whole
+// and partial groups, levels on ties, -0 and values far outside [m, m + top d], d of 0, tiny and
+// huge.
+TEST(KvFit, GroupQuantizerIsTheStatedRule) {
+  std::mt19937 rng(29);
+  const int N = kAffineGroup;
+  std::vector<float> x(N);
+  int bad = 0, cases = 0;
+  for (int it = 0; it < 20000; ++it) {
+    const int bits = it % 2 ? 4 : 2, top = (1 << bits) - 1;
+    const int ne = it % 7 == 0 ? 1 + int(rng() % N) : N;
+    const float scale = std::pow(10.0f, float(int(rng() % 9)) - 4.0f);
+    const float d = it % 50 == 0 ? 0.0f : f16_to_f32(f32_to_f16(scale * (0.05f + float(rng() % 100) / 100.0f)));
+    const float m = f16_to_f32(f32_to_f16(-scale * float(rng() % 8) / 2.0f));
+    for (int i = 0; i < N; ++i) {
+      switch (rng() % 4) {
+        case 0: x[i] = m + d * (float(int(rng() % (2 * top + 1))) * 0.5f); break;  // ties
+        case 1: x[i] = std::normal_distribution<float>(m + d * top / 2.0f, 2.0f * d * top)(rng); break;
+        case 2: x[i] = rng() % 2 ? -0.0f : 0.0f; break;
+        default: x[i] = std::uniform_real_distribution<float>(m, m + d * top)(rng); break;
+      }
+    }
+    uint8_t q[N], want[16], got[16];
+    for (int i = 0; i < N; ++i) {
+      const float r = i < ne && d > 0 ? std::nearbyint((x[i] - m) / d) : 0.0f;
+      q[i] = uint8_t(std::clamp(r, 0.0f, float(top)));
+    }
+    std::memset(want, 0xAB, sizeof(want));
+    std::memset(got, 0xAB, sizeof(got));
+    pack_group(bits, N, q, want);
+    quantize_affine_group(x.data(), ne, d, m, bits, got);
+    ++cases;
+    if (std::memcmp(want, got, sizeof(got)) != 0 && ++bad <= 5) {
+      ADD_FAILURE() << "bits " << bits << ", ne " << ne << ", d " << d << ", m " << m;
+    }
+  }
+  EXPECT_EQ(bad, 0) << "of " << cases;
 }
 
 // shift() moves the kept rows down and re-rotates keys by RoPE of -n_discard positions: each
