@@ -296,9 +296,10 @@ TEST(StrandRows, StaggersOnlyAliasedPowerOfTwoLengths) {
   EXPECT_EQ(strand_rows(11008, 4, 2304), 2752);  // not a power of two: as measured, left alone
   EXPECT_EQ(strand_rows(256, 4, 1152), 64);      // a 64-row strand may not grow (64 / 128 = 0)
   int staggered = 0;
+  const size_t row_bytes[] = {18, 144, 1152, 1760, 2304, 3168, 3331};
   for (int nr = 1; nr <= 4; ++nr) {
     for (int rows = 1; rows <= 5000; rows += rows < 64 ? 1 : 7) {
-      for (size_t rb : {size_t{18}, size_t{144}, size_t{1152}, size_t{1760}, size_t{2304}, size_t{3168}, size_t{3331}}) {
+      for (size_t rb : row_bytes) {
         const int plain = (rows + nr - 1) / nr, len = strand_rows(rows, nr, rb);
         ASSERT_GE(len, plain) << rows << " " << nr << " " << rb;
         if (len == plain) continue;

@@ -27,10 +27,10 @@ constexpr int weight_block_rows(int n0, int n1, size_t row_bytes, int nr) {
 // 512 up (a 2048- or 4096-row matrix on one thread) and the rows a multiple of 8 bytes (every
 // format's at the Llama widths), that is a multiple of 4 KiB, so each step of the tile loads nr
 // lines of the same L1 set (the L1D repeats its sets every 4 KiB on Zen 4 and Zen 5) and the
-// strands' lines and the L1 prefetcher's evict each other. So a power-of-two len grows, by at most len / 128 rows (each one more tile whose last
-// row is a dummy: under 0.8 % more tiles), to the length that puts the distance closest to 1 or
-// 3 KiB modulo 4 KiB, if one is within 256 B: the nr strands then sit about a quarter of the set
-// range apart. The last strand keeps the rows left, at least one.
+// strands' lines and the L1 prefetcher's evict each other. So a power-of-two len grows, by at
+// most len / 128 rows (each one more tile whose last row is a dummy: under 0.8 % more tiles), to
+// the length that puts the distance closest to 1 or 3 KiB modulo 4 KiB, if one is within 256 B:
+// the nr strands then sit about a quarter of the set range apart. The last strand keeps the rows left, at least one.
 // Measured with the two rules alternating call by call in one process (1 thread, Zen 5, the
 // same rule against itself within 1 %), over the 25 formats on 4096 x 4096, 2048 x 5632 and
 // 2048 x 2048: geomean +2.1 % on one thread (q4_g32 2048 x 5632 +5-9 %, 4096 x 4096 +1-7 %;
