@@ -316,9 +316,10 @@ TEST(StrandRows, StaggersOnlyAliasedPowerOfTwoLengths) {
 }
 
 // Staggered strands against the reference, every format and ISA: M = 1 and M = 2 over 1024 rows
-// (four strands of 256 rows) and M = 2 over 768 (AVX2's three strands at M = 2), with a row
-// stride chosen so that strand_rows grows the length; n0 > 0 and the split check cover a chunk
-// that does not start at row 0.
+// (four strands of 256 rows), M = 2 over 768 (AVX2's three strands at M = 2) and M = 3, 4 over
+// 1024 (AVX2's two strands of 512), with a row stride chosen so that strand_rows grows the
+// length for that strand count; n0 > 0 and the split check cover a chunk that does not start
+// at row 0.
 using StrandParam = std::tuple<QType, Isa>;
 class QGemmStrandTest : public ::testing::TestWithParam<StrandParam> {};
 
@@ -330,7 +331,7 @@ TEST_P(QGemmStrandTest, StaggeredStrandsMatchReference) {
   struct Case {
     int m, n, nr;
   };
-  for (const Case c : {Case{1, 1024, 4}, Case{2, 1024, 4}, Case{2, 768, 3}}) {
+  for (const Case c : {Case{1, 1024, 4}, Case{2, 1024, 4}, Case{2, 768, 3}, Case{3, 1024, 2}, Case{4, 1024, 2}}) {
     size_t pad = 0;
     while (pad < 512 && strand_rows(c.n, c.nr, row_bytes + pad) == (c.n + c.nr - 1) / c.nr) ++pad;
     ASSERT_LT(pad, 512u) << "no stride staggers " << c.n << " rows in " << c.nr << " strands";
