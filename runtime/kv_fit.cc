@@ -71,6 +71,19 @@ void fit_affine(const float* x, int ne, float top, uint16_t* d_out, uint16_t* m_
 }
 
 #if defined(__SSE2__)
+namespace {
+// round_even (kv_fit.h) in each lane, then clamped to [0, top] with max/min (+0 where std::clamp
+// keeps -0: the same level).
+inline __m128 round_clamp_ps(__m128 u, __m128 top) {
+  const __m128 two23 = _mm_set1_ps(0x1p23f), sign = _mm_set1_ps(-0.0f);
+  const __m128 a = _mm_andnot_ps(sign, u);
+  const __m128 small = _mm_cmplt_ps(a, two23);
+  const __m128 ra = _mm_or_ps(_mm_sub_ps(_mm_add_ps(a, two23), two23), _mm_and_ps(u, sign));
+  const __m128 re = _mm_or_ps(_mm_and_ps(small, ra), _mm_andnot_ps(small, u));
+  return _mm_min_ps(_mm_max_ps(re, _mm_setzero_ps()), top);
+}
+}  // namespace
+
 // SSE2: fit_affine of `lanes` (1 to 4) whole groups at x, x + 32, ..., one group per lane of SSE2
 // vectors: each lane runs fit_affine's operations on its group in fit_affine's order (IEEE
 // single and double steps, no fused multiply-add: the bytes are the same; a lane whose fit ends
@@ -110,7 +123,7 @@ void fit_affine4(const float* x, int lanes, float top, uint16_t* d_out, uint16_t
     _mm_store_pd(sx, s0);
     _mm_store_pd(sx + 2, s1);
   }
-  const __m128 zero = _mm_setzero_ps(), topv = _mm_set1_ps(top), two23 = _mm_set1_ps(0x1p23f), sign = _mm_set1_ps(-0.0f);
+  const __m128 zero = _mm_setzero_ps(), topv = _mm_set1_ps(top);
   for (int round = 0; round < kAffineRounds; ++round) {
     alignas(16) float mf[4], df[4];
     for (int l = 0; l < 4; ++l) {
@@ -125,11 +138,7 @@ void fit_affine4(const float* x, int lanes, float top, uint16_t* d_out, uint16_t
       const __m128 v = _mm_load_ps(xt + 4 * i);
       // round_even of (v - m) / d, clamped to [0, top]; 0 where d <= 0.
       const __m128 u = _mm_div_ps(_mm_sub_ps(v, m), d);
-      const __m128 a = _mm_andnot_ps(sign, u);
-      const __m128 small = _mm_cmplt_ps(a, two23);
-      const __m128 ra = _mm_or_ps(_mm_sub_ps(_mm_add_ps(a, two23), two23), _mm_and_ps(u, sign));
-      const __m128 re = _mm_or_ps(_mm_and_ps(small, ra), _mm_andnot_ps(small, u));
-      const __m128 r = _mm_and_ps(dpos, _mm_min_ps(_mm_max_ps(re, zero), topv));
+      const __m128 r = _mm_and_ps(dpos, round_clamp_ps(u, topv));
       const __m128 e = _mm_sub_ps(v, _mm_add_ps(_mm_mul_ps(d, r), m));
       const __m128d e0 = lo2(e), e1 = hi2(e);
       err0 = _mm_add_pd(err0, _mm_mul_pd(e0, e0));
@@ -198,9 +207,9 @@ void quantize_affine_group_scalar(const float* x, int ne, float d, float m, int 
 }  // namespace
 
 #if defined(__SSE2__)
-// Four elements per lane-wise step: fit_affine4's round_even, then max/min with 0 and top (max
-// gives +0 where std::clamp keeps -0: the same level), truncated to int32 (the value is an
-// integer), narrowed to bytes and packed with shifts within bytes (levels < 2^bits: no carry).
+// Four elements per lane-wise step: round_clamp_ps (as in fit_affine4), truncated to int32 (the
+// value is an integer), narrowed to bytes and packed with shifts within bytes (levels < 2^bits:
+// no carry).
 // Measured (`kv_store/` in mxlm_bench_kernels, one Llama-7B layer-token, one thread, Zen 5, two
 // alternating runs of the builds; the scalar loop and pack_group before): k4v4 89.7-91.7 ->
 // 70.9-71.0 us, k2v2 113-114 -> 108-109 us. The fit (fit_affine4) is now ~40 % of k4v4's store.
@@ -209,16 +218,10 @@ void quantize_affine_group(const float* x, int ne, float d, float m, int bits, u
     quantize_affine_group_scalar(x, ne, d, m, bits, dst);
     return;
   }
-  const __m128 vm = _mm_set1_ps(m), vd = _mm_set1_ps(d), zero = _mm_setzero_ps();
-  const __m128 topv = _mm_set1_ps(float((1 << bits) - 1)), two23 = _mm_set1_ps(0x1p23f), sign = _mm_set1_ps(-0.0f);
+  const __m128 vm = _mm_set1_ps(m), vd = _mm_set1_ps(d), topv = _mm_set1_ps(float((1 << bits) - 1));
   __m128i q[8];
   for (int i = 0; i < 8; ++i) {
-    const __m128 u = _mm_div_ps(_mm_sub_ps(_mm_loadu_ps(x + 4 * i), vm), vd);
-    const __m128 a = _mm_andnot_ps(sign, u);
-    const __m128 small = _mm_cmplt_ps(a, two23);
-    const __m128 ra = _mm_or_ps(_mm_sub_ps(_mm_add_ps(a, two23), two23), _mm_and_ps(u, sign));
-    const __m128 re = _mm_or_ps(_mm_and_ps(small, ra), _mm_andnot_ps(small, u));
-    q[i] = _mm_cvttps_epi32(_mm_min_ps(_mm_max_ps(re, zero), topv));
+    q[i] = _mm_cvttps_epi32(round_clamp_ps(_mm_div_ps(_mm_sub_ps(_mm_loadu_ps(x + 4 * i), vm), vd), topv));
   }
   // Bytes of elements 0-15 and 16-31.
   const __m128i lo = _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));

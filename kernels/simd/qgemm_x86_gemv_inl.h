@@ -625,6 +625,14 @@ void run_block(const ActQ8& a, int m0, int nb0, int nb1, const uint8_t* w, size_
   const int64_t nu_full_all = geo.nb / F::kGPU;
   const int rem = static_cast<int>(geo.nb % F::kGPU);
   const int64_t nu_all = nu_full_all + (rem > 0 ? 1 : 0);
+  // Tile t takes rows nb0 + t + i*len (i < NR): every row of a tile advances along its own
+  // long sequential stream ("strand") of rows. Rows of one tile that lie next to each other
+  // in memory (the obvious tiling) defeat the hardware prefetchers: each row's stream ends
+  // after one row and they share 4 KiB pages, which halves the DRAM bandwidth of decode.
+  // The strands are len rows apart: ceil((nb1 - nb0) / NR), or a few rows more where that put
+  // them a multiple of 4 KiB apart (strand_rows, kernels/simd/blocking.h). A tile past the last
+  // row reads row nb0 + t again (in range: len <= nb1 - nb0) and writes nothing for it.
+  const int len = strand_rows(nb1 - nb0, NR, w_row_bytes);
   for (int64_t us = 0; us < nu_all; us += kNuCap) {
     const int nu = static_cast<int>(min_of<int64_t>(kNuCap, nu_all - us));
     const bool last = us + nu == nu_all;
@@ -638,14 +646,6 @@ void run_block(const ActQ8& a, int m0, int nb0, int nb1, const uint8_t* w, size_
     ta.zcap = kZCap;
     ta.geo = geo;
     prep_rows<T>(a, m0, MR, us, nu, kNuCap, kZCap, ta.ngroups, p);
-    // Tile t takes rows nb0 + t + i*len (i < NR): every row of a tile advances along its own
-    // long sequential stream ("strand") of rows. Rows of one tile that lie next to each other
-    // in memory (the obvious tiling) defeat the hardware prefetchers: each row's stream ends
-    // after one row and they share 4 KiB pages, which halves the DRAM bandwidth of decode.
-    // The strands are len rows apart: ceil((nb1 - nb0) / NR), or a few rows more where that put
-    // them a multiple of 4 KiB apart (strand_rows, kernels/simd/blocking.h). A tile past the last
-    // row reads row nb0 + t again (in range: len <= nb1 - nb0) and writes nothing for it.
-    const int len = strand_rows(nb1 - nb0, NR, w_row_bytes);
     for (int t = 0; t < len; ++t) {
       const uint8_t* rows[NR];
       int cols[NR];
