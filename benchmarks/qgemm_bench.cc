@@ -11,12 +11,14 @@
 //   qgemv_cached/<isa>/<qtype>/K:4096   decode, 1 thread, one matrix of ~256 KiB (N rows, a
 //       multiple of 16) that stays in L2: the kernel's compute-bound rate in GBps of packed
 //       weights. Above the DRAM bandwidth it means the kernel can keep up with memory; below, it
-//       is the limit. Unlike the DRAM figures it does not move with the neighbours' memory
-//       traffic. (A 512-row matrix, as before, is 0.65-2.2 MiB: at 3+ bits it spilled to L3 and
-//       measured L3 bandwidth, not the kernel.)
+//       is the limit. It moves with the core's clock and its sibling's load, so pct_peak gives
+//       its 2*N*K operations per call as % of the int8 peak read around it (peak_GOPS): the
+//       figure to compare between runs. (A 512-row matrix, as before, is 0.65-2.2 MiB: at 3+
+//       bits it spilled to L3 and measured L3 bandwidth, not the kernel.)
 //   qgemm/<isa>/<qtype>/M:<M>/N:4096/K:4096/threads:<t>   prefill, M = 16, 128, 512. Counters:
 //       GOPS (2*M*N*K per call) and pct_peak (% of the int8 peak of the ISA's dot instruction,
-//       vpdpbusd or vpmaddubsw, on `threads` cores, measured by this binary: peak_GOPS).
+//       vpdpbusd or vpmaddubsw, on `threads` threads, measured by this binary just before and
+//       just after the benchmark, the larger: peak_GOPS).
 // The kernels are single-threaded; threads:2 splits N in two halves with OpenMP, as a caller
 // would. Activation quantization is not timed.
 //
@@ -57,14 +59,12 @@ constexpr size_t kPoolBytes = size_t{160} << 20;    // room for > 64 MiB of the 
 // around every benchmark (the machine is shared: its bandwidth drifts between benchmarks).
 double read_bandwidth_gbps(int threads) { return measure_read_bandwidth(threads) / 1e9; }
 
-// GOP/s of `isa`'s int8 dot instruction on `threads` cores (mxlm/bench.h), measured once per
-// process and ISA: the peak does not drift like the bandwidth (the clock may, slightly).
-double int8_peak_gops(Isa isa, int threads) {
-  static double per_core[4] = {};
-  double& p = per_core[static_cast<int>(isa)];
-  if (p == 0) p = measure_int8_peak(1, isa) / 1e9;
-  return p * threads;
-}
+// GOP/s of `isa`'s int8 dot instruction on `threads` threads (mxlm/bench.h), measured around
+// every benchmark like the bandwidth. It drifts as much: on the 2-core Zen 5 hosts one thread's
+// probe read 567 and 842 GOP/s minutes apart, and the compute-bound GEMV (`qgemv_cached`) q4_g32
+// 47, 56 and 73 GB/s in three runs within a minute (a core's sibling busy or not, the clock).
+// ~40 ms per reading.
+double int8_peak_gops(Isa isa, int threads) { return measure_int8_peak(threads, isa) / 1e9; }
 
 // ---- weights ----------------------------------------------------------------------------------
 
@@ -197,13 +197,18 @@ void bm_gemv_cached(benchmark::State& state, Isa isa, QType t, int64_t K) {
   prepare_rows(isa, t, K, w, row_bytes, static_cast<size_t>(N));
   const Acts a = make_acts(isa, 1, K);
   std::vector<float> y(static_cast<size_t>(N));
+  const double peak_before = int8_peak_gops(isa, 1);
   for (auto _ : state) {
     fn(1, 0, N, K, a.view, w, row_bytes, y.data(), static_cast<size_t>(N));
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
+  const double peak = std::max(peak_before, int8_peak_gops(isa, 1));  // after the timed loop
+  const double ops = 2.0 * static_cast<double>(N) * static_cast<double>(K);
   state.counters["GBps"] = benchmark::Counter(static_cast<double>(row_bytes) * N * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_peak"] = benchmark::Counter(ops * 1e-9 / peak * 100.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_GOPS"] = peak;
 }
 
 void bm_gemm(benchmark::State& state, Isa isa, QType t, int M, int N, int64_t K, int threads) {
@@ -213,13 +218,14 @@ void bm_gemm(benchmark::State& state, Isa isa, QType t, int M, int N, int64_t K,
   prepare_rows(isa, t, K, w, row_bytes, static_cast<size_t>(N));
   const Acts a = make_acts(isa, M, K);
   std::vector<float> y(static_cast<size_t>(M) * N);
+  const double peak_before = int8_peak_gops(isa, threads);
   for (auto _ : state) {
     run_split(fn, threads, M, N, K, a.view, w, row_bytes, y.data());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   const double ops = 2.0 * M * static_cast<double>(N) * static_cast<double>(K);
-  const double peak = int8_peak_gops(isa, threads);
+  const double peak = std::max(peak_before, int8_peak_gops(isa, threads));  // after the timed loop
   state.counters["GOPS"] = benchmark::Counter(ops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["pct_peak"] = benchmark::Counter(ops * 1e-9 / peak * 100.0, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["peak_GOPS"] = peak;
