@@ -171,10 +171,11 @@ constexpr Shape kShapes[] = {
     {1, 9, 20000, 0},
     // M >= 32 on AVX-512 (M >= 16 on AVX2): int8 panels of 64 (16) weight rows x K blocks of 256,
     // 3-row microtiles, 128-row (64-row) chunks: row, column (16- and 8-row vectors) and K-block
-    // tails; on AVX2 also K slabs of 2048 (K = 2100) and a last panel of two vectors, the second
-    // partial (N = 28).
+    // tails; K slabs of 2048 (K = 2100: a slab of one K block after a whole one), also under
+    // several panels (N = 70); on AVX2 also a last panel of two vectors, the second partial
+    // (N = 28).
     {32, 16, 1024, 0}, {40, 37, 2100, 5}, {33, 18, 96, 1}, {130, 17, 1100, 0}, {35, 70, 300, 2},
-    {20, 28, 520, 1},
+    {20, 28, 520, 1},  {40, 70, 2100, 3},
 };
 
 using Param = std::tuple<QType, Isa, int, bool>;

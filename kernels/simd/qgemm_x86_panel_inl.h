@@ -26,7 +26,8 @@ constexpr int kPV = 4;                  // int32 vectors of weight rows per pane
 constexpr int kPR = 16 * kPV;           // weight rows per panel
 constexpr int kPUnits = 1;              // units per K block (the panel stays in L1)
 constexpr int kPBlocks = kPUnits * kU;  // activation blocks per K block
-constexpr int kNzStride = kPBlocks < 16 ? 16 : kPBlocks;  // row stride of the -z*sum(a) table
+constexpr int kPSlab = 8;               // K blocks per slab (the driver's order: see there)
+constexpr int kNzStride = kPSlab * kPBlocks;  // row stride of the -z*sum(a) table (one slab)
 constexpr int kPSteps = kPBlocks * 8;   // k-steps of 4 elements per K block
 constexpr int kPMR = 3;                 // activation rows per microtile
 constexpr int kPMChunk = 128;           // activation rows per chunk of the sum(a) table
@@ -207,13 +208,28 @@ void build_panel_vec(const uint8_t* rows, size_t rb, int nr, const Geo& geo, int
 
 // ---- the microkernels and drivers -------------------------------------------------------------
 
+// A microtile's activations: rows from `row` (tile row m of the chunk), K block from block b0 of
+// the slab starting at bs: quants, block scales, d * sums, and the -z*sum(a) table's entries.
+struct MicroActs {
+  const int8_t* q;
+  const float* d;
+  const float* ds;
+  const int32_t* nz;
+};
+MXLM_QINLINE MicroActs micro_acts(const ActQ8& a, int64_t nbs, const int32_t* nz, int row, int m, int64_t b0,
+                                  int64_t bs) {
+  return {a.q + row * a.kp + b0 * 32, a.d + row * nbs + b0, a.ds + row * nbs + b0, nz + m * kNzStride + (b0 - bs)};
+}
+
 #if defined(MXLM_TARGET_AVX512)
 // Rows [0, MR) of activations (a: first block of the K block; ad/ads: its block scales, nz its
-// -z*sum(a) table, row stride kNzStride) x the panel's NV*16 weight rows, nblk blocks, into y
-// (lanes of the last vector past its rows masked off).
+// -z*sum(a) table, row stride kNzStride) x the panel's NV*16 weight rows, nblk blocks: the sums
+// so far from y (row stride ldy; none if first) plus these blocks' into yo (row stride ldo; may
+// be y). Lanes of the last vector past its rows are masked off.
 template <QType T, int MR, int NV>
 MXLM_QINLINE void panel_micro(const Panel& P, int nblk, const int8_t* a, int64_t kp, const float* ad, const float* ads,
-                              int64_t nbs, const int32_t* nz, float* y, size_t ldy, __mmask16 nmask, bool first) {
+                              int64_t nbs, const int32_t* nz, const float* y, size_t ldy, float* yo, size_t ldo,
+                              __mmask16 nmask, bool first) {
   using F = Fmt<T>;
   VF acc[MR][NV];
   for (int m = 0; m < MR; ++m) {
@@ -259,21 +275,21 @@ MXLM_QINLINE void panel_micro(const Panel& P, int nblk, const int8_t* a, int64_t
   }
   for (int m = 0; m < MR; ++m) {
     for (int v = 0; v < NV; ++v) {
-      _mm512_mask_storeu_ps(y + m * ldy + 16 * v, v == NV - 1 ? nmask : 0xFFFF, acc[m][v]);
+      _mm512_mask_storeu_ps(yo + m * ldo + 16 * v, v == NV - 1 ? nmask : 0xFFFF, acc[m][v]);
     }
   }
 }
 
 template <QType T, int NV>
 MXLM_QINLINE void panel_rows(int mr, const Panel& P, int nblk, const int8_t* a, int64_t kp, const float* ad,
-                             const float* ads, int64_t nbs, const int32_t* nz, float* y, size_t ldy, int last,
-                             bool first) {
+                             const float* ads, int64_t nbs, const int32_t* nz, const float* y, size_t ldy, float* yo,
+                             size_t ldo, int last, bool first) {
   static_assert(kPMR == 3);
   const __mmask16 nmask = static_cast<__mmask16>(last >= 16 ? 0xFFFF : (1u << last) - 1);
   switch (mr) {
-    case 1: panel_micro<T, 1, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
-    case 2: panel_micro<T, 2, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
-    default: panel_micro<T, kPMR, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, nmask, first); break;
+    case 1: panel_micro<T, 1, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, yo, ldo, nmask, first); break;
+    case 2: panel_micro<T, 2, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, yo, ldo, nmask, first); break;
+    default: panel_micro<T, kPMR, NV>(P, nblk, a, kp, ad, ads, nbs, nz, y, ldy, yo, ldo, nmask, first); break;
   }
 }
 
@@ -286,7 +302,7 @@ void neg_z_sums(const ActQ8& a, int mc, int mn, int64_t b0, int nblk, int64_t nb
   for (int m = 0; m < mn; ++m) {
     const float* ad = a.d + (mc + m) * nbs + b0;
     const float* ads = a.ds + (mc + m) * nbs + b0;
-    for (int h = 0; h < kPBlocks; h += 16) {
+    for (int h = 0; h < nblk; h += 16) {
       const int left = nblk - h;
       const __mmask16 k = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
       const VF d = _mm512_maskz_loadu_ps(k, ad + h), ds = _mm512_maskz_loadu_ps(k, ads + h);
@@ -422,11 +438,12 @@ void neg_z_sums(const ActQ8& a, int mc, int mn, int64_t b0, int nblk, int64_t nb
 // Order: per chunk of kPMChunk activation rows and slab of kPSlab K blocks, panels outer and the
 // slab's K blocks inner, so that a panel's outputs (64 rows x 16 floats) stay in cache across the
 // slab and each weight row is read forward, one run per slab, while the slab's activations (64
-// rows x 2 KiB) come from L2. The AVX-512 order (K blocks outer, panels inner) streams the whole y
-// through every K block (128 x 4096 floats, 2 MiB: past L2) and reads a panel's rows 2.3 KiB
-// apart: q4_g32, q2_g32 and q4k_g32 at M = 128, K = N = 4096, one thread, 96-131 -> 111-149
-// GOP/s (three alternating runs). Summing each panel's slab in a contiguous 4 KiB tile instead
-// of in y (whose rows, N floats apart, share L1 sets) measured no better.
+// rows x 2 KiB) come from L2. The order AVX-512 had then (K blocks outer, panels inner) streams
+// the whole y through every K block (128 x 4096 floats, 2 MiB: past L2) and reads a panel's rows
+// 2.3 KiB apart: q4_g32, q2_g32 and q4k_g32 at M = 128, K = N = 4096, one thread, 96-131 ->
+// 111-149 GOP/s (three alternating runs). Summing each panel's slab in a contiguous 4 KiB tile
+// instead of in y (whose rows, N floats apart, share L1 sets) measured no better here (AVX-512,
+// with 4x the panel's floats, gains from it: see there).
 template <QType T>
 void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t rb, const Geo& geo,
                  float* y, size_t ldy) {
@@ -465,15 +482,12 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
           }
           for (int m = 0; m < mn; m += kPMR) {
             const int row = mc + m, mr = min_of(kPMR, mn - m);
-            const int8_t* ap = a.q + row * a.kp + b0 * 32;
-            const float* ad = a.d + row * nbs + b0;
-            const float* ads = a.ds + row * nbs + b0;
-            const int32_t* nzp = nz + m * kNzStride + (b0 - bs);
+            const MicroActs ma = micro_acts(a, nbs, nz, row, m, b0, bs);
             float* yp = y + static_cast<size_t>(row) * ldy + ns;
             if (nv == 1) {
-              panel_rows<T, 1>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, last, first);
+              panel_rows<T, 1>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yp, ldy, last, first);
             } else {
-              panel_rows<T, kPV>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, last, first);
+              panel_rows<T, kPV>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yp, ldy, last, first);
             }
           }
         }
@@ -514,6 +528,16 @@ MXLM_QINLINE void prefetch_next_panel(const uint8_t* w, size_t rb, const Geo& ge
   }
 }
 
+// Order (as AVX2's): per chunk of kPMChunk activation rows and slab of kPSlab K blocks, panels
+// outer and the slab's K blocks inner. A panel's sums (kPMChunk x 64 floats, 32 KiB) live in a
+// contiguous tile across the slab: read from y at its first K block, written to y at its last.
+// Before, the K blocks were outer and the panels inner, so every K block read and wrote all of
+// y (M x N floats: 2 MiB at M = 128, N = 4096, past L2) through rows N floats apart, which share
+// L1 sets. `qgemm` AVX-512 on a Zen 5, one thread, the two orders alternating call by call in
+// one process: +2-10 % at M = 128 (q4_g32 +2-5 %, q8_g32 +6-8 %, q2_g32 +6-8 %, q3a_g32 +10-11 %,
+// q6k_g32 +7 %; two threads alike), the same sums bit for bit. Copying the slab's activation
+// rows (4 KiB apart at K = 4096, so they share L1 sets too) into a contiguous buffer gained
+// another 0-1.5 %: not kept (256 KiB of stack or a heap buffer per call).
 template <QType T>
 void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t rb, const Geo& geo,
                  float* y, size_t ldy) {
@@ -522,36 +546,49 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
   const int64_t nbs = a.kp / 32;
   Panel P;
   alignas(64) int32_t nz[kPMChunk * kNzStride];
+  alignas(64) float tile[kPMChunk * kPR];
   for (int mc = 0; mc < M; mc += kPMChunk) {
     const int mn = min_of(kPMChunk, M - mc);
-    for (int64_t b0 = 0; b0 < nblk_all; b0 += kPBlocks) {
-      const int nblk = static_cast<int>(min_of<int64_t>(kPBlocks, nblk_all - b0));
-      const bool first = b0 == 0;
-      if constexpr (F::kZ != 0) neg_z_sums<T>(a, mc, mn, b0, nblk, nbs, nz);
-      const int64_t u0 = b0 / kU;
-      const int nu = (nblk + kU - 1) / kU;
+    for (int64_t bs = 0; bs < nblk_all; bs += kNzStride) {
+      const int sblk = static_cast<int>(min_of<int64_t>(kNzStride, nblk_all - bs));
+      if constexpr (F::kZ != 0) neg_z_sums<T>(a, mc, mn, bs, sblk, nbs, nz);
       for (int ns = n0; ns < n1; ns += kPR) {
         const int nr = min_of(kPR, n1 - ns);
         const int nv = (nr + kLanes - 1) / kLanes;
-        for (int v = 0; v < nv; ++v) {
-          build_panel_vec<T>(w + static_cast<size_t>(ns + kLanes * v) * rb, rb, min_of(kLanes, nr - kLanes * v), geo,
-                             u0, nu, v, P);
-        }
         const int last = nr - kLanes * (nv - 1);
-        prefetch_next_panel<T>(w, rb, geo, ns + kPR < n1 ? ns + kPR : n0, ns + kPR < n1 ? u0 : u0 + kPUnits,
-                               ns + kPR < n1 ? min_of(kPR, n1 - ns - kPR) : min_of(kPR, n1 - n0), nblk_all);
-        for (int m = 0; m < mn; m += kPMR) {
-          const int row = mc + m, mr = min_of(kPMR, mn - m);
-          const int8_t* ap = a.q + row * a.kp + b0 * 32;
-          const float* ad = a.d + row * nbs + b0;
-          const float* ads = a.ds + row * nbs + b0;
-          const int32_t* nzp = nz + m * kNzStride;
-          float* yp = y + static_cast<size_t>(row) * ldy + ns;
-          switch (nv) {
-            case 1: panel_rows<T, 1>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, last, first); break;
-            case 2: panel_rows<T, 2>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, last, first); break;
-            case 3: panel_rows<T, 3>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, last, first); break;
-            default: panel_rows<T, kPV>(mr, P, nblk, ap, a.kp, ad, ads, nbs, nzp, yp, ldy, last, first); break;
+        for (int64_t b0 = bs; b0 < bs + sblk; b0 += kPBlocks) {
+          const int nblk = static_cast<int>(min_of<int64_t>(kPBlocks, bs + sblk - b0));
+          const bool first = b0 == 0, from_y = b0 == bs, to_y = b0 + kPBlocks >= bs + sblk;
+          const int64_t u0 = b0 / kU;
+          const int nu = (nblk + kU - 1) / kU;
+          for (int v = 0; v < nv; ++v) {
+            build_panel_vec<T>(w + static_cast<size_t>(ns + kLanes * v) * rb, rb, min_of(kLanes, nr - kLanes * v), geo,
+                               u0, nu, v, P);
+          }
+          // The panel built next: these rows' next K block, else the next panel's first block of
+          // the slab, else the first panel of the next slab.
+          if (!to_y) {
+            prefetch_next_panel<T>(w, rb, geo, ns, u0 + kPUnits, nr, nblk_all);
+          } else if (ns + kPR < n1) {
+            prefetch_next_panel<T>(w, rb, geo, ns + kPR, bs / kU, min_of(kPR, n1 - ns - kPR), nblk_all);
+          } else {
+            prefetch_next_panel<T>(w, rb, geo, n0, (bs + sblk) / kU, min_of(kPR, n1 - n0), nblk_all);
+          }
+          for (int m = 0; m < mn; m += kPMR) {
+            const int row = mc + m, mr = min_of(kPMR, mn - m);
+            const MicroActs ma = micro_acts(a, nbs, nz, row, m, b0, bs);
+            float* yp = y + static_cast<size_t>(row) * ldy + ns;
+            float* tp = tile + m * kPR;
+            const float* yi = from_y ? yp : tp;
+            const size_t li = from_y ? ldy : kPR;
+            float* yo = to_y ? yp : tp;
+            const size_t lo = to_y ? ldy : kPR;
+            switch (nv) {
+              case 1: panel_rows<T, 1>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
+              case 2: panel_rows<T, 2>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
+              case 3: panel_rows<T, 3>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
+              default: panel_rows<T, kPV>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
+            }
           }
         }
       }
