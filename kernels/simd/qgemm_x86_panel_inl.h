@@ -533,9 +533,10 @@ MXLM_QINLINE void prefetch_next_panel(const uint8_t* w, size_t rb, const Geo& ge
 // contiguous tile across the slab: read from y at its first K block, written to y at its last.
 // Before, the K blocks were outer and the panels inner, so every K block read and wrote all of
 // y (M x N floats: 2 MiB at M = 128, N = 4096, past L2) through rows N floats apart, which share
-// L1 sets. `qgemm` AVX-512 on a Zen 5, one thread, the two orders alternating call by call in
-// one process: +2-10 % at M = 128 (q4_g32 +2-5 %, q8_g32 +6-8 %, q2_g32 +6-8 %, q3a_g32 +10-11 %,
-// q6k_g32 +7 %; two threads alike), the same sums bit for bit. Copying the slab's activation
+// L1 sets. `qgemm` AVX-512 on a Zen 5, the two orders alternating call by call in one process,
+// two rounds, M = 128, one thread: q4_g32 +4-9 % (71 -> 78 % of the peak in the quieter round),
+// q4_g64 +10-12 %, q8_g32 +5-6 %, q2_g32 +10-13 %, q3a_g32 +10 %, q6k_g32 +7-8 %, nu4_g32 +6-8 %;
+// two threads +7-13 %, M = 512 +2-16 %; the same sums bit for bit. Copying the slab's activation
 // rows (4 KiB apart at K = 4096, so they share L1 sets too) into a contiguous buffer gained
 // another 0-1.5 %: not kept (256 KiB of stack or a heap buffer per call).
 template <QType T>
