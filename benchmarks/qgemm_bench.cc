@@ -207,7 +207,8 @@ void bm_gemv_cached(benchmark::State& state, Isa isa, QType t, int64_t K) {
   const double ops = 2.0 * static_cast<double>(N) * static_cast<double>(K);
   state.counters["GBps"] = benchmark::Counter(static_cast<double>(row_bytes) * N * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["pct_peak"] = benchmark::Counter(ops * 1e-9 / peak * 100.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_peak"] =
+      benchmark::Counter(ops * 1e-9 / peak * 100.0, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["peak_GOPS"] = peak;
 }
 

@@ -64,6 +64,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 // GCC 12 warns inside the AVX-512 headers about their own _mm512_undefined_* (PR 105593).

@@ -584,11 +584,15 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
             const size_t li = from_y ? ldy : kPR;
             float* yo = to_y ? yp : tp;
             const size_t lo = to_y ? ldy : kPR;
+            const auto run = [&](auto nvc) {
+              panel_rows<T, decltype(nvc)::value>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo,
+                                                  last, first);
+            };
             switch (nv) {
-              case 1: panel_rows<T, 1>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
-              case 2: panel_rows<T, 2>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
-              case 3: panel_rows<T, 3>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
-              default: panel_rows<T, kPV>(mr, P, nblk, ma.q, a.kp, ma.d, ma.ds, nbs, ma.nz, yi, li, yo, lo, last, first); break;
+              case 1: run(std::integral_constant<int, 1>{}); break;
+              case 2: run(std::integral_constant<int, 2>{}); break;
+              case 3: run(std::integral_constant<int, 3>{}); break;
+              default: run(std::integral_constant<int, kPV>{}); break;
             }
           }
         }
