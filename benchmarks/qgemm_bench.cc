@@ -117,12 +117,14 @@ struct Acts {
 // make_rows_valid, then the kernel's load-time packing (as the runtime does at load).
 void prepare_rows(Isa isa, QType t, int64_t K, uint8_t* base, size_t row_bytes, size_t rows) {
   make_rows_valid(t, K, base, row_bytes, rows);
-  const QPackFn pack = find_qkernel(t, isa).pack;
-  if (!pack) return;
-  std::vector<uint8_t> raw(row_bytes);
-  for (size_t r = 0; r < rows; ++r) {
-    std::memcpy(raw.data(), base + r * row_bytes, row_bytes);
-    pack(raw.data(), base + r * row_bytes, K);
+  const QKernel kern = find_qkernel(t, isa);
+  if (!kern.pack) return;
+  const size_t pr = static_cast<size_t>(kern.pack_rows);
+  std::vector<uint8_t> raw(row_bytes * pr);
+  for (size_t r = 0; r < rows; r += pr) {
+    const size_t n = std::min(pr, rows - r);
+    std::memcpy(raw.data(), base + r * row_bytes, row_bytes * n);
+    kern.pack(raw.data(), base + r * row_bytes, K, static_cast<int>(n), row_bytes);
   }
 }
 
@@ -148,7 +150,7 @@ Acts make_acts(Isa isa, int M, int64_t K) {
 void run_split(QGemmFn fn, int threads, int M, int N, int64_t K, const ActQ8& a, const uint8_t* w, size_t row_bytes,
                float* y) {
   if (threads == 1) {
-    fn(M, 0, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
+    fn(M, 0, N, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
     return;
   }
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
@@ -156,7 +158,7 @@ void run_split(QGemmFn fn, int threads, int M, int N, int64_t K, const ActQ8& a,
     // Halves rounded to 16 rows (whole tiles).
     const int per = (N / threads + 15) / 16 * 16;
     const int lo = per * t, hi = t == threads - 1 ? N : per * (t + 1);
-    if (lo < hi) fn(M, lo, hi, K, a, w, row_bytes, y, static_cast<size_t>(N));
+    if (lo < hi) fn(M, lo, hi, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
   }
 }
 
@@ -199,7 +201,7 @@ void bm_gemv_cached(benchmark::State& state, Isa isa, QType t, int64_t K) {
   std::vector<float> y(static_cast<size_t>(N));
   const double peak_before = int8_peak_gops(isa, 1);
   for (auto _ : state) {
-    fn(1, 0, N, K, a.view, w, row_bytes, y.data(), static_cast<size_t>(N));
+    fn(1, 0, N, N, K, a.view, w, row_bytes, y.data(), static_cast<size_t>(N));
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }

@@ -383,6 +383,7 @@ constexpr int kNumQ = 256;
 struct Registry {
   std::array<std::array<QGemmFn, kNumIsa>, kNumQ> gemm{};
   std::array<std::array<QPackFn, kNumIsa>, kNumQ> pack{};
+  std::array<std::array<int, kNumIsa>, kNumQ> pack_rows{};
   std::array<QuantizeActFn, kNumIsa> act{};
   std::array<Int8PeakFn, kNumIsa> peak{};
 };
@@ -393,7 +394,7 @@ Registry& registry_storage() {
 }
 
 template <QType T>
-void ref_gemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y, size_t ldy) {
+void ref_gemm(int M, int n0, int n1, int /*N*/, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y, size_t ldy) {
   qgemm_ref(T, M, n0, n1, K, a, w, w_row_bytes, y, ldy);
 }
 
@@ -435,9 +436,11 @@ std::vector<Isa> fallback_chain(Isa isa) {
 
 }  // namespace
 
-void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack) {
+void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack, int pack_rows) {
+  MXLM_ASSERT(pack_rows >= 1 && (pack_rows == 1 || pack));
   registry_storage().gemm[static_cast<int>(t)][static_cast<int>(isa)] = fn;
   registry_storage().pack[static_cast<int>(t)][static_cast<int>(isa)] = pack;
+  registry_storage().pack_rows[static_cast<int>(t)][static_cast<int>(isa)] = pack_rows;
 }
 void register_quantize_act(Isa isa, QuantizeActFn fn) { registry_storage().act[static_cast<int>(isa)] = fn; }
 void register_int8_peak(Isa isa, Int8PeakFn fn) { registry_storage().peak[static_cast<int>(isa)] = fn; }
@@ -447,7 +450,8 @@ Int8PeakFn find_int8_peak(Isa isa) { return registry().peak[static_cast<int>(isa
 QKernel find_qkernel(QType t, Isa isa) {
   const Registry& r = registry();
   for (Isa i : fallback_chain(isa)) {
-    if (QGemmFn fn = r.gemm[static_cast<int>(t)][static_cast<int>(i)]) return {fn, r.pack[static_cast<int>(t)][static_cast<int>(i)], i};
+    const int ti = static_cast<int>(t), ii = static_cast<int>(i);
+    if (QGemmFn fn = r.gemm[ti][ii]) return {fn, r.pack[ti][ii], r.pack_rows[ti][ii], i};
   }
   return {};
 }

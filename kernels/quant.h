@@ -79,27 +79,35 @@ void quantize_act_row_ref(const float* x, int64_t k, int64_t kp, int8_t* q, floa
 // ---- kernels ----------------------------------------------------------------------------------
 
 // y[m*ldy + n] = sum_k a[m][k] * W[n][k] for m in [0, M), n in [n0, n1), from quantized
-// activations and packed weights (rows every w_row_bytes bytes). Every implementation computes
-// each 32-element block's integer dot product exactly; only the float combination of blocks
-// (scales, offsets) may differ from the reference in summation order.
-using QGemmFn = void (*)(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
-                         float* y, size_t ldy);
+// activations and packed weights: N rows (0 <= n0 <= n1 <= N) every w_row_bytes bytes. Every
+// implementation computes each 32-element block's integer dot product exactly; only the float
+// combination of blocks (scales, offsets) may differ from the reference in summation order. N
+// matters only to kernels that interleave rows (QKernel::pack_rows): it says where the last,
+// incomplete group of rows begins.
+using QGemmFn = void (*)(int M, int n0, int n1, int N, int64_t K, const ActQ8& a, const uint8_t* w,
+                         size_t w_row_bytes, float* y, size_t ldy);
 using QuantizeActFn = void (*)(const float* x, int64_t k, int64_t kp, int8_t* q, float* d, float* ds, bool per_token);
 
 // The reference GEMM of format t (the spec for the kernels).
 void qgemm_ref(QType t, int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
                float* y, size_t ldy);
 
-// Load-time repacking of one row of k elements (qtype_row_bytes bytes, src and dst distinct) into
-// the layout a kernel reads: the same size, a permutation of the quant bits only (codebook,
-// scales and offsets stay where they are). A kernel with a pack function must be given packed
+// Load-time repacking of `rows` consecutive rows of k elements (qtype_row_bytes bytes each, every
+// `stride` bytes; src and dst distinct) into the layout a kernel reads, in the same bytes. A
+// kernel packs its rows in groups of QKernel::pack_rows from the first row (the last group may
+// be smaller) and is given one group per call. pack_rows 1: each row alone, a permutation of its
+// quant bits (codebook, scales and offsets stay where they are). pack_rows R > 1: a full group's
+// R rows become R * row_bytes contiguous bytes from the group's first row (the rest of its
+// R * stride bytes untouched) in the kernel's own interleaved order; a smaller last group stays
+// in the file's layout (see QGemmFn's N). A kernel with a pack function must be given packed
 // rows; everything else (dequantize_row, the oneDNN path, embedding lookups) keeps reading the
 // file's rows.
-using QPackFn = void (*)(const uint8_t* src, uint8_t* dst, int64_t k);
+using QPackFn = void (*)(const uint8_t* src, uint8_t* dst, int64_t k, int rows, size_t stride);
 
 struct QKernel {
   QGemmFn gemm = nullptr;
   QPackFn pack = nullptr;  // null: gemm reads the file's layout
+  int pack_rows = 1;       // rows per call of pack
   Isa isa = Isa::kRef;     // the ISA this kernel was compiled for
 };
 
@@ -119,7 +127,7 @@ using Int8PeakFn = uint64_t (*)(int64_t iters, int32_t* sink);
 Int8PeakFn find_int8_peak(Isa isa);
 
 // Registration, called by each ISA's translation units (kernels/simd/*.cc).
-void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack = nullptr);
+void register_qkernel(QType t, Isa isa, QGemmFn fn, QPackFn pack = nullptr, int pack_rows = 1);
 void register_quantize_act(Isa isa, QuantizeActFn fn);
 void register_int8_peak(Isa isa, Int8PeakFn fn);
 

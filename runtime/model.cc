@@ -89,24 +89,29 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
   }
   s.qgemm = matmul ? qk.gemm : nullptr;
   s.qdata = s.data;
+  // The kernel's groups of rows (QKernel::pack_rows; the last may be smaller), each packed in one
+  // call.
+  const int64_t rows = row_end - row_begin, pr = qk.pack_rows, groups = (rows + pr - 1) / pr;
+  const size_t group_bytes = s.row_bytes * size_t(pr);
+  auto group_rows = [&](int64_t g) { return int(std::min<int64_t>(pr, rows - g * pr)); };
   if (qk.pack && matmul && in_place) {
-    // The kernel reads its own layout and the rows are the model's own memory: repack each row
-    // through a scratch row. The file's layout is gone (s.data null): no dequantization, no
+    // The kernel reads its own layout and the rows are the model's own memory: repack each group
+    // through a scratch group. The file's layout is gone (s.data null): no dequantization, no
     // oneDNN path (the Context refuses it). A copy would double the resident size of every
-    // format whose AVX2 or AVX-512 kernel repacks (all 4-bit formats on AVX2).
-    const int64_t rows = row_end - row_begin;
-    // Scratch rows allocated before the region: nothing inside it can throw (an exception
-    // leaving an OpenMP region terminates the process; the C API promises none escapes).
+    // format whose AVX2 or AVX-512 kernel repacks (all 4-bit formats).
+    // Scratch allocated before the region: nothing inside it can throw (an exception leaving an
+    // OpenMP region terminates the process; the C API promises none escapes).
     const int nt = omp_get_max_threads();
-    std::vector<uint8_t> scratch(s.row_bytes * size_t(nt));
+    std::vector<uint8_t> scratch(group_bytes * size_t(nt));
 #pragma omp parallel num_threads(nt)
     {
-      uint8_t* mine = scratch.data() + s.row_bytes * size_t(omp_get_thread_num());
+      uint8_t* mine = scratch.data() + group_bytes * size_t(omp_get_thread_num());
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
-        uint8_t* row = in_place + s.row_bytes * size_t(r);
-        qk.pack(row, mine, k);
-        std::memcpy(row, mine, s.row_bytes);
+      for (int64_t g = 0; g < groups; ++g) {
+        uint8_t* at = in_place + group_bytes * size_t(g);
+        const int n = group_rows(g);
+        qk.pack(at, mine, k, n, s.row_bytes);
+        std::memcpy(at, mine, s.row_bytes * size_t(n));
       }
     }
     s.qdata = in_place;
@@ -115,13 +120,14 @@ WeightSegment bind_segment(QType t, const uint8_t* data, int64_t row_begin, int6
   } else if (qk.pack && matmul) {
     // The kernel reads its own layout: repack the segment's rows once (same size; the original
     // rows stay for dequantization, the oneDNN path and embedding lookups).
-    const int64_t rows = row_end - row_begin;
     const size_t bytes = s.row_bytes * static_cast<size_t>(rows);
     std::shared_ptr<uint8_t> mem = alloc_anonymous(bytes, huge_pages, what + " repacked");
     uint8_t* buf = mem.get();
     s.packed = std::move(mem);
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) qk.pack(s.data + s.row_bytes * size_t(r), buf + s.row_bytes * size_t(r), k);
+    for (int64_t g = 0; g < groups; ++g) {
+      qk.pack(s.data + group_bytes * size_t(g), buf + group_bytes * size_t(g), k, group_rows(g), s.row_bytes);
+    }
     s.qdata = buf;
     s.repacked = true;
   }
@@ -641,7 +647,7 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
     } else if (onednn) {
       onednn_gemm(m, tk.n0, tk.n1, k, a.x, size_t(k), s.qtype, s.data, s.row_bytes, ys, size_t(tk.ldy));
     } else if (s.qgemm) {
-      s.qgemm(m, tk.n0, tk.n1, k, acts, s.qdata, s.row_bytes, ys, size_t(tk.ldy));
+      s.qgemm(m, tk.n0, tk.n1, int(s.row_end - s.row_begin), k, acts, s.qdata, s.row_bytes, ys, size_t(tk.ldy));
     } else {
       kr.gemm(m, tk.n0, tk.n1, k, a.x, size_t(k), s.data, s.row_bytes, s.qtype, ys, size_t(tk.ldy));
     }

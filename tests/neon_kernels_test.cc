@@ -317,7 +317,7 @@ void exact_dot(QType t, const uint8_t* row, int64_t K, const ActQ8& a, int m, do
 std::vector<float> run_qgemm(QGemmFn fn, int M, int N, int n0, int n1, int64_t K, const ActQ8& a, const QWeights& w) {
   const size_t ldy = static_cast<size_t>(N) + 3;
   std::vector<float> ybuf(ldy * M + 1, kSentinel);
-  fn(M, n0, n1, K, a, w.data, w.row_bytes, ybuf.data() + 1, ldy);
+  fn(M, n0, n1, N, K, a, w.data, w.row_bytes, ybuf.data() + 1, ldy);
   std::vector<float> y(static_cast<size_t>(M) * N, 0.0f);
   EXPECT_EQ(ybuf[0], kSentinel) << "wrote before y";
   for (int m = 0; m < M; ++m) {

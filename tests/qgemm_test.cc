@@ -162,13 +162,14 @@ struct Shape {
 
 // M in {1,2,3,4,5,8,17}, N tails {1,3,7,16,33}, K in {32,96,128,172,256,1000,4096} with n0 > 0
 // sub-ranges; plus shapes that cut N into L2 blocks (M > 4, many rows) and K into activation
-// slabs (K beyond one slab for 4 rows and for 1 row).
+// slabs (K beyond one slab for 4 rows and for 1 row; for 2 rows over a group of 16 interleaved
+// rows, qgemm_x86_ri_inl.h, taken in part).
 constexpr Shape kShapes[] = {
     {1, 1, 32, 0},     {1, 3, 96, 2},    {1, 7, 128, 0},   {1, 16, 172, 5},  {1, 33, 256, 1},
     {1, 33, 1000, 0},  {1, 16, 4096, 3}, {2, 7, 172, 1},   {2, 16, 1000, 0}, {3, 33, 128, 4},
     {3, 3, 32, 1},     {4, 16, 256, 0},  {4, 33, 4096, 0}, {5, 33, 1000, 2}, {8, 7, 4096, 1},
     {8, 1, 256, 7},    {17, 33, 172, 3}, {17, 16, 96, 0},  {5, 200, 4096, 0}, {5, 7, 10000, 1},
-    {1, 9, 20000, 0},
+    {1, 9, 20000, 0},  {2, 20, 17000, 1},
     // M >= 32 on AVX-512 (M >= 16 on AVX2): int8 panels of 64 (16) weight rows x K blocks of 256,
     // 3-row microtiles, 128-row (64-row) chunks: row, column (16- and 8-row vectors) and K-block
     // tails; K slabs of 2048 (K = 2100: a slab of one K block after a whole one), also under
@@ -205,7 +206,9 @@ void check_gemm(QType t, Isa isa, int M, int n0, int n, int64_t K, size_t pad, b
   if (kern.pack) {
     pbuf.assign(wbuf.size(), 0);
     uint8_t* pw = pbuf.data() + (64 - reinterpret_cast<uintptr_t>(pbuf.data()) % 64) % 64 + 1;
-    for (int r = 0; r < rows; ++r) kern.pack(w + stride * r, pw + stride * r, K);
+    for (int r = 0; r < rows; r += kern.pack_rows) {
+      kern.pack(w + stride * r, pw + stride * r, K, std::min(kern.pack_rows, rows - r), stride);
+    }
     wk = pw;
   }
 
@@ -231,7 +234,7 @@ void check_gemm(QType t, Isa isa, int M, int n0, int n, int64_t K, size_t pad, b
   std::vector<float> ybuf(static_cast<size_t>(M + 1) * ldy + 1, kSentinel);
   float* y = ybuf.data() + 1;
   qgemm_ref(t, M, n0, n1, K, a, w, stride, yref.data(), ldy);
-  kern.gemm(M, n0, n1, K, a, wk, stride, y, ldy);
+  kern.gemm(M, n0, n1, rows, K, a, wk, stride, y, ldy);
 
   int bad = 0;
   for (int m = 0; m < M + 1; ++m) {
@@ -255,8 +258,8 @@ void check_gemm(QType t, Isa isa, int M, int n0, int n, int64_t K, size_t pad, b
   if (n1 - n0 >= 2) {
     const int mid = n0 + (n1 - n0) / 3 + 1;
     std::vector<float> ysplit(static_cast<size_t>(M) * ldy, kSentinel);
-    kern.gemm(M, n0, mid, K, a, wk, stride, ysplit.data(), ldy);
-    kern.gemm(M, mid, n1, K, a, wk, stride, ysplit.data(), ldy);
+    kern.gemm(M, n0, mid, rows, K, a, wk, stride, ysplit.data(), ldy);
+    kern.gemm(M, mid, n1, rows, K, a, wk, stride, ysplit.data(), ldy);
     for (int m = 0; m < M; ++m) {
       for (int n = n0; n < n1; ++n) {
         ASSERT_EQ(ysplit[m * ldy + n], y[m * ldy + n]) << "split at " << mid << ": m=" << m << " n=" << n;
@@ -357,6 +360,56 @@ TEST(QGemmRegistry, EveryFormatOnEverySimdIsa) {
       EXPECT_TRUE(has_own_qkernel(t, isa)) << qtype_info(t).name << " on " << isa_name(isa);
     }
   }
+}
+
+// Kernels that interleave rows at load (QKernel::pack_rows > 1: AVX-512's 2- and 4-bit one-level
+// formats, kernels/simd/qgemm_x86_ri_inl.h) give a row the same bits at every M: the GEMV (M = 1,
+// and 2-4 rows per tile), the panel GEMM (M >= 32) and the whole-group scratch path of a call
+// that covers a group in part. 51 rows: three interleaved groups and a last group of 3 rows in
+// the file's layout; K = 1000: a partial last block.
+TEST(QGemmInterleaved, SameBitsAtEveryM) {
+  if (!isa_available(Isa::kAvx512)) GTEST_SKIP() << "AVX-512 is not available on this CPU";
+  int checked = 0;
+  for (QType t : quant_types()) {
+    const QKernel kern = find_qkernel(t, Isa::kAvx512);
+    if (kern.pack_rows == 1) continue;
+    SCOPED_TRACE(qtype_info(t).name);
+    ASSERT_EQ(kern.pack_rows, 16);
+    ++checked;
+    constexpr int64_t K = 1000;
+    constexpr int N = 51, M = 40;
+    const QuantRows& qr = quantized_rows(t, K, N);
+    std::vector<uint8_t> w(qr.data.size());
+    for (int r = 0; r < N; r += kern.pack_rows) {
+      kern.pack(qr.data.data() + qr.row_bytes * r, w.data() + qr.row_bytes * r, K, std::min(kern.pack_rows, N - r),
+                qr.row_bytes);
+    }
+    const int64_t kp = act_padded_k(K), nbs = kp / kActBlock;
+    std::vector<int8_t> q(static_cast<size_t>(M * kp));
+    std::vector<float> d(static_cast<size_t>(M * nbs)), ds(d.size()), x(static_cast<size_t>(K));
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int m = 0; m < M; ++m) {
+      for (float& v : x) v = nd(rng);
+      quantize_act_row_ref(x.data(), K, kp, q.data() + m * kp, d.data() + m * nbs, ds.data() + m * nbs, false);
+    }
+    auto rows_of = [&](int m0) { return ActQ8{q.data() + m0 * kp, d.data() + m0 * nbs, ds.data() + m0 * nbs, kp}; };
+    std::vector<float> all(static_cast<size_t>(M) * N);
+    kern.gemm(M, 0, N, N, K, rows_of(0), w.data(), qr.row_bytes, all.data(), N);
+    for (int m0 : {0, 17, 36}) {
+      for (int mr : {1, 4}) {
+        std::vector<float> part(static_cast<size_t>(mr) * N);
+        kern.gemm(mr, 0, 20, N, K, rows_of(m0), w.data(), qr.row_bytes, part.data(), N);  // a group in part
+        kern.gemm(mr, 20, N, N, K, rows_of(m0), w.data(), qr.row_bytes, part.data(), N);
+        for (int m = 0; m < mr; ++m) {
+          for (int n = 0; n < 48; ++n) {  // the interleaved rows (the last 3 take the row kernels)
+            ASSERT_EQ(part[m * N + n], all[(m0 + m) * N + n]) << "M " << mr << ", row " << m0 + m << ", n " << n;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GE(checked, 8);  // q2_g32, q4_g32, q4_g64, q4_g128, q4a_g32, q2a_g32, q4a_g64, q2a_g64
 }
 
 // The int8 peak loop (kernels/quant.h) of every SIMD ISA: its operation count is a whole number

@@ -105,8 +105,8 @@ void tile_rows(int m0, int n0, int n1, int64_t nb, const ActQ8& a, const uint8_t
 
 // The QGemmFn of format T (kernels/quant.h).
 template <QType T>
-void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y,
-           size_t ldy) {
+void qgemm(int M, int n0, int n1, int /*N*/, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
+           float* y, size_t ldy) {
   if (M <= 0 || n1 <= n0) return;
   constexpr int G = Fmt<T>::kG;
   const int64_t nb = (K + G - 1) / G;

@@ -208,6 +208,18 @@ struct Fmt {
   static const Layout& layout() { return LayoutOf<kBits, kG>::value; }
 };
 
+// Whether format T's rows are interleaved at load (qgemm_x86_ri_inl.h): AVX-512's 2- and 4-bit
+// one-level formats.
+template <QType T>
+constexpr bool has_ri() {
+#if defined(MXLM_TARGET_AVX512)
+  using F = Fmt<T>;
+  return !F::kCodebook && !F::kTwoLevel && (F::kBits == 2 || F::kBits == 4);
+#else
+  return false;
+#endif
+}
+
 // Per row offsets within a weight row (qrow_layout in kernels/quant.h; two-level rows start
 // with their f32 row scales D, M at offsets 0 and 4).
 struct Geo {
@@ -228,15 +240,17 @@ Geo make_geo(int64_t K) {
   return geo;
 }
 
-// QPackFn of repacked formats: whole units repacked, everything else copied.
+// QPackFn of repacked formats (pack_rows 1): whole units repacked, everything else copied.
 template <QType T>
-void pack_row(const uint8_t* src, uint8_t* dst, int64_t K) {
+void pack_row(const uint8_t* src, uint8_t* dst, int64_t K, int rows, size_t stride) {
   using F = Fmt<T>;
   const Geo geo = make_geo<T>(K);
-  std::memcpy(dst, src, geo.q_off + static_cast<size_t>(geo.nb) * F::kGroupQBytes);
-  for (int64_t u = 0; u < geo.nb / F::kGPU; ++u) {
-    const size_t o = geo.q_off + static_cast<size_t>(u) * F::kUnitQBytes;
-    F::D::repack(src + o, dst + o);
+  for (int r = 0; r < rows; ++r, src += stride, dst += stride) {
+    std::memcpy(dst, src, geo.q_off + static_cast<size_t>(geo.nb) * F::kGroupQBytes);
+    for (int64_t u = 0; u < geo.nb / F::kGPU; ++u) {
+      const size_t o = geo.q_off + static_cast<size_t>(u) * F::kUnitQBytes;
+      F::D::repack(src + o, dst + o);
+    }
   }
 }
 
@@ -258,11 +272,12 @@ MXLM_QINLINE void copy_partial(uint8_t* dst, const uint8_t* src, int groups) {
 
 #include "kernels/simd/qgemm_x86_panel_inl.h"
 
+#include "kernels/simd/qgemm_x86_ri_inl.h"
+
+// Rows [n0, n1) in the file's layout (or a per-row repacked one).
 template <QType T>
-void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y,
-           size_t ldy) {
-  if (M <= 0 || n1 <= n0 || K <= 0) return;
-  const Geo geo = make_geo<T>(K);
+void qgemm_rows(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes,
+                const Geo& geo, float* y, size_t ldy) {
   if constexpr (has_panel<T>()) {
     if (M >= kPanelMinM) {
       qgemm_panel<T>(M, n0, n1, K, a, w, w_row_bytes, geo, y, ldy);
@@ -289,6 +304,62 @@ void qgemm(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, s
       }
     }
   }
+}
+
+#if defined(MXLM_TARGET_AVX512)
+// Whole interleaved groups [g0, g1): the panel GEMM from M = kPanelMinM, else the GEMV (both
+// give a row the same bits: qgemm_x86_ri_inl.h).
+template <QType T>
+void qgemm_ri_groups(int M, int g0, int g1, int64_t K, const ActQ8& a, const uint8_t* w, size_t rb, const Geo& geo,
+                     float* y, size_t ldy) {
+  if (M >= kPanelMinM) {
+    qgemm_panel<T>(M, g0, g1, K, a, w, rb, geo, y, ldy, true);
+  } else {
+    ri_gemv<T>(M, g0, g1, K, a, w, rb, y, ldy);
+  }
+}
+#endif
+
+// The QGemmFn of format T. Interleaved formats (has_ri): whole groups of 16 rows in the
+// interleaved kernels, rows [n0, n1) that cover a group in part through the whole group into a
+// scratch tile (threads split at multiples of 16, so only tests take that path), the rows of
+// the last, incomplete group (from N rounded down to 16) in the row kernels.
+template <QType T>
+void qgemm(int M, int n0, int n1, int N, int64_t K, const ActQ8& a, const uint8_t* w, size_t w_row_bytes, float* y,
+           size_t ldy) {
+  if (M <= 0 || n1 <= n0 || K <= 0) return;
+  const Geo geo = make_geo<T>(K);
+  int n = n0;
+#if defined(MXLM_TARGET_AVX512)
+  if constexpr (has_ri<T>()) {
+    const int nfull = N / kRIRows * kRIRows;
+    while (n < n1 && n < nfull) {
+      const int g = n / kRIRows * kRIRows;
+      if (n == g && n1 >= g + kRIRows) {
+        const int e = min_of(n1, nfull) / kRIRows * kRIRows;
+        qgemm_ri_groups<T>(M, g, e, K, a, w, w_row_bytes, geo, y, ldy);
+        n = e;
+        continue;
+      }
+      const int e = min_of(n1, g + kRIRows);
+      const int64_t nbs = a.kp / 32;
+      alignas(64) float tmp[kRIPartialM * kRIRows];
+      for (int m0 = 0; m0 < M; m0 += kRIPartialM) {
+        const int mn = min_of(kRIPartialM, M - m0);
+        const ActQ8 am{a.q + m0 * a.kp, a.d + m0 * nbs, a.ds + m0 * nbs, a.kp};
+        qgemm_ri_groups<T>(mn, 0, kRIRows, K, am, w + static_cast<size_t>(g) * w_row_bytes, w_row_bytes, geo, tmp,
+                           kRIRows);
+        for (int m = 0; m < mn; ++m) {
+          for (int r = n; r < e; ++r) y[static_cast<size_t>(m0 + m) * ldy + r] = tmp[m * kRIRows + r - g];
+        }
+      }
+      n = e;
+    }
+  }
+#else
+  (void)N;
+#endif
+  if (n < n1) qgemm_rows<T>(M, n, n1, K, a, w, w_row_bytes, geo, y, ldy);
 }
 
 // ---- activation quantization ----------------------------------------------------------------
@@ -393,6 +464,13 @@ template <QType T>
 void register_one() {
   using F = Fmt<T>;
   if (!probe_layout<F::kBits, F::kG>()) return;
+#if defined(MXLM_TARGET_AVX512)
+  if constexpr (has_ri<T>()) {
+    static_assert(!F::kRepacked);
+    register_qkernel(T, kIsa, &qgemm<T>, &pack_ri<T>, kRIRows);
+    return;
+  }
+#endif
   if constexpr (F::kRepacked) {
     register_qkernel(T, kIsa, &qgemm<T>, &pack_row<T>);
   } else {

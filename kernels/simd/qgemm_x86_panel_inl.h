@@ -280,10 +280,18 @@ MXLM_QINLINE void panel_micro(const Panel& P, int nblk, const int8_t* a, int64_t
   }
 }
 
+// Not inlined: a function of its own gets the microkernel's registers whatever the driver around
+// it holds. Inlined into the driver (as before), GCC's code for it depended on that driver: the
+// k-step loop gained register moves and a spill when the driver's four calls went through one
+// lambda, and again when it grew the interleaved layout's build, and `qgemm` M = 128 (one thread,
+// Zen 5, K = N = 4096) fell to 44-52 % of the int8 peak; now 53-68 % in the same runs (q4_g32
+// 51 -> 67 %, q8_g32 48 -> 55-58 %, q3a_g32 44-45 -> 53-55 %, q6k_g32 46-47 -> 58-66 %), and
+// TinyLlama pp128 one thread q4_g32 184-187 -> 255-267 tok/s, q3a_g32 176-177 -> 223-226, q8_g32
+// 177-180 -> 229 (builds alternating, the int8 peak read 836-858 GOP/s in each run).
 template <QType T, int NV>
-MXLM_QINLINE void panel_rows(int mr, const Panel& P, int nblk, const int8_t* a, int64_t kp, const float* ad,
-                             const float* ads, int64_t nbs, const int32_t* nz, const float* y, size_t ldy, float* yo,
-                             size_t ldo, int last, bool first) {
+__attribute__((noinline)) void panel_rows(int mr, const Panel& P, int nblk, const int8_t* a, int64_t kp,
+                                          const float* ad, const float* ads, int64_t nbs, const int32_t* nz,
+                                          const float* y, size_t ldy, float* yo, size_t ldo, int last, bool first) {
   static_assert(kPMR == 3);
   const __mmask16 nmask = static_cast<__mmask16>(last >= 16 ? 0xFFFF : (1u << last) - 1);
   switch (mr) {
@@ -293,11 +301,12 @@ MXLM_QINLINE void panel_rows(int mr, const Panel& P, int nblk, const int8_t* a, 
   }
 }
 
-// -z * sum(a) of blocks [b0, b0 + nblk) of activation rows [mc, mc + mn), row stride kNzStride:
+// -z * sum(a) of blocks [b0, b0 + nblk) of activation rows [mc, mc + mn), row stride `stride`:
 // ds = d * sum exactly rounded and |sum| <= 32 * 127, so ds / d is within 0.001 of the integer
 // sum (d = 0 only for all-zero blocks).
 template <QType T>
-void neg_z_sums(const ActQ8& a, int mc, int mn, int64_t b0, int nblk, int64_t nbs, int32_t* nz) {
+void neg_z_sums(const ActQ8& a, int mc, int mn, int64_t b0, int nblk, int64_t nbs, int32_t* nz,
+                int stride = kNzStride) {
   const VF negz = _mm512_set1_ps(-static_cast<float>(Fmt<T>::kZ));
   for (int m = 0; m < mn; ++m) {
     const float* ad = a.d + (mc + m) * nbs + b0;
@@ -308,7 +317,7 @@ void neg_z_sums(const ActQ8& a, int mc, int mn, int64_t b0, int nblk, int64_t nb
       const VF d = _mm512_maskz_loadu_ps(k, ad + h), ds = _mm512_maskz_loadu_ps(k, ads + h);
       const __mmask16 nzk = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ);
       const VF sum = _mm512_roundscale_ps(_mm512_maskz_div_ps(nzk, ds, d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      _mm512_store_si512(nz + m * kNzStride + h, _mm512_cvtps_epi32(fmul(sum, negz)));
+      _mm512_storeu_si512(nz + m * stride + h, _mm512_cvtps_epi32(fmul(sum, negz)));
     }
   }
 }
@@ -509,6 +518,12 @@ constexpr bool has_panel() {
 }
 
 #if defined(MXLM_TARGET_AVX512)
+// The interleaved layout's panel build and prefetch (qgemm_x86_ri_inl.h).
+template <QType T>
+void build_panel_vec_ri(const uint8_t* grp, const Geo& geo, int64_t u0, int nu, int v, Panel& P);
+template <QType T>
+void prefetch_next_panel_ri(const uint8_t* w, size_t rb, const Geo& geo, int ns, int64_t u0, int nr, int64_t nblk_all);
+
 // Prefetches the quants and scales of the panel the driver builds next (rows [ns, ns + nr), unit
 // u0), while the microtiles run over this one: its 64 rows are 64 streams a row apart, which the
 // hardware prefetchers do not follow, so the build otherwise waits on each row's lines.
@@ -539,15 +554,26 @@ MXLM_QINLINE void prefetch_next_panel(const uint8_t* w, size_t rb, const Geo& ge
 // two threads +7-13 %, M = 512 +2-16 %; the same sums bit for bit. Copying the slab's activation
 // rows (4 KiB apart at K = 4096, so they share L1 sets too) into a contiguous buffer gained
 // another 0-1.5 %: not kept (256 KiB of stack or a heap buffer per call).
+// ri: rows [n0, n1) are whole groups of interleaved rows (qgemm_x86_ri_inl.h), n0 a multiple of
+// 16, and their panels are built from that layout (a run-time flag: one driver per format).
 template <QType T>
 void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t* w, size_t rb, const Geo& geo,
-                 float* y, size_t ldy) {
+                 float* y, size_t ldy, bool ri = false) {
   using F = Fmt<T>;
   const int64_t nblk_all = (K + 31) / 32;  // activation blocks holding data
   const int64_t nbs = a.kp / 32;
   Panel P;
   alignas(64) int32_t nz[kPMChunk * kNzStride];
   alignas(64) float tile[kPMChunk * kPR];
+  const auto prefetch = [&](int ns, int64_t u0, int nr) {
+    if constexpr (has_ri<T>()) {
+      if (ri) {
+        prefetch_next_panel_ri<T>(w, rb, geo, ns, u0, nr, nblk_all);
+        return;
+      }
+    }
+    prefetch_next_panel<T>(w, rb, geo, ns, u0, nr, nblk_all);
+  };
   for (int mc = 0; mc < M; mc += kPMChunk) {
     const int mn = min_of(kPMChunk, M - mc);
     for (int64_t bs = 0; bs < nblk_all; bs += kNzStride) {
@@ -563,17 +589,23 @@ void qgemm_panel(int M, int n0, int n1, int64_t K, const ActQ8& a, const uint8_t
           const int64_t u0 = b0 / kU;
           const int nu = (nblk + kU - 1) / kU;
           for (int v = 0; v < nv; ++v) {
-            build_panel_vec<T>(w + static_cast<size_t>(ns + kLanes * v) * rb, rb, min_of(kLanes, nr - kLanes * v), geo,
-                               u0, nu, v, P);
+            const uint8_t* rows = w + static_cast<size_t>(ns + kLanes * v) * rb;
+            if constexpr (has_ri<T>()) {
+              if (ri) {
+                build_panel_vec_ri<T>(rows, geo, u0, nu, v, P);
+                continue;
+              }
+            }
+            build_panel_vec<T>(rows, rb, min_of(kLanes, nr - kLanes * v), geo, u0, nu, v, P);
           }
           // The panel built next: these rows' next K block, else the next panel's first block of
           // the slab, else the first panel of the next slab.
           if (!to_y) {
-            prefetch_next_panel<T>(w, rb, geo, ns, u0 + kPUnits, nr, nblk_all);
+            prefetch(ns, u0 + kPUnits, nr);
           } else if (ns + kPR < n1) {
-            prefetch_next_panel<T>(w, rb, geo, ns + kPR, bs / kU, min_of(kPR, n1 - ns - kPR), nblk_all);
+            prefetch(ns + kPR, bs / kU, min_of(kPR, n1 - ns - kPR));
           } else {
-            prefetch_next_panel<T>(w, rb, geo, n0, (bs + sblk) / kU, min_of(kPR, n1 - n0), nblk_all);
+            prefetch(n0, (bs + sblk) / kU, min_of(kPR, n1 - n0));
           }
           for (int m = 0; m < mn; m += kPMR) {
             const int row = mc + m, mr = min_of(kPMR, mn - m);
