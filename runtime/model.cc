@@ -609,7 +609,9 @@ void Context::matmul_dense(Acts& a, std::span<const MatmulJob> jobs, bool onednn
   // 38 % of the int8 peak against 60 % on one (TinyLlama q4_g32, Zen 5). Alternating runs, 2
   // threads, pp128 tok/s: 64-byte-offset 64-row tasks 288-290; aligned, 64 rows 379-413, 256
   // rows 380-452, 512 rows 398-453 (the peak probe read 1.2-1.7 TOP/s). 256: as fast as 512 and
-  // twice the tasks to balance (a TinyLlama K/V projection is one).
+  // twice the tasks to balance (a TinyLlama K/V projection is one). Both rules cut at multiples
+  // of 16 rows: the AVX-512 kernels that interleave groups of 16 rows (QKernel::pack_rows) run a
+  // group that a task covers in part through a scratch tile.
   constexpr int kPrefillChunk = 256;
   int64_t handed = 0;
   auto next_chunk = [&](int rows_left_in_segment, bool float_rows) {

@@ -573,7 +573,11 @@ TEST(Eval, ContextShiftEqualsRecomputingTheKeptTokens) {
 std::vector<float> f32_reference(const std::vector<int>& ids) { return one_shot(tinymix(QType::kF32), ids); }
 
 TEST(Prefill, KernelsAndOneDnnAgainstTheF32Model) {
-  auto q8 = tinymix(QType::kQ8G32);
+  // Mapped: the kernels read their repacked copy (AVX-512 interleaves q8_g32's rows), oneDNN the
+  // file's rows; another memory mode repacks in place and the oneDNN prefill is refused.
+  LoadOptions mapped;
+  mapped.memory = WeightMemory::kMap;
+  auto q8 = Model::load(file_of(test::shared_path("models/tinymix-26m"), QType::kQ8G32), mapped);
   const std::vector<int> ids = text_tokens(*q8, 20);  // M = 20: both prefill paths apply (M >= 16)
   const std::vector<float> ref = f32_reference(ids);
   const double scale = max_abs(ref);

@@ -208,13 +208,13 @@ struct Fmt {
   static const Layout& layout() { return LayoutOf<kBits, kG>::value; }
 };
 
-// Whether format T's rows are interleaved at load (qgemm_x86_ri_inl.h): AVX-512's 2- and 4-bit
-// one-level formats.
+// Whether format T's rows are interleaved at load (qgemm_x86_ri_inl.h): AVX-512's 2-, 4- and
+// 8-bit one-level formats.
 template <QType T>
 constexpr bool has_ri() {
 #if defined(MXLM_TARGET_AVX512)
   using F = Fmt<T>;
-  return !F::kCodebook && !F::kTwoLevel && (F::kBits == 2 || F::kBits == 4);
+  return !F::kCodebook && !F::kTwoLevel && (F::kBits == 2 || F::kBits == 4 || F::kBits == 8);
 #else
   return false;
 #endif

@@ -1,5 +1,5 @@
 // Row-interleaved weights for kernels/simd/qgemm_x86.cc (AVX-512): the load-time layout of the
-// 2- and 4-bit one-level formats (symmetric and asymmetric, f16 scales, any G), its GEMV and its
+// 2-, 4- and 8-bit one-level formats (symmetric and asymmetric, f16 scales, any G), its GEMV and its
 // panel build. Not a standalone header: that file includes it once, inside namespace
 // mxlm::kernels::<isa>::{anonymous}, after the panel GEMM; its top comment states the rules.
 //
@@ -163,7 +163,7 @@ MXLM_QINLINE void ri_tile(const uint8_t* const grp[NG], const ActQ8& a, int m0, 
           const int t = jv + F::kBits * sp, c = sp * kCPP + jv % kCPP;
           const VI mask = bcast8(((1 << F::kBits) - 1) << (F::kBits * sp));
           VI w[NG];
-          for (int n = 0; n < NG; ++n) w[n] = _mm512_and_si512(v[n], mask);
+          for (int n = 0; n < NG; ++n) w[n] = F::kBits == 8 ? v[n] : _mm512_and_si512(v[n], mask);
           for (int m = 0; m < MR; ++m) {
             int32_t av;
             std::memcpy(&av, a.q + (m0 + m) * a.kp + b * 32 + 4 * t, 4);
@@ -175,11 +175,20 @@ MXLM_QINLINE void ri_tile(const uint8_t* const grp[NG], const ActQ8& a, int m0, 
       for (int m = 0; m < MR; ++m) {
         const VF da = _mm512_set1_ps(a.d[(m0 + m) * nbs + b]);
         for (int n = 0; n < NG; ++n) {
-          VI i = kCPP == 2 ? _mm512_add_epi32(ic[m][n][0], ic[m][n][1]) : ic[m][n][0];
+          const auto plane = [&](int sp) {  // the sum of plane sp's chains
+            if constexpr (kCPP == 4) {
+              return _mm512_add_epi32(_mm512_add_epi32(ic[m][n][0], ic[m][n][1]),
+                                      _mm512_add_epi32(ic[m][n][2], ic[m][n][3]));
+            } else if constexpr (kCPP == 2) {
+              return _mm512_add_epi32(ic[m][n][2 * sp], ic[m][n][2 * sp + 1]);
+            } else {
+              return ic[m][n][sp];
+            }
+          };
+          VI i = plane(0);
 #pragma GCC unroll 4
           for (int sp = 1; sp < kPlanes; ++sp) {
-            const VI p = kCPP == 2 ? _mm512_add_epi32(ic[m][n][2 * sp], ic[m][n][2 * sp + 1]) : ic[m][n][sp];
-            i = _mm512_add_epi32(i, _mm512_srai_epi32(p, F::kBits * sp));  // exact: p is a multiple
+            i = _mm512_add_epi32(i, _mm512_srai_epi32(plane(sp), F::kBits * sp));  // exact: a multiple
           }
           acc[m][n] = fmadd(to_float(i), fmul(dw[n], da), acc[m][n]);
         }
