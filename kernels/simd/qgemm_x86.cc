@@ -318,6 +318,23 @@ void qgemm_ri_groups(int M, int g0, int g1, int64_t K, const ActQ8& a, const uin
     ri_gemv<T>(M, g0, g1, K, a, w, rb, y, ldy);
   }
 }
+
+// Rows [n, e) of the interleaved group at row g (g <= n < e <= g + 16): the whole group into a
+// scratch tile, kRIPartialM activation rows at a time, and those rows copied out.
+template <QType T>
+void qgemm_ri_part(int M, int g, int n, int e, int64_t K, const ActQ8& a, const uint8_t* w, size_t rb,
+                   const Geo& geo, float* y, size_t ldy) {
+  const int64_t nbs = a.kp / 32;
+  alignas(64) float tmp[kRIPartialM * kRIRows];
+  for (int m0 = 0; m0 < M; m0 += kRIPartialM) {
+    const int mn = min_of(kRIPartialM, M - m0);
+    const ActQ8 am{a.q + m0 * a.kp, a.d + m0 * nbs, a.ds + m0 * nbs, a.kp};
+    qgemm_ri_groups<T>(mn, 0, kRIRows, K, am, w + static_cast<size_t>(g) * rb, rb, geo, tmp, kRIRows);
+    for (int m = 0; m < mn; ++m) {
+      for (int r = n; r < e; ++r) y[static_cast<size_t>(m0 + m) * ldy + r] = tmp[m * kRIRows + r - g];
+    }
+  }
+}
 #endif
 
 // The QGemmFn of format T. Interleaved formats (has_ri): whole groups of 16 rows in the
@@ -342,17 +359,7 @@ void qgemm(int M, int n0, int n1, int N, int64_t K, const ActQ8& a, const uint8_
         continue;
       }
       const int e = min_of(n1, g + kRIRows);
-      const int64_t nbs = a.kp / 32;
-      alignas(64) float tmp[kRIPartialM * kRIRows];
-      for (int m0 = 0; m0 < M; m0 += kRIPartialM) {
-        const int mn = min_of(kRIPartialM, M - m0);
-        const ActQ8 am{a.q + m0 * a.kp, a.d + m0 * nbs, a.ds + m0 * nbs, a.kp};
-        qgemm_ri_groups<T>(mn, 0, kRIRows, K, am, w + static_cast<size_t>(g) * w_row_bytes, w_row_bytes, geo, tmp,
-                           kRIRows);
-        for (int m = 0; m < mn; ++m) {
-          for (int r = n; r < e; ++r) y[static_cast<size_t>(m0 + m) * ldy + r] = tmp[m * kRIRows + r - g];
-        }
-      }
+      qgemm_ri_part<T>(M, g, n, e, K, a, w, w_row_bytes, geo, y, ldy);
       n = e;
     }
   }
