@@ -413,8 +413,8 @@ TEST_F(Tinymix, KlDivergenceAgainstABaseModel) {
   }
 }
 
-// Formats whose kernel repacks the rows at load (AVX-512: 3 bits, and the 2-, 4- and 8-bit one-level
-// formats into groups of 16 interleaved rows; AVX2: 3 to 6 bits) against the
+// Formats whose kernel repacks the rows at load (AVX-512: nu3_g32, and every other format but the
+// codebooks into groups of 16 interleaved rows; AVX2: 3 to 6 bits) against the
 // reference kernels on the file's layout, prefill (M = 40: the panel GEMM on AVX-512 and on AVX2,
 // tiles for AVX2's codebook formats) and decode (M = 1). Kernel outputs agree up to float summation order
 // (tests/qgemm_test.cc); through 8 layers of int8 activation rounding that grows to ~0.4 in the
@@ -477,7 +477,8 @@ TEST_P(TinymixRepacked, LogitsMatchTheReferenceKernels) {
 
 INSTANTIATE_TEST_SUITE_P(Formats, TinymixRepacked,
                          ::testing::Values(QType::kQ3G32, QType::kQ3AG32, QType::kNU3G32, QType::kQ4G64, QType::kQ4AG64,
-                                           QType::kQ5G32, QType::kQ6KG32, QType::kQ4G32, QType::kQ2G32, QType::kQ8G32),
+                                           QType::kQ5G32, QType::kQ6KG32, QType::kQ4G32, QType::kQ2G32, QType::kQ8G32,
+                                           QType::kQ4KG32, QType::kQ3AKG32, QType::kQ2KG32),
                          [](const auto& info) { return std::string(qtype_info(info.param).name); });
 
 // Weights read into memory (4 KiB or huge pages) instead of mapped are the same bytes, repacked

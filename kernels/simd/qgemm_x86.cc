@@ -208,13 +208,12 @@ struct Fmt {
   static const Layout& layout() { return LayoutOf<kBits, kG>::value; }
 };
 
-// Whether format T's rows are interleaved at load (qgemm_x86_ri_inl.h): AVX-512's 2-, 4- and
-// 8-bit one-level formats.
+// Whether format T's rows are interleaved at load (qgemm_x86_ri_inl.h): AVX-512's formats but
+// the codebooks (16 rows' tables do not fit one vpshufb).
 template <QType T>
 constexpr bool has_ri() {
 #if defined(MXLM_TARGET_AVX512)
-  using F = Fmt<T>;
-  return !F::kCodebook && !F::kTwoLevel && (F::kBits == 2 || F::kBits == 4 || F::kBits == 8);
+  return !Fmt<T>::kCodebook;
 #else
   return false;
 #endif
@@ -473,7 +472,6 @@ void register_one() {
   if (!probe_layout<F::kBits, F::kG>()) return;
 #if defined(MXLM_TARGET_AVX512)
   if constexpr (has_ri<T>()) {
-    static_assert(!F::kRepacked);
     register_qkernel(T, kIsa, &qgemm<T>, &pack_ri<T>, kRIRows);
     return;
   }
