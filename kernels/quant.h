@@ -98,8 +98,9 @@ void qgemm_ref(QType t, int M, int n0, int n1, int64_t K, const ActQ8& a, const 
 // be smaller) and is given one group per call. pack_rows 1: each row alone, a permutation of its
 // quant bits (codebook, scales and offsets stay where they are). pack_rows R > 1: a full group's
 // R rows become R * row_bytes contiguous bytes from the group's first row (the rest of its
-// R * stride bytes untouched) in the kernel's own interleaved order; a smaller last group stays
-// in the file's layout (see QGemmFn's N). A kernel with a pack function must be given packed
+// R * stride bytes untouched) in the kernel's own interleaved order; a smaller last group keeps
+// the layout of the kernel's row path: the file's, or each row's own repacking (AVX-512 3-bit;
+// see QGemmFn's N). A kernel with a pack function must be given packed
 // rows; everything else (dequantize_row, the oneDNN path, embedding lookups) keeps reading the
 // file's rows.
 using QPackFn = void (*)(const uint8_t* src, uint8_t* dst, int64_t k, int rows, size_t stride);

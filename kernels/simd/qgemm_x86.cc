@@ -50,9 +50,15 @@
 //     AVX2: 16, unsigned weights only) runs the panel GEMM instead: weights decoded once per
 //     K block into an L1 panel in dot order, small microtiles over it (qgemm_x86_panel_inl.h).
 //
-// Parts. The decoders, the layout probing, the tile kernels (GEMV and small prefill) and the
-// panel GEMM live in qgemm_x86_{decoders,layout,gemv,panel}_inl.h, included below inside this
-// file's anonymous namespace: one translation unit per ISA, the rules above apply to them.
+// Interleaved rows. On AVX-512 every format but the codebooks packs its rows at load in groups of
+// 16 interleaved rows (qgemm_x86_ri_inl.h), with a GEMV of its own and panels built without a
+// transpose; the row kernels described above then serve those formats' last, incomplete group,
+// the codebooks, and AVX2.
+//
+// Parts. The decoders, the layout probing, the tile kernels (GEMV and small prefill), the panel
+// GEMM and the interleaved rows live in qgemm_x86_{decoders,layout,gemv,panel,ri}_inl.h, included
+// below inside this file's anonymous namespace: one translation unit per ISA, the rules above
+// apply to them.
 //
 // Every output is the sum of the same terms as the reference; only float rounding and summation
 // order differ (tests/qgemm_test.cc states the bound). For a given M the result of a row does not

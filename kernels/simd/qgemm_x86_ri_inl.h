@@ -54,7 +54,7 @@ constexpr int kRIStrands = 4;     // M = 1: groups per tile, each its own stream
 // 86-97 % (the probe reads low at times: compare within a row, not across).
 constexpr int kRIPrefetch = 1536;
 
-// The bit planes (bits != 2, 4, 8). A block's `bits` vectors hold 8 bits per (row, element
+// The bit planes. A block's `bits` vectors hold 8 bits per (row, element
 // 4t + i) position and vector: 8 * bits bits for the 8 k-steps' values. Each k-step's value is one
 // or more "terms": the bits of vector j under a byte mask, which are a part of the value (its bits
 // from `off` on) times 2^sh, sh = lsb(mask) - off. Masked in place, a term is an exact vpdpbusd
