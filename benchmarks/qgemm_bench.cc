@@ -19,12 +19,10 @@
 //       GOPS (2*M*N*K per call) and pct_peak (% of the int8 peak of the ISA's dot instruction,
 //       vpdpbusd or vpmaddubsw, on `threads` threads, measured by this binary just before and
 //       just after the benchmark, the larger: peak_GOPS).
-// The kernels are single-threaded; threads:2 splits N in two halves with OpenMP, as a caller
-// would. Activation quantization is not timed.
+// The kernels are single-threaded; threads:2 splits N in two halves on the runtime's thread pool,
+// as decode does. Activation quantization is not timed.
 //
 // Filter with e.g. --benchmark_filter='qgemv/avx512/q4_g32/N:11008'.
-
-#include <omp.h>
 
 #include <algorithm>
 
@@ -46,6 +44,7 @@
 #include "kernels/qtype.h"
 #include "model/file_util.h"
 #include "mxlm/bench.h"
+#include "runtime/thread_pool.h"
 
 namespace mxlm {
 namespace {
@@ -146,20 +145,25 @@ Acts make_acts(Isa isa, int M, int64_t K) {
   return a;
 }
 
-// One call of the kernel over [0, N), split into `threads` contiguous parts.
+// One call of the kernel over [0, N), split into `threads` contiguous parts run on the runtime's
+// pool (runtime/thread_pool.h: persistent workers spinning between regions), as decode runs its
+// matmuls. (OpenMP's fork and join, which this used before, cost the 2-thread K/V projection
+// shape more than its second thread gained.)
 void run_split(QGemmFn fn, int threads, int M, int N, int64_t K, const ActQ8& a, const uint8_t* w, size_t row_bytes,
                float* y) {
   if (threads == 1) {
     fn(M, 0, N, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int t = 0; t < threads; ++t) {
+  static std::unique_ptr<ThreadPool> pools[64];
+  std::unique_ptr<ThreadPool>& pool = pools[std::min(threads, 63)];
+  if (!pool) pool = std::make_unique<ThreadPool>(threads);
+  pool->run(threads, [&](int t, int) {
     // Halves rounded to 16 rows (whole tiles).
     const int per = (N / threads + 15) / 16 * 16;
     const int lo = per * t, hi = t == threads - 1 ? N : per * (t + 1);
     if (lo < hi) fn(M, lo, hi, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
-  }
+  });
 }
 
 void bm_gemv(benchmark::State& state, Isa isa, QType t, int N, int64_t K, int threads) {
