@@ -155,9 +155,8 @@ void run_split(QGemmFn fn, int threads, int M, int N, int64_t K, const ActQ8& a,
     fn(M, 0, N, N, K, a, w, row_bytes, y, static_cast<size_t>(N));
     return;
   }
-  static std::unique_ptr<ThreadPool> pools[64];
-  std::unique_ptr<ThreadPool>& pool = pools[std::min(threads, 63)];
-  if (!pool) pool = std::make_unique<ThreadPool>(threads);
+  static std::unique_ptr<ThreadPool> pool;
+  if (!pool || pool->size() != threads) pool = std::make_unique<ThreadPool>(threads);
   pool->run(threads, [&](int t, int) {
     // Halves rounded to 16 rows (whole tiles).
     const int per = (N / threads + 15) / 16 * 16;
